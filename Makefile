@@ -1,0 +1,72 @@
+# rhox: two commands on a fresh machine, `make app` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+HOST ?= 127.0.0.1
+PORT ?= 5006
+
+.PHONY: app test install install-test system-deps assets bench serve clean-venv
+
+# Debian packages: libxc + OpenBLAS let GPAW build with its fast paths; chromium drives the
+# browser tests. Installed when run as root; otherwise we say what is missing and go on
+# (GPAW then builds with noblas/nolibxc, see DESIGN.md section 2).
+system-deps:
+	@missing=""; for p in libxc-dev libopenblas-dev $(EXTRA_DEB); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = "0" ]; then echo "installing Debian packages:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) \
+	    || echo "WARNING: could not install$$missing"; \
+	  else echo "WARNING: missing Debian packages:$$missing (run as root or: sudo apt-get install$$missing)"; fi; \
+	fi
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel setuptools
+
+# GPAW compiles from source; it needs CC=g++ and one build job (DESIGN.md section 2).
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(MAKE) system-deps
+	$(PIP) install -q torch==2.13.0
+	@if ! dpkg -s libxc-dev >/dev/null 2>&1 || ! dpkg -s libopenblas-dev >/dev/null 2>&1; then \
+	  echo "building GPAW without libxc/BLAS"; \
+	  printf "noblas = True\nnolibxc = True\n" > $(VENV)/gpaw-siteconfig.py; \
+	  export GPAW_CONFIG=$(abspath $(VENV))/gpaw-siteconfig.py; \
+	  CC=g++ GPAW_BUILD_JOBS=1 $(PIP) install -q --no-build-isolation gpaw==26.7.0 || \
+	  CC=g++ GPAW_BUILD_JOBS=1 $(PIP) install -q gpaw==26.7.0; \
+	else CC=g++ GPAW_BUILD_JOBS=1 $(PIP) install -q gpaw==26.7.0; fi
+	$(PIP) install -q -e .
+	@touch $@
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(MAKE) system-deps EXTRA_DEB=chromium
+	$(PIP) install -q -e '.[test]'
+	@touch $@
+
+install-test: $(VENV)/.installed-test
+
+app: install
+	$(VENV)/bin/rhox serve --host $(HOST) --port $(PORT)
+
+serve: app
+
+test: install-test
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Rebuild the bundled default dataset and model (recorded command; see assets/README.md).
+assets: install
+	$(VENV)/bin/rhox generate SiGeSn --compositions grid:4 --repeat 1 --samples 2 \
+	  --temperature 300 --temperature 900 --seed 1 --out assets/sigesn_train.db
+	$(VENV)/bin/rhox generate SiGeSn --compositions random:6 --repeat 1 --samples 1 \
+	  --temperature 300 --seed 2 --out assets/sigesn_test.db
+	$(VENV)/bin/rhox train assets/sigesn_train.db --out assets/model --seed 0
+
+bench: install-test
+	$(PY) benchmarks/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)
