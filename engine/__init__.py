@@ -1,0 +1,1 @@
+"""rhox engine: the science (composition, structures, DFT, dataset, descriptors, BNN)."""

@@ -1,0 +1,239 @@
+"""The ``rhox`` command: generate, info, train, evaluate, predict, serve.
+
+Every command turns bad input into one line ``error: ...`` on stderr and exit code 2, and
+writes nothing in that case.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="rhox: Bayesian neural-network electron densities of alloys, with uncertainty.")
+console = Console(stderr=True)
+out = Console()
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one clear line and exit non-zero."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def user_errors(fn):
+    """Turn the library's input errors into one line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .composition import CompositionError
+        from .store import DatasetError
+
+        errors: tuple = (CompositionError, DatasetError, FileNotFoundError)
+        try:
+            from .model import ModelError
+
+            errors += (ModelError,)
+        except ImportError:  # pragma: no cover
+            pass
+        try:
+            return fn(*args, **kwargs)
+        except errors as err:
+            fail(str(err).strip('"'))
+
+    return wrapper
+
+
+def _read_structures(files: List[str]):
+    from ase.io import read
+
+    from .composition import CompositionError
+
+    out_list = []
+    for f in files:
+        p = Path(f)
+        if not p.exists():
+            raise CompositionError(f"structure file {f} does not exist")
+        try:
+            images = read(str(p), index=":")
+        except Exception as err:  # ASE raises many types for malformed files
+            raise CompositionError(f"cannot read structure file {f}: {type(err).__name__}: {err}") from err
+        if not images:
+            raise CompositionError(f"structure file {f} holds no structure")
+        for i, a in enumerate(images):
+            out_list.append((p.name if len(images) == 1 else f"{p.name}@{i}", a))
+    return out_list
+
+
+@app.command()
+@user_errors
+def generate(
+    args: List[str] = typer.Argument(None, metavar="SYSTEM | FILE...",
+                                     help="Alloy system (SiGeSn, SiGe, CrFeCoNi, Al), or structure files with --structures."),
+    structures: bool = typer.Option(False, "--structures", help="Treat the arguments as ASE-readable structure files."),
+    compositions: str = typer.Option("grid:4", help="grid:N | random:N | tess:L | 'Si0.5Ge0.3Sn0.2;Si1'"),
+    repeat: List[int] = typer.Option([1], help="Supercell repeat of the cubic cell (repeatable)."),
+    samples: int = typer.Option(1, help="Random configurations per composition and temperature."),
+    temperature: List[float] = typer.Option([300.0], help="Temperature in K (repeatable)."),
+    vacancies: List[int] = typer.Option([0], help="Vacancies per cell (repeatable; 0 = none)."),
+    antisites: int = typer.Option(0, help="Antisite defects per cell."),
+    thermal: str = typer.Option("md", help="md (Langevin MD with CHGNet) or einstein (harmonic, fast)."),
+    seed: int = typer.Option(0, help="Base seed; same seed, same structures."),
+    out_path: Path = typer.Option(Path("data/dataset.db"), "--out", "-o", help="ASE database to fill."),
+    workers: int = typer.Option(1, help="Parallel DFT calculations (Dask LocalCluster when > 1)."),
+    scheduler: Optional[str] = typer.Option(None, help="Address of an existing Dask scheduler."),
+    mpi_ranks: int = typer.Option(1, help="MPI ranks per calculation (needs mpiexec + mpi4py; else serial)."),
+    ecut: Optional[float] = typer.Option(None, help="Plane-wave cut-off, eV (default per system)."),
+    kpt_density: Optional[float] = typer.Option(None, help="k-points per Å⁻¹ (default per system)."),
+    xc: Optional[str] = typer.Option(None, help="Exchange-correlation functional (default PBE)."),
+    retry_failed: bool = typer.Option(False, help="Run again items recorded as failed."),
+    dry_run: bool = typer.Option(False, help="Plan and list the items, run nothing."),
+):
+    """Run GPAW DFT on alloy configurations (or your structures) into a dataset.
+
+    Example: rhox generate SiGeSn --compositions grid:4 --repeat 1 --samples 2 --temperature 300 --out data/sigesn.db
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .composition import composition_list
+    from .dft import settings_for, with_settings
+    from .generate import execute, plan, plan_structures
+    from .store import Dataset
+    from .structures import get_system
+
+    if not args:
+        fail("give an alloy system (e.g. SiGeSn) or --structures FILE...")
+    if workers < 1:
+        fail(f"--workers must be >= 1, got {workers}")
+    changes = {k: v for k, v in dict(ecut=ecut, kpt_density=kpt_density, xc=xc).items() if v is not None}
+    if structures:
+        tasks = plan_structures(_read_structures(args))
+        if changes:
+            from dataclasses import replace as dc_replace
+
+            from .dft import DFTSettings
+
+            tasks = [dc_replace(t, settings=with_settings(DFTSettings.from_dict(t.settings), **changes).to_dict())
+                     for t in tasks]
+    else:
+        if len(args) != 1:
+            fail(f"one alloy system expected, got {' '.join(args)} (use --structures for files)")
+        system = get_system(args[0])
+        settings = with_settings(settings_for(system.name), **changes)
+        comps = composition_list(compositions, system.elements, seed=seed)
+        tasks = plan(system.name, comps, repeat, samples, temperature, vacancies, antisites, thermal, seed, settings)
+    if dry_run:
+        for t in tasks:
+            out.print(f"{t.key()}  {t.system} {t.composition} repeat={'x'.join(map(str, t.repeat))} "
+                      f"T={t.temperature:g} K sample={t.sample} vac={t.vacancies} anti={t.antisites} {t.source}")
+        return
+    ds = Dataset(out_path)  # refuses a corrupt file before any DFT runs
+    cleared = ds.clear_stale(retry_failed=retry_failed)
+    if cleared:
+        console.print(f"resuming: cleared {cleared} unfinished item(s) left by an earlier run")
+    results = []
+    with Progress(TextColumn("[bold]DFT"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=console, transient=False) as progress:
+        bar = progress.add_task("", total=len(tasks))
+
+        def on_result(r):
+            results.append(r)
+            progress.update(bar, advance=1, description=f"{r['composition']} T={r['temperature']:g}K: {r['status']}")
+
+        execute(tasks, str(out_path), workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks, on_result=on_result)
+    _print_results(results)
+    n_fail = sum(r["status"] == "failed" for r in results)
+    if n_fail:
+        console.print(f"[yellow]{n_fail} calculation(s) failed; reasons are stored (rhox info {out_path})[/]")
+
+
+def _print_results(results: list[dict]) -> None:
+    table = Table(title="rhox generate")
+    for col in ("composition", "realised", "T (K)", "atoms", "grid", "E (eV/atom)", "∫ñ (e)", "time (s)", "status"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(
+            r.get("source") if r.get("source") not in (None, "generated") else r["composition"],
+            r.get("realised", ""), f"{r['temperature']:g}", str(r.get("natoms", "")), r.get("grid", ""),
+            f"{r['energy_per_atom']:.4f}" if "energy_per_atom" in r else "",
+            f"{r['integral']:.4f}" if "integral" in r else "",
+            f"{r['wall_time']:.1f}" if "wall_time" in r else "",
+            r["status"] if r["status"] != "failed" else f"failed: {r.get('reason', '')[:60]}",
+        )
+    out.print(table)
+
+
+@app.command()
+@user_errors
+def info(dataset: Path = typer.Argument(..., help="ASE database written by rhox generate.")):
+    """Summarise a dataset: samples, compositions, sizes, temperatures, failures, DFT time."""
+    import numpy as np
+
+    from .store import Dataset
+
+    ds = Dataset(dataset, must_exist=True)
+    rows = ds.summary()
+    n_fail = ds.count("failed")
+    n_run = ds.count("running")
+    out.print(f"[bold]{dataset}[/]: {len(rows)} samples done, {n_fail} failed, {n_run} in progress")
+    if rows:
+        systems = sorted({str(r['system']) for r in rows})
+        comps = sorted({r['composition'] for r in rows})
+        out.print(f"systems: {', '.join(systems)}; {len(comps)} distinct realised compositions")
+        out.print(f"atoms per cell: {sorted({r['natoms'] for r in rows})}; temperatures (K): "
+                  f"{sorted({r['temperature'] for r in rows if r['temperature'] is not None})}")
+        out.print(f"total DFT wall time: {np.nansum([r['wall_time'] or 0 for r in rows]):.1f} s")
+        table = Table()
+        for col in ("id", "system", "composition", "atoms", "T (K)", "vac", "anti", "E (eV/atom)", "∫ñ (e)", "DFT (s)"):
+            table.add_column(col)
+        for r in rows[:200]:
+            table.add_row(str(r["id"]), str(r["system"]), r["composition"], str(r["natoms"]),
+                          f"{r['temperature'] or 0:g}", str(r["vacancies"]), str(r["antisites"]),
+                          f"{r['energy_per_atom']:.4f}", f"{r['integral']:.4f}", f"{r['wall_time'] or 0:.1f}")
+        out.print(table)
+        if len(rows) > 200:
+            out.print(f"... and {len(rows) - 200} more")
+    for f in ds.failures():
+        out.print(f"[red]failed[/] {f.key_value_pairs.get('composition')} T={f.key_value_pairs.get('temperature')}: {f.reason}")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to bind (127.0.0.1: this machine only)."),
+    port: int = typer.Option(5006, help="Port."),
+    show: bool = typer.Option(False, help="Open a browser tab."),
+    model: Optional[Path] = typer.Option(None, help="Model directory (default: the bundled one)."),
+    data: Optional[Path] = typer.Option(None, help="Dataset (default: the bundled one)."),
+):
+    """Start the explorer with `panel serve`, bound to 127.0.0.1 unless told otherwise."""
+    import subprocess
+
+    app_file = Path(__file__).resolve().parent.parent / "explorer" / "app.py"
+    env = dict(os.environ)
+    if model:
+        env["RHOX_MODEL"] = str(model.resolve())
+    if data:
+        env["RHOX_DATA"] = str(data.resolve())
+    cmd = [sys.executable, "-m", "panel", "serve", str(app_file), "--address", host, "--port", str(port),
+           "--allow-websocket-origin", f"{host}:{port}", "--num-procs", "1"]
+    if host == "127.0.0.1":
+        cmd += ["--allow-websocket-origin", f"localhost:{port}"]
+    if show:
+        cmd.append("--show")
+    console.print(f"rhox explorer on http://{host}:{port}/app")
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,266 @@
+"""Composition maths on the simplex: parsing, validation, coordinates and candidate lattices.
+
+A composition of an alloy with n species is a point of the (n-1)-simplex: n non-negative
+atomic fractions summing to 1. It is written here as a plain ``dict`` ``{element: fraction}``
+in the order of the alloy system's species, or as a barycentric vector in that order.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from ase.data import chemical_symbols
+
+SUM_TOLERANCE = 1e-6
+
+_TERM = re.compile(r"([A-Z][a-z]?)(\d*\.?\d*(?:[eE][-+]?\d+)?)")
+
+
+class CompositionError(ValueError):
+    """A composition that is not a point of the alloy's simplex (bad sum, negative, unknown element...)."""
+
+
+def _check_element(symbol: str, elements: Sequence[str] | None) -> None:
+    if symbol not in chemical_symbols[1:]:
+        raise CompositionError(f"unknown element {symbol!r}")
+    if elements is not None and symbol not in elements:
+        raise CompositionError(
+            f"element {symbol} does not belong to this alloy system (species: {', '.join(elements)})"
+        )
+
+
+def _parse_formula(text: str) -> dict[str, float]:
+    """``'Si0.5Ge0.3Sn0.2'`` -> ``{'Si': 0.5, 'Ge': 0.3, 'Sn': 0.2}`` (a bare symbol counts 1)."""
+    text = text.replace(" ", "")
+    pos = 0
+    out: dict[str, float] = {}
+    for m in _TERM.finditer(text):
+        if m.start() != pos:
+            break
+        sym, num = m.group(1), m.group(2)
+        try:
+            value = float(num) if num else 1.0
+        except ValueError as err:
+            raise CompositionError(f"cannot read the amount {num!r} of {sym} in {text!r}") from err
+        _check_element(sym, None)
+        out[sym] = out.get(sym, 0.0) + value
+        pos = m.end()
+    if pos != len(text) or not out:
+        raise CompositionError(
+            f"cannot read composition {text!r}: expected e.g. 'Si0.5Ge0.3Sn0.2', "
+            "'{\"Si\": 0.5, \"Ge\": 0.5}' or a barycentric vector '0.5,0.3,0.2'"
+        )
+    return out
+
+
+def parse_composition(
+    spec: str | Mapping[str, float] | Sequence[float] | np.ndarray,
+    elements: Sequence[str],
+    normalize: bool = False,
+) -> dict[str, float]:
+    """Read a composition and check that it is a point of the simplex spanned by ``elements``.
+
+    Accepts ``'Si0.5Ge0.3Sn0.2'``, a mapping ``{'Si': 0.5, ...}`` (or its JSON text), or a
+    barycentric vector in the order of ``elements`` (a sequence or ``'0.5,0.3,0.2'``).
+    Returns ``{element: fraction}`` for every element of the system, in its order.
+    With ``normalize=True`` fractions are rescaled to sum to 1 (they must still be >= 0);
+    otherwise a sum away from 1 by more than 1e-6 is an error.
+    """
+    elements = list(elements)
+    raw: Mapping[str, float]
+    if isinstance(spec, str):
+        s = spec.strip()
+        if s.startswith("{"):
+            try:
+                raw = json.loads(s)
+            except json.JSONDecodeError as err:
+                raise CompositionError(f"composition {spec!r} is not valid JSON: {err.msg}") from err
+        elif re.fullmatch(r"[\s\d.eE+\-,;]+", s):
+            try:
+                vec = [float(v) for v in re.split(r"[,;\s]+", s) if v]
+            except ValueError as err:
+                raise CompositionError(f"cannot read barycentric vector {spec!r}") from err
+            return parse_composition(vec, elements, normalize)
+        else:
+            raw = _parse_formula(s)
+    elif isinstance(spec, Mapping):
+        raw = spec
+    else:
+        vec = np.asarray(spec, dtype=float).ravel()
+        if len(vec) != len(elements):
+            raise CompositionError(
+                f"barycentric vector has {len(vec)} entries but the system has "
+                f"{len(elements)} species ({', '.join(elements)})"
+            )
+        raw = dict(zip(elements, vec.tolist()))
+
+    comp = {el: 0.0 for el in elements}
+    for sym, value in raw.items():
+        _check_element(str(sym), elements)
+        try:
+            comp[str(sym)] += float(value)
+        except (TypeError, ValueError) as err:
+            raise CompositionError(f"fraction of {sym} is not a number: {value!r}") from err
+    for sym, value in comp.items():
+        if not np.isfinite(value):
+            raise CompositionError(f"fraction of {sym} is not finite: {value}")
+        if value < -SUM_TOLERANCE:
+            raise CompositionError(f"fraction of {sym} is negative: {value:g}")
+    total = sum(comp.values())
+    if normalize:
+        if total <= 0:
+            raise CompositionError("composition fractions sum to zero")
+        comp = {k: max(v, 0.0) / total for k, v in comp.items()}
+    elif abs(total - 1.0) > SUM_TOLERANCE:
+        raise CompositionError(
+            f"composition fractions sum to {total:.6g}, not 1 "
+            f"({format_composition(comp)}); pass fractions that add up to 1"
+        )
+    return {k: max(v, 0.0) for k, v in comp.items()}
+
+
+def format_composition(comp: Mapping[str, float], digits: int = 3) -> str:
+    """``{'Si': 0.5, 'Ge': 0.25, 'Sn': 0.25}`` -> ``'Si0.5Ge0.25Sn0.25'`` (zeros left out)."""
+    parts = []
+    for el, x in comp.items():
+        if x > 10 ** (-digits - 1):
+            parts.append(f"{el}{round(float(x), digits):g}")
+    return "".join(parts) or "(empty)"
+
+
+def as_vector(comp: Mapping[str, float], elements: Sequence[str]) -> np.ndarray:
+    """Barycentric vector of ``comp`` in the order of ``elements``."""
+    return np.array([float(comp.get(el, 0.0)) for el in elements])
+
+
+# --- coordinates ---------------------------------------------------------------------------
+
+def simplex_vertices(n_species: int) -> np.ndarray:
+    """Cartesian vertices of the regular (n-1)-simplex used for drawing, shape (n, n-1).
+
+    Ternary: an equilateral triangle with side 1, first species at (0, 0), second at (1, 0),
+    third at the top. Quaternary: a regular tetrahedron with edge 1.
+    """
+    if n_species == 2:
+        return np.array([[0.0], [1.0]])
+    if n_species == 3:
+        return np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])
+    if n_species == 4:
+        return np.array(
+            [
+                [0.0, 0.0, 0.0],
+                [1.0, 0.0, 0.0],
+                [0.5, np.sqrt(3) / 2, 0.0],
+                [0.5, np.sqrt(3) / 6, np.sqrt(2.0 / 3.0)],
+            ]
+        )
+    raise ValueError(f"simplex drawing supports 2 to 4 species, not {n_species}")
+
+
+def barycentric_to_cartesian(x: np.ndarray) -> np.ndarray:
+    """Barycentric coordinates (..., n) -> Cartesian drawing coordinates (..., n-1)."""
+    x = np.asarray(x, dtype=float)
+    return x @ simplex_vertices(x.shape[-1])
+
+
+def cartesian_to_barycentric(p: np.ndarray, n_species: int) -> np.ndarray:
+    """Inverse of :func:`barycentric_to_cartesian`; points outside give negative entries."""
+    v = simplex_vertices(n_species)
+    p = np.atleast_2d(np.asarray(p, dtype=float))
+    t = (v[1:] - v[0]).T  # (n-1, n-1)
+    lam = np.linalg.solve(t, (p - v[0]).T).T
+    out = np.concatenate([1.0 - lam.sum(axis=1, keepdims=True), lam], axis=1)
+    return out
+
+
+def snap_to_grid(x: np.ndarray, step: float) -> np.ndarray:
+    """Round a barycentric vector to the nearest multiple of ``step`` that still sums to 1."""
+    x = np.clip(np.asarray(x, dtype=float), 0.0, None)
+    x = x / x.sum()
+    n = round(1.0 / step)
+    scaled = x * n
+    base = np.floor(scaled + 1e-9)
+    remainder = int(round(n - base.sum()))
+    order = np.argsort(-(scaled - base), kind="stable")
+    base[order[:remainder]] += 1
+    return base / n
+
+
+def is_on_simplex(x: np.ndarray, tol: float = SUM_TOLERANCE) -> bool:
+    x = np.asarray(x, dtype=float)
+    return bool(np.all(x >= -tol) and abs(x.sum() - 1.0) <= tol)
+
+
+# --- candidate lattices ------------------------------------------------------------------
+
+def simplex_grid(n_species: int, divisions: int) -> np.ndarray:
+    """All compositions with fractions in multiples of 1/divisions, shape (m, n_species).
+
+    ``simplex_grid(3, 4)`` gives the 15 points of a ternary grid with step 0.25.
+    """
+    if divisions < 1:
+        raise CompositionError(f"grid divisions must be >= 1, got {divisions}")
+    pts = [
+        c
+        for c in itertools.product(range(divisions + 1), repeat=n_species - 1)
+        if sum(c) <= divisions
+    ]
+    arr = np.array([[divisions - sum(c), *c] for c in pts], dtype=float) / divisions
+    return arr
+
+
+def random_compositions(n: int, n_species: int, seed: int | None = None) -> np.ndarray:
+    """``n`` compositions drawn uniformly on the simplex (flat Dirichlet), shape (n, n_species)."""
+    rng = np.random.default_rng(seed)
+    return rng.dirichlet(np.ones(n_species), size=n)
+
+
+def tessellation(n_species: int, level: int) -> np.ndarray:
+    """Uniform refinement of the simplex, the active-learning baseline.
+
+    Level 0: the vertices (pure elements); level 1 adds edge midpoints; level 2 adds face
+    centres (and for a tetrahedron the body centre at level 3). Beyond that the simplex grid
+    with ``2**(level-1)`` divisions. Returns unique compositions, shape (m, n_species).
+    """
+    eye = np.eye(n_species)
+    pts = [eye]
+    if level >= 1:
+        pts.append(np.array([(eye[i] + eye[j]) / 2 for i, j in itertools.combinations(range(n_species), 2)]))
+    if level >= 2 and n_species >= 3:
+        pts.append(np.array([eye[list(f)].mean(0) for f in itertools.combinations(range(n_species), 3)]))
+    if level >= 3 and n_species >= 4:
+        pts.append(eye.mean(0, keepdims=True))
+    if level >= 4 or (level >= 3 and n_species < 4):
+        pts.append(simplex_grid(n_species, 2 ** (level - 1)))
+    allp = np.concatenate(pts)
+    _, idx = np.unique(np.round(allp, 9), axis=0, return_index=True)
+    return allp[np.sort(idx)]
+
+
+def composition_list(spec: str, elements: Sequence[str], seed: int = 0) -> list[dict[str, float]]:
+    """Expand a ``--compositions`` option into compositions.
+
+    ``grid:N`` the simplex grid with step 1/N; ``random:N`` N uniform random points;
+    ``tess:L`` the tessellation at level L; otherwise one or more explicit compositions
+    separated by ``;`` or whitespace (``Si0.5Ge0.5Sn0;Si1``).
+    """
+    n = len(elements)
+    kind, _, arg = spec.partition(":")
+    if kind in ("grid", "random", "tess") and arg:
+        try:
+            k = int(arg)
+        except ValueError as err:
+            raise CompositionError(f"{kind}: expects an integer, got {arg!r}") from err
+        if k < 1 and kind != "tess":
+            raise CompositionError(f"{kind}: expects a positive integer, got {k}")
+        if kind == "grid":
+            arr = simplex_grid(n, k)
+        elif kind == "random":
+            arr = random_compositions(k, n, seed)
+        else:
+            arr = tessellation(n, k)
+        return [dict(zip(elements, row.tolist())) for row in arr]
+    return [parse_composition(part, elements) for part in re.split(r"[;\s]+", spec.strip()) if part]

@@ -1,0 +1,490 @@
+"""Descriptors of the atomic neighbourhood of points r in a periodic alloy (DESIGN.md section 1).
+
+A descriptor turns "where are the atoms around r" into a fixed-length vector that does not change
+when the structure is rotated, translated, its atoms relabelled or wrapped into other periodic
+images. Two kinds:
+
+``kind="frame"`` (body-attached frame), length ``K * (3 + n_attributes)``
+    A local right-handed orthonormal frame at r: e1 points to the nearest atom, e2 is the
+    Gram-Schmidt component of the first later neighbour that is not collinear with e1
+    (|sin| > ``COLLINEAR_SIN_TOL``), e3 = e1 x e2. For each of the K nearest atoms, in order, the
+    block ``[x, y, z, attr_1, ..., attr_n]``: its position relative to r in that frame (Å) and its
+    element attributes from :mod:`engine.elements`. The length does not depend on how many
+    species the alloy has. A point on an atom (closer than ``ON_ATOM_TOL``) lists that atom at
+    (0, 0, 0) and builds the frame from the next ones. When no neighbour among the K is
+    non-collinear, e2 = e3 = 0 (only the x column carries information) rather than an arbitrary,
+    non-invariant choice.
+
+``kind="atom"`` (atom-centred scalar products), length ``S * (M + M(M-1)/2)``
+    One block per element of ``settings.species``, in that order: ``exp(-d_i / cutoff)`` for the
+    distances d_1 <= ... <= d_M (Å) to the M nearest atoms of that element, then the cosines
+    ``u_i . u_j`` (i < j, row-major) between the unit vectors to them. The exponential keeps
+    features in (0, 1] and lets an element absent from the structure (a vertex of the
+    composition simplex) take the natural value 0 for all of its block. A point on an atom gives
+    that atom's cosines as 0.
+
+Neighbour search is exact over all periodic images, for any cell shape and size: points and
+atoms are wrapped into the cell, atoms are replicated into an image set covering ``radius`` Å
+around the cell (repeat counts from the cell's plane spacings), and a k-d tree answers each
+query. ``cutoff`` is the first search radius (a memory/speed knob: the tree never sees more than
+the cell plus a skin of that width); when fewer than K atoms lie within it for some point, the
+radius grows by half until they do, so the K nearest are always returned. Equal distances are
+ordered by a deterministic, frame-independent key (see :class:`PeriodicNeighbourSearch`).
+
+The search runs in float64 numpy/scipy on the CPU; the geometry (frames, projections, cosines)
+runs in torch, in float64, on ``device``, and is cast to ``dtype`` at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from scipy.spatial import cKDTree
+
+from engine.elements import (
+    ATTRIBUTE_NAMES,
+    UnknownElementError,
+    check_attribute_names,
+    species_attributes,
+    symbol_of,
+)
+from engine.grid import grid_points
+
+KINDS = ("frame", "atom")
+DEFAULT_NEIGHBOURS = {"frame": 12, "atom": 6}
+
+ON_ATOM_TOL = 1e-6
+"""Å. A neighbour closer than this is 'on' the point: it cannot define a direction."""
+
+COLLINEAR_SIN_TOL = 0.05
+"""|sin| (about 3 degrees) below which a neighbour is too collinear with e1 to define e2: closer to
+collinear, e2 would swing wildly under tiny displacements."""
+
+TIE_DECIMALS = 8
+"""Distances equal when rounded to 1e-8 Å count as ties and are ordered by the tie-break keys."""
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DescriptorSettings:
+    """Everything that fixes a descriptor; saved in a model's config.json via :meth:`to_dict`.
+
+    kind: ``"frame"`` or ``"atom"``.
+    n_neighbors: K nearest atoms (frame kind, default 12) or M nearest per species (atom kind,
+        default 6). ``None`` picks the default for the kind.
+    cutoff: Å. First neighbour-search radius (grows as needed, see module docstring); in the
+        atom kind also the decay length of the distance features ``exp(-d / cutoff)``.
+    attributes: element attributes listed per neighbour (frame kind), from
+        :data:`engine.elements.ATTRIBUTE_NAMES`.
+    species: element symbols fixing the block order (atom kind; required there).
+    chunk_size: points processed at once; bounds memory, does not change results.
+    """
+
+    kind: str = "frame"
+    n_neighbors: int | None = None
+    cutoff: float = 6.0
+    attributes: tuple[str, ...] = ATTRIBUTE_NAMES
+    species: tuple[str, ...] = ()
+    chunk_size: int = 32768
+
+    def __post_init__(self) -> None:
+        # Normalise JSON-ish input (lists, numbers as strings of the right type) once, here, so
+        # that equal settings compare and hash equal.
+        if self.kind not in KINDS:
+            raise ValueError(f"descriptor kind must be one of {KINDS}, got {self.kind!r}")
+        k = DEFAULT_NEIGHBOURS[self.kind] if self.n_neighbors is None else int(self.n_neighbors)
+        if k < 1:
+            raise ValueError(f"n_neighbors must be >= 1, got {k}")
+        object.__setattr__(self, "n_neighbors", k)
+        if not float(self.cutoff) > 0:
+            raise ValueError(f"cutoff must be a positive length in Å, got {self.cutoff}")
+        object.__setattr__(self, "cutoff", float(self.cutoff))
+        object.__setattr__(self, "attributes", check_attribute_names(self.attributes))
+        species = tuple(symbol_of(s) for s in self.species)
+        if len(set(species)) != len(species):
+            raise ValueError(f"species must not repeat, got {species}")
+        if self.kind == "atom" and not species:
+            raise ValueError("the atom-centred descriptor needs settings.species, e.g. ('Si', 'Ge', 'Sn')")
+        object.__setattr__(self, "species", species)
+        if int(self.chunk_size) < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        object.__setattr__(self, "chunk_size", int(self.chunk_size))
+
+    @property
+    def length(self) -> int:
+        """Number of features D per point."""
+        k = self.n_neighbors
+        if self.kind == "frame":
+            return k * (3 + len(self.attributes))
+        return len(self.species) * (k + k * (k - 1) // 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; ``DescriptorSettings.from_dict(s.to_dict()) == s``."""
+        d = asdict(self)
+        d["attributes"] = list(self.attributes)
+        d["species"] = list(self.species)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DescriptorSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown descriptor setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def descriptor_length(settings: DescriptorSettings) -> int:
+    """Number of features per point for ``settings``."""
+    return settings.length
+
+
+def feature_names(settings: DescriptorSettings) -> list[str]:
+    """Names of the D features, e.g. ``n1.x``, ``n1.Z`` (frame) or ``Si.d1``, ``Si.cos12`` (atom)."""
+    k = settings.n_neighbors
+    if settings.kind == "frame":
+        cols = ("x", "y", "z", *settings.attributes)
+        return [f"n{i + 1}.{c}" for i in range(k) for c in cols]
+    names = []
+    for s in settings.species:
+        names += [f"{s}.d{i + 1}" for i in range(k)]
+        names += [f"{s}.cos{i + 1}_{j + 1}" for i in range(k) for j in range(i + 1, k)]
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# Periodic neighbour search
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The k nearest atoms of P points, nearest first (tie-broken, see PeriodicNeighbourSearch).
+
+    distances: (P, k) Å. vectors: (P, k, 3) Å, from the point to the atom's image.
+    indices: (P, k) index of the atom in the structure the search was built from.
+    """
+
+    distances: np.ndarray
+    vectors: np.ndarray
+    indices: np.ndarray
+
+
+def _tie_key(x: np.ndarray) -> np.ndarray:
+    # Integer keys make "equal within 1e-8" an exact comparison; inf (no neighbour) sorts last.
+    finite = np.isfinite(x)
+    k = np.round(np.where(finite, x, 0.0) * 10.0**TIE_DECIMALS).astype(np.int64)
+    k[~finite] = np.iinfo(np.int64).max
+    return k
+
+
+@dataclass(frozen=True)
+class _ImageSet:
+    radius: float
+    tree: cKDTree
+    positions: np.ndarray  # (n, 3) Å
+    numbers: np.ndarray  # (n,) atomic numbers
+    atoms: np.ndarray  # (n,) index into the structure
+    shift_key: np.ndarray  # (n,) integer code of the lattice translation (last-resort tie-break)
+
+
+class PeriodicNeighbourSearch:
+    """k nearest atoms of arbitrary points over all periodic images, exactly.
+
+    Built once per structure and queried many times (chunks, blocks of a big grid). Neighbours
+    are ordered by: distance rounded to 1e-8 Å; then atomic number; then, only where a tie
+    remains, a frame-independent "environment" key of each tied atom, sum over the candidate
+    atoms l within the k-th distance of (Z_l + 1) exp(-|r_j - r_l| / 1 Å); then atom index and
+    image translation. The first three keys are invariant under rotation, translation,
+    permutation and image changes; the last two only decide between atoms that look identical
+    to those keys, which in practice means symmetry-equivalent atoms (giving equal descriptors).
+
+    cell: (3, 3) lattice vectors as rows, Å. positions: (n, 3) Å, need not be wrapped.
+    numbers: (n,) atomic numbers. indices: (n,) labels returned as ``Neighbours.indices``
+    (default 0..n-1). radius: first search radius in Å (grows as needed).
+    """
+
+    def __init__(self, cell, positions, numbers, indices=None, radius: float = 6.0):
+        self.cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+        volume = abs(np.linalg.det(self.cell))
+        if not volume > 1e-6:
+            raise ValueError("the cell has zero volume; periodic descriptors need three lattice vectors")
+        self.inverse = np.linalg.inv(self.cell)
+        positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+        if len(positions) == 0:
+            raise ValueError("no atoms to search")
+        frac = positions @ self.inverse
+        self._frac = frac - np.floor(frac)
+        self._numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+        self._indices = np.arange(len(positions)) if indices is None else np.asarray(indices)
+        # Distance between lattice planes (Å) along each reciprocal direction.
+        self._plane = 1.0 / np.linalg.norm(self.inverse, axis=0)
+        self._density = len(positions) / volume
+        self._start_radius = float(radius)
+        self._images: _ImageSet | None = None
+
+    def _image_set(self, radius: float) -> _ImageSet:
+        if self._images is not None and self._images.radius >= radius:
+            return self._images
+        # Points live in [0, 1) fractional; an image atom matters if it lies within `radius` of
+        # the cell, i.e. its fractional coordinate c is within radius / plane_spacing_c of
+        # [0, 1]. The 1e-6 slack covers points that wrap to exactly 1.0 by round-off.
+        pad = radius / self._plane + 1e-6
+        reps = [np.arange(-math.ceil(p), math.ceil(p) + 1) for p in pad]
+        shifts = np.stack(np.meshgrid(*reps, indexing="ij"), -1).reshape(-1, 3)
+        frac = (self._frac[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
+        keep = np.all((frac >= -pad) & (frac <= 1 + pad), axis=1)
+        n_atoms = len(self._frac)
+        atom = np.tile(np.arange(n_atoms), len(shifts))[keep]
+        shift = np.repeat(shifts, n_atoms, axis=0)[keep]
+        positions = frac[keep] @ self.cell
+        self._images = _ImageSet(
+            radius=radius,
+            tree=cKDTree(positions),
+            positions=positions,
+            numbers=self._numbers[atom],
+            atoms=self._indices[atom],
+            shift_key=((shift[:, 0] + 512) * 1024 + shift[:, 1] + 512) * 1024 + shift[:, 2] + 512,
+        )
+        return self._images
+
+    def wrap(self, points: np.ndarray) -> np.ndarray:
+        """Points (Å) moved into the cell by lattice translations."""
+        frac = np.asarray(points, dtype=np.float64).reshape(-1, 3) @ self.inverse
+        return (frac - np.floor(frac)) @ self.cell
+
+    def query(self, points: np.ndarray, k: int) -> Neighbours:
+        """The k nearest atoms (over all images) of each point (P, 3) Å."""
+        x = self.wrap(points)
+        n_points = len(x)
+        dist = np.empty((n_points, k))
+        vec = np.empty((n_points, k, 3))
+        idx = np.empty((n_points, k), dtype=self._indices.dtype)
+        # A start radius that holds ~2k atoms on average saves rounds for sparse species.
+        radius = max(self._start_radius, (3 * 2 * (k + 4) / (4 * np.pi * self._density)) ** (1 / 3))
+        if self._images is not None:
+            radius = max(radius, self._images.radius)
+        n_query = k + 4
+        todo = np.arange(n_points)
+        while todo.size:
+            images = self._image_set(radius)
+            n_images = len(images.positions)
+            kq = min(n_query, n_images)
+            d, j = images.tree.query(x[todo], k=kq, distance_upper_bound=images.radius)
+            d = d.reshape(len(todo), kq)
+            j = j.reshape(len(todo), kq)
+            if kq < k:
+                radius *= 1.5
+                continue
+            key = _tie_key(d)
+            # Too few atoms inside the radius: the k-th could be anywhere beyond it.
+            short = ~(d[:, k - 1] < images.radius - 10.0**-TIE_DECIMALS)
+            # The last candidate ties with the k-th: atoms beyond the candidates may tie too.
+            crowded = ~short & (kq < n_images) & np.isfinite(d[:, -1]) & (key[:, -1] == key[:, k - 1])
+            done = ~short & ~crowded
+            if done.any():
+                rows = todo[done]
+                self._finish(x[rows], d[done], j[done], k, images, dist, vec, idx, rows)
+            if short.any():
+                radius *= 1.5
+            if crowded.any():
+                n_query *= 2
+            todo = todo[~done]
+        return Neighbours(distances=dist, vectors=vec, indices=idx)
+
+    def _finish(self, x, d, j, k, images, dist, vec, idx, rows) -> None:
+        # Sort each row's candidates by (rounded distance, Z), then break remaining ties.
+        n_images = len(images.positions)
+        missing = j >= n_images
+        jc = np.where(missing, 0, j)
+        key_d = _tie_key(d)
+        big = np.iinfo(np.int64).max
+        key_z = np.where(missing, big, images.numbers[jc])
+        order = np.lexsort((key_z, key_d), axis=1)
+        jc, key_d, key_z, d = (np.take_along_axis(a, order, 1) for a in (jc, key_d, key_z, d))
+        # Only ties that reach into the first k matter (including one across the k boundary).
+        m = min(k, jc.shape[1] - 1)
+        tied = np.any((key_d[:, :m] == key_d[:, 1 : m + 1]) & (key_z[:, :m] == key_z[:, 1 : m + 1]), axis=1)
+        if tied.any():
+            t = np.flatnonzero(tied)
+            pos = images.positions[jc[t]]  # (T, kq, 3)
+            within = key_d[t] <= key_d[t, k - 1 : k]  # the tie-inclusive set of k nearest
+            pair = np.linalg.norm(pos[:, :, None, :] - pos[:, None, :, :], axis=-1)
+            weight = (images.numbers[jc[t]] + 1.0) * within
+            env = np.einsum("tjl,tl->tj", np.exp(-pair), weight) - weight  # drop l == j
+            keys = (
+                images.shift_key[jc[t]],
+                images.atoms[jc[t]],
+                _tie_key(env),
+                key_z[t],
+                key_d[t],
+            )
+            order = np.lexsort(keys, axis=1)
+            jc[t] = np.take_along_axis(jc[t], order, 1)
+            d[t] = np.take_along_axis(d[t], order, 1)
+        jc, d = jc[:, :k], d[:, :k]
+        dist[rows] = d
+        vec[rows] = images.positions[jc] - x[:, None, :]
+        idx[rows] = images.atoms[jc]
+
+
+def _check_periodic(atoms: Atoms) -> None:
+    if not all(atoms.pbc):
+        raise ValueError(
+            f"descriptors need a structure periodic in all three directions, got pbc={list(atoms.pbc)}"
+        )
+    if len(atoms) == 0:
+        raise ValueError("descriptors need at least one atom")
+
+
+def periodic_neighbors(atoms: Atoms, points, k: int, cutoff: float = 6.0) -> Neighbours:
+    """The k nearest atoms of each point (P, 3) Å over all periodic images of ``atoms``."""
+    _check_periodic(atoms)
+    search = PeriodicNeighbourSearch(atoms.cell.array, atoms.positions, atoms.numbers, radius=cutoff)
+    return search.query(np.asarray(points, dtype=np.float64).reshape(-1, 3), k)
+
+
+# --------------------------------------------------------------------------------------------
+# Features (torch, float64, on device)
+# --------------------------------------------------------------------------------------------
+
+
+def _frame_features(vec: torch.Tensor, dist: torch.Tensor, attr: torch.Tensor) -> torch.Tensor:
+    """(P, K, 3) vectors, (P, K) distances, (P, K, A) attributes -> (P, K*(3+A))."""
+    n, k, _ = vec.shape
+    rows = torch.arange(n, device=vec.device)
+    valid = dist > ON_ATOM_TOL
+    unit = torch.where(valid[..., None], vec / dist.clamp_min(ON_ATOM_TOL)[..., None], 0.0)
+    # Sorted by distance, so the first valid neighbour is the nearest atom not on the point.
+    first = valid.to(torch.uint8).argmax(dim=1)
+    e1 = unit[rows, first]
+    sin = torch.linalg.cross(unit, e1[:, None, :].expand_as(unit), dim=-1).norm(dim=-1)
+    usable = valid & (sin > COLLINEAR_SIN_TOL)
+    second = usable.to(torch.uint8).argmax(dim=1)
+    w = unit[rows, second]
+    w = w - (w * e1).sum(-1, keepdim=True) * e1
+    e2 = torch.where(usable.any(1)[:, None], w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12), 0.0)
+    e3 = torch.linalg.cross(e1, e2, dim=-1)
+    frame = torch.stack((e1, e2, e3), dim=1)  # (P, 3, 3), rows are the axes
+    local = torch.einsum("pkc,pac->pka", vec, frame)
+    return torch.cat((local, attr), dim=-1).reshape(n, -1)
+
+
+def _species_features(vec: torch.Tensor, dist: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """(P, M, 3) vectors, (P, M) distances to one species -> (P, M + M(M-1)/2)."""
+    m = dist.shape[1]
+    valid = dist > ON_ATOM_TOL
+    unit = torch.where(valid[..., None], vec / dist.clamp_min(ON_ATOM_TOL)[..., None], 0.0)
+    cos = unit @ unit.transpose(1, 2)
+    i, j = torch.triu_indices(m, m, offset=1, device=vec.device)
+    return torch.cat((torch.exp(-dist / cutoff), cos[:, i, j]), dim=1)
+
+
+class DescriptorCalculator:
+    """Descriptors of one structure for any number of query points, chunk by chunk.
+
+    Build it once per structure (the neighbour search is set up here), then call it on arrays of
+    points (P, 3) Å; returns a (P, D) tensor of ``dtype`` on ``device``. Raises
+    :class:`~engine.elements.UnknownElementError` (one line, naming the element) for an element
+    without attributes (frame kind) or outside ``settings.species`` (atom kind).
+    """
+
+    def __init__(
+        self,
+        atoms: Atoms,
+        settings: DescriptorSettings,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        _check_periodic(atoms)
+        self.settings = settings
+        self.device = torch.device(device)
+        self.dtype = dtype
+        cell, pos, numbers = atoms.cell.array, atoms.positions, atoms.numbers
+        if settings.kind == "frame":
+            self._attributes = torch.as_tensor(
+                species_attributes(numbers, settings.attributes), dtype=torch.float64, device=self.device
+            )
+            self._search = PeriodicNeighbourSearch(cell, pos, numbers, radius=settings.cutoff)
+        else:
+            symbols = atoms.get_chemical_symbols()
+            extra = sorted(set(symbols) - set(settings.species))
+            if extra:
+                raise UnknownElementError(
+                    f"structure contains {', '.join(extra)}, not among the descriptor's species "
+                    f"{settings.species}"
+                )
+            self._searches: list[PeriodicNeighbourSearch | None] = []
+            for s in settings.species:
+                mine = np.flatnonzero(np.asarray(symbols) == s)
+                self._searches.append(
+                    PeriodicNeighbourSearch(cell, pos[mine], numbers[mine], mine, radius=settings.cutoff)
+                    if mine.size
+                    else None  # absent species: its block stays 0
+                )
+
+    def __call__(self, points) -> torch.Tensor:
+        if isinstance(points, torch.Tensor):
+            points = points.detach().cpu().numpy()
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        out = torch.empty((len(points), self.settings.length), dtype=self.dtype, device=self.device)
+        step = self.settings.chunk_size
+        for start in range(0, len(points), step):
+            out[start : start + step] = self._chunk(points[start : start + step]).to(self.dtype)
+        return out
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=torch.float64, device=self.device)
+
+    def _chunk(self, points: np.ndarray) -> torch.Tensor:
+        s = self.settings
+        k = s.n_neighbors
+        if s.kind == "frame":
+            nb = self._search.query(points, k)
+            idx = torch.as_tensor(nb.indices, device=self.device)
+            return _frame_features(self._tensor(nb.vectors), self._tensor(nb.distances), self._attributes[idx])
+        blocks = []
+        for search in self._searches:
+            if search is None:
+                blocks.append(torch.zeros((len(points), k + k * (k - 1) // 2), dtype=torch.float64, device=self.device))
+            else:
+                nb = search.query(points, k)
+                blocks.append(_species_features(self._tensor(nb.vectors), self._tensor(nb.distances), s.cutoff))
+        return torch.cat(blocks, dim=1)
+
+
+def compute_descriptors(
+    atoms: Atoms,
+    points,
+    settings: DescriptorSettings,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Descriptors (P, D) of the points (P, 3) Å in the periodic structure ``atoms``.
+
+    For many calls on one structure (blocks of a huge grid) build a :class:`DescriptorCalculator`
+    once instead.
+    """
+    return DescriptorCalculator(atoms, settings, device, dtype)(points)
+
+
+def descriptors_for_grid(
+    atoms: Atoms,
+    shape: tuple[int, int, int],
+    settings: DescriptorSettings,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Descriptors (nx*ny*nz, D) of every point of the cell's grid of ``shape``, C order
+    (the layout of :func:`engine.grid.grid_points`, so ``.reshape(*shape, D)`` lines up with the
+    density array)."""
+    return compute_descriptors(atoms, grid_points(atoms.cell.array, shape), settings, device, dtype)

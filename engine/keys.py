@@ -1,0 +1,41 @@
+"""Named keys of the dataset and model files, in one place (as SchNetPack does).
+
+Key-value pairs are searchable in ``ase db data.db KEY=VALUE``; data entries hold arrays.
+"""
+
+# --- key-value pairs of a dataset row -----------------------------------------------------
+TASK = "task"                  # deterministic id of the work item (hash of its parameters)
+STATUS = "status"              # "running" | "done" | "failed"
+REASON = "reason"              # why a calculation failed
+SYSTEM = "system"              # alloy system name, e.g. "SiGeSn"
+COMPOSITION = "composition"    # requested composition, e.g. "Si0.5Ge0.25Sn0.25"
+REALISED = "realised"          # realised composition after rounding to whole atoms
+REPEAT = "repeat"              # supercell repeat as "2x2x2"
+TEMPERATURE = "temperature"    # K
+THERMAL = "thermal"            # thermalization method: "md" | "einstein" | "none"
+SAMPLE = "sample"              # index of the random configuration at this composition/temperature
+SEED = "seed"                  # seed of the structure and thermal sampler
+VACANCIES = "vacancies"
+ANTISITES = "antisites"
+SOURCE = "source"              # "generated" or the user's structure file name
+INTEGRAL = "integral"          # ∫ñ dV of the stored field (electrons), as GPAW integrates it
+WALL_TIME = "wall_time"        # DFT wall time, s
+PID = "pid"
+HOST = "host"
+
+STATUS_RUNNING = "running"
+STATUS_DONE = "done"
+STATUS_FAILED = "failed"
+
+# --- data entries of a dataset row ---------------------------------------------------------
+DENSITY = "density"            # float64 (nx,ny,nz) or (2,nx,ny,nz), electrons/Å³
+PROVENANCE = "provenance"      # dict: code, version, settings, k-points, iterations, ...
+
+# --- which field the density is -----------------------------------------------------------
+FIELD_PSEUDO = "pseudo_density_no_compensation"
+
+# --- model directory -----------------------------------------------------------------------
+MODEL_CONFIG = "config.json"
+MODEL_WEIGHTS = "weights.safetensors"
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_STATE = "checkpoint.json"
