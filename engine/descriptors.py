@@ -316,11 +316,17 @@ class PeriodicNeighbourSearch:
         tied = np.any((key_d[:, :m] == key_d[:, 1 : m + 1]) & (key_z[:, :m] == key_z[:, 1 : m + 1]), axis=1)
         if tied.any():
             t = np.flatnonzero(tied)
-            pos = images.positions[jc[t]]  # (T, kq, 3)
             within = key_d[t] <= key_d[t, k - 1 : k]  # the tie-inclusive set of k nearest
-            pair = np.linalg.norm(pos[:, :, None, :] - pos[:, None, :, :], axis=-1)
-            weight = (images.numbers[jc[t]] + 1.0) * within
-            env = np.einsum("tjl,tl->tj", np.exp(-pair), weight) - weight  # drop l == j
+            # That set is a prefix of each row; candidates past the longest prefix cannot tie
+            # into the first k, so they need no environment key (saves most of the work).
+            w = int(within.sum(1).max())
+            jt = jc[t, :w]
+            rel = images.positions[jt] - x[t, None, :]  # small vectors: accurate differences
+            diff = rel[:, :, None, :] - rel[:, None, :, :]
+            pair = np.sqrt(np.einsum("tjlc,tjlc->tjl", diff, diff))
+            weight = (images.numbers[jt] + 1.0) * within[:, :w]
+            env = np.zeros(key_d[t].shape)
+            env[:, :w] = np.einsum("tjl,tl->tj", np.exp(-pair), weight) - weight  # drop l == j
             keys = (
                 images.shift_key[jc[t]],
                 images.atoms[jc[t]],
