@@ -18,8 +18,9 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="rhox: Bayesian neural-network electron densities of alloys, with uncertainty.")
-console = Console(stderr=True)
-out = Console()
+# Outside a terminal (pipes, logs, CI) rich would wrap at 80 columns and cut table cells.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -16,7 +16,7 @@ from ase.data import chemical_symbols
 
 SUM_TOLERANCE = 1e-6
 
-_TERM = re.compile(r"([A-Z][a-z]?)(\d*\.?\d*(?:[eE][-+]?\d+)?)")
+_TERM = re.compile(r"([A-Z][a-z]?)(-?\d*\.?\d*(?:[eE][-+]?\d+)?)")
 
 
 class CompositionError(ValueError):

@@ -202,11 +202,13 @@ class PeriodicNeighbourSearch:
 
     Built once per structure and queried many times (chunks, blocks of a big grid). Neighbours
     are ordered by: distance rounded to 1e-8 Å; then atomic number; then, only where a tie
-    remains, a frame-independent "environment" key of each tied atom, sum over the candidate
-    atoms l within the k-th distance of (Z_l + 1) exp(-|r_j - r_l| / 1 Å); then atom index and
-    image translation. The first three keys are invariant under rotation, translation,
-    permutation and image changes; the last two only decide between atoms that look identical
-    to those keys, which in practice means symmetry-equivalent atoms (giving equal descriptors).
+    remains, two frame-independent keys of each tied atom j computed from the set C of
+    candidates within the k-th distance: its "environment" sum over l in C of
+    (Z_l + 1) exp(-|r_j - r_l| / 1 Å), and a handedness (pseudo-scalar) key that tells mirror
+    images apart; then atom index and image translation. The first four keys are invariant under
+    rotation, translation, permutation and image changes; the last two only decide between atoms
+    that look identical to them, i.e. in practice atoms related by a rotation that maps C onto
+    itself.
 
     cell: (3, 3) lattice vectors as rows, Å. positions: (n, 3) Å, need not be wrapped.
     numbers: (n,) atomic numbers. indices: (n,) labels returned as ``Neighbours.indices``
@@ -325,11 +327,21 @@ class PeriodicNeighbourSearch:
             diff = rel[:, :, None, :] - rel[:, None, :, :]
             pair = np.sqrt(np.einsum("tjlc,tjlc->tjl", diff, diff))
             weight = (images.numbers[jt] + 1.0) * within[:, :w]
+            near = np.exp(-pair) * weight[:, None, :]
             env = np.zeros(key_d[t].shape)
-            env[:, :w] = np.einsum("tjl,tl->tj", np.exp(-pair), weight) - weight  # drop l == j
+            env[:, :w] = near.sum(-1) - weight  # drop l == j
+            # Mirror images of each other share every distance, so env cannot split them, yet a
+            # right-handed frame built on one or the other differs. A pseudo-scalar can:
+            # chi_j = v_j . (A_j x B_j), two differently weighted sums of the set's vectors seen
+            # from j; a mirror flips its sign, a proper rotation keeps it.
+            a = np.einsum("tjl,tlc->tjc", near, rel)
+            b = np.einsum("tjl,tlc->tjc", near * near, rel)
+            chi = np.zeros(key_d[t].shape)
+            chi[:, :w] = np.einsum("tjc,tjc->tj", rel, np.cross(a, b))
             keys = (
                 images.shift_key[jc[t]],
                 images.atoms[jc[t]],
+                _tie_key(chi),
                 _tie_key(env),
                 key_z[t],
                 key_d[t],

@@ -27,12 +27,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
 
 from . import keys
-
-BOHR3 = units.Bohr**3  # Å³ per Bohr³: GPAW arrays are in e/Bohr³
-
 
 @dataclass(frozen=True)
 class DFTSettings:
@@ -169,7 +166,10 @@ def run_dft(atoms: Atoms, settings: DFTSettings | None = None, txt: str | None =
         magmom = float(calc.get_magnetic_moment()) if settings.spin_polarized else 0.0
         nt = calc.dft.densities().pseudo_densities(add_compensation_charges=False)
         integral = float(np.sum(nt.integrate()))
-        data = nt.gather(broadcast=True).data / BOHR3  # e/Bohr³ -> e/Å³
+        gathered = nt.gather(broadcast=True)
+        # The array's units follow its grid's volume element: scale to electrons/Å³ so that
+        # sum(ρ) · V/N (Å³) reproduces GPAW's own integral whatever unit system it used.
+        data = gathered.data * (gathered.dv * np.prod(gathered.data.shape[-3:]) / work.get_volume())
         iterations = int(calc.get_number_of_iterations() or 0)
     except Exception as err:  # GPAW raises several types (convergence, setup, memory)
         raise DFTError(f"{type(err).__name__}: {err}") from err

@@ -1,0 +1,146 @@
+"""The dataset: atomic writes, resume after a kill, concurrent workers, corrupt files."""
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.io import write
+
+from conftest import rhox_cmd, subprocess_env
+from engine.generate import plan_structures, run_task
+from engine.store import Dataset, DatasetError
+from engine.dft import DFTSettings
+
+TINY = DFTSettings(ecut=150.0, xc="LDA", kpts=(1, 1, 1), smearing=0.1)
+
+
+def _si2_variants(n):
+    out = []
+    for k in range(n):
+        a = bulk("Si", "diamond", a=5.43)
+        a.rattle(0.02, seed=k)
+        out.append((f"si2_{k}", a))
+    return out
+
+
+def _worker(db_path, order):
+    tasks = plan_structures(_si2_variants(6), TINY)
+    for i in order:
+        run_task(tasks[i], db_path)
+
+
+@pytest.mark.dft
+def test_two_workers_one_database_lose_nothing(tmp_path):
+    db = str(tmp_path / "shared.db")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(db, order)) for order in ([0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0])]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+        assert p.exitcode == 0
+    ds = Dataset(db, must_exist=True)
+    status = ds.task_status()
+    keys = [t.key() for t in plan_structures(_si2_variants(6), TINY)]
+    assert sorted(status) == sorted(keys)  # each item exactly once
+    assert set(status.values()) == {"done"}
+    assert ds.db.count() == 6
+    for s in ds.samples():
+        assert s.integrate() == pytest.approx(s.integral, rel=1e-6)
+
+
+@pytest.mark.dft
+def test_generate_killed_midway_resumes_without_duplicates_or_losses(tmp_path):
+    files = []
+    for name, a in _si2_variants(8):
+        f = tmp_path / f"{name}.cif"
+        write(f, a)
+        files.append(str(f))
+    db = tmp_path / "run.db"
+    cmd = rhox_cmd() + ["generate", "--structures", *files, "--ecut", "150", "--xc", "LDA",
+                        "--kpt-density", "0.5", "--out", str(db)]
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    done_before = 0
+    while time.time() < deadline:
+        time.sleep(0.3)
+        if db.exists():
+            try:
+                done_before = Dataset(db).count("done")
+            except Exception:
+                continue
+            if done_before >= 2:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert done_before >= 2
+    ds = Dataset(db, must_exist=True)
+    after_kill = {r.get("task"): r.get("status") for r in ds.db.select()}
+    assert 2 <= ds.count("done") < 8  # killed mid-way; finished samples survive, and are whole
+    for s in ds.samples():
+        assert s.density.size and s.integrate() == pytest.approx(s.integral, rel=1e-6)
+    # Resume: finishes the rest, skipping what is done.
+    res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    ds = Dataset(db, must_exist=True)
+    status = [r.get("task") for r in ds.db.select()]
+    assert len(status) == len(set(status)) == 8
+    assert ds.count("done") == 8
+    done_ids = {t for t, s in after_kill.items() if s == "done"}
+    assert done_ids <= set(status)
+
+
+@pytest.mark.dft
+def test_failed_calculation_is_recorded_and_skipped_on_rerun(tmp_path):
+    bad = DFTSettings(ecut=150.0, xc="LDA", kpts=(1, 1, 1), max_iterations=2)
+    task = plan_structures(_si2_variants(1), bad)[0]
+    r = run_task(task, str(tmp_path / "f.db"))
+    assert r["status"] == "failed" and "onverge" in r["reason"]
+    ds = Dataset(tmp_path / "f.db")
+    assert ds.count("failed") == 1 and ds.count("done") == 0
+    assert "onverge" in ds.failures()[0].reason
+    assert run_task(task, str(tmp_path / "f.db"))["status"] == "skipped"
+
+
+def test_corrupt_and_missing_database_refused(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite at all" * 10)
+    before = junk.read_bytes()
+    with pytest.raises(DatasetError, match="not an ASE database"):
+        Dataset(junk)
+    assert junk.read_bytes() == before
+    with pytest.raises(DatasetError, match="does not exist"):
+        Dataset(tmp_path / "nope.db", must_exist=True)
+
+
+def test_stale_reservation_from_dead_process_is_cleared(tmp_path):
+    ds = Dataset(tmp_path / "s.db")
+    rid = ds.reserve("abc")
+    assert ds.reserve("abc") is None
+    ds.db.update(rid, pid=2**22 + 12345)  # a pid that is not running
+    assert ds.clear_stale() == 1
+    assert ds.reserve("abc") is not None
+
+
+@pytest.mark.dft
+def test_generate_with_dask_workers(tmp_path):
+    files = []
+    for name, a in _si2_variants(3):
+        f = tmp_path / f"{name}.traj"
+        write(f, a)
+        files.append(str(f))
+    db = tmp_path / "dask.db"
+    cmd = rhox_cmd() + ["generate", "--structures", *files, "--ecut", "150", "--xc", "LDA",
+                        "--kpt-density", "0.5", "--workers", "2", "--out", str(db)]
+    res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "done" in res.stdout
+    ds = Dataset(db, must_exist=True)
+    assert ds.count("done") == 3
+    info = subprocess.run(rhox_cmd() + ["info", str(db)], env=subprocess_env(), capture_output=True, text=True)
+    assert info.returncode == 0 and "3 samples done" in info.stdout

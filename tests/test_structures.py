@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+
+from engine.composition import CompositionError
+from engine.structures import (
+    SYSTEMS, add_antisites, add_vacancies, get_system, infer_system, random_alloy, vegard_lattice_constant,
+)
+
+
+@pytest.mark.parametrize("system,comp,repeat,natoms,counts", [
+    ("SiGeSn", "Si0.5Ge0.25Sn0.25", 1, 8, {"Si": 4, "Ge": 2, "Sn": 2}),
+    ("SiGeSn", "Si0.34Ge0.33Sn0.33", 1, 8, {"Si": 3, "Ge": 3, "Sn": 2}),
+    ("SiGe", "Si0.3Ge0.7", 2, 64, {"Si": 19, "Ge": 45}),
+    ("CrFeCoNi", "Cr0.25Fe0.25Co0.25Ni0.25", 2, 32, {"Cr": 8, "Fe": 8, "Co": 8, "Ni": 8}),
+    ("Al", "Al1", (1, 2, 3), 24, {"Al": 24}),
+])
+def test_realised_composition_and_size(system, comp, repeat, natoms, counts):
+    a = random_alloy(system, comp, repeat, seed=3)
+    syms = a.get_chemical_symbols()
+    assert len(a) == natoms
+    assert {el: syms.count(el) for el in counts} == counts
+    realised = a.info["realised_composition"]
+    for el, c in counts.items():
+        if c:
+            assert f"{el}{round(c / natoms, 3):g}" in realised
+    assert a.pbc.all()
+
+
+def test_vegard_and_magnetism():
+    s = get_system("SiGeSn")
+    a = vegard_lattice_constant(s, {"Si": 0.5, "Ge": 0.5, "Sn": 0})
+    assert a == pytest.approx((5.431 + 5.658) / 2)
+    atoms = random_alloy("SiGe", "Si0.5Ge0.5", 1, seed=0)
+    assert atoms.cell.lengths() == pytest.approx([a] * 3)
+    cfcn = random_alloy("CrFeCoNi", "Cr0.25Fe0.25Co0.25Ni0.25", 1, seed=0)
+    moms = dict(zip(cfcn.get_chemical_symbols(), cfcn.get_initial_magnetic_moments()))
+    assert moms["Cr"] < 0 < moms["Fe"]
+
+
+def test_same_seed_same_structure_other_seed_other():
+    a = random_alloy("SiGeSn", "Si0.5Ge0.25Sn0.25", 2, seed=7)
+    b = random_alloy("SiGeSn", "Si0.5Ge0.25Sn0.25", 2, seed=7)
+    c = random_alloy("SiGeSn", "Si0.5Ge0.25Sn0.25", 2, seed=8)
+    assert a.get_chemical_symbols() == b.get_chemical_symbols()
+    assert np.allclose(a.positions, b.positions)
+    assert a.get_chemical_symbols() != c.get_chemical_symbols()
+
+
+def test_defects():
+    a = random_alloy("SiGeSn", "Si0.5Ge0.5", 1, seed=1)
+    v = add_vacancies(a, 2, seed=0)
+    assert len(v) == 6 and v.info["vacancies"] == 2
+    assert len(a) == 8  # the input is not changed
+    anti = add_antisites(a, 3, SYSTEMS["SiGeSn"].elements, seed=0)
+    changed = sum(x != y for x, y in zip(a.get_chemical_symbols(), anti.get_chemical_symbols()))
+    assert changed == 3 and anti.info["antisites"] == 3
+    assert add_vacancies(a, 2, seed=0).positions.tolist() == v.positions.tolist()
+
+
+def test_repeat_too_small_is_refused_with_advice():
+    with pytest.raises(CompositionError, match="too few to place Ge, Sn"):
+        random_alloy("SiGeSn", "Si0.95Ge0.01Sn0.04", 1, seed=0)
+    random_alloy("SiGeSn", "Si0.9Ge0.05Sn0.05", 2, seed=0)  # 64 sites: 3 Sn, 3 Ge
+
+
+def test_infer_and_unknown_system():
+    assert infer_system(["Si", "Ge"]).name == "SiGe"
+    assert infer_system(["Sn", "Si"]).name == "SiGeSn"
+    assert infer_system(["Ni", "Cr"]).name == "CrFeCoNi"
+    with pytest.raises(CompositionError, match="no alloy system covers"):
+        infer_system(["Si", "Fe"])
+    with pytest.raises(CompositionError, match="unknown alloy system"):
+        get_system("GaAs")
