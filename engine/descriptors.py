@@ -208,7 +208,10 @@ class PeriodicNeighbourSearch:
     images apart; then atom index and image translation. The first four keys are invariant under
     rotation, translation, permutation and image changes; the last two only decide between atoms
     that look identical to them, i.e. in practice atoms related by a rotation that maps C onto
-    itself.
+    itself. They pick the atoms that define a local frame (as in the frame descriptor: nearest,
+    then first non-collinear), and the atoms still tied are finally listed by their coordinates
+    in that frame (largest x, then y, then z first), so symmetry-equivalent choices give the
+    same listing and therefore the same descriptor.
 
     cell: (3, 3) lattice vectors as rows, Å. positions: (n, 3) Å, need not be wrapped.
     numbers: (n,) atomic numbers. indices: (n,) labels returned as ``Neighbours.indices``
@@ -243,12 +246,17 @@ class PeriodicNeighbourSearch:
         pad = radius / self._plane + 1e-6
         reps = [np.arange(-math.ceil(p), math.ceil(p) + 1) for p in pad]
         shifts = np.stack(np.meshgrid(*reps, indexing="ij"), -1).reshape(-1, 3)
-        frac = (self._frac[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
-        keep = np.all((frac >= -pad) & (frac <= 1 + pad), axis=1)
-        n_atoms = len(self._frac)
-        atom = np.tile(np.arange(n_atoms), len(shifts))[keep]
-        shift = np.repeat(shifts, n_atoms, axis=0)[keep]
-        positions = frac[keep] @ self.cell
+        # One translation at a time, so a big cell never holds all 27+ copies at once.
+        parts_frac, parts_atom, parts_shift = [], [], []
+        for shift in shifts:
+            frac = self._frac + shift
+            keep = np.flatnonzero(np.all((frac >= -pad) & (frac <= 1 + pad), axis=1))
+            parts_frac.append(frac[keep])
+            parts_atom.append(keep)
+            parts_shift.append(np.broadcast_to(shift, (keep.size, 3)))
+        atom = np.concatenate(parts_atom)
+        shift = np.concatenate(parts_shift)
+        positions = np.concatenate(parts_frac) @ self.cell
         self._images = _ImageSet(
             radius=radius,
             tree=cKDTree(positions),
@@ -316,43 +324,103 @@ class PeriodicNeighbourSearch:
         # Only ties that reach into the first k matter (including one across the k boundary).
         m = min(k, jc.shape[1] - 1)
         tied = np.any((key_d[:, :m] == key_d[:, 1 : m + 1]) & (key_z[:, :m] == key_z[:, 1 : m + 1]), axis=1)
-        if tied.any():
-            t = np.flatnonzero(tied)
-            within = key_d[t] <= key_d[t, k - 1 : k]  # the tie-inclusive set of k nearest
-            # That set is a prefix of each row; candidates past the longest prefix cannot tie
-            # into the first k, so they need no environment key (saves most of the work).
+        # Rows with ties get the full treatment, in batches to bound memory. Only the prefix
+        # of candidates within the k-th distance (the tie-inclusive set C) can reach the first
+        # k, so only those columns are reordered.
+        t_all = np.flatnonzero(tied)
+        for start in range(0, t_all.size, _TIE_BATCH):
+            t = t_all[start : start + _TIE_BATCH]
+            within = key_d[t] <= key_d[t, k - 1 : k]
             w = int(within.sum(1).max())
-            jt = jc[t, :w]
-            rel = images.positions[jt] - x[t, None, :]  # small vectors: accurate differences
-            diff = rel[:, :, None, :] - rel[:, None, :, :]
-            pair = np.sqrt(np.einsum("tjlc,tjlc->tjl", diff, diff))
-            weight = (images.numbers[jt] + 1.0) * within[:, :w]
-            near = np.exp(-pair) * weight[:, None, :]
-            env = np.zeros(key_d[t].shape)
-            env[:, :w] = near.sum(-1) - weight  # drop l == j
-            # Mirror images of each other share every distance, so env cannot split them, yet a
-            # right-handed frame built on one or the other differs. A pseudo-scalar can:
-            # chi_j = v_j . (A_j x B_j), two differently weighted sums of the set's vectors seen
-            # from j; a mirror flips its sign, a proper rotation keeps it.
-            a = np.einsum("tjl,tlc->tjc", near, rel)
-            b = np.einsum("tjl,tlc->tjc", near * near, rel)
-            chi = np.zeros(key_d[t].shape)
-            chi[:, :w] = np.einsum("tjc,tjc->tj", rel, np.cross(a, b))
-            keys = (
-                images.shift_key[jc[t]],
-                images.atoms[jc[t]],
-                _tie_key(chi),
-                _tie_key(env),
-                key_z[t],
-                key_d[t],
+            jc[t, :w], d[t, :w] = _break_ties(
+                images.positions[jc[t, :w]] - x[t, None, :],
+                images.numbers[jc[t, :w]],
+                within[:, :w],
+                d[t, :w],
+                (images.shift_key[jc[t, :w]], images.atoms[jc[t, :w]]),
+                jc[t, :w],
             )
-            order = np.lexsort(keys, axis=1)
-            jc[t] = np.take_along_axis(jc[t], order, 1)
-            d[t] = np.take_along_axis(d[t], order, 1)
         jc, d = jc[:, :k], d[:, :k]
         dist[rows] = d
         vec[rows] = images.positions[jc] - x[:, None, :]
         idx[rows] = images.atoms[jc]
+
+
+_TIE_BATCH = 4096  # rows per batch in tie-breaking: its arrays grow with the square of C
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # np.cross is several times slower than this on small trailing axes.
+    return np.stack(
+        (
+            a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1],
+            a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
+            a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0],
+        ),
+        axis=-1,
+    )
+
+
+def _break_ties(rel, numbers, within, dist, fallback, labels):
+    """Canonical order of the candidate prefix of rows with ties (see PeriodicNeighbourSearch).
+
+    rel (T, w, 3) Å vectors from each point to its candidates, sorted by (rounded distance, Z);
+    numbers (T, w); within (T, w) the set C; dist (T, w); fallback: last-resort integer keys,
+    least significant first; labels (T, w) carried along. Returns labels and dist reordered.
+    """
+    key_d, key_z = _tie_key(dist), numbers
+    # Pair distances from the Gram matrix (one BLAS call); the diagonal is set exactly to zero
+    # because round-off there would be amplified by the square root.
+    sq = np.einsum("tjc,tjc->tj", rel, rel)
+    pair2 = sq[:, :, None] + sq[:, None, :] - 2.0 * rel @ rel.transpose(0, 2, 1)
+    idx = np.arange(rel.shape[1])
+    pair2[:, idx, idx] = 0.0
+    weight = (numbers + 1.0) * within
+    near = np.exp(-np.sqrt(np.maximum(pair2, 0.0))) * weight[:, None, :]
+    env = near.sum(-1) - weight  # drop l == j
+    # Mirror images of each other share every distance, so env cannot split them, yet a
+    # right-handed frame built on one or the other differs. A pseudo-scalar can:
+    # chi_j = v_j . (A_j x B_j), two differently weighted sums of the set's vectors seen
+    # from j; a mirror flips its sign, a proper rotation keeps it.
+    a = near @ rel
+    b = (near * near) @ rel
+    chi = np.einsum("tjc,tjc->tj", rel, _cross(a, b))
+    order = np.lexsort((*fallback, _tie_key(chi), _tie_key(env), key_z, key_d), axis=1)
+    rel, dist, labels = (np.take_along_axis(v, order[..., None] if v.ndim == 3 else order, 1) for v in (rel, dist, labels))
+    key_d, key_z = np.take_along_axis(key_d, order, 1), np.take_along_axis(key_z, order, 1)
+    # Those keys pick the atoms that set up a local frame (as the frame descriptor does); list
+    # the atoms still tied by their coordinates in it. The frame is invariant (up to symmetries
+    # of C, which map the whole listing consistently).
+    local, role = _frame_of_sorted(rel, dist)
+    keys = tuple(-_tie_key(local[..., c]) for c in (2, 1, 0)) + (role, key_z, key_d)
+    order = np.lexsort(keys, axis=1)
+    return np.take_along_axis(labels, order, 1), np.take_along_axis(dist, order, 1)
+
+
+def _frame_of_sorted(vec: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Local frame of sorted neighbours, numpy twin of the one in :func:`_frame_features`.
+
+    vec (T, n, 3), dist (T, n). Returns coordinates (T, n, 3) in the frame, and a role per
+    neighbour: 0 for the atom defining e1, 1 for the one defining e2, 2 otherwise. Listing the
+    defining atoms first within their tie groups keeps the descriptor's frame equal to this one.
+    """
+    rows = np.arange(len(vec))
+    valid = dist > ON_ATOM_TOL
+    unit = np.where(valid[..., None], vec / np.maximum(dist, ON_ATOM_TOL)[..., None], 0.0)
+    first = valid.argmax(1)
+    e1 = unit[rows, first]
+    usable = valid & (np.linalg.norm(_cross(unit, e1[:, None, :]), axis=-1) > COLLINEAR_SIN_TOL)
+    has2 = usable.any(1)
+    second = usable.argmax(1)
+    w = unit[rows, second]
+    w = w - np.sum(w * e1, -1, keepdims=True) * e1
+    e2 = np.where(has2[:, None], w / np.maximum(np.linalg.norm(w, axis=-1, keepdims=True), 1e-12), 0.0)
+    frame = np.stack((e1, e2, _cross(e1, e2)), axis=1)
+    local = np.einsum("tkc,tac->tka", vec, frame)
+    role = np.full(dist.shape, 2, dtype=np.int64)
+    role[rows[has2], second[has2]] = 1
+    role[rows, first] = 0
+    return local, role
 
 
 def _check_periodic(atoms: Atoms) -> None:
@@ -429,9 +497,10 @@ class DescriptorCalculator:
         self.dtype = dtype
         cell, pos, numbers = atoms.cell.array, atoms.positions, atoms.numbers
         if settings.kind == "frame":
-            self._attributes = torch.as_tensor(
-                species_attributes(numbers, settings.attributes), dtype=torch.float64, device=self.device
-            )
+            # Look up each element once, not each atom (cells may hold millions of atoms).
+            elements, inverse = np.unique(numbers, return_inverse=True)
+            table = species_attributes(elements, settings.attributes)
+            self._attributes = torch.as_tensor(table[inverse], dtype=torch.float64, device=self.device)
             self._search = PeriodicNeighbourSearch(cell, pos, numbers, radius=settings.cutoff)
         else:
             symbols = atoms.get_chemical_symbols()
