@@ -200,18 +200,19 @@ class _ImageSet:
 class PeriodicNeighbourSearch:
     """k nearest atoms of arbitrary points over all periodic images, exactly.
 
-    Built once per structure and queried many times (chunks, blocks of a big grid). Neighbours
-    are ordered by: distance rounded to 1e-8 Å; then atomic number; then, only where a tie
-    remains, two frame-independent keys of each tied atom j computed from the set C of
-    candidates within the k-th distance: its "environment" sum over l in C of
-    (Z_l + 1) exp(-|r_j - r_l| / 1 Å), and a handedness (pseudo-scalar) key that tells mirror
-    images apart; then atom index and image translation. The first four keys are invariant under
-    rotation, translation, permutation and image changes; the last two only decide between atoms
-    that look identical to them, i.e. in practice atoms related by a rotation that maps C onto
-    itself. They pick the atoms that define a local frame (as in the frame descriptor: nearest,
-    then first non-collinear), and the atoms still tied are finally listed by their coordinates
-    in that frame (largest x, then y, then z first), so symmetry-equivalent choices give the
-    same listing and therefore the same descriptor.
+    Built once per structure and queried many times (chunks, blocks of a big grid).
+
+    Order: by distance rounded to 1e-8 Å, then atomic number. Where that leaves ties among (or
+    at the edge of) the k nearest, which happens at high-symmetry points of perfect lattices,
+    the tied atoms are listed by their coordinates in a local frame (e1 to the nearest atom,
+    e2 from the first non-collinear one, as in the frame descriptor), and the frame itself is
+    chosen canonically: candidate frames are narrowed by invariant keys of each atom j over the
+    tie-inclusive set C of the k nearest (an "environment" sum over l in C of
+    (Z_l + 1) exp(-|r_j - r_l| / 1 Å), and a handedness pseudo-scalar that tells mirror images
+    apart), and the lexicographically smallest listing among the remaining frames wins. Every
+    step is invariant, so the listing, and any descriptor built from it, does not depend on
+    orientation, origin, atom order or which periodic images are stored, even at symmetric
+    points. Ties cost time only in the rows that have them.
 
     cell: (3, 3) lattice vectors as rows, Å. positions: (n, 3) Å, need not be wrapped.
     numbers: (n,) atomic numbers. indices: (n,) labels returned as ``Neighbours.indices``
@@ -339,6 +340,7 @@ class PeriodicNeighbourSearch:
                 d[t, :w],
                 (images.shift_key[jc[t, :w]], images.atoms[jc[t, :w]]),
                 jc[t, :w],
+                k,
             )
         jc, d = jc[:, :k], d[:, :k]
         dist[rows] = d
@@ -346,7 +348,7 @@ class PeriodicNeighbourSearch:
         idx[rows] = images.atoms[jc]
 
 
-_TIE_BATCH = 4096  # rows per batch in tie-breaking: its arrays grow with the square of C
+_TIE_BATCH = 2048  # rows per batch in tie-breaking: its arrays grow with the square of C
 
 
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -361,66 +363,100 @@ def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     )
 
 
-def _break_ties(rel, numbers, within, dist, fallback, labels):
-    """Canonical order of the candidate prefix of rows with ties (see PeriodicNeighbourSearch).
+def _first_true_positions(mask: np.ndarray) -> np.ndarray:
+    """Column indices of each row's True entries first (in column order), then the rest."""
+    return np.argsort(~mask, axis=1, kind="stable")
+
+
+def _break_ties(rel, numbers, within, dist, fallback, labels, k):
+    """Canonical order of the candidates of rows with ties (see PeriodicNeighbourSearch).
 
     rel (T, w, 3) Å vectors from each point to its candidates, sorted by (rounded distance, Z);
-    numbers (T, w); within (T, w) the set C; dist (T, w); fallback: last-resort integer keys,
-    least significant first; labels (T, w) carried along. Returns labels and dist reordered.
+    numbers (T, w); within (T, w) the tie-inclusive set C of the k nearest; dist (T, w);
+    fallback: last-resort integer keys, least significant first; labels (T, w) carried along.
+    Returns labels and dist in the canonical order.
+
+    The order is the smallest, over the candidate local frames (e1 atom, e2 atom), of the
+    listing sorted by (distance, Z, frame role, -x, -y, -z) in that frame. Candidate frames are
+    narrowed first by invariant keys (so usually one is left): e1 atoms are the nearest with
+    the smallest (environment, handedness) key; e2 atoms are those of the first non-collinear
+    distance group with the largest projection on e1, then the smallest keys. A minimum over
+    a set that is itself invariant is invariant: the result does not depend on atom order,
+    orientation or stored images, whatever symmetry the environment has.
     """
-    key_d, key_z = _tie_key(dist), numbers
+    t_rows, w = dist.shape
+    rows = np.arange(t_rows)
+    key_d, key_z = _tie_key(dist), numbers.astype(np.int64)
     # Pair distances from the Gram matrix (one BLAS call); the diagonal is set exactly to zero
     # because round-off there would be amplified by the square root.
     sq = np.einsum("tjc,tjc->tj", rel, rel)
     pair2 = sq[:, :, None] + sq[:, None, :] - 2.0 * rel @ rel.transpose(0, 2, 1)
-    idx = np.arange(rel.shape[1])
-    pair2[:, idx, idx] = 0.0
+    pair2[:, np.arange(w), np.arange(w)] = 0.0
     weight = (numbers + 1.0) * within
     near = np.exp(-np.sqrt(np.maximum(pair2, 0.0))) * weight[:, None, :]
-    env = near.sum(-1) - weight  # drop l == j
-    # Mirror images of each other share every distance, so env cannot split them, yet a
-    # right-handed frame built on one or the other differs. A pseudo-scalar can:
-    # chi_j = v_j . (A_j x B_j), two differently weighted sums of the set's vectors seen
-    # from j; a mirror flips its sign, a proper rotation keeps it.
-    a = near @ rel
-    b = (near * near) @ rel
-    chi = np.einsum("tjc,tjc->tj", rel, _cross(a, b))
-    order = np.lexsort((*fallback, _tie_key(chi), _tie_key(env), key_z, key_d), axis=1)
-    rel, dist, labels = (np.take_along_axis(v, order[..., None] if v.ndim == 3 else order, 1) for v in (rel, dist, labels))
-    key_d, key_z = np.take_along_axis(key_d, order, 1), np.take_along_axis(key_z, order, 1)
-    # Those keys pick the atoms that set up a local frame (as the frame descriptor does); list
-    # the atoms still tied by their coordinates in it. The frame is invariant (up to symmetries
-    # of C, which map the whole listing consistently).
-    local, role = _frame_of_sorted(rel, dist)
-    keys = tuple(-_tie_key(local[..., c]) for c in (2, 1, 0)) + (role, key_z, key_d)
-    order = np.lexsort(keys, axis=1)
-    return np.take_along_axis(labels, order, 1), np.take_along_axis(dist, order, 1)
+    key_env = _tie_key(near.sum(-1) - weight)  # drop l == j
+    # Mirror images of each other share every distance, so the environment key cannot split
+    # them, yet right-handed frames built on one or the other differ. A pseudo-scalar can:
+    # chi_j = v_j . (A_j x B_j), two differently weighted sums of the set's vectors seen from
+    # j; a mirror flips its sign, a proper rotation keeps it.
+    chi = np.einsum("tjc,tjc->tj", rel, _cross(near @ rel, (near * near) @ rel))
+    key_chi = _tie_key(chi)
+    order = np.lexsort((*fallback, key_chi, key_env, key_z, key_d), axis=1)
+    take = lambda a: np.take_along_axis(a, order[..., None] if a.ndim == 3 else order, 1)  # noqa: E731
+    rel, dist, labels, key_d, key_z, key_env, key_chi = map(
+        take, (rel, dist, labels, key_d, key_z, key_env, key_chi)
+    )
 
-
-def _frame_of_sorted(vec: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Local frame of sorted neighbours, numpy twin of the one in :func:`_frame_features`.
-
-    vec (T, n, 3), dist (T, n). Returns coordinates (T, n, 3) in the frame, and a role per
-    neighbour: 0 for the atom defining e1, 1 for the one defining e2, 2 otherwise. Listing the
-    defining atoms first within their tie groups keeps the descriptor's frame equal to this one.
-    """
-    rows = np.arange(len(vec))
     valid = dist > ON_ATOM_TOL
-    unit = np.where(valid[..., None], vec / np.maximum(dist, ON_ATOM_TOL)[..., None], 0.0)
+    unit = np.where(valid[..., None], rel / np.maximum(dist, ON_ATOM_TOL)[..., None], 0.0)
+    new_group = (key_d[:, 1:] != key_d[:, :-1]) | (key_z[:, 1:] != key_z[:, :-1])
+    group = np.concatenate([np.zeros((t_rows, 1), np.int64), np.cumsum(new_group, axis=1)], axis=1)
     first = valid.argmax(1)
-    e1 = unit[rows, first]
-    usable = valid & (np.linalg.norm(_cross(unit, e1[:, None, :]), axis=-1) > COLLINEAR_SIN_TOL)
-    has2 = usable.any(1)
-    second = usable.argmax(1)
-    w = unit[rows, second]
-    w = w - np.sum(w * e1, -1, keepdims=True) * e1
-    e2 = np.where(has2[:, None], w / np.maximum(np.linalg.norm(w, axis=-1, keepdims=True), 1e-12), 0.0)
-    frame = np.stack((e1, e2, _cross(e1, e2)), axis=1)
-    local = np.einsum("tkc,tac->tka", vec, frame)
-    role = np.full(dist.shape, 2, dtype=np.int64)
-    role[rows[has2], second[has2]] = 1
-    role[rows, first] = 0
-    return local, role
+
+    def same_keys(mask, at):
+        return mask & (key_env == key_env[rows, at][:, None]) & (key_chi == key_chi[rows, at][:, None])
+
+    # e1 candidates: contiguous from `first` (sorted by the keys they share).
+    n1 = same_keys(valid & (group == group[rows, first][:, None]), first).sum(1)
+    best_list = best_perm = None
+    for o in range(int(n1.max())):
+        a = np.minimum(first + o, w - 1)
+        e1 = unit[rows, a]
+        proj = np.einsum("tjc,tc->tj", rel, e1)
+        sin = np.linalg.norm(_cross(unit, e1[:, None, :]), axis=-1)
+        usable = valid & (sin > COLLINEAR_SIN_TOL)
+        has2 = usable.any(1)
+        g2 = group[rows, usable.argmax(1)]
+        cand = usable & (group == g2[:, None])
+        key_x = _tie_key(proj)
+        cand &= key_x == np.where(cand, key_x, np.iinfo(np.int64).min).max(1, keepdims=True)
+        lowest = _first_true_positions(cand)[:, 0]
+        cand = same_keys(cand, lowest)
+        n2 = np.maximum(cand.sum(1), 1)
+        b_list = _first_true_positions(cand)
+        for q in range(int(n2.max())):
+            active = (o < n1) & (q < n2)
+            b = b_list[:, q]
+            w2 = unit[rows, b] - np.sum(unit[rows, b] * e1, -1, keepdims=True) * e1
+            e2 = np.where(has2[:, None], w2 / np.maximum(np.linalg.norm(w2, axis=-1, keepdims=True), 1e-12), 0.0)
+            frame = np.stack((e1, e2, _cross(e1, e2)), axis=1)
+            local = np.einsum("tjc,tac->tja", rel, frame)
+            # The frame's own atoms lead their tie groups, so the descriptor, which takes the
+            # first valid and first non-collinear neighbour, rebuilds exactly this frame.
+            role = np.full((t_rows, w), 2, np.int64)
+            role[rows[has2], b[has2]] = 1
+            role[rows, a] = 0
+            keys = [key_d, key_z, role] + [-_tie_key(local[..., c]) for c in range(3)]
+            perm = np.lexsort(keys[::-1], axis=1)
+            listing = np.stack([np.take_along_axis(kk, perm, 1)[:, :k] for kk in keys], -1).reshape(t_rows, -1)
+            if best_list is None:
+                best_list, best_perm = listing, perm
+                continue
+            differ = listing != best_list
+            at = differ.argmax(1)
+            better = active & differ.any(1) & (listing[rows, at] < best_list[rows, at])
+            best_list[better], best_perm[better] = listing[better], perm[better]
+    return np.take_along_axis(labels, best_perm, 1), np.take_along_axis(dist, best_perm, 1)
 
 
 def _check_periodic(atoms: Atoms) -> None:

@@ -111,12 +111,21 @@ def test_descriptors_are_invariant(name, make, kind):
     assert_invariant(lambda a, p: compute_descriptors(a, p, settings), atoms, points, n_trials=2)
 
 
+PERFECT = [
+    ("sigesn", lambda: sigesn(4, rattle=0.0), SIGESN),
+    ("si8", lambda: bulk("Si", "diamond", a=5.43, cubic=True), ("Si",)),
+    ("al1", lambda: bulk("Al", "fcc", a=4.05), ("Al",)),
+    ("crfeconi", lambda: random_species(bulk("Ni", "fcc", a=3.55, cubic=True), CRFECONI, 4), CRFECONI),
+]
+
+
+@pytest.mark.parametrize("name,make,species", PERFECT, ids=[c[0] for c in PERFECT])
 @pytest.mark.parametrize("kind", ["frame", "atom"])
-def test_perfect_lattice_ties_are_broken_reproducibly(kind):
-    # Unrattled diamond on a grid: many equal distances. The order must not depend on how the
-    # structure is oriented, translated or which periodic images are stored.
-    atoms = sigesn(4, rattle=0.0)
-    settings = FRAME if kind == "frame" else atom_settings(SIGESN)
+def test_perfect_lattice_ties_are_broken_reproducibly(name, make, species, kind):
+    # Unrattled lattices on a grid: many equal distances, grid points on symmetry elements. The
+    # listing must not depend on orientation, origin, atom order or stored periodic images.
+    atoms = make()
+    settings = FRAME if kind == "frame" else atom_settings(species)
     points = grid_points(atoms.cell, (6, 6, 6))
     fn = lambda a, p: compute_descriptors(a, p, settings, dtype=torch.float64)  # noqa: E731
     assert_rotation_invariant(fn, atoms, points, n_trials=2, atol=1e-6)
