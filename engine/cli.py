@@ -206,6 +206,144 @@ def info(dataset: Path = typer.Argument(..., help="ASE database written by rhox 
 
 
 @app.command()
+@user_errors
+def train(
+    dataset: Path = typer.Argument(..., help="ASE database of DFT samples (rhox generate)."),
+    out_dir: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Model directory to write."),
+    epochs: int = typer.Option(60, help="Maximum epochs (early stopping usually ends sooner)."),
+    batch_size: int = typer.Option(2048, help="Grid points per mini-batch."),
+    lr: float = typer.Option(2e-3, help="Adam learning rate."),
+    hidden: str = typer.Option("96,96,48", help="Hidden layer widths."),
+    patience: int = typer.Option(8, help="Epochs without validation improvement before stopping."),
+    val_fraction: float = typer.Option(0.15, help="Fraction of configurations held out for validation."),
+    descriptor: str = typer.Option("frame", help="frame (body-attached frame) or atom (atom-centred)."),
+    neighbors: Optional[int] = typer.Option(None, help="K (frame) or M per species (atom); default per kind."),
+    cutoff: float = typer.Option(6.0, help="Neighbour search radius / feature length scale, Å."),
+    seed: int = typer.Option(0, help="Seed: same seed, same model (on one machine)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    parent: Optional[Path] = typer.Option(None, help="Start from this model (fine-tuning)."),
+    freeze_layers: int = typer.Option(0, help="With --parent: number of first layers kept fixed."),
+    baseline: bool = typer.Option(True, help="Also train the deterministic baseline of the same shape."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+):
+    """Train the Bayesian density model (and its deterministic baseline) on a dataset."""
+    from rich.live import Live
+
+    from .training import TrainConfig, fit
+
+    try:
+        widths = tuple(int(h) for h in hidden.split(","))
+    except ValueError:
+        fail(f"--hidden must be comma-separated integers, got {hidden!r}")
+    desc = {"kind": descriptor, "cutoff": cutoff}
+    if neighbors:
+        desc["n_neighbors"] = neighbors
+    cfg = TrainConfig(hidden=widths, max_epochs=epochs, batch_size=batch_size, learning_rate=lr, patience=patience,
+                      val_fraction=val_fraction, seed=seed, device=device, descriptor=desc,
+                      baseline=baseline, freeze_layers=freeze_layers)
+    table = Table(title="training")
+    for col in ("net", "epoch", "loss", "NLL", "val L1%", "best", "lr", "s"):
+        table.add_column(col, justify="right")
+
+    def on_epoch(r):
+        table.add_row(r["network"], f"{r['epoch']}/{r['max_epochs']}", f"{r['loss']:.4f}", f"{r['nll']:.4f}",
+                      f"{r['val_l1']:.3f}", f"{r['best_val_l1']:.3f}", f"{r['lr']:.1e}", f"{r['seconds']:.1f}")
+
+    with Live(table, console=console, refresh_per_second=4, transient=False):
+        model = fit(dataset, out_dir, cfg, parent=parent, resume=resume, on_epoch=on_epoch,
+                    on_status=lambda m: console.log(m))
+    out.print(f"model written to {out_dir} (validation L1% {model.meta['training']['best_val_l1']:.2f}, "
+              f"σ scale {model.meta['sigma_scale']:.2f})")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    dataset: Path = typer.Argument(..., help="ASE database of DFT samples the model has not seen."),
+    model_dir: Optional[Path] = typer.Option(None, "--model", "-m", help="Model directory (default: bundled)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON summary here."),
+    plots: Optional[Path] = typer.Option(None, help="Folder for the PNG plots (default: beside --json, or ./)."),
+    samples: int = typer.Option(20, help="Weight samples S for the epistemic uncertainty."),
+    superposition: bool = typer.Option(True, help="Compare with the superposition of atomic densities (GPAW)."),
+):
+    """Measure a model on a dataset: L1%, NRMSE%, dN, calibration, against the baselines."""
+    from .evaluation import evaluate as run_eval
+    from .evaluation import plot_report
+    from .model import load_model
+
+    model = load_model(model_dir)
+    report = run_eval(model, dataset, n_samples=samples, superposition=superposition)
+    table = Table(title=f"{dataset}: {report['aggregate']['n_configurations']} configurations")
+    for col in ("#", "composition", "T (K)", "L1%", "NRMSE%", "dN", "cal1", "cal2", "cal3", "mean σ"):
+        table.add_column(col, justify="right")
+    for r in report["configurations"]:
+        table.add_row(str(r["row_id"]), r["composition"], f"{r['temperature'] or 0:g}", f"{r['L1%']:.2f}",
+                      f"{r['NRMSE%']:.2f}", f"{r['dN']:.1e}", f"{r['cal1']:.1f}", f"{r['cal2']:.1f}",
+                      f"{r['cal3']:.1f}", f"{r['mean_sigma']:.1e}")
+    out.print(table)
+    a = report["aggregate"]
+    summary = Table(title="aggregate")
+    for col in ("model", "L1%", "NRMSE%", "dN", "cal1 (68.3)", "cal2 (95.4)", "cal3 (99.7)"):
+        summary.add_column(col, justify="right")
+    summary.add_row("BNN", f"{a['L1%']:.3f}", f"{a['NRMSE%']:.3f}", f"{a['dN']:.2e}", f"{a['cal1']:.1f}",
+                    f"{a['cal2']:.1f}", f"{a['cal3']:.1f}")
+    summary.add_row("BNN raw σ", "", "", "", f"{a['raw_cal1']:.1f}", f"{a['raw_cal2']:.1f}", f"{a['raw_cal3']:.1f}")
+    for name, b in report["baselines"].items():
+        summary.add_row(name, f"{b['L1%']:.3f}", f"{b['NRMSE%']:.3f}", f"{b['dN']:.2e}", "", "", "")
+    out.print(summary)
+    out.print(f"rank correlation (mean σ vs L1% per configuration): {a['rank_corr_sigma_L1']:.2f}")
+    plot_dir = plots or (json_path.parent if json_path else Path("."))
+    for p in plot_report(report, plot_dir):
+        out.print(f"plot: {p}")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        slim = {k: v for k, v in report.items() if k != "pooled"}
+        tmp = json_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(slim, indent=1))
+        os.replace(tmp, json_path)
+        out.print(f"summary: {json_path}")
+
+
+@app.command()
+@user_errors
+def predict(
+    structure: Path = typer.Argument(..., help="Any ASE-readable structure file."),
+    model_dir: Optional[Path] = typer.Option(None, "--model", "-m", help="Model directory (default: bundled)."),
+    out_dir: Path = typer.Option(Path("prediction"), "-o", "--out", help="Output folder."),
+    spacing: Optional[float] = typer.Option(None, help="Grid spacing in Å (default: the training grids')."),
+    samples: int = typer.Option(20, help="Weight samples S for the epistemic uncertainty."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    allow_foreign: bool = typer.Option(False, help="Predict even for species the model never saw (warns)."),
+    index: int = typer.Option(-1, help="Which image of a multi-image file."),
+):
+    """Predict density and uncertainty; write cube files (mean, σ total, σ epistemic) and a VTK file."""
+    import time
+
+    from .io import write_cube, write_vtk
+    from .model import load_model
+    from .predict import predict as run_predict
+    from .training import resolve_device
+
+    atoms = _read_structures([str(structure)])[index][1]
+    if not atoms.pbc.all() or atoms.cell.rank < 3:
+        fail(f"{structure}: structure must be periodic in 3D with a full cell")
+    model = load_model(model_dir, resolve_device(device))
+    t0 = time.perf_counter()
+    fields = run_predict(model, atoms, spacing=spacing, n_samples=samples, allow_foreign=allow_foreign)
+    dt = time.perf_counter() - t0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = structure.stem
+    written = [write_cube(out_dir / f"{stem}_density.cube", atoms, fields.mean),
+               write_cube(out_dir / f"{stem}_sigma_total.cube", atoms, fields.sigma_total),
+               write_cube(out_dir / f"{stem}_sigma_epistemic.cube", atoms, fields.sigma_epistemic),
+               write_vtk(out_dir / f"{stem}_fields", atoms, fields.as_dict())]
+    out.print(f"{len(atoms)} atoms, grid {'x'.join(map(str, fields.shape))}, S={samples}: {dt:.2f} s; "
+              f"∫ρ = {fields.integrate():.3f} e, mean σ = {fields.sigma_total.mean():.2e} e/Å³")
+    for p in written:
+        out.print(f"wrote {p}")
+
+
+@app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind (127.0.0.1: this machine only)."),
     port: int = typer.Option(5006, help="Port."),

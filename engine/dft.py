@@ -274,3 +274,25 @@ def with_settings(settings: DFTSettings, **changes) -> DFTSettings:
 
 if __name__ == "__main__":  # pragma: no cover - run by mpiexec
     _mpi_main(sys.argv[1])
+
+
+def superposition_density(atoms: Atoms, settings: DFTSettings) -> np.ndarray:
+    """Sum of GPAW's free-atom smooth pseudo-densities (GPAW's own initial guess), e/Å³.
+
+    No self-consistency: this is the "superposition of atomic densities" baseline, on the
+    same grid as a :func:`run_dft` with the same settings. Returns the total (spin-summed) field.
+    """
+    from threadpoolctl import threadpool_limits
+
+    work = atoms.copy()
+    work.info = {}
+    if settings.spin_polarized and not work.get_initial_magnetic_moments().any():
+        work.set_initial_magnetic_moments([1.0] * len(work))
+    if not settings.spin_polarized:
+        work.set_initial_magnetic_moments(None)
+    with threadpool_limits(limits=1):
+        calc, _ = _gpaw_calculator(work, settings, None)
+        calc.create_new_calculation(work)
+        nt = calc.dft.densities().pseudo_densities(add_compensation_charges=False).gather(broadcast=True)
+    data = nt.data * (nt.dv * np.prod(nt.data.shape[-3:]) / work.get_volume())
+    return np.ascontiguousarray(data.sum(0), dtype=np.float64)

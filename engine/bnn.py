@@ -1,0 +1,180 @@
+"""Bayesian neural network for the density at a grid point, with uncertainty decomposition.
+
+Weights are mean-field Gaussians q(w) = N(μ, σ²), σ = softplus(ρ) (Bayes by backprop). In
+training each layer uses the local reparameterisation trick: the pre-activations of a
+mini-batch are drawn directly from their Gaussian, N(x μ_W + μ_b, x² σ_W² + σ_b²), which is
+cheaper and has lower gradient variance than sampling weights. For prediction whole weight
+sets are drawn (one per sample s), so each of the S predicted fields is a coherent function.
+
+The network is heteroscedastic: it outputs a mean and a log-variance per point (in the
+standardised target units). Over S weight samples
+
+    epistemic variance = Var_s[mean_s]        (what more data would fix)
+    aleatoric variance = Mean_s[var_s]        (noise in the data)
+    total variance     = epistemic + aleatoric
+
+The loss is the Gaussian negative log-likelihood plus the KL divergence to the prior
+N(0, prior_sigma²), the KL scaled by the number of training points ("per sample").
+:class:`DeterministicNet` has the same shape with ordinary layers: the baseline.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+LOGVAR_MIN, LOGVAR_MAX = -14.0, 4.0  # keep the predicted noise in a trainable range
+
+
+class BayesLinear(nn.Module):
+    """A linear layer with a factorised Gaussian posterior over weights and biases."""
+
+    def __init__(self, n_in: int, n_out: int, prior_sigma: float = 1.0, init_sigma: float = 1e-3):
+        super().__init__()
+        self.n_in, self.n_out, self.prior_sigma = n_in, n_out, prior_sigma
+        self.weight_mu = nn.Parameter(torch.empty(n_out, n_in))
+        self.weight_rho = nn.Parameter(torch.empty(n_out, n_in))
+        self.bias_mu = nn.Parameter(torch.zeros(n_out))
+        self.bias_rho = nn.Parameter(torch.empty(n_out))
+        nn.init.kaiming_uniform_(self.weight_mu, a=math.sqrt(5))
+        rho0 = math.log(math.expm1(init_sigma))
+        nn.init.constant_(self.weight_rho, rho0)
+        nn.init.constant_(self.bias_rho, rho0)
+
+    @property
+    def weight_sigma(self) -> torch.Tensor:
+        return F.softplus(self.weight_rho)
+
+    @property
+    def bias_sigma(self) -> torch.Tensor:
+        return F.softplus(self.bias_rho)
+
+    def forward(self, x: torch.Tensor, sample: bool = True) -> torch.Tensor:
+        mean = F.linear(x, self.weight_mu, self.bias_mu)
+        if not sample:
+            return mean
+        var = F.linear(x * x, self.weight_sigma**2, self.bias_sigma**2)
+        return mean + torch.sqrt(var + 1e-12) * torch.randn_like(mean)
+
+    def sample_weights(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One draw (W, b) from the posterior."""
+        ew = torch.randn(self.weight_mu.shape, generator=generator, device=self.weight_mu.device)
+        eb = torch.randn(self.bias_mu.shape, generator=generator, device=self.bias_mu.device)
+        return self.weight_mu + self.weight_sigma * ew, self.bias_mu + self.bias_sigma * eb
+
+    def kl(self) -> torch.Tensor:
+        """KL(q || p) to the prior N(0, prior_sigma²), summed over all weights and biases."""
+        total = 0.0
+        p2 = self.prior_sigma**2
+        for mu, sigma in ((self.weight_mu, self.weight_sigma), (self.bias_mu, self.bias_sigma)):
+            total = total + 0.5 * torch.sum((sigma**2 + mu**2) / p2 - 1.0 - 2 * torch.log(sigma) + math.log(p2))
+        return total
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Architecture: input length, hidden widths, activation, prior and posterior initial σ."""
+
+    n_in: int
+    hidden: tuple[int, ...] = (96, 96, 48)
+    bayesian: bool = True
+    prior_sigma: float = 1.0
+    init_sigma: float = 1e-3
+
+    def to_dict(self) -> dict:
+        return {"n_in": self.n_in, "hidden": list(self.hidden), "bayesian": self.bayesian,
+                "prior_sigma": self.prior_sigma, "init_sigma": self.init_sigma}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetConfig":
+        return cls(int(d["n_in"]), tuple(int(h) for h in d["hidden"]), bool(d["bayesian"]),
+                   float(d["prior_sigma"]), float(d["init_sigma"]))
+
+
+class DensityNet(nn.Module):
+    """MLP from a descriptor to (mean, log-variance) of the standardised density.
+
+    ``config.bayesian`` selects Bayesian layers (the BNN) or ordinary ones (the deterministic
+    baseline of the same shape).
+    """
+
+    def __init__(self, config: NetConfig):
+        super().__init__()
+        self.config = config
+        sizes = [config.n_in, *config.hidden, 2]
+        if config.bayesian:
+            layers = [BayesLinear(a, b, config.prior_sigma, config.init_sigma) for a, b in zip(sizes[:-1], sizes[1:])]
+        else:
+            layers = [nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+        self.layers = nn.ModuleList(layers)
+
+    @property
+    def bayesian(self) -> bool:
+        return self.config.bayesian
+
+    def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_var) for a batch (N, n_in); ``sample`` uses the local reparameterisation."""
+        h = x
+        for i, layer in enumerate(self.layers):
+            h = layer(h, sample) if self.bayesian else layer(h)
+            if i < len(self.layers) - 1:
+                h = F.silu(h)
+        return h[:, 0], h[:, 1].clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+    def forward_with(self, x: torch.Tensor, weights: Sequence[tuple[torch.Tensor, torch.Tensor]]):
+        """(mean, log_var) with a fixed weight set from :meth:`sample_weight_sets`."""
+        h = x
+        for i, (w, b) in enumerate(weights):
+            h = F.linear(h, w, b)
+            if i < len(weights) - 1:
+                h = F.silu(h)
+        return h[:, 0], h[:, 1].clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+    def sample_weight_sets(self, n: int, seed: int = 0) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """``n`` weight sets drawn from the posterior (the mean weights for a deterministic net).
+
+        Drawn once and reused for every block of a streamed prediction, so each sampled field
+        is one coherent function over the whole cell.
+        """
+        device = next(self.parameters()).device
+        if not self.bayesian:
+            return [[(l.weight, l.bias) for l in self.layers]]
+        gen = torch.Generator(device=device).manual_seed(seed)
+        return [[l.sample_weights(gen) for l in self.layers] for _ in range(n)]
+
+    def kl(self) -> torch.Tensor:
+        if not self.bayesian:
+            return torch.zeros((), device=next(self.parameters()).device)
+        return sum(l.kl() for l in self.layers)
+
+
+def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean Gaussian negative log-likelihood per point (constant ½log 2π left out)."""
+    return 0.5 * torch.mean(log_var + (target - mean) ** 2 * torch.exp(-log_var))
+
+
+def loss_fn(net: DensityNet, x: torch.Tensor, y: torch.Tensor, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, nll): NLL of the batch plus KL / n_train (the KL scaled per training point)."""
+    mean, log_var = net(x, sample=True)
+    nll = gaussian_nll(mean, log_var, y)
+    return nll + net.kl() / n_train, nll
+
+
+@torch.no_grad()
+def predict_with_uncertainty(net: DensityNet, x: torch.Tensor, weight_sets) -> dict[str, torch.Tensor]:
+    """Mean and variance decomposition over the given weight sets, in standardised units."""
+    means, variances = [], []
+    for ws in weight_sets:
+        m, lv = net.forward_with(x, ws)
+        means.append(m)
+        variances.append(torch.exp(lv))
+    means_t = torch.stack(means)
+    mean = means_t.mean(0)
+    epistemic = means_t.var(0, unbiased=False) if len(means) > 1 else torch.zeros_like(mean)
+    aleatoric = torch.stack(variances).mean(0)
+    return {"mean": mean, "var_epistemic": epistemic, "var_aleatoric": aleatoric,
+            "var_total": epistemic + aleatoric}

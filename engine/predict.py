@@ -1,0 +1,135 @@
+"""Prediction of the density and its uncertainty for any structure, block by block.
+
+:func:`predict` returns a :class:`DensityFields` (mean, total / epistemic / aleatoric σ on a
+grid, electrons/Å³). Work is streamed over blocks of grid points with the S weight sets drawn
+once, so memory for descriptors and network activations stays bounded whatever the cell size,
+and each of the S sampled fields is one coherent function. :func:`predict_blocks` exposes the
+stream itself (for writing huge fields to chunked storage).
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from .bnn import predict_with_uncertainty
+from .descriptors import DescriptorCalculator
+from .grid import grid_points, grid_shape_for_spacing, iter_blocks
+from .model import ModelError, RhoxModel
+
+
+@dataclass
+class DensityFields:
+    """Predicted fields on the grid of ``atoms`` (shape ``(nx, ny, nz)``, electrons/Å³).
+
+    ``sigma_*`` are standard deviations; total² = epistemic² + aleatoric². When
+    ``calibrated`` they include the model's σ scale fitted on validation data.
+    """
+
+    atoms: Atoms
+    mean: np.ndarray
+    sigma_total: np.ndarray
+    sigma_epistemic: np.ndarray
+    sigma_aleatoric: np.ndarray
+    n_samples: int
+    calibrated: bool
+    sigma_scale: float = 1.0
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.mean.shape)  # type: ignore[return-value]
+
+    def integrate(self, field: str = "mean") -> float:
+        """∫ field dV (electrons for the mean)."""
+        return float(getattr(self, field).sum() * self.atoms.get_volume() / self.mean.size)
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean, "sigma_total": self.sigma_total,
+                "sigma_epistemic": self.sigma_epistemic, "sigma_aleatoric": self.sigma_aleatoric}
+
+
+def check_species(model: RhoxModel, atoms: Atoms, allow_foreign: bool = False) -> None:
+    """Refuse (or, with ``allow_foreign``, warn loudly about) species the model never saw.
+
+    The frame descriptor can represent any element through its attributes, but a network
+    never trained on an element extrapolates blindly and its σ is not trustworthy there.
+    """
+    foreign = sorted(set(atoms.get_chemical_symbols()) - set(model.species))
+    if not foreign:
+        return
+    msg = (f"structure contains {', '.join(foreign)}, which the model was never trained on "
+           f"(trained on {', '.join(model.species)})")
+    if not allow_foreign:
+        raise ModelError(msg + "; retrain with such data, or pass allow_foreign to predict anyway")
+    warnings.warn(msg + ": predictions there are extrapolations and the uncertainty may be underestimated",
+                  stacklevel=2)
+
+
+def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], n_samples: int = 20,
+                   block: tuple[int, int, int] = (24, 24, 24), seed: int = 0, network: str = "bnn",
+                   calibrated: bool = True) -> Iterator[tuple[tuple[slice, slice, slice], dict[str, np.ndarray]]]:
+    """Yield ``(block slices, fields of that block)`` over the grid of ``shape``.
+
+    ``network="baseline"`` uses the deterministic network (its σ is aleatoric only).
+    """
+    net = model.net if network == "bnn" else model.baseline
+    if net is None:
+        raise ModelError("this model has no deterministic baseline network")
+    if not atoms.pbc.all() or atoms.cell.rank < 3:
+        raise ModelError("prediction needs a structure periodic in 3D with a full cell")
+    net.eval()
+    weight_sets = net.sample_weight_sets(n_samples, seed)
+    calc = DescriptorCalculator(atoms, model.descriptor, device=model.device)
+    scale = float(model.meta.get("sigma_scale", 1.0)) if calibrated else 1.0
+    for tile in iter_blocks(shape, block):
+        pts = grid_points(atoms.cell.array, shape, tile)
+        x = model.standardize(calc(pts))
+        p = predict_with_uncertainty(net, x, weight_sets)
+        sub = tuple(s.stop - s.start for s in tile)
+        ys = model.y_std
+        out = {
+            "mean": (p["mean"] * ys + model.y_mean),
+            "sigma_total": torch.sqrt(p["var_total"]) * ys * scale,
+            "sigma_epistemic": torch.sqrt(p["var_epistemic"]) * ys * scale,
+            "sigma_aleatoric": torch.sqrt(p["var_aleatoric"]) * ys * scale,
+        }
+        yield tile, {k: v.reshape(sub).cpu().numpy() for k, v in out.items()}
+
+
+def predict(
+    model: RhoxModel,
+    atoms: Atoms,
+    shape: tuple[int, int, int] | None = None,
+    spacing: float | None = None,
+    n_samples: int = 20,
+    seed: int = 0,
+    network: str = "bnn",
+    calibrated: bool = True,
+    allow_foreign: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> DensityFields:
+    """Density and uncertainty of ``atoms`` on a grid.
+
+    The grid is ``shape`` when given, else the one with ``spacing`` Å (default: the training
+    grids' spacing). ``n_samples`` = S weight samples for the epistemic part.
+    """
+    check_species(model, atoms, allow_foreign)
+    if shape is None:
+        shape = grid_shape_for_spacing(atoms.cell.array, spacing or model.grid_spacing)
+    shape = tuple(int(n) for n in shape)
+    fields = {k: np.empty(shape, dtype=np.float32) for k in ("mean", "sigma_total", "sigma_epistemic", "sigma_aleatoric")}
+    tiles = list(iter_blocks(shape, (24, 24, 24)))
+    done = 0
+    with torch.no_grad():
+        for tile, vals in predict_blocks(model, atoms, shape, n_samples, (24, 24, 24), seed, network, calibrated):
+            for k, v in vals.items():
+                fields[k][tile] = v
+            done += 1
+            if progress:
+                progress(done, len(tiles))
+    return DensityFields(atoms=atoms, n_samples=n_samples if network == "bnn" else 1, calibrated=calibrated,
+                         sigma_scale=float(model.meta.get("sigma_scale", 1.0)) if calibrated else 1.0, **fields)

@@ -1,0 +1,331 @@
+"""Training a density model from a dataset: split, standardise, fit, early stopping, checkpoints.
+
+Every grid point of every configuration is a training sample, but configurations are split
+into training and validation sets whole (never by grid point). Mini-batches are drawn across
+all training points. Each epoch ends with a validation L1% (DESIGN.md section 4, on the
+network's mean weights), a checkpoint (``checkpoint.pt`` read back with
+``torch.load(weights_only=True)``, plus ``checkpoint.json``), and early stopping when the
+validation error has not improved for ``patience`` epochs. ``resume=True`` continues from the
+checkpoint; a seed makes the whole run reproducible on one machine.
+
+Training can start from a parent model (:func:`fit` with ``parent=``): its normalisation and
+weights are reused, and the first ``freeze_layers`` layers can be frozen — the hook for
+transfer learning across cell sizes.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import keys
+from .bnn import DensityNet, NetConfig, loss_fn, predict_with_uncertainty
+from .descriptors import DescriptorCalculator, DescriptorSettings
+from .dft import DensitySample
+from .grid import grid_points
+from .model import ModelError, RhoxModel, load_model, save_model
+from .store import Dataset, DatasetError
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. Defaults train a good SiGeSn model on 2 CPU cores in a few minutes."""
+
+    hidden: tuple[int, ...] = (96, 96, 48)
+    max_epochs: int = 60
+    batch_size: int = 2048
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0
+    patience: int = 8
+    val_fraction: float = 0.15
+    seed: int = 0
+    prior_sigma: float = 1.0
+    init_sigma: float = 1e-3
+    kl_weight: float = 1.0
+    baseline: bool = True          # also train the deterministic network of the same shape
+    baseline_epochs: int | None = None
+    freeze_layers: int = 0         # with a parent model: layers kept fixed
+    device: str = "auto"
+    descriptor: dict = field(default_factory=lambda: {"kind": "frame"})
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+@dataclass
+class ConfigData:
+    """Descriptors (P, D) and total density (P,) e/Å³ of one configuration, and its metadata."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    sample: DensitySample
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("--device cuda asked for, but no CUDA GPU is available here (use auto or cpu)")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ModelError(f"unknown device {device!r}: use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def load_samples(dataset: str | os.PathLike) -> list[DensitySample]:
+    """All finished samples of a dataset, refusing an empty one."""
+    ds = Dataset(dataset, must_exist=True)
+    samples = list(ds.samples())
+    if not samples:
+        raise DatasetError(f"dataset {dataset} has no finished samples to learn from")
+    return samples
+
+
+def featurize(samples: Sequence[DensitySample], descriptor: DescriptorSettings, device: torch.device,
+              progress: Callable[[int, int], None] | None = None) -> list[ConfigData]:
+    """Descriptors of every grid point of every sample (float32) and their total density."""
+    out = []
+    for i, s in enumerate(samples):
+        calc = DescriptorCalculator(s.atoms, descriptor, device=device)
+        x = calc(grid_points(s.atoms.cell.array, s.grid_shape))
+        y = torch.as_tensor(s.total_density.reshape(-1), dtype=torch.float32, device=device)
+        out.append(ConfigData(x, y, s))
+        if progress:
+            progress(i + 1, len(samples))
+    return out
+
+
+def split_configurations(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of training and validation configurations (at least one of each)."""
+    if n < 2:
+        raise DatasetError(f"need at least 2 configurations to split into training and validation, got {n}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    n_val = min(max(1, round(val_fraction * n)), n - 1)
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def grid_spacing(samples: Sequence[DensitySample]) -> float:
+    """Mean grid spacing (Å) of the samples' grids."""
+    h = [np.mean(s.atoms.cell.lengths() / np.array(s.grid_shape)) for s in samples]
+    return float(np.mean(h))
+
+
+def data_hash(samples: Sequence[DensitySample]) -> str:
+    h = hashlib.sha1()
+    for s in samples:
+        h.update(s.atoms.numbers.tobytes())
+        h.update(np.round(s.atoms.positions, 6).tobytes())
+        h.update(np.float64(s.integral).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _l1_percent(pred: torch.Tensor, target: torch.Tensor) -> float:
+    return float(100 * torch.sum(torch.abs(pred - target)) / torch.sum(torch.abs(target)))
+
+
+@torch.no_grad()
+def validation_l1(net: DensityNet, data: Sequence[ConfigData], model: RhoxModel) -> float:
+    """L1% over validation configurations, with the network's mean weights."""
+    num = den = 0.0
+    net.eval()
+    for c in data:
+        m, _ = net(model.standardize(c.x), sample=False)
+        pred = m * model.y_std + model.y_mean
+        num += float(torch.sum(torch.abs(pred - c.y)))
+        den += float(torch.sum(torch.abs(c.y)))
+    return 100 * num / den
+
+
+@torch.no_grad()
+def calibration_scale(model: RhoxModel, data: Sequence[ConfigData], n_samples: int = 10, seed: int = 0) -> float:
+    """Factor s on σ_total such that 68.3% of validation points lie within s·σ of the truth.
+
+    Fitted on validation configurations only; test calibration is then measured, not assumed.
+    """
+    ws = model.net.sample_weight_sets(n_samples, seed)
+    ratios = []
+    for c in data:
+        p = predict_with_uncertainty(model.net, model.standardize(c.x), ws)
+        z = torch.abs(p["mean"] * model.y_std + model.y_mean - c.y) / (torch.sqrt(p["var_total"]) * model.y_std)
+        ratios.append(z.cpu())
+    z = torch.cat(ratios)
+    return float(torch.quantile(z[: 2_000_000], 0.683))
+
+
+def _train_net(net: DensityNet, model: RhoxModel, train: list[ConfigData], val: list[ConfigData],
+               cfg: TrainConfig, max_epochs: int, ckpt_dir: Path | None, tag: str, resume: bool,
+               on_epoch: Callable[[dict], None] | None, should_stop: Callable[[], bool] | None) -> list[dict]:
+    device = model.device
+    x = torch.cat([model.standardize(c.x) for c in train])
+    y = (torch.cat([c.y for c in train]) - model.y_mean) / model.y_std
+    n = len(y)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, cfg.patience // 3))
+    gen = torch.Generator().manual_seed(cfg.seed + (0 if net.bayesian else 1))
+    history: list[dict] = []
+    best = {"val_l1": math.inf, "epoch": -1, "state": copy.deepcopy(net.state_dict())}
+    start_epoch = 0
+    ckpt = ckpt_dir / f"checkpoint_{tag}.pt" if ckpt_dir else None
+    if resume and ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        best = {"val_l1": float(state["best_val"]), "epoch": int(state["best_epoch"]), "state": state["best_state"]}
+        history = json.loads((ckpt_dir / f"checkpoint_{tag}.json").read_text())["history"]
+        start_epoch = len(history)
+    for epoch in range(start_epoch, max_epochs):
+        if epoch - best["epoch"] > cfg.patience and best["epoch"] >= 0:
+            break
+        t0 = time.perf_counter()
+        net.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        tot_loss = tot_nll = 0.0
+        batches = 0
+        for b in range(0, n, cfg.batch_size):
+            idx = perm[b:b + cfg.batch_size]
+            if net.bayesian:
+                loss, nll = loss_fn(net, x[idx], y[idx], n / cfg.kl_weight)
+            else:
+                mean, log_var = net(x[idx])
+                nll = 0.5 * torch.mean(log_var + (y[idx] - mean) ** 2 * torch.exp(-log_var))
+                loss = nll
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot_loss += float(loss)
+            tot_nll += float(nll)
+            batches += 1
+            if should_stop and should_stop():
+                break
+        val_l1 = validation_l1(net, val, model)
+        sched.step(val_l1)
+        rec = {"network": tag, "epoch": epoch + 1, "loss": tot_loss / max(batches, 1), "nll": tot_nll / max(batches, 1),
+               "val_l1": val_l1, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        history.append(rec)
+        if val_l1 < best["val_l1"]:
+            best = {"val_l1": val_l1, "epoch": epoch, "state": copy.deepcopy(net.state_dict())}
+        if ckpt is not None:
+            _save_checkpoint(ckpt, net, opt, sched, gen, best, history)
+        if on_epoch:
+            on_epoch(dict(rec, best_val_l1=best["val_l1"], max_epochs=max_epochs))
+        if should_stop and should_stop():
+            break
+    net.load_state_dict(best["state"])
+    return history
+
+
+def _save_checkpoint(path: Path, net, opt, sched, gen, best, history) -> None:
+    state = {"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+             "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "best_val": best["val_l1"],
+             "best_epoch": best["epoch"], "best_state": best["state"]}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    jtmp = path.with_suffix(".json.tmp")
+    jtmp.write_text(json.dumps({"history": history}))
+    os.replace(jtmp, path.with_suffix(".json"))
+
+
+def fit(
+    dataset: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
+    parent: str | os.PathLike | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RhoxModel:
+    """Train a model on ``dataset`` and save it to ``out_dir``; returns the model.
+
+    ``on_epoch`` receives each epoch's record (loss, validation L1%, ...); ``should_stop``
+    is polled between mini-batches (a GUI's Cancel); a stopped run saves the best model so far.
+    """
+    cfg = config or TrainConfig()
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    device = resolve_device(cfg.device)
+    out_dir = Path(out_dir)
+    status = on_status or (lambda msg: None)
+    samples = load_samples(dataset)
+    train_idx, val_idx = split_configurations(len(samples), cfg.val_fraction, cfg.seed)
+    parent_model = load_model(parent, device) if parent else None
+    if parent_model is not None:
+        descriptor = parent_model.descriptor
+    else:
+        ddict = dict(cfg.descriptor)
+        species = sorted({s for smp in samples for s in smp.atoms.get_chemical_symbols()})
+        if ddict.get("kind") == "atom" and not ddict.get("species"):
+            ddict["species"] = species
+        descriptor = DescriptorSettings.from_dict(ddict)
+    status(f"computing descriptors for {len(samples)} configurations")
+    data = featurize(samples, descriptor, device,
+                     progress=lambda i, n: status(f"descriptors {i}/{n}"))
+    train, val = [data[i] for i in train_idx], [data[i] for i in val_idx]
+    species = tuple(sorted({s for smp in samples for s in smp.atoms.get_chemical_symbols()}))
+    if parent_model is not None:
+        model = parent_model
+        model.species = tuple(sorted(set(model.species) | set(species)))
+        net = model.net
+        for layer in list(net.layers)[: cfg.freeze_layers]:
+            for p in layer.parameters():
+                p.requires_grad_(False)
+    else:
+        xt = torch.cat([c.x for c in train])
+        yt = torch.cat([c.y for c in train])
+        x_std = xt.std(0).cpu().numpy()
+        net = DensityNet(NetConfig(descriptor.length, tuple(cfg.hidden), True, cfg.prior_sigma, cfg.init_sigma)).to(device)
+        model = RhoxModel(net=net, descriptor=descriptor, x_mean=xt.mean(0).cpu().numpy(),
+                          x_std=np.where(x_std > 1e-6, x_std, 1.0).astype(np.float32), y_mean=float(yt.mean()),
+                          y_std=float(yt.std()), species=species, grid_spacing=grid_spacing(samples))
+        del xt, yt
+    model.system = model.system or str(samples[0].atoms.info.get("system", ""))
+    ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    status(f"training BNN on {len(train)} configurations ({sum(len(c.y) for c in train)} grid points), "
+           f"validating on {len(val)}")
+    history = _train_net(net, model, train, val, cfg, cfg.max_epochs, ckpt_dir, "bnn", resume, on_epoch, should_stop)
+    stopped = bool(should_stop and should_stop())
+    if cfg.baseline and not stopped:
+        status("training the deterministic baseline")
+        base = (copy.deepcopy(parent_model.baseline) if parent_model is not None and parent_model.baseline is not None
+                else DensityNet(NetConfig(descriptor.length, tuple(cfg.hidden), False)).to(device))
+        history += _train_net(base, model, train, val, cfg, cfg.baseline_epochs or cfg.max_epochs, ckpt_dir,
+                              "det", resume, on_epoch, should_stop)
+        model.baseline = base
+    model.net.eval()
+    scale = calibration_scale(model, val, seed=cfg.seed)
+    model.meta = {
+        "training": {
+            "dataset": str(dataset), "data_hash": data_hash(samples), "n_configurations": len(samples),
+            "train_rows": [int(samples[i].atoms.info.get("row_id", i)) for i in train_idx],
+            "validation_rows": [int(samples[i].atoms.info.get("row_id", i)) for i in val_idx],
+            "train_points": int(sum(len(c.y) for c in train)), "config": cfg.to_dict(),
+            "parent": str(parent) if parent else None, "stopped_early_by_user": stopped,
+            "best_val_l1": min(h["val_l1"] for h in history if h["network"] == "bnn"),
+        },
+        "history": history,
+        "sigma_scale": scale,
+        "train_compositions": sorted({str(s.atoms.info.get("realised_composition", s.atoms.get_chemical_formula()))
+                                      for s in samples}),
+    }
+    save_model(model, out_dir)
+    status(f"saved model to {out_dir} (validation L1% {model.meta['training']['best_val_l1']:.2f}, σ scale {scale:.2f})")
+    return model

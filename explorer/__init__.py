@@ -1,0 +1,1 @@
+"""rhox explorer: the Panel app."""
