@@ -28,8 +28,9 @@ atoms are wrapped into the cell, atoms are replicated into an image set covering
 around the cell (repeat counts from the cell's plane spacings), and a k-d tree answers each
 query. ``cutoff`` is the first search radius (a memory/speed knob: the tree never sees more than
 the cell plus a skin of that width); when fewer than K atoms lie within it for some point, the
-radius grows by half until they do, so the K nearest are always returned. Equal distances are
-ordered by a deterministic, frame-independent key (see :class:`PeriodicNeighbourSearch`).
+radius grows by half until they do, so the K nearest are always returned. Equal distances
+(high-symmetry points of perfect lattices) are ordered canonically, so that even there the
+descriptors stay invariant (see :class:`PeriodicNeighbourSearch`).
 
 The search runs in float64 numpy/scipy on the CPU; the geometry (frames, projections, cosines)
 runs in torch, in float64, on ``device``, and is cast to ``dtype`` at the end.
@@ -609,5 +610,6 @@ def descriptors_for_grid(
 ) -> torch.Tensor:
     """Descriptors (nx*ny*nz, D) of every point of the cell's grid of ``shape``, C order
     (the layout of :func:`engine.grid.grid_points`, so ``.reshape(*shape, D)`` lines up with the
-    density array)."""
+    density array). Holds the whole grid in memory: for huge cells stream tiles from
+    :func:`engine.grid.iter_blocks` through one :class:`DescriptorCalculator` instead."""
     return compute_descriptors(atoms, grid_points(atoms.cell.array, shape), settings, device, dtype)
