@@ -4,12 +4,14 @@ A descriptor turns "where are the atoms around r" into a fixed-length vector tha
 when the structure is rotated, translated, its atoms relabelled or wrapped into other periodic
 images. Two kinds:
 
-``kind="frame"`` (body-attached frame), length ``K * (3 + n_attributes)``
+``kind="frame"`` (body-attached frame), length ``K * (3 + n_radial + n_attributes)``
     A local right-handed orthonormal frame at r: e1 points to the nearest atom, e2 is the
     Gram-Schmidt component of the first later neighbour that is not collinear with e1
     (|sin| > ``COLLINEAR_SIN_TOL``), e3 = e1 x e2. For each of the K nearest atoms, in order, the
-    block ``[x, y, z, attr_1, ..., attr_n]``: its position relative to r in that frame (Å) and its
-    element attributes from :mod:`engine.elements`. The length does not depend on how many
+    block ``[x, y, z, exp(-d/λ_1), ..., attr_1, ..., attr_n]``: its position relative to r in
+    that frame (Å), radial features exp(-d/λ) for the decay lengths λ of ``settings.radial`` (Å;
+    they hand the network the short-range distance dependence of an atom's density directly)
+    and its element attributes from :mod:`engine.elements`. The length does not depend on how many
     species the alloy has. A point on an atom (closer than ``ON_ATOM_TOL``) lists that atom at
     (0, 0, 0) and builds the frame from the next ones. When no neighbour among the K is
     non-collinear, e2 = e3 = 0 (only the x column carries information) rather than an arbitrary,
@@ -87,6 +89,7 @@ class DescriptorSettings:
     attributes: element attributes listed per neighbour (frame kind), from
         :data:`engine.elements.ATTRIBUTE_NAMES`.
     species: element symbols fixing the block order (atom kind; required there).
+    radial: decay lengths λ (Å) of the per-neighbour radial features exp(-d/λ) (frame kind).
     chunk_size: points processed at once; bounds memory, does not change results.
     """
 
@@ -96,6 +99,7 @@ class DescriptorSettings:
     attributes: tuple[str, ...] = ATTRIBUTE_NAMES
     species: tuple[str, ...] = ()
     chunk_size: int = 32768
+    radial: tuple[float, ...] = (0.5, 1.5)
 
     def __post_init__(self) -> None:
         # Normalise JSON-ish input (lists, numbers as strings of the right type) once, here, so
@@ -119,13 +123,17 @@ class DescriptorSettings:
         if int(self.chunk_size) < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
         object.__setattr__(self, "chunk_size", int(self.chunk_size))
+        radial = tuple(float(lam) for lam in self.radial)
+        if any(lam <= 0 for lam in radial):
+            raise ValueError(f"radial decay lengths must be positive (Å), got {radial}")
+        object.__setattr__(self, "radial", radial)
 
     @property
     def length(self) -> int:
         """Number of features D per point."""
         k = self.n_neighbors
         if self.kind == "frame":
-            return k * (3 + len(self.attributes))
+            return k * (3 + len(self.radial) + len(self.attributes))
         return len(self.species) * (k + k * (k - 1) // 2)
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +141,7 @@ class DescriptorSettings:
         d = asdict(self)
         d["attributes"] = list(self.attributes)
         d["species"] = list(self.species)
+        d["radial"] = list(self.radial)
         return d
 
     @classmethod
@@ -153,7 +162,7 @@ def feature_names(settings: DescriptorSettings) -> list[str]:
     """Names of the D features, e.g. ``n1.x``, ``n1.Z`` (frame) or ``Si.d1``, ``Si.cos12`` (atom)."""
     k = settings.n_neighbors
     if settings.kind == "frame":
-        cols = ("x", "y", "z", *settings.attributes)
+        cols = ("x", "y", "z", *(f"exp_{lam:g}" for lam in settings.radial), *settings.attributes)
         return [f"n{i + 1}.{c}" for i in range(k) for c in cols]
     names = []
     for s in settings.species:
@@ -481,8 +490,9 @@ def periodic_neighbors(atoms: Atoms, points, k: int, cutoff: float = 6.0) -> Nei
 # --------------------------------------------------------------------------------------------
 
 
-def _frame_features(vec: torch.Tensor, dist: torch.Tensor, attr: torch.Tensor) -> torch.Tensor:
-    """(P, K, 3) vectors, (P, K) distances, (P, K, A) attributes -> (P, K*(3+A))."""
+def _frame_features(vec: torch.Tensor, dist: torch.Tensor, attr: torch.Tensor,
+                    radial: tuple[float, ...] = ()) -> torch.Tensor:
+    """(P, K, 3) vectors, (P, K) distances, (P, K, A) attributes -> (P, K*(3+R+A))."""
     n, k, _ = vec.shape
     rows = torch.arange(n, device=vec.device)
     valid = dist > ON_ATOM_TOL
@@ -499,7 +509,8 @@ def _frame_features(vec: torch.Tensor, dist: torch.Tensor, attr: torch.Tensor) -
     e3 = torch.linalg.cross(e1, e2, dim=-1)
     frame = torch.stack((e1, e2, e3), dim=1)  # (P, 3, 3), rows are the axes
     local = torch.einsum("pkc,pac->pka", vec, frame)
-    return torch.cat((local, attr), dim=-1).reshape(n, -1)
+    rad = [torch.exp(-dist / lam)[..., None] for lam in radial]
+    return torch.cat((local, *rad, attr), dim=-1).reshape(n, -1)
 
 
 def _species_features(vec: torch.Tensor, dist: torch.Tensor, cutoff: float) -> torch.Tensor:
@@ -575,7 +586,8 @@ class DescriptorCalculator:
         if s.kind == "frame":
             nb = self._search.query(points, k)
             idx = torch.as_tensor(nb.indices, device=self.device)
-            return _frame_features(self._tensor(nb.vectors), self._tensor(nb.distances), self._attributes[idx])
+            return _frame_features(self._tensor(nb.vectors), self._tensor(nb.distances), self._attributes[idx],
+                                   s.radial)
         blocks = []
         for search in self._searches:
             if search is None:

@@ -232,28 +232,31 @@ def test_frame_length_independent_of_species_count():
     a, b = sigesn(9), crfeconi(9)
     xa = compute_descriptors(a, random_points(a, 20, 9), FRAME)
     xb = compute_descriptors(b, random_points(b, 20, 9), FRAME)
-    assert xa.shape == xb.shape == (20, FRAME.length) == (20, 12 * 7)
-    assert descriptor_length(FRAME) == len(feature_names(FRAME)) == 84
+    assert xa.shape == xb.shape == (20, FRAME.length) == (20, 12 * 9)
+    assert descriptor_length(FRAME) == len(feature_names(FRAME)) == 108
 
 
 def test_frame_coordinates_and_attributes():
     atoms = sigesn(10)
     points = random_points(atoms, 50, 10)
     k = FRAME.n_neighbors
-    x = compute_descriptors(atoms, points, FRAME, dtype=torch.float64).numpy().reshape(50, k, 7)
+    x = compute_descriptors(atoms, points, FRAME, dtype=torch.float64).numpy().reshape(50, k, 9)
     nb = periodic_neighbors(atoms, points, k)
     # A rotation of the neighbour vectors: lengths kept; e1 points at the nearest atom.
     np.testing.assert_allclose(np.linalg.norm(x[..., :3], axis=-1), nb.distances, atol=1e-10)
     np.testing.assert_allclose(x[:, 0, :3], np.c_[nb.distances[:, 0], np.zeros((50, 2))], atol=1e-10)
     assert np.all(np.abs(x[:, 1, 2]) < 1e-10)  # second neighbour spans the e1-e2 plane
-    np.testing.assert_allclose(x[..., 3:], species_attributes(atoms.numbers[nb.indices.ravel()]).reshape(50, k, 4))
+    np.testing.assert_allclose(x[..., 3], np.exp(-nb.distances / FRAME.radial[0]), rtol=1e-12)
+    np.testing.assert_allclose(x[..., 4], np.exp(-nb.distances / FRAME.radial[1]), rtol=1e-12)
+    np.testing.assert_allclose(x[..., 5:], species_attributes(atoms.numbers[nb.indices.ravel()]).reshape(50, k, 4))
 
 
 def test_frame_point_on_atom():
     atoms = sigesn(11)
-    x = compute_descriptors(atoms, atoms.positions[2:3], FRAME, dtype=torch.float64).numpy().reshape(12, 7)
+    x = compute_descriptors(atoms, atoms.positions[2:3], FRAME, dtype=torch.float64).numpy().reshape(12, 9)
     np.testing.assert_array_equal(x[0, :3], 0.0)
-    assert x[0, 3] == atoms.numbers[2]
+    assert x[0, 3] == 1.0  # exp(-0/λ)
+    assert x[0, 5] == atoms.numbers[2]
     assert x[1, 0] > 2.0 and abs(x[1, 1]) < 1e-12  # frame from the next atoms
 
 
@@ -261,7 +264,7 @@ def test_frame_collinear_neighbours_give_zero_side_axes():
     # A chain along x: every neighbour is collinear, so e2 and e3 cannot be defined.
     atoms = Atoms("Si", positions=[[0, 0, 0]], cell=[2.5, 20.0, 20.0], pbc=True)
     x = compute_descriptors(atoms, [[0.7, 0, 0]], DescriptorSettings(n_neighbors=4)).numpy()
-    coords = x.reshape(4, 7)[:, :3]
+    coords = x.reshape(4, 9)[:, :3]
     np.testing.assert_allclose(np.abs(coords[:, 0]), [0.7, 1.8, 3.2, 4.3], atol=1e-6)
     np.testing.assert_array_equal(coords[:, 1:], 0.0)
 
@@ -364,7 +367,7 @@ def test_dtype_and_torch_points():
     atoms = sigesn(18)
     pts = torch.as_tensor(random_points(atoms, 5, 18))
     x = compute_descriptors(atoms, pts, FRAME, dtype=torch.float64)
-    assert x.dtype == torch.float64 and x.shape == (5, 84)
+    assert x.dtype == torch.float64 and x.shape == (5, FRAME.length)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
