@@ -43,12 +43,21 @@ class Task:
     atoms: Atoms | None = None
 
     def key(self) -> str:
-        """Deterministic id: the same parameters give the same key in any process."""
+        """Deterministic id: the same parameters give the same key in any process.
+
+        16 hex digits of a SHA-1, prefixed with ``t`` when they alone would read as a number
+        (ase.db refuses such strings as values).
+        """
         d = {k: v for k, v in asdict(self).items() if k != "atoms"}
         if self.atoms is not None:
             d["structure"] = [self.atoms.numbers.tolist(), np.round(self.atoms.positions, 6).tolist(),
                               np.round(self.atoms.cell.array, 6).tolist()]
-        return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        key = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        try:
+            float(key)
+        except ValueError:
+            return key
+        return "t" + key
 
     def structure(self) -> Atoms:
         """The (unthermalized) structure of this item, built deterministically from the seed."""
@@ -213,9 +222,14 @@ def execute(
                                dashboard_address=None, host="127.0.0.1")
         client = Client(cluster)
     try:
-        futures = [client.submit(run_task, t, db_path, mpi_ranks, key=f"dft-{t.key()}", pure=False) for t in todo]
+        futures = {client.submit(run_task, t, db_path, mpi_ranks, key=f"dft-{t.key()}", pure=False): t for t in todo}
         for fut in as_completed(futures):
-            r = fut.result()
+            try:
+                r = fut.result()
+            except Exception as err:  # a worker crash must not end the whole run
+                t = futures[fut]
+                r = {"task": t.key(), "composition": t.composition, "temperature": t.temperature, "sample": t.sample,
+                     "source": t.source, "status": "failed", "reason": f"{type(err).__name__}: {err}"}
             results.append(r)
             if on_result:
                 on_result(r)
