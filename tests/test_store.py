@@ -144,3 +144,13 @@ def test_generate_with_dask_workers(tmp_path):
     assert ds.count("done") == 3
     info = subprocess.run(rhox_cmd() + ["info", str(db)], env=subprocess_env(), capture_output=True, text=True)
     assert info.returncode == 0 and "3 samples done" in info.stdout
+
+
+def test_task_keys_unique_and_never_numeric():
+    from engine.generate import Task
+
+    keys_ = {Task("SiGeSn", f"Si{i / 2000:g}Ge{1 - i / 2000:g}", sample=i).key() for i in range(2000)}
+    assert len(keys_) == 2000
+    for k in keys_:
+        with pytest.raises(ValueError):
+            float(k)
