@@ -154,3 +154,17 @@ def test_task_keys_unique_and_never_numeric():
     for k in keys_:
         with pytest.raises(ValueError):
             float(k)
+
+
+@pytest.mark.dft
+def test_generate_on_an_existing_dask_scheduler(tmp_path):
+    from dask.distributed import LocalCluster
+
+    from engine.generate import execute
+
+    tasks = plan_structures(_si2_variants(2), TINY)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1") as cluster:
+        results = execute(tasks, str(tmp_path / "sched.db"), scheduler=cluster.scheduler_address)
+    assert sorted(r["status"] for r in results) == ["done", "done"]
+    assert Dataset(tmp_path / "sched.db").count("done") == 2
