@@ -205,9 +205,15 @@ def run_dft(atoms: Atoms, settings: DFTSettings | None = None, txt: str | None =
     )
 
 
+def mpiexec_path() -> str | None:
+    """The ``mpiexec`` beside this Python (PyPI's mpich wheel puts it there) or on the PATH."""
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else shutil.which("mpiexec")
+
+
 def mpi_available() -> bool:
-    """True when ``mpiexec`` is on the PATH and mpi4py imports."""
-    if shutil.which("mpiexec") is None:
+    """True when an ``mpiexec`` is found and mpi4py imports."""
+    if mpiexec_path() is None:
         return False
     try:
         import mpi4py  # noqa: F401
@@ -231,7 +237,7 @@ def run_dft_mpi(atoms: Atoms, settings: DFTSettings, ranks: int = 2, txt: str | 
         env = dict(os.environ, GPAW_MPI_BACKEND="mpi4py", OMP_NUM_THREADS="1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        cmd = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "engine.dft", str(tmp)]
+        cmd = [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "engine.dft", str(tmp)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not (tmp / "out.npz").exists():
             err = (tmp / "error.txt").read_text() if (tmp / "error.txt").exists() else proc.stderr[-2000:]

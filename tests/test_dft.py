@@ -47,3 +47,23 @@ def test_default_settings_and_kpoints():
     assert kpoint_mesh(big, st) == (1, 1, 1)
     assert settings_for("CrFeCoNi").spin_polarized
     assert DFTSettings.from_dict(st.to_dict()) == st
+
+
+def test_mpi_run_matches_serial(si2, tiny_settings):
+    from engine.dft import mpi_available, run_dft_mpi
+
+    if not mpi_available():
+        pytest.skip("no mpiexec + mpi4py here (pip install rhox[mpi]); serial fallback tested below")
+    serial = run_dft(si2, tiny_settings)
+    par = run_dft_mpi(si2, tiny_settings, ranks=2)
+    assert par.provenance["mpi_ranks"] == 2
+    assert par.energy == pytest.approx(serial.energy, abs=1e-6)
+    np.testing.assert_allclose(par.density, serial.density, atol=1e-10)
+    assert par.integrate() == pytest.approx(par.integral, rel=1e-6)
+
+
+def test_mpi_falls_back_to_serial_with_one_rank(si2, tiny_settings):
+    from engine.dft import run_dft_mpi
+
+    s = run_dft_mpi(si2, tiny_settings, ranks=1)
+    assert s.provenance["mpi_ranks"] == 1
