@@ -210,7 +210,7 @@ def info(dataset: Path = typer.Argument(..., help="ASE database written by rhox 
 def train(
     dataset: Path = typer.Argument(..., help="ASE database of DFT samples (rhox generate)."),
     out_dir: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Model directory to write."),
-    epochs: int = typer.Option(60, help="Maximum epochs (early stopping usually ends sooner)."),
+    epochs: int = typer.Option(80, help="Maximum epochs (early stopping usually ends sooner)."),
     batch_size: int = typer.Option(2048, help="Grid points per mini-batch."),
     lr: float = typer.Option(2e-3, help="Adam learning rate."),
     hidden: str = typer.Option("96,96,48", help="Hidden layer widths."),

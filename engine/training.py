@@ -41,7 +41,7 @@ class TrainConfig:
     """Training settings. Defaults train a good SiGeSn model on 2 CPU cores in a few minutes."""
 
     hidden: tuple[int, ...] = (96, 96, 48)
-    max_epochs: int = 60
+    max_epochs: int = 80
     batch_size: int = 2048
     learning_rate: float = 2e-3
     weight_decay: float = 0.0
