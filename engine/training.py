@@ -99,7 +99,7 @@ def featurize(samples: Sequence[DensitySample], descriptor: DescriptorSettings, 
     for i, s in enumerate(samples):
         calc = DescriptorCalculator(s.atoms, descriptor, device=device)
         x = calc(grid_points(s.atoms.cell.array, s.grid_shape))
-        y = torch.as_tensor(s.total_density.reshape(-1), dtype=torch.float32, device=device)
+        y = torch.tensor(s.total_density.reshape(-1), dtype=torch.float32, device=device)
         out.append(ConfigData(x, y, s))
         if progress:
             progress(i + 1, len(samples))
@@ -208,8 +208,8 @@ def _train_net(net: DensityNet, model: RhoxModel, train: list[ConfigData], val: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot_loss += float(loss)
-            tot_nll += float(nll)
+            tot_loss += float(loss.detach())
+            tot_nll += float(nll.detach())
             batches += 1
             if should_stop and should_stop():
                 break
