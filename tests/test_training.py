@@ -1,0 +1,162 @@
+"""Training, saving/loading, prediction and evaluation on a tiny real-DFT dataset."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from typer.testing import CliRunner
+
+from engine.cli import app
+from engine.model import ModelError, load_model
+from engine.predict import predict
+from engine.store import Dataset, DatasetError
+from engine.training import TrainConfig, fit, split_configurations
+
+pytestmark = pytest.mark.dft
+runner = CliRunner()
+
+
+def test_training_lowers_validation_error(tiny_model):
+    _, model = tiny_model
+    hist = [h for h in model.meta["history"] if h["network"] == "bnn"]
+    assert hist[-1]["val_l1"] < hist[0]["val_l1"]
+    assert min(h["val_l1"] for h in hist) < 0.7 * hist[0]["val_l1"]
+    assert model.meta["sigma_scale"] > 0
+    train_rows = set(model.meta["training"]["train_rows"])
+    assert train_rows.isdisjoint(model.meta["training"]["validation_rows"])
+
+
+def test_split_is_by_configuration_and_seeded():
+    tr, va = split_configurations(10, 0.2, seed=3)
+    assert len(va) == 2 and sorted(tr + va) == list(range(10))
+    assert split_configurations(10, 0.2, seed=3) == (tr, va)
+    with pytest.raises(DatasetError, match="at least 2 configurations"):
+        split_configurations(1, 0.2, 0)
+
+
+def test_save_load_round_trip_gives_identical_predictions(tiny_model):
+    path, model = tiny_model
+    atoms = bulk("Si", "diamond", a=5.45)
+    atoms.set_chemical_symbols(["Si", "Ge"])
+    f1 = predict(model, atoms, shape=(12, 12, 12), n_samples=8, seed=4)
+    f2 = predict(load_model(path), atoms, shape=(12, 12, 12), n_samples=8, seed=4)
+    for k in ("mean", "sigma_total", "sigma_epistemic", "sigma_aleatoric"):
+        np.testing.assert_array_equal(getattr(f1, k), getattr(f2, k))
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["descriptor"]["kind"] == "frame" and cfg["training"]["data_hash"]
+
+
+def test_uncertainty_larger_far_from_training_data(tiny_model):
+    _, model = tiny_model
+    near = bulk("Si", "diamond", a=5.5)
+    near.set_chemical_symbols(["Si", "Ge"])
+    far = bulk("Si", "diamond", a=5.5 * 1.25)  # strongly strained: environments never seen
+    far.set_chemical_symbols(["Si", "Ge"])
+    s_near = predict(model, near, shape=(12, 12, 12), n_samples=20).sigma_epistemic.mean()
+    s_far = predict(model, far, shape=(15, 15, 15), n_samples=20).sigma_epistemic.mean()
+    assert s_far > 1.5 * s_near
+
+
+def test_foreign_species_refused_clearly(tiny_model, tmp_path):
+    from ase.io import write
+
+    path, model = tiny_model
+    sn = bulk("Sn", "diamond", a=6.49)
+    write(tmp_path / "sn.cif", sn)
+    res = runner.invoke(app, ["predict", str(tmp_path / "sn.cif"), "--model", str(path), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "never trained on" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ModelError, match="Sn, which the model was never trained on"):
+        predict(model, sn)
+    with pytest.warns(UserWarning, match="never trained on"):
+        predict(model, sn, n_samples=2, allow_foreign=True, shape=(8, 8, 8))
+
+
+def test_same_seed_same_model(tiny_dataset, tmp_path):
+    cfg = TrainConfig(hidden=(16,), max_epochs=2, batch_size=512, seed=5, baseline=False, device="cpu")
+    m1 = fit(tiny_dataset, tmp_path / "a", cfg)
+    m2 = fit(tiny_dataset, tmp_path / "b", cfg)
+    for (k, v1), v2 in zip(m1.net.state_dict().items(), m2.net.state_dict().values()):
+        assert torch.equal(v1, v2), k
+
+
+def test_resume_continues_from_checkpoint(tiny_dataset, tmp_path):
+    cfg = TrainConfig(hidden=(16,), max_epochs=2, batch_size=512, seed=1, baseline=False, device="cpu", patience=50)
+    fit(tiny_dataset, tmp_path / "m", cfg)
+    cfg4 = TrainConfig(hidden=(16,), max_epochs=4, batch_size=512, seed=1, baseline=False, device="cpu", patience=50)
+    resumed = fit(tiny_dataset, tmp_path / "m", cfg4, resume=True)
+    assert [h["epoch"] for h in resumed.meta["history"]] == [1, 2, 3, 4]
+    straight = fit(tiny_dataset, tmp_path / "s", cfg4)
+    a = [h["val_l1"] for h in resumed.meta["history"]]
+    b = [h["val_l1"] for h in straight.meta["history"]]
+    assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_fine_tune_from_parent(tiny_model, tiny_dataset, tmp_path):
+    path, parent = tiny_model
+    cfg = TrainConfig(max_epochs=2, batch_size=512, seed=0, baseline=False, device="cpu", freeze_layers=1)
+    child = fit(tiny_dataset, tmp_path / "child", cfg, parent=path)
+    assert torch.equal(child.net.layers[0].weight_mu, load_model(path).net.layers[0].weight_mu)
+    assert child.meta["training"]["parent"] == str(path)
+
+
+def test_bad_model_directories_and_datasets(tiny_model, tmp_path, tiny_dataset):
+    path, _ = tiny_model
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(tmp_path / "nothing")
+    broken = tmp_path / "broken"
+    shutil.copytree(path, broken)
+    (broken / "weights.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ModelError, match="not a readable safetensors"):
+        load_model(broken)
+    mism = tmp_path / "mism"
+    shutil.copytree(path, mism)
+    cfg = json.loads((mism / "config.json").read_text())
+    cfg["network"]["hidden"] = [7, 7]
+    (mism / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="do not match the architecture"):
+        load_model(mism)
+    res = runner.invoke(app, ["predict", "x.cif", "--model", str(broken)])
+    assert res.exit_code == 2
+    # Empty dataset and single-configuration dataset: one clear line each.
+    empty = tmp_path / "empty.db"
+    Dataset(empty).db.count()
+    res = runner.invoke(app, ["train", str(empty), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "no finished samples" in res.output
+    one = tmp_path / "one.db"
+    src = Dataset(tiny_dataset)
+    dst = Dataset(one)
+    row = next(src.rows())
+    dst.db.write(row.toatoms(), key_value_pairs=dict(row.key_value_pairs), data=row.data)
+    res = runner.invoke(app, ["train", str(one), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "at least 2 configurations" in " ".join(res.output.split())
+
+
+def test_cli_predict_and_evaluate(tiny_model, tiny_dataset, tmp_path):
+    from ase.io import write
+
+    from engine.io import read_cube
+
+    path, model = tiny_model
+    atoms = bulk("Si", "diamond", a=5.45)
+    atoms.set_chemical_symbols(["Ge", "Si"])
+    write(tmp_path / "sige.cif", atoms)
+    res = runner.invoke(app, ["predict", str(tmp_path / "sige.cif"), "--model", str(path), "-o", str(tmp_path / "p"),
+                              "--samples", "5"])
+    assert res.exit_code == 0, res.output
+    a2, rho = read_cube(tmp_path / "p" / "sige_density.cube")
+    f = predict(model, atoms, n_samples=5)
+    np.testing.assert_allclose(rho, f.mean, rtol=1e-4, atol=1e-6)  # cube round trip in e/Å³
+    assert (tmp_path / "p" / "sige_sigma_epistemic.cube").exists()
+    assert list((tmp_path / "p").glob("sige_fields.vt*"))
+    res = runner.invoke(app, ["evaluate", str(tiny_dataset), "--model", str(path), "--json",
+                              str(tmp_path / "e" / "eval.json"), "--samples", "5"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "e" / "eval.json").read_text())
+    for key in ("L1%", "NRMSE%", "dN", "cal1", "cal2", "cal3", "rank_corr_sigma_L1"):
+        assert key in rep["aggregate"]
+    assert set(rep["baselines"]) == {"deterministic", "superposition"}
+    assert (tmp_path / "e" / "calibration.png").stat().st_size > 5000
+    assert (tmp_path / "e" / "error_vs_uncertainty.png").exists()
