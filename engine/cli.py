@@ -246,12 +246,18 @@ def train(
         table.add_column(col, justify="right")
 
     def on_epoch(r):
-        table.add_row(r["network"], f"{r['epoch']}/{r['max_epochs']}", f"{r['loss']:.4f}", f"{r['nll']:.4f}",
-                      f"{r['val_l1']:.3f}", f"{r['best_val_l1']:.3f}", f"{r['lr']:.1e}", f"{r['seconds']:.1f}")
+        cells = (r["network"], f"{r['epoch']}/{r['max_epochs']}", f"{r['loss']:.4f}", f"{r['nll']:.4f}",
+                 f"{r['val_l1']:.3f}", f"{r['best_val_l1']:.3f}", f"{r['lr']:.1e}", f"{r['seconds']:.1f}")
+        table.add_row(*cells)
+        if not console.is_terminal:  # logs and pipes get one line per epoch instead of a live table
+            console.print("epoch " + "  ".join(cells), highlight=False)
 
-    with Live(table, console=console, refresh_per_second=4, transient=False):
+    from contextlib import nullcontext
+
+    live = Live(table, console=console, refresh_per_second=4) if console.is_terminal else nullcontext()
+    with live:
         model = fit(dataset, out_dir, cfg, parent=parent, resume=resume, on_epoch=on_epoch,
-                    on_status=lambda m: console.log(m))
+                    on_status=lambda m: console.print(m, highlight=False))
     out.print(f"model written to {out_dir} (validation L1% {model.meta['training']['best_val_l1']:.2f}, "
               f"σ scale {model.meta['sigma_scale']:.2f})")
 
