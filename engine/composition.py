@@ -131,6 +131,15 @@ def format_composition(comp: Mapping[str, float], digits: int = 3) -> str:
     return "".join(parts) or "(empty)"
 
 
+def round_composition(comp: Mapping[str, float], digits: int = 6) -> dict[str, float]:
+    """Fractions rounded to ``digits`` decimals that still sum to 1 (the rounding residual goes
+    to the largest fraction), so that the rounded text parses back as a valid composition."""
+    out = {k: round(float(v), digits) for k, v in comp.items()}
+    big = max(out, key=out.get)
+    out[big] = round(out[big] + 1.0 - sum(out.values()), digits)
+    return out
+
+
 def as_vector(comp: Mapping[str, float], elements: Sequence[str]) -> np.ndarray:
     """Barycentric vector of ``comp`` in the order of ``elements``."""
     return np.array([float(comp.get(el, 0.0)) for el in elements])

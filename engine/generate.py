@@ -18,7 +18,7 @@ import numpy as np
 from ase import Atoms
 
 from . import keys
-from .composition import CompositionError, format_composition, parse_composition
+from .composition import CompositionError, format_composition, parse_composition, round_composition
 from .dft import DFTError, DFTSettings, run_dft, run_dft_mpi, settings_for
 from .store import Dataset
 from .structures import add_antisites, add_vacancies, get_system, infer_system, random_alloy
@@ -108,7 +108,7 @@ def plan(
     temps = [check_temperature(t) for t in temperatures]
     tasks = []
     for comp in compositions:
-        c = format_composition(parse_composition(comp, system.elements), digits=6)
+        c = format_composition(round_composition(parse_composition(comp, system.elements), 6), digits=6)
         for rep in repeats:
             rep3 = (rep,) * 3 if np.isscalar(rep) else tuple(rep)
             for t in temps:

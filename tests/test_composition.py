@@ -57,3 +57,11 @@ def test_grid_tessellation_and_snap():
     assert len(composition_list("random:5", ELS, seed=1)) == 5
     assert composition_list("Si0.5Ge0.5;Sn1", ELS)[1] == {"Si": 0, "Ge": 0, "Sn": 1}
     assert format_composition({"Si": 0.5, "Ge": 0.25, "Sn": 0.25}) == "Si0.5Ge0.25Sn0.25"
+
+
+def test_random_compositions_survive_rounding_to_text():
+    from engine.composition import round_composition
+
+    for row in composition_list("random:200", ELS, seed=2):
+        text = format_composition(round_composition(row, 6), digits=6)
+        assert parse_composition(text, ELS) == pytest.approx(row, abs=2e-6)
