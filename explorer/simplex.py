@@ -1,0 +1,405 @@
+"""Composition pickers: the ternary triangle and the quaternary tetrahedron with ternary slices.
+
+Drawn with HoloViews on Bokeh. Drawing coordinates are those of
+:func:`engine.composition.barycentric_to_cartesian`: for a ternary the first species sits at
+(0, 0), the second at (1, 0), the third at (0.5, √3/2). A click (``hv.streams.Tap``) is turned
+into a composition by :meth:`ExplorerState.pick_cartesian`, snapped to the user's step.
+
+The pure geometry (grid lines, projections, nearest-point picking) lives in plain functions so
+that it is tested without a browser; the ``*Picker`` classes are ``pn.viewable.Viewer`` s.
+"""
+from __future__ import annotations
+
+import numpy as np
+import panel as pn
+import param
+
+from engine.composition import barycentric_to_cartesian, simplex_grid, simplex_vertices
+
+from .state import ExplorerState, describe
+
+SQ3 = np.sqrt(3.0)
+#: Data ranges of the triangle plot (fixed, so that tests can map data to pixels).
+TRI_XLIM = (-0.14, 1.14)
+TRI_YLIM = (-0.13, SQ3 / 2 + 0.1)
+TRI_FRAME_WIDTH = 440
+TRI_FRAME_HEIGHT = int(round(TRI_FRAME_WIDTH * (TRI_YLIM[1] - TRI_YLIM[0]) / (TRI_XLIM[1] - TRI_XLIM[0])))
+PICK_COLOR = "#e8590c"
+TRAIN_COLOR = "#212529"
+SUGGEST_COLOR = "#d6336c"
+
+
+# --- geometry -------------------------------------------------------------------------------
+
+def triangle_grid_lines(step: float) -> list[np.ndarray]:
+    """Lines of constant fraction (multiples of ``step``) inside the unit ternary triangle.
+
+    Each entry is a (2, 2) array of the two end points in drawing coordinates.
+    """
+    n = max(1, int(round(1 / step)))
+    if n > 40:  # a very fine step: draw every other line only
+        n = 40
+    lines = []
+    for i in range(1, n):
+        f = i / n
+        for k in range(3):
+            a = np.zeros(3)
+            b = np.zeros(3)
+            a[k] = b[k] = f
+            j, m = [q for q in range(3) if q != k]
+            a[j] = 1 - f
+            b[m] = 1 - f
+            lines.append(barycentric_to_cartesian(np.stack([a, b])))
+    return lines
+
+
+def slice_vectors(points: np.ndarray, fixed: int, fraction: float, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Quaternary points lying on the slice ``x[fixed] == fraction`` (within ``tol``).
+
+    Returns ``(mask, ternary)``: which rows lie on the slice, and their free fractions
+    renormalised to a ternary composition (for drawing in the slice's triangle).
+    """
+    points = np.asarray(points, dtype=float).reshape(-1, 4)
+    mask = np.abs(points[:, fixed] - fraction) <= tol
+    free = np.delete(points[mask], fixed, axis=1)
+    s = free.sum(axis=1, keepdims=True)
+    tern = np.where(s > 1e-12, free / np.where(s > 1e-12, s, 1), 1 / 3)
+    return mask, tern
+
+
+def rotation(azimuth: float, elevation: float) -> np.ndarray:
+    """3x3 rotation: turn by ``azimuth`` about z, then tilt by ``elevation`` about x (degrees)."""
+    a, e = np.radians(azimuth), np.radians(elevation)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(e), -np.sin(e)], [0, np.sin(e), np.cos(e)]])
+    return rx @ rz
+
+
+TETRA_CENTRE = simplex_vertices(4).mean(axis=0)
+
+
+def project_tetrahedron(vectors: np.ndarray, azimuth: float, elevation: float) -> np.ndarray:
+    """Quaternary barycentric vectors -> (x, y, depth) of the rotated tetrahedron (orthographic).
+
+    The viewer looks down the -y axis after rotation: screen x = rotated x, screen y = rotated z,
+    depth = rotated y (smaller is nearer the viewer).
+    """
+    p = barycentric_to_cartesian(np.asarray(vectors, dtype=float).reshape(-1, 4)) - TETRA_CENTRE
+    r = p @ rotation(azimuth, elevation).T
+    return np.stack([r[:, 0], r[:, 2], r[:, 1]], axis=1)
+
+
+def nearest_projected(points_xyd: np.ndarray, x: float, y: float, radius: float) -> int | None:
+    """Index of the point nearest to the click among those within ``radius`` on screen.
+
+    Of points at about the same screen distance the one nearest the viewer wins, so a click
+    picks what is drawn on top.
+    """
+    if len(points_xyd) == 0:
+        return None
+    d = np.hypot(points_xyd[:, 0] - x, points_xyd[:, 1] - y)
+    inside = np.flatnonzero(d <= radius)
+    if len(inside) == 0:
+        return None
+    best = d[inside].min()
+    close = inside[d[inside] <= best + radius * 0.25]
+    return int(close[np.argmin(points_xyd[close, 2])])
+
+
+# --- HoloViews elements ---------------------------------------------------------------------
+
+def _hv():
+    """HoloViews with its Bokeh backend loaded (needed before any ``.opts``)."""
+    import holoviews as hv
+
+    if "bokeh" not in hv.Store.renderers:
+        hv.renderer("bokeh")  # registers the backend and its options, displays nothing
+    if hv.Store.current_backend != "bokeh":
+        hv.Store.set_current_backend("bokeh")
+    return hv
+
+
+def _name_hook(name: str):
+    def hook(plot, element):
+        plot.state.name = name
+    return hook
+
+
+def _points(xy: np.ndarray, comps: list[str], score=None, label: str = ""):
+    hv = _hv()
+
+    xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+    data = {"x": xy[:, 0], "y": xy[:, 1], "composition": comps,
+            "value": np.asarray(score if score is not None else np.full(len(xy), np.nan), dtype=float)}
+    return hv.Points(data, kdims=["x", "y"], vdims=["composition", "value"], label=label)
+
+
+def ternary_overlay(elements, step: float, train=None, candidates=None, scores=None, suggested=None,
+                    picked=None, score_label: str = "score", name: str = "rhox-simplex", title: str = ""):
+    """The ternary picker as one HoloViews overlay (all layers always present, possibly empty).
+
+    ``train``/``candidates``/``suggested``/``picked``: barycentric vectors (m, 3).
+    """
+    hv = _hv()
+
+    elements = list(elements)
+    empty = np.zeros((0, 3))
+    train = np.asarray(train if train is not None and len(train) else empty, dtype=float).reshape(-1, 3)
+    cand = np.asarray(candidates if candidates is not None and len(candidates) else empty, dtype=float).reshape(-1, 3)
+    sugg = np.asarray(suggested if suggested is not None and len(suggested) else empty, dtype=float).reshape(-1, 3)
+    pick = np.asarray(picked if picked is not None else empty, dtype=float).reshape(-1, 3)
+
+    verts = simplex_vertices(3)
+    outline = hv.Path([np.vstack([verts, verts[:1]])]).opts(color="#495057", line_width=2)
+    grid = hv.Path(triangle_grid_lines(step)).opts(color="#ced4da", line_width=1, alpha=0.8)
+    offsets = np.array([[-0.06, -0.055], [0.06, -0.055], [0.0, 0.05]])
+    corner = hv.Labels({"x": verts[:, 0] + offsets[:, 0], "y": verts[:, 1] + offsets[:, 1], "text": elements},
+                       ["x", "y"], "text").opts(text_font_size="15pt", text_font_style="bold", text_color="#212529")
+    # Edge labels: the fraction of the species that grows along each edge.
+    mids = np.array([[0.5, -0.085], [0.79, 0.47], [0.21, 0.47]])
+    edge_text = [f"{elements[1]} →", f"{elements[2]} →", f"← {elements[0]}"]
+    edges = hv.Labels({"x": mids[:, 0], "y": mids[:, 1], "text": edge_text}, ["x", "y"], "text").opts(
+        text_font_size="10pt", text_color="#868e96", angle=0)
+
+    sc = None if scores is None or len(cand) == 0 else np.asarray(scores, dtype=float)
+    cand_pts = _points(barycentric_to_cartesian(cand) if len(cand) else np.zeros((0, 2)),
+                       [describe(c, elements) for c in cand], sc, label="candidates")
+    finite = sc[np.isfinite(sc)] if sc is not None else np.array([])
+    clim = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    if clim[0] == clim[1]:
+        clim = (clim[0], clim[0] + 1e-12)
+    cand_pts = cand_pts.opts(color="value", cmap="viridis", clim=clim, size=11, line_color="white",
+                             colorbar=True, colorbar_opts={"title": score_label}, tools=["hover"],
+                             hover_tooltips=[("composition", "@composition"), (score_label, "@value{0.000e}")])
+    train_pts = _points(barycentric_to_cartesian(train) if len(train) else np.zeros((0, 2)),
+                        [describe(c, elements) for c in train], label="training data").opts(
+        color=TRAIN_COLOR, marker="diamond", size=13, tools=["hover"],
+        hover_tooltips=[("training composition", "@composition")])
+    sugg_pts = _points(barycentric_to_cartesian(sugg) if len(sugg) else np.zeros((0, 2)),
+                       [describe(c, elements) for c in sugg], label="suggested").opts(
+        color="none", line_color=SUGGEST_COLOR, line_width=3, marker="circle", size=22, tools=["hover"],
+        hover_tooltips=[("suggested", "@composition")])
+    pick_xy = barycentric_to_cartesian(pick) if len(pick) else np.zeros((0, 2))
+    pick_pts = _points(pick_xy, [describe(c, elements) for c in pick], label="picked").opts(
+        color=PICK_COLOR, marker="circle", size=16, line_color="black", line_width=1.5,
+        tools=["hover"], hover_tooltips=[("picked", "@composition")])
+    pick_txt = hv.Labels({"x": pick_xy[:, 0], "y": pick_xy[:, 1] + 0.045,
+                          "text": [describe(c, elements) for c in pick]}, ["x", "y"], "text").opts(
+        text_font_size="10pt", text_color=PICK_COLOR, text_font_style="bold")
+
+    overlay = grid * outline * edges * corner * cand_pts * train_pts * sugg_pts * pick_pts * pick_txt
+    return overlay.opts(
+        hv.opts.Overlay(
+            xlim=TRI_XLIM, ylim=TRI_YLIM, frame_width=TRI_FRAME_WIDTH, frame_height=TRI_FRAME_HEIGHT,
+            xaxis=None, yaxis=None, show_grid=False, toolbar=None, default_tools=[], active_tools=[],
+            padding=0, title=title, show_legend=True, legend_position="top_right", hooks=[_name_hook(name)],
+            border=10, shared_axes=False, backend_opts={"plot.outline_line_alpha": 0},
+        )
+    )
+
+
+def tetra_overlay(elements, azimuth: float, elevation: float, grid_vectors: np.ndarray, train=None, scores=None,
+                  suggested=None, picked=None, score_label: str = "score", name: str = "rhox-tetra"):
+    """The quaternary tetrahedron, rotated and projected, with candidate grid points."""
+    hv = _hv()
+
+    elements = list(elements)
+    eye = np.eye(4)
+    vx = project_tetrahedron(eye, azimuth, elevation)
+    edges = [np.stack([vx[i, :2], vx[j, :2]]) for i in range(4) for j in range(i + 1, 4)]
+    edge_el = hv.Path(edges).opts(color="#495057", line_width=2)
+    centre = vx[:, :2].mean(axis=0)
+    lab_xy = vx[:, :2] + 0.12 * (vx[:, :2] - centre) / np.maximum(np.linalg.norm(vx[:, :2] - centre, axis=1,
+                                                                                  keepdims=True), 1e-9)
+    corner = hv.Labels({"x": lab_xy[:, 0], "y": lab_xy[:, 1], "text": elements}, ["x", "y"], "text").opts(
+        text_font_size="14pt", text_font_style="bold")
+
+    def layer(vectors, values=None):
+        vectors = np.asarray(vectors if vectors is not None and len(vectors) else np.zeros((0, 4)), dtype=float)
+        xyd = project_tetrahedron(vectors, azimuth, elevation) if len(vectors) else np.zeros((0, 3))
+        return _points(xyd[:, :2], [describe(v, elements) for v in vectors], values)
+
+    g = np.asarray(grid_vectors, dtype=float).reshape(-1, 4)
+    sc = np.asarray(scores, dtype=float) if scores is not None and len(scores) == len(g) else None
+    finite = sc[np.isfinite(sc)] if sc is not None else np.array([])
+    clim = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    if clim[0] == clim[1]:
+        clim = (clim[0], clim[0] + 1e-12)
+    grid_pts = layer(g, sc).opts(color="value" if sc is not None else "#adb5bd", cmap="viridis", clim=clim,
+                                 size=8, alpha=0.85, colorbar=sc is not None, tools=["hover"],
+                                 hover_tooltips=[("composition", "@composition"), (score_label, "@value{0.000e}")])
+    train_pts = layer(train).opts(color=TRAIN_COLOR, marker="diamond", size=12, tools=["hover"],
+                                  hover_tooltips=[("training composition", "@composition")])
+    sugg_pts = layer(suggested).opts(color="none", line_color=SUGGEST_COLOR, line_width=3, size=20)
+    pick_pts = layer(None if picked is None else [picked]).opts(color=PICK_COLOR, size=16, line_color="black")
+    lim = 0.85
+    return (edge_el * corner * grid_pts * train_pts * sugg_pts * pick_pts).opts(
+        hv.opts.Overlay(xlim=(-lim, lim), ylim=(-lim, lim), frame_width=340, frame_height=340, xaxis=None,
+                        yaxis=None, toolbar=None, default_tools=[], padding=0, hooks=[_name_hook(name)],
+                        title="tetrahedron (click a grid point)", border=10))
+
+
+# --- viewers ----------------------------------------------------------------------------------
+
+class TernaryPicker(pn.viewable.Viewer):
+    """Ternary triangle bound to an :class:`ExplorerState`; a click picks a composition."""
+
+    state = param.ClassSelector(class_=ExplorerState)
+
+    def __init__(self, state: ExplorerState, **params):
+        super().__init__(state=state, **params)
+        hv = _hv()
+
+        self._stream = hv.streams.Params(
+            state, ["system", "step", "picked", "candidates", "scores", "suggested", "train_compositions",
+                    "score_label"])
+        self._dmap = hv.DynamicMap(self._draw, streams=[self._stream])
+        self._tap = hv.streams.Tap(source=self._dmap, x=None, y=None)
+        self._tap.add_subscriber(self._on_tap)
+        self._pane = pn.pane.HoloViews(self._dmap, sizing_mode="fixed", linked_axes=False)
+
+    def _draw(self, **kw):
+        s = self.state
+        if s.n_species != 3:
+            return ternary_overlay(["A", "B", "C"], s.step, name="rhox-simplex", title="(not a ternary system)")
+        return ternary_overlay(s.elements, s.step, s.train_compositions, s.candidates, s.scores, s.suggested,
+                               s.picked, s.score_label, name="rhox-simplex",
+                               title=f"{'-'.join(s.elements)}: click to pick (step {s.step:g})")
+
+    def _on_tap(self, x=None, y=None):
+        if x is None or y is None:
+            return
+        self.state.pick_cartesian(float(x), float(y))
+
+    def __panel__(self):
+        return self._pane
+
+
+class QuaternaryPicker(pn.viewable.Viewer):
+    """Tetrahedron (rotatable projection) and a ternary slice at a fixed fourth fraction; both pick."""
+
+    state = param.ClassSelector(class_=ExplorerState)
+    azimuth = param.Number(default=25.0, bounds=(-180, 180))
+    elevation = param.Number(default=-70.0, bounds=(-90, 90))
+
+    def __init__(self, state: ExplorerState, **params):
+        super().__init__(state=state, **params)
+        hv = _hv()
+
+        common = ["system", "step", "picked", "candidates", "scores", "suggested", "train_compositions",
+                  "score_label"]
+        self._slice_stream = hv.streams.Params(state, common + ["fixed_element", "fixed_fraction"])
+        self._slice = hv.DynamicMap(self._draw_slice, streams=[self._slice_stream])
+        self._slice_tap = hv.streams.Tap(source=self._slice, x=None, y=None)
+        self._slice_tap.add_subscriber(self._on_slice_tap)
+        self._tetra_stream = hv.streams.Params(state, common)
+        self._view_stream = hv.streams.Params(self, ["azimuth", "elevation"])
+        self._tetra = hv.DynamicMap(self._draw_tetra, streams=[self._tetra_stream, self._view_stream])
+        self._tetra_tap = hv.streams.Tap(source=self._tetra, x=None, y=None)
+        self._tetra_tap.add_subscriber(self._on_tetra_tap)
+        self._fixed = pn.widgets.Select.from_param(state.param.fixed_element, name="fixed species",
+                                                   options=list(state.elements), width=110)
+        self._fraction = pn.widgets.FloatSlider.from_param(state.param.fixed_fraction, name="its fraction",
+                                                           start=0.0, end=0.875, step=state.step, width=200)
+        state.param.watch(self._on_system, ["system", "step"])
+
+    def _on_system(self, *events):
+        self._fixed.options = list(self.state.elements)
+        self._fraction.step = self.state.step
+        self._fraction.end = max(0.0, 1 - self.state.step)
+
+    def grid_vectors(self) -> np.ndarray:
+        s = self.state
+        if s.candidates is not None and len(s.candidates) and np.asarray(s.candidates).shape[1] == 4:
+            return np.asarray(s.candidates)
+        return simplex_grid(4, max(1, int(round(1 / max(s.step, 0.125)))))
+
+    def _draw_tetra(self, **kw):
+        s = self.state
+        els = s.elements if s.n_species == 4 else ("A", "B", "C", "D")
+        g = self.grid_vectors() if s.n_species == 4 else np.zeros((0, 4))
+        scores = s.scores if (s.candidates is not None and s.n_species == 4 and len(s.candidates) == len(g)) else None
+        train = s.train_compositions if s.n_species == 4 else None
+        picked = s.picked if s.n_species == 4 else None
+        sugg = s.suggested if s.n_species == 4 else None
+        return tetra_overlay(els, self.azimuth, self.elevation, g, train, scores, sugg, picked, s.score_label)
+
+    def _draw_slice(self, **kw):
+        s = self.state
+        if s.n_species != 4:
+            return ternary_overlay(["A", "B", "C"], s.step, name="rhox-slice")
+        free, k = s.slice_elements()
+        tol = min(s.step / 2, 0.02)
+
+        def on_slice(v):
+            if v is None or len(v) == 0:
+                return None, None
+            mask, tern = slice_vectors(np.asarray(v, dtype=float).reshape(-1, 4), k, s.fixed_fraction, tol)
+            return mask, tern
+
+        _, train = on_slice(s.train_compositions)
+        cand, scores = None, None
+        if s.candidates is not None and len(s.candidates):
+            mask, cand = on_slice(s.candidates)
+            scores = None if s.scores is None else np.asarray(s.scores)[mask]
+        _, sugg = on_slice(s.suggested)
+        _, pick = on_slice([s.picked] if s.picked is not None else None)
+        title = f"slice {s.fixed_element} = {s.fixed_fraction:g}: click to pick"
+        return ternary_overlay(free, s.step, train, cand, scores, sugg, pick, s.score_label, name="rhox-slice",
+                               title=title)
+
+    def _on_slice_tap(self, x=None, y=None):
+        if x is None or y is None or self.state.n_species != 4:
+            return
+        self.state.pick_slice_cartesian(float(x), float(y))
+
+    def _on_tetra_tap(self, x=None, y=None):
+        if x is None or y is None or self.state.n_species != 4:
+            return
+        g = self.grid_vectors()
+        idx = nearest_projected(project_tetrahedron(g, self.azimuth, self.elevation), x, y, radius=0.08)
+        if idx is None:
+            self.state.notify("no grid point near that click in the tetrahedron; click on a dot "
+                              "(or use the slice)", "warning")
+            return
+        self.state.pick(g[idx])
+
+    def __panel__(self):
+        rot = pn.Row(pn.widgets.FloatSlider.from_param(self.param.azimuth, width=160),
+                     pn.widgets.FloatSlider.from_param(self.param.elevation, width=160))
+        return pn.Row(
+            pn.Column(pn.pane.HoloViews(self._tetra, linked_axes=False), rot),
+            pn.Column(pn.pane.HoloViews(self._slice, linked_axes=False), pn.Row(self._fixed, self._fraction)),
+        )
+
+
+class CompositionPicker(pn.viewable.Viewer):
+    """The picker that fits the session's system: triangle for 3 species, tetrahedron + slice for 4."""
+
+    state = param.ClassSelector(class_=ExplorerState)
+
+    def __init__(self, state: ExplorerState, **params):
+        super().__init__(state=state, **params)
+        self._ternary = None
+        self._quaternary = None
+        self._holder = pn.Column(sizing_mode="stretch_width")
+        state.param.watch(lambda e: self._refresh(), ["system"])
+        self._refresh()
+
+    def _refresh(self):
+        n = self.state.n_species
+        if n == 4:
+            if self._quaternary is None:
+                self._quaternary = QuaternaryPicker(self.state)
+            view = self._quaternary
+        elif n == 3:
+            if self._ternary is None:
+                self._ternary = TernaryPicker(self.state)
+            view = self._ternary
+        else:
+            view = pn.pane.Markdown(f"{self.state.system} has {n} species: type the composition "
+                                    "in the box (e.g. `Si0.5Ge0.5`).")
+        self._holder.objects = [view]
+
+    def __panel__(self):
+        return self._holder
