@@ -38,6 +38,9 @@ _PREDICT_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name
 SYSTEM_FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 
 
+LEGEND = ("◆ training compositions · ● picked · ◯ suggested for DFT · coloured dots: acquisition score or "
+          "σ (run *Active-learning step* or *σ map*); hover for values")
+
 CSS = """
 .rhox-picked { font-size: 1.15em; }
 .rhox-small { font-size: 0.9em; color: #495057; }
@@ -55,7 +58,7 @@ class App(pn.viewable.Viewer):
         self.state = ExplorerState(model_path=model_path, data_path=data_path, load_model=False)
         self.jobs = JobManager(self.state)
         self.picker = CompositionPicker(self.state)
-        self.scene = SceneView(self.state)
+        self.scene = SceneView(self.state, width=640, height=480)
         self._generation = 0
         self._structure_key = None
         self._build_widgets()
@@ -117,30 +120,30 @@ class App(pn.viewable.Viewer):
     def _build_widgets(self):
         s = self.state
         self._model_md = pn.pane.Markdown(self._model_text(), css_classes=["rhox-small"], sizing_mode="stretch_width")
-        self._system = pn.widgets.Select.from_param(s.param.system, name="Alloy system", sizing_mode="stretch_width")
-        self._step = pn.widgets.Select(name="Snap clicks to step", options={f"{v:g}": v for v in STEPS},
+        self._system = pn.widgets.Select.from_param(s.param.system, label="Alloy system", sizing_mode="stretch_width")
+        self._step = pn.widgets.Select(label="Snap clicks to step", options={f"{v:g}": v for v in STEPS},
                                        value=s.step, sizing_mode="stretch_width")
         self._step.link(s, value="step")
-        self._comp_input = pn.widgets.TextInput(name="Composition", placeholder="e.g. Si0.5Ge0.25Sn0.25 or 0.5,0.25,0.25",
+        self._comp_input = pn.widgets.TextInput(label="Composition", placeholder="e.g. Si0.5Ge0.25Sn0.25 or 0.5,0.25,0.25",
                                                 sizing_mode="stretch_width", css_classes=["rhox-comp-input"])
         self._comp_input.param.watch(self._on_comp_text, "value")
         self._picked_md = pn.pane.Markdown(self._picked_text(), css_classes=["rhox-picked"],
                                            sizing_mode="stretch_width")
         s.param.watch(lambda e: setattr(self._picked_md, "object", self._picked_text()), ["composition_text"])
-        self._auto = pn.widgets.Checkbox.from_param(self.param.predict_on_pick, name="Predict on pick")
+        self._auto = pn.widgets.Checkbox.from_param(self.param.predict_on_pick, label="Predict on pick")
 
-        self._repeat = pn.widgets.IntSlider.from_param(s.param.repeat, name="Repeat (cells per axis)", end=3)
-        self._temperature = pn.widgets.FloatSlider.from_param(s.param.temperature, name="Temperature (K)", step=50,
+        self._repeat = pn.widgets.IntSlider.from_param(s.param.repeat, label="Repeat (cells per axis)", end=3)
+        self._temperature = pn.widgets.FloatSlider.from_param(s.param.temperature, label="Temperature (K)", step=50,
                                                               end=1500)
-        self._seed = pn.widgets.IntInput.from_param(s.param.seed, name="Seed", width=100)
-        self._vac = pn.widgets.IntInput.from_param(s.param.vacancies, name="Vacancies", width=100)
-        self._build = pn.widgets.Button(name="Build structure", button_type="default", sizing_mode="stretch_width",
+        self._seed = pn.widgets.IntInput.from_param(s.param.seed, label="Seed", width=100)
+        self._vac = pn.widgets.IntInput.from_param(s.param.vacancies, label="Vacancies", width=100)
+        self._build = pn.widgets.Button(label="Build structure", sizing_mode="stretch_width",
                                         css_classes=["rhox-build"])
         self._build.on_click(self._on_build)
         self._upload = pn.widgets.FileInput(accept=".xyz,.extxyz,.cif,.vasp,.poscar,.json,.traj,.cube,.xsf,.pdb,*",
                                             multiple=False, sizing_mode="stretch_width", css_classes=["rhox-upload"])
         self._upload.param.watch(self._on_upload, "value")
-        self._predict = pn.widgets.Button(name="Predict density", button_type="primary", sizing_mode="stretch_width",
+        self._predict = pn.widgets.Button(label="Predict density", color="primary", sizing_mode="stretch_width",
                                           css_classes=["rhox-predict"])
         self._predict.on_click(self._on_predict)
         self._structure_md = pn.pane.Markdown("", css_classes=["rhox-small"], sizing_mode="stretch_width")
@@ -148,23 +151,23 @@ class App(pn.viewable.Viewer):
                                         if s.structure_label else ""), ["structure_label"])
 
         # jobs
-        self._dft_btn = pn.widgets.Button(name="Compute DFT (GPAW)", sizing_mode="stretch_width",
+        self._dft_btn = pn.widgets.Button(label="Compute DFT (GPAW)", sizing_mode="stretch_width",
                                           css_classes=["rhox-dft"])
         self._dft_btn.on_click(lambda e: self._submit(lambda: dft_job(self.state)))
-        self._epochs = pn.widgets.IntSlider(name="Epochs", start=1, end=60, value=5)
-        self._fine_tune = pn.widgets.Checkbox(name="Fine-tune the current model", value=True)
-        self._train_data = pn.widgets.TextInput(name="Train on dataset", value="", placeholder="(session dataset)",
+        self._epochs = pn.widgets.IntSlider(label="Epochs", start=1, end=60, value=5)
+        self._fine_tune = pn.widgets.Checkbox(label="Fine-tune the current model", value=True)
+        self._train_data = pn.widgets.TextInput(label="Train on dataset", value="", placeholder="(session dataset)",
                                                 sizing_mode="stretch_width", css_classes=["rhox-train-data"])
-        self._train_btn = pn.widgets.Button(name="Train", sizing_mode="stretch_width", css_classes=["rhox-train"])
+        self._train_btn = pn.widgets.Button(label="Train", sizing_mode="stretch_width", css_classes=["rhox-train"])
         self._train_btn.on_click(self._on_train)
-        self._al_k = pn.widgets.IntSlider(name="Suggestions per step", start=1, end=6, value=3)
-        self._al_btn = pn.widgets.Button(name="Active-learning step", sizing_mode="stretch_width",
+        self._al_k = pn.widgets.IntSlider(label="Suggestions per step", start=1, end=6, value=3)
+        self._al_btn = pn.widgets.Button(label="Active-learning step", sizing_mode="stretch_width",
                                          css_classes=["rhox-al"])
         self._al_btn.on_click(lambda e: self._submit(lambda: active_job(self.state, k=self._al_k.value)))
-        self._map_btn = pn.widgets.Button(name="σ map of the simplex", sizing_mode="stretch_width",
+        self._map_btn = pn.widgets.Button(label="σ map of the simplex", sizing_mode="stretch_width",
                                           css_classes=["rhox-map"])
         self._map_btn.on_click(lambda e: self._submit(lambda: sigma_map_job(self.state)))
-        self._cancel = pn.widgets.Button(name="Cancel job", button_type="danger", disabled=True,
+        self._cancel = pn.widgets.Button(label="Cancel job", color="danger", disabled=True,
                                          sizing_mode="stretch_width", css_classes=["rhox-cancel"])
         self._cancel.on_click(lambda e: self.jobs.cancel())
         self._progress = pn.indicators.Progress(value=0, max=100, active=False, sizing_mode="stretch_width",
@@ -175,47 +178,47 @@ class App(pn.viewable.Viewer):
         self.jobs.param.watch(lambda e: setattr(self._job_md, "object", e.new), ["status_text"])
 
         # suggestions: accept or replace by clicks
-        self._sugg = pn.widgets.MultiSelect(name="Suggested compositions", options=[], size=4,
+        self._sugg = pn.widgets.MultiSelect(label="Suggested compositions", options=[], size=4,
                                             sizing_mode="stretch_width")
         s.param.watch(self._on_suggested, ["suggested", "system"])
-        self._sugg_replace = pn.widgets.Button(name="Replace selected with pick", sizing_mode="stretch_width")
+        self._sugg_replace = pn.widgets.Button(label="Replace selected with pick", sizing_mode="stretch_width")
         self._sugg_replace.on_click(self._on_replace)
-        self._sugg_add = pn.widgets.Button(name="Add pick", width=110)
+        self._sugg_add = pn.widgets.Button(label="Add pick", width=110)
         self._sugg_add.on_click(self._on_add_pick)
-        self._sugg_remove = pn.widgets.Button(name="Remove selected", width=130)
+        self._sugg_remove = pn.widgets.Button(label="Remove selected", width=130)
         self._sugg_remove.on_click(self._on_remove)
-        self._sugg_accept = pn.widgets.Button(name="Accept: run DFT at these", button_type="success",
+        self._sugg_accept = pn.widgets.Button(label="Accept: run DFT at these", color="success",
                                               sizing_mode="stretch_width")
         self._sugg_accept.on_click(lambda e: self._submit(
             lambda: dft_batch_job(self.state, [list(v) for v in self.state.suggested], seed=self.state.seed)))
 
         # view controls
         lo, hi = s.iso_range
-        self._iso = pn.widgets.FloatSlider(name="Isosurface level (e/Å³)", start=lo, end=max(hi, lo + 1e-3),
+        self._iso = pn.widgets.FloatSlider(label="Isosurface level (e/Å³)", start=lo, end=max(hi, lo + 1e-3),
                                            value=s.iso_level, step=0.005, sizing_mode="stretch_width",
                                            css_classes=["rhox-iso"])
         self._iso.link(s, value="iso_level")
         s.param.watch(lambda e: setattr(self._iso, "value", e.new) if self._iso.value != e.new else None,
                       ["iso_level"])
-        self._opacity = pn.widgets.FloatSlider.from_param(s.param.opacity, name="Opacity", step=0.05,
+        self._opacity = pn.widgets.FloatSlider.from_param(s.param.opacity, label="Opacity", step=0.05,
                                                           sizing_mode="stretch_width")
         iso_opts = {"uniform colour": "uniform", "σ total": "sigma_total", "σ epistemic": "sigma_epistemic",
                     "σ aleatoric": "sigma_aleatoric"}
-        self._iso_color = pn.widgets.Select(name="Isosurface colour", options=iso_opts, value=s.iso_color, width=150)
+        self._iso_color = pn.widgets.Select(label="Isosurface colour", options=iso_opts, value=s.iso_color, width=150)
         self._iso_color.link(s, value="iso_color")
         slice_opts = {FIELD_LABELS[k]: k for k in ["mean", "sigma_total", "sigma_epistemic", "sigma_aleatoric",
                                                    "dft", "difference"]}
-        self._slice_field = pn.widgets.Select(name="Slice shows", options=slice_opts, value=s.slice_field, width=170)
+        self._slice_field = pn.widgets.Select(label="Slice shows", options=slice_opts, value=s.slice_field, width=170)
         self._slice_field.link(s, value="slice_field")
         s.param.watch(lambda e: setattr(self._slice_field, "value", e.new), ["slice_field"])
-        self._slice_axis = pn.widgets.RadioButtonGroup.from_param(s.param.slice_axis, name="Slice normal", width=120)
-        self._slice_pos = pn.widgets.FloatSlider.from_param(s.param.slice_position, name="Slice position", step=0.02,
+        self._slice_axis = pn.widgets.RadioButtonGroup.from_param(s.param.slice_axis, label="Slice normal", width=120)
+        self._slice_pos = pn.widgets.FloatSlider.from_param(s.param.slice_position, label="Slice position", step=0.02,
                                                             sizing_mode="stretch_width")
-        self._periodic = pn.widgets.IntSlider.from_param(s.param.periodic, name="Periodic images per axis",
+        self._periodic = pn.widgets.IntSlider.from_param(s.param.periodic, label="Periodic images per axis",
                                                          sizing_mode="stretch_width")
-        self._shows = pn.Row(pn.widgets.Checkbox.from_param(s.param.show_iso, name="isosurface"),
-                             pn.widgets.Checkbox.from_param(s.param.show_slice, name="slice"),
-                             pn.widgets.Checkbox.from_param(s.param.show_atoms, name="atoms"))
+        self._shows = pn.Row(pn.widgets.Checkbox.from_param(s.param.show_iso, label="isosurface"),
+                             pn.widgets.Checkbox.from_param(s.param.show_slice, label="slice"),
+                             pn.widgets.Checkbox.from_param(s.param.show_atoms, label="atoms"))
 
         self._message = pn.pane.Alert(s.message or "Welcome: pick a composition on the triangle.",
                                       alert_type=_alert(s.message_level), sizing_mode="stretch_width",
@@ -455,26 +458,26 @@ class App(pn.viewable.Viewer):
 
     def main(self):
         view_controls = pn.Column(
-            self._iso, self._opacity, pn.Row(self._iso_color, self._slice_field),
-            pn.Row(pn.pane.Markdown("Slice normal", width=90), self._slice_axis), self._slice_pos,
-            self._periodic, self._shows,
-            pn.Row(pn.pane.Markdown("Export:", width=60), self.scene.downloads()),
-            width=330)
+            pn.Row(self._iso, self._opacity, sizing_mode="stretch_width"),
+            pn.Row(self._iso_color, self._slice_field, pn.Column(pn.pane.Markdown("Slice normal", margin=(0, 10)),
+                                                                  self._slice_axis)),
+            pn.Row(self._slice_pos, self._periodic, sizing_mode="stretch_width"),
+            pn.Row(self._shows, pn.pane.Markdown("Export:", margin=(12, 5, 0, 20)), self.scene.downloads()),
+            sizing_mode="stretch_width")
         suggestions = pn.Card(self._sugg, self._sugg_replace, pn.Row(self._sugg_add, self._sugg_remove),
                               self._sugg_accept, title="Active learning: suggestions", sizing_mode="stretch_width",
-                              collapsible=True)
-        return [
-            self._message,
-            pn.Row(
-                pn.Card(self.picker, title="Composition picker", collapsible=False, width=560),
-                pn.Card(pn.Row(self.scene, view_controls), title="3D density and uncertainty", collapsible=False),
-            ),
-            pn.Row(
-                pn.Card(self._stats, title="Prediction", width=560, collapsible=False),
-                pn.Column(pn.Card(self._loss, title="Loss curve", collapsible=False, sizing_mode="stretch_width"),
-                          suggestions, sizing_mode="stretch_width"),
-            ),
-        ]
+                              collapsible=True, css_classes=["rhox-suggestions"])
+        left = pn.Column(
+            pn.Card(self.picker, pn.pane.Markdown(LEGEND, css_classes=["rhox-small"]), title="Composition picker",
+                    collapsible=False, sizing_mode="stretch_width"),
+            pn.Card(self._stats, title="Prediction", collapsible=False, sizing_mode="stretch_width"),
+            suggestions, width=560)
+        right = pn.Column(
+            pn.Card(self.scene, view_controls, title="3D density and uncertainty", collapsible=False,
+                    sizing_mode="stretch_width"),
+            pn.Card(self._loss, title="Training", collapsible=False, sizing_mode="stretch_width"),
+            sizing_mode="stretch_width", min_width=640)
+        return [self._message, pn.Row(left, right, sizing_mode="stretch_width")]
 
     def template(self):
         """The served page: a ``FastListTemplate`` with the controls in the sidebar."""

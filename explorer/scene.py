@@ -165,6 +165,15 @@ def build_scene(plotter, atoms, fields: dict[str, np.ndarray], opts: SceneOption
     return info
 
 
+def camera_state(plotter) -> dict:
+    """The plotter's camera as the property dict that vtk.js cameras take (``camera.set(...)``)."""
+    cam = plotter.renderer.GetActiveCamera()
+    return {"position": list(cam.GetPosition()), "focalPoint": list(cam.GetFocalPoint()),
+            "viewUp": list(cam.GetViewUp()), "viewAngle": cam.GetViewAngle(),
+            "parallelProjection": bool(cam.GetParallelProjection()), "parallelScale": cam.GetParallelScale(),
+            "clippingRange": list(cam.GetClippingRange())}
+
+
 def render_png(atoms, fields: dict[str, np.ndarray], opts: SceneOptions, size=(800, 600)) -> tuple[bytes, str]:
     """A PNG of the scene: an off-screen VTK render, or (if that fails) a matplotlib slice plot.
 
@@ -253,12 +262,12 @@ class SceneView(pn.viewable.Viewer):
 
     # --- exports ------------------------------------------------------------------------
     def _make_downloads(self):
-        png = pn.widgets.FileDownload(callback=self._png, filename="rhox_scene.png", label="PNG", button_type="light",
+        png = pn.widgets.FileDownload(callback=self._png, filename="rhox_scene.png", label="PNG",
                                       width=90, disabled=True)
         cube = pn.widgets.FileDownload(callback=self._cube, filename="rhox_density.cube", label="cube",
-                                       button_type="light", width=90, disabled=True)
+                                       width=90, disabled=True)
         vtk = pn.widgets.FileDownload(callback=self._vtk_file, filename="rhox_fields.vti", label="VTK",
-                                      button_type="light", width=90, disabled=True)
+                                      width=90, disabled=True)
         return {"png": png, "cube": cube, "vtk": vtk}
 
     def _png(self):
@@ -294,7 +303,7 @@ class SceneView(pn.viewable.Viewer):
             self._plotter = pv.Plotter(off_screen=True, window_size=list(self._size))
             self._plotter.set_background(BACKGROUND)
             self._vtk = pn.pane.VTK(self._plotter.ren_win, width=self._size[0], height=self._size[1],
-                                    orientation_widget=True, enable_keybindings=False,
+                                    orientation_widget=False, enable_keybindings=False,
                                     css_classes=["rhox-scene"])
             self._holder.objects = [self._vtk, self._colorbars]
         return self._plotter
@@ -323,21 +332,22 @@ class SceneView(pn.viewable.Viewer):
         except Exception as err:  # a VTK failure must not break the page
             s.notify(f"could not draw the scene: {type(err).__name__}: {err}", "danger")
             return {}
-        self._vtk.synchronize()
         if reset_camera or first:
-            self._vtk.reset_camera()
+            # vtk.js keeps the browser's camera unless told: hand it the freshly reset one.
+            self._vtk.camera = camera_state(pl)
+        self._vtk.synchronize()
         self._colorbars.objects = [self._colorbar_pane(info)] if info.get("clims") else []
         self.last_info = info
         self.renders += 1
         return info
 
     def _colorbar_pane(self, info: dict):
-        from bokeh.models import ColorBar, LinearColorMapper, Plot
+        from bokeh.models import ColorBar, LinearColorMapper, Plot, Range1d
         from matplotlib import colormaps
         from matplotlib.colors import to_hex
 
         plot = Plot(toolbar_location=None, frame_height=0, height=70 * len(info["clims"]), width=self._size[0],
-                    outline_line_width=0, min_border=5)
+                    outline_line_width=0, min_border=5, x_range=Range1d(0, 1), y_range=Range1d(0, 1))
         for name, (lo, hi) in info["clims"].items():
             key = next((k for k, lab in FIELD_LABELS.items() if lab == name), name)
             cmap = colormaps[CMAPS.get(key, "viridis")]

@@ -134,109 +134,139 @@ def _points(xy: np.ndarray, comps: list[str], score=None, label: str = ""):
     return hv.Points(data, kdims=["x", "y"], vdims=["composition", "value"], label=label)
 
 
-def ternary_overlay(elements, step: float, train=None, candidates=None, scores=None, suggested=None,
-                    picked=None, score_label: str = "score", name: str = "rhox-simplex", title: str = ""):
-    """The ternary picker as one HoloViews overlay (all layers always present, possibly empty).
+def _clim(values) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float) if values is not None else np.array([])
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return (0.0, 1.0)
+    lo, hi = float(v.min()), float(v.max())
+    return (lo, hi if hi > lo else lo + max(abs(lo) * 1e-3, 1e-12))
+
+
+def _as_rows(vectors, n: int) -> np.ndarray:
+    if vectors is None or len(vectors) == 0:
+        return np.zeros((0, n))
+    return np.asarray(vectors, dtype=float).reshape(-1, n)
+
+
+def tap_anchor():
+    """An invisible, never-changing element: the source of the Tap stream of a picker.
+
+    HoloViews attaches a Tap callback to the plot of the element given as the stream's source;
+    the picker's other layers are redrawn on every change, so the anchor is kept static.
+    """
+    hv = _hv()
+    return hv.Points([(0.5, 0.3)]).opts(alpha=0, size=1, tools=[])
+
+
+def ternary_layers(elements, step: float, train=None, candidates=None, scores=None, suggested=None,
+                   picked=None, score_label: str = "score"):
+    """The ternary picker's layers (grid, outline, labels, points), all always present, possibly empty.
 
     ``train``/``candidates``/``suggested``/``picked``: barycentric vectors (m, 3).
     """
     hv = _hv()
-
     elements = list(elements)
-    empty = np.zeros((0, 3))
-    train = np.asarray(train if train is not None and len(train) else empty, dtype=float).reshape(-1, 3)
-    cand = np.asarray(candidates if candidates is not None and len(candidates) else empty, dtype=float).reshape(-1, 3)
-    sugg = np.asarray(suggested if suggested is not None and len(suggested) else empty, dtype=float).reshape(-1, 3)
-    pick = np.asarray(picked if picked is not None else empty, dtype=float).reshape(-1, 3)
+    train, cand, sugg, pick = (_as_rows(v, 3) for v in (train, candidates, suggested, picked))
 
     verts = simplex_vertices(3)
     outline = hv.Path([np.vstack([verts, verts[:1]])]).opts(color="#495057", line_width=2)
     grid = hv.Path(triangle_grid_lines(step)).opts(color="#ced4da", line_width=1, alpha=0.8)
-    offsets = np.array([[-0.06, -0.055], [0.06, -0.055], [0.0, 0.05]])
+    offsets = np.array([[-0.06, -0.05], [0.06, -0.05], [0.0, 0.05]])
     corner = hv.Labels({"x": verts[:, 0] + offsets[:, 0], "y": verts[:, 1] + offsets[:, 1], "text": elements},
                        ["x", "y"], "text").opts(text_font_size="15pt", text_font_style="bold", text_color="#212529")
-    # Edge labels: the fraction of the species that grows along each edge.
-    mids = np.array([[0.5, -0.085], [0.79, 0.47], [0.21, 0.47]])
-    edge_text = [f"{elements[1]} →", f"{elements[2]} →", f"← {elements[0]}"]
-    edges = hv.Labels({"x": mids[:, 0], "y": mids[:, 1], "text": edge_text}, ["x", "y"], "text").opts(
-        text_font_size="10pt", text_color="#868e96", angle=0)
-
+    # Tick labels: along each edge, the fraction of the species that grows in that direction
+    # (bottom: elements[1] from the left, right edge: elements[2] upwards, left edge: elements[0] downwards).
+    ticks_xy, ticks_txt = [], []
+    for f in (0.25, 0.5, 0.75):
+        for vec, off in (([1 - f, f, 0], (0.0, -0.035)), ([0, 1 - f, f], (0.045, 0.01)), ([f, 0, 1 - f], (-0.045, 0.01))):
+            p = barycentric_to_cartesian(np.array(vec))
+            ticks_xy.append(p + off)
+            ticks_txt.append(f"{f:g}")
+    ticks_xy = np.array(ticks_xy)
+    axis_xy = np.array([[0.5, -0.095], [0.86, 0.47], [0.14, 0.47]])
+    axis_txt = [f"x({elements[1]}) →", f"x({elements[2]}) →", f"← x({elements[0]})"]
+    labels = hv.Labels({"x": np.r_[ticks_xy[:, 0], axis_xy[:, 0]], "y": np.r_[ticks_xy[:, 1], axis_xy[:, 1]],
+                        "text": ticks_txt + axis_txt}, ["x", "y"], "text").opts(text_font_size="9pt",
+                                                                               text_color="#868e96")
     sc = None if scores is None or len(cand) == 0 else np.asarray(scores, dtype=float)
     cand_pts = _points(barycentric_to_cartesian(cand) if len(cand) else np.zeros((0, 2)),
-                       [describe(c, elements) for c in cand], sc, label="candidates")
-    finite = sc[np.isfinite(sc)] if sc is not None else np.array([])
-    clim = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
-    if clim[0] == clim[1]:
-        clim = (clim[0], clim[0] + 1e-12)
-    cand_pts = cand_pts.opts(color="value", cmap="viridis", clim=clim, size=11, line_color="white",
-                             colorbar=True, colorbar_opts={"title": score_label}, tools=["hover"],
-                             hover_tooltips=[("composition", "@composition"), (score_label, "@value{0.000e}")])
+                       [describe(c, elements) for c in cand], sc).opts(
+        color="value", cmap="viridis", clim=_clim(sc), size=11, line_color="white", colorbar=True,
+        colorbar_opts={"title": score_label}, tools=["hover"],
+        hover_tooltips=[("composition", "@composition"), (score_label, "@value{0.000e}")])
     train_pts = _points(barycentric_to_cartesian(train) if len(train) else np.zeros((0, 2)),
-                        [describe(c, elements) for c in train], label="training data").opts(
+                        [describe(c, elements) for c in train]).opts(
         color=TRAIN_COLOR, marker="diamond", size=13, tools=["hover"],
         hover_tooltips=[("training composition", "@composition")])
     sugg_pts = _points(barycentric_to_cartesian(sugg) if len(sugg) else np.zeros((0, 2)),
-                       [describe(c, elements) for c in sugg], label="suggested").opts(
-        color="none", line_color=SUGGEST_COLOR, line_width=3, marker="circle", size=22, tools=["hover"],
+                       [describe(c, elements) for c in sugg]).opts(
+        color=SUGGEST_COLOR, fill_alpha=0, line_width=3, marker="circle", size=22, tools=["hover"],
         hover_tooltips=[("suggested", "@composition")])
     pick_xy = barycentric_to_cartesian(pick) if len(pick) else np.zeros((0, 2))
-    pick_pts = _points(pick_xy, [describe(c, elements) for c in pick], label="picked").opts(
+    pick_pts = _points(pick_xy, [describe(c, elements) for c in pick]).opts(
         color=PICK_COLOR, marker="circle", size=16, line_color="black", line_width=1.5,
         tools=["hover"], hover_tooltips=[("picked", "@composition")])
     pick_txt = hv.Labels({"x": pick_xy[:, 0], "y": pick_xy[:, 1] + 0.045,
                           "text": [describe(c, elements) for c in pick]}, ["x", "y"], "text").opts(
         text_font_size="10pt", text_color=PICK_COLOR, text_font_style="bold")
+    return grid * outline * labels * corner * cand_pts * train_pts * sugg_pts * pick_pts * pick_txt
 
-    overlay = grid * outline * edges * corner * cand_pts * train_pts * sugg_pts * pick_pts * pick_txt
-    return overlay.opts(
-        hv.opts.Overlay(
-            xlim=TRI_XLIM, ylim=TRI_YLIM, frame_width=TRI_FRAME_WIDTH, frame_height=TRI_FRAME_HEIGHT,
-            xaxis=None, yaxis=None, show_grid=False, toolbar=None, default_tools=[], active_tools=[],
-            padding=0, title=title, show_legend=True, legend_position="top_right", hooks=[_name_hook(name)],
-            border=10, shared_axes=False, backend_opts={"plot.outline_line_alpha": 0},
-        )
+
+def ternary_opts(name: str, title: str = ""):
+    """Plot options of a ternary picker: fixed data ranges and frame size, no axes, no toolbar."""
+    hv = _hv()
+    return hv.opts.Overlay(
+        xlim=TRI_XLIM, ylim=TRI_YLIM, frame_width=TRI_FRAME_WIDTH, frame_height=TRI_FRAME_HEIGHT,
+        xaxis=None, yaxis=None, show_grid=False, toolbar=None, padding=0, title=title, show_legend=False,
+        hooks=[_name_hook(name)], border=10, shared_axes=False, backend_opts={"plot.outline_line_alpha": 0},
     )
 
 
-def tetra_overlay(elements, azimuth: float, elevation: float, grid_vectors: np.ndarray, train=None, scores=None,
-                  suggested=None, picked=None, score_label: str = "score", name: str = "rhox-tetra"):
-    """The quaternary tetrahedron, rotated and projected, with candidate grid points."""
-    hv = _hv()
+def ternary_overlay(elements, step: float, train=None, candidates=None, scores=None, suggested=None,
+                    picked=None, score_label: str = "score", name: str = "rhox-simplex", title: str = ""):
+    """The whole ternary picker as one static overlay (for notebooks, exports and tests)."""
+    return (tap_anchor() * ternary_layers(elements, step, train, candidates, scores, suggested, picked,
+                                          score_label)).opts(ternary_opts(name, title))
 
+
+def tetra_layers(elements, azimuth: float, elevation: float, grid_vectors: np.ndarray, train=None, scores=None,
+                 suggested=None, picked=None, score_label: str = "score"):
+    """The quaternary tetrahedron, rotated and projected, with its candidate grid points."""
+    hv = _hv()
     elements = list(elements)
-    eye = np.eye(4)
-    vx = project_tetrahedron(eye, azimuth, elevation)
+    vx = project_tetrahedron(np.eye(4), azimuth, elevation)
     edges = [np.stack([vx[i, :2], vx[j, :2]]) for i in range(4) for j in range(i + 1, 4)]
     edge_el = hv.Path(edges).opts(color="#495057", line_width=2)
     centre = vx[:, :2].mean(axis=0)
-    lab_xy = vx[:, :2] + 0.12 * (vx[:, :2] - centre) / np.maximum(np.linalg.norm(vx[:, :2] - centre, axis=1,
-                                                                                  keepdims=True), 1e-9)
+    away = vx[:, :2] - centre
+    lab_xy = vx[:, :2] + 0.12 * away / np.maximum(np.linalg.norm(away, axis=1, keepdims=True), 1e-9)
     corner = hv.Labels({"x": lab_xy[:, 0], "y": lab_xy[:, 1], "text": elements}, ["x", "y"], "text").opts(
         text_font_size="14pt", text_font_style="bold")
 
     def layer(vectors, values=None):
-        vectors = np.asarray(vectors if vectors is not None and len(vectors) else np.zeros((0, 4)), dtype=float)
+        vectors = _as_rows(vectors, 4)
         xyd = project_tetrahedron(vectors, azimuth, elevation) if len(vectors) else np.zeros((0, 3))
         return _points(xyd[:, :2], [describe(v, elements) for v in vectors], values)
 
-    g = np.asarray(grid_vectors, dtype=float).reshape(-1, 4)
+    g = _as_rows(grid_vectors, 4)
     sc = np.asarray(scores, dtype=float) if scores is not None and len(scores) == len(g) else None
-    finite = sc[np.isfinite(sc)] if sc is not None else np.array([])
-    clim = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
-    if clim[0] == clim[1]:
-        clim = (clim[0], clim[0] + 1e-12)
-    grid_pts = layer(g, sc).opts(color="value" if sc is not None else "#adb5bd", cmap="viridis", clim=clim,
-                                 size=8, alpha=0.85, colorbar=sc is not None, tools=["hover"],
+    grid_pts = layer(g, sc).opts(color="value", cmap="viridis", clim=_clim(sc), size=8, alpha=0.85,
+                                 colorbar=True, colorbar_opts={"title": score_label}, tools=["hover"],
                                  hover_tooltips=[("composition", "@composition"), (score_label, "@value{0.000e}")])
     train_pts = layer(train).opts(color=TRAIN_COLOR, marker="diamond", size=12, tools=["hover"],
                                   hover_tooltips=[("training composition", "@composition")])
-    sugg_pts = layer(suggested).opts(color="none", line_color=SUGGEST_COLOR, line_width=3, size=20)
+    sugg_pts = layer(suggested).opts(color=SUGGEST_COLOR, fill_alpha=0, line_width=3, size=20)
     pick_pts = layer(None if picked is None else [picked]).opts(color=PICK_COLOR, size=16, line_color="black")
+    return edge_el * corner * grid_pts * train_pts * sugg_pts * pick_pts
+
+
+def tetra_opts(name: str = "rhox-tetra"):
+    hv = _hv()
     lim = 0.85
-    return (edge_el * corner * grid_pts * train_pts * sugg_pts * pick_pts).opts(
-        hv.opts.Overlay(xlim=(-lim, lim), ylim=(-lim, lim), frame_width=340, frame_height=340, xaxis=None,
-                        yaxis=None, toolbar=None, default_tools=[], padding=0, hooks=[_name_hook(name)],
-                        title="tetrahedron (click a grid point)", border=10))
+    return hv.opts.Overlay(xlim=(-lim, lim), ylim=(-lim, lim), frame_width=340, frame_height=340, xaxis=None,
+                           yaxis=None, toolbar=None, padding=0, hooks=[_name_hook(name)], show_legend=False,
+                           title="tetrahedron: click a grid point", border=10, shared_axes=False)
 
 
 # --- viewers ----------------------------------------------------------------------------------
@@ -249,22 +279,22 @@ class TernaryPicker(pn.viewable.Viewer):
     def __init__(self, state: ExplorerState, **params):
         super().__init__(state=state, **params)
         hv = _hv()
-
         self._stream = hv.streams.Params(
             state, ["system", "step", "picked", "candidates", "scores", "suggested", "train_compositions",
                     "score_label"])
+        self._anchor = tap_anchor()
         self._dmap = hv.DynamicMap(self._draw, streams=[self._stream])
-        self._tap = hv.streams.Tap(source=self._dmap, x=None, y=None)
+        self._tap = hv.streams.Tap(source=self._anchor, x=None, y=None)
         self._tap.add_subscriber(self._on_tap)
-        self._pane = pn.pane.HoloViews(self._dmap, sizing_mode="fixed", linked_axes=False)
+        plot = (self._anchor * self._dmap).opts(ternary_opts("rhox-simplex", "click in the triangle to pick"))
+        self._pane = pn.pane.HoloViews(plot, linked_axes=False)
 
     def _draw(self, **kw):
         s = self.state
         if s.n_species != 3:
-            return ternary_overlay(["A", "B", "C"], s.step, name="rhox-simplex", title="(not a ternary system)")
-        return ternary_overlay(s.elements, s.step, s.train_compositions, s.candidates, s.scores, s.suggested,
-                               s.picked, s.score_label, name="rhox-simplex",
-                               title=f"{'-'.join(s.elements)}: click to pick (step {s.step:g})")
+            return ternary_layers(["A", "B", "C"], s.step)
+        return ternary_layers(s.elements, s.step, s.train_compositions, s.candidates, s.scores, s.suggested,
+                              s.picked, s.score_label)
 
     def _on_tap(self, x=None, y=None):
         if x is None or y is None:
@@ -285,23 +315,30 @@ class QuaternaryPicker(pn.viewable.Viewer):
     def __init__(self, state: ExplorerState, **params):
         super().__init__(state=state, **params)
         hv = _hv()
-
         common = ["system", "step", "picked", "candidates", "scores", "suggested", "train_compositions",
                   "score_label"]
+        self._slice_anchor = tap_anchor()
         self._slice_stream = hv.streams.Params(state, common + ["fixed_element", "fixed_fraction"])
         self._slice = hv.DynamicMap(self._draw_slice, streams=[self._slice_stream])
-        self._slice_tap = hv.streams.Tap(source=self._slice, x=None, y=None)
+        self._slice_tap = hv.streams.Tap(source=self._slice_anchor, x=None, y=None)
         self._slice_tap.add_subscriber(self._on_slice_tap)
+        self._tetra_anchor = tap_anchor()
         self._tetra_stream = hv.streams.Params(state, common)
         self._view_stream = hv.streams.Params(self, ["azimuth", "elevation"])
         self._tetra = hv.DynamicMap(self._draw_tetra, streams=[self._tetra_stream, self._view_stream])
-        self._tetra_tap = hv.streams.Tap(source=self._tetra, x=None, y=None)
+        self._tetra_tap = hv.streams.Tap(source=self._tetra_anchor, x=None, y=None)
         self._tetra_tap.add_subscriber(self._on_tetra_tap)
-        self._fixed = pn.widgets.Select.from_param(state.param.fixed_element, name="fixed species",
+        self._fixed = pn.widgets.Select.from_param(state.param.fixed_element, label="fixed species",
                                                    options=list(state.elements), width=110)
-        self._fraction = pn.widgets.FloatSlider.from_param(state.param.fixed_fraction, name="its fraction",
-                                                           start=0.0, end=0.875, step=state.step, width=200)
+        self._fraction = pn.widgets.FloatSlider.from_param(state.param.fixed_fraction, label="its fraction",
+                                                           start=0.0, end=max(0.0, 1 - state.step), step=state.step,
+                                                           width=200)
         state.param.watch(self._on_system, ["system", "step"])
+        self._tetra_pane = pn.pane.HoloViews((self._tetra_anchor * self._tetra).opts(tetra_opts()),
+                                             linked_axes=False)
+        self._slice_pane = pn.pane.HoloViews(
+            (self._slice_anchor * self._slice).opts(ternary_opts("rhox-slice", "slice: click to pick")),
+            linked_axes=False)
 
     def _on_system(self, *events):
         self._fixed.options = list(self.state.elements)
@@ -316,26 +353,24 @@ class QuaternaryPicker(pn.viewable.Viewer):
 
     def _draw_tetra(self, **kw):
         s = self.state
-        els = s.elements if s.n_species == 4 else ("A", "B", "C", "D")
-        g = self.grid_vectors() if s.n_species == 4 else np.zeros((0, 4))
-        scores = s.scores if (s.candidates is not None and s.n_species == 4 and len(s.candidates) == len(g)) else None
-        train = s.train_compositions if s.n_species == 4 else None
-        picked = s.picked if s.n_species == 4 else None
-        sugg = s.suggested if s.n_species == 4 else None
-        return tetra_overlay(els, self.azimuth, self.elevation, g, train, scores, sugg, picked, s.score_label)
+        if s.n_species != 4:
+            return tetra_layers(("A", "B", "C", "D"), self.azimuth, self.elevation, np.zeros((0, 4)))
+        g = self.grid_vectors()
+        scores = s.scores if (s.candidates is not None and len(s.candidates) == len(g)) else None
+        return tetra_layers(s.elements, self.azimuth, self.elevation, g, s.train_compositions, scores,
+                            s.suggested, s.picked, s.score_label)
 
     def _draw_slice(self, **kw):
         s = self.state
         if s.n_species != 4:
-            return ternary_overlay(["A", "B", "C"], s.step, name="rhox-slice")
+            return ternary_layers(["A", "B", "C"], s.step)
         free, k = s.slice_elements()
         tol = min(s.step / 2, 0.02)
 
         def on_slice(v):
             if v is None or len(v) == 0:
                 return None, None
-            mask, tern = slice_vectors(np.asarray(v, dtype=float).reshape(-1, 4), k, s.fixed_fraction, tol)
-            return mask, tern
+            return slice_vectors(np.asarray(v, dtype=float).reshape(-1, 4), k, s.fixed_fraction, tol)
 
         _, train = on_slice(s.train_compositions)
         cand, scores = None, None
@@ -344,9 +379,7 @@ class QuaternaryPicker(pn.viewable.Viewer):
             scores = None if s.scores is None else np.asarray(s.scores)[mask]
         _, sugg = on_slice(s.suggested)
         _, pick = on_slice([s.picked] if s.picked is not None else None)
-        title = f"slice {s.fixed_element} = {s.fixed_fraction:g}: click to pick"
-        return ternary_overlay(free, s.step, train, cand, scores, sugg, pick, s.score_label, name="rhox-slice",
-                               title=title)
+        return ternary_layers(free, s.step, train, cand, scores, sugg, pick, s.score_label)
 
     def _on_slice_tap(self, x=None, y=None):
         if x is None or y is None or self.state.n_species != 4:
@@ -367,9 +400,11 @@ class QuaternaryPicker(pn.viewable.Viewer):
     def __panel__(self):
         rot = pn.Row(pn.widgets.FloatSlider.from_param(self.param.azimuth, width=160),
                      pn.widgets.FloatSlider.from_param(self.param.elevation, width=160))
-        return pn.Row(
-            pn.Column(pn.pane.HoloViews(self._tetra, linked_axes=False), rot),
-            pn.Column(pn.pane.HoloViews(self._slice, linked_axes=False), pn.Row(self._fixed, self._fraction)),
+        slice_title = pn.pane.Markdown(f"Slice at a fixed fraction of one species (step {self.state.step:g})",
+                                       css_classes=["rhox-small"])
+        return pn.Column(
+            pn.Column(self._tetra_pane, rot),
+            pn.Column(slice_title, self._slice_pane, pn.Row(self._fixed, self._fraction)),
         )
 
 
@@ -386,6 +421,11 @@ class CompositionPicker(pn.viewable.Viewer):
         state.param.watch(lambda e: self._refresh(), ["system"])
         self._refresh()
 
+    @property
+    def view(self):
+        """The active picker (TernaryPicker, QuaternaryPicker) or a note for other systems."""
+        return self._view
+
     def _refresh(self):
         n = self.state.n_species
         if n == 4:
@@ -399,6 +439,7 @@ class CompositionPicker(pn.viewable.Viewer):
         else:
             view = pn.pane.Markdown(f"{self.state.system} has {n} species: type the composition "
                                     "in the box (e.g. `Si0.5Ge0.5`).")
+        self._view = view
         self._holder.objects = [view]
 
     def __panel__(self):
