@@ -298,6 +298,9 @@ def evaluate(
         summary.add_row(name, f"{b['L1%']:.3f}", f"{b['NRMSE%']:.3f}", f"{b['dN']:.2e}", "", "", "")
     out.print(summary)
     out.print(f"rank correlation (mean σ vs L1% per configuration): {a['rank_corr_sigma_L1']:.2f}")
+    if "L1%_unseen_compositions" in a:
+        out.print(f"L1% on the {a['n_unseen_compositions']} configurations whose composition is not in the "
+                  f"training set: {a['L1%_unseen_compositions']:.3f}")
     plot_dir = plots or (json_path.parent if json_path else Path("."))
     for p in plot_report(report, plot_dir):
         out.print(f"plot: {p}")

@@ -47,7 +47,8 @@ def evaluate(
         m["mean_sigma_epistemic"] = float(np.mean(f.sigma_epistemic))
         m["mean_sigma_aleatoric"] = float(np.mean(f.sigma_aleatoric))
         info = s.atoms.info
-        row = {"row_id": info.get("row_id"), "formula": s.atoms.get_chemical_formula(),
+        seen = info.get("realised_composition", "") in set(model.meta.get("train_compositions", []))
+        row = {"row_id": info.get("row_id"), "formula": s.atoms.get_chemical_formula(), "seen_composition": seen,
                "composition": info.get("realised_composition", ""), "temperature": info.get("temperature"),
                "natoms": len(s.atoms), "grid": list(s.grid_shape), **m}
         if model.baseline is not None:
@@ -70,6 +71,11 @@ def evaluate(
     pred, rho, sig, sig_raw = (np.concatenate(pooled[k]) for k in ("pred", "rho", "sigma", "sigma_raw"))
     agg = {k: float(np.mean([r[k] for r in rows])) for k in ("L1%", "NRMSE%", "dN", "mean_sigma")}
     agg.update({f"{k}_max": float(np.max([r[k] for r in rows])) for k in ("L1%",)})
+    unseen = [r for r in rows if not r["seen_composition"]]
+    # Configurations whose realised composition never occurs in the training set.
+    agg["n_unseen_compositions"] = len(unseen)
+    if unseen:
+        agg["L1%_unseen_compositions"] = float(np.mean([r["L1%"] for r in unseen]))
     agg.update(metrics.coverage(pred, rho, sig))
     agg.update({f"raw_{k}": v for k, v in metrics.coverage(pred, rho, sig_raw).items()})
     agg["rank_corr_sigma_L1"] = metrics.rank_correlation([r["mean_sigma"] for r in rows], [r["L1%"] for r in rows])
@@ -88,6 +94,7 @@ def evaluate(
 def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
     """Calibration plot and error-vs-uncertainty plot as PNG files in ``out_dir``."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -120,6 +127,7 @@ def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
     axes[0].loglog(mids, rmse, "o-", label="RMSE in σ bin")
     lim = [min(mids), max(mids)]
     axes[0].loglog(lim, lim, "k--", lw=1, label="error = σ")
+    axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0].set_xlabel("predicted σ (e/Å³)")
     axes[0].set_ylabel("actual error (e/Å³)")
     axes[0].legend(fontsize=8)
