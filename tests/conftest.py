@@ -46,6 +46,40 @@ def subprocess_env() -> dict:
     return env
 
 
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A real GPAW dataset of 6 two-atom SiGe cells (LDA, 200 eV, ~1 s each), rattled."""
+    from ase.build import bulk
+
+    from engine.dft import DFTSettings
+    from engine.generate import plan_structures, run_task
+
+    settings = DFTSettings(ecut=200.0, xc="LDA", kpts=(2, 2, 2), smearing=0.1)
+    path = tmp_path_factory.mktemp("data") / "tiny.db"
+    structures = []
+    for k, (sym, a) in enumerate([("Si2", 5.43), ("Ge2", 5.66), ("SiGe", 5.54), ("SiGe", 5.50),
+                                  ("Si2", 5.40), ("Ge2", 5.70)]):
+        at = bulk("Si", "diamond", a=a)
+        at.set_chemical_symbols({"Si2": ["Si", "Si"], "Ge2": ["Ge", "Ge"], "SiGe": ["Si", "Ge"]}[sym])
+        at.rattle(0.05, seed=k)
+        structures.append((f"{sym}_{k}", at))
+    for task in plan_structures(structures, settings, system_name="SiGe"):
+        assert run_task(task, str(path))["status"] == "done"
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dataset, tmp_path_factory):
+    """A small BNN (and baseline) trained on :func:`tiny_dataset` in a few seconds."""
+    from engine.training import TrainConfig, fit
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    cfg = TrainConfig(hidden=(32, 32), max_epochs=12, batch_size=512, learning_rate=3e-3, seed=0,
+                      val_fraction=0.34, patience=20, device="cpu", baseline=True)
+    model = fit(tiny_dataset, out, cfg)
+    return out, model
+
+
 # --- explorer fixtures -------------------------------------------------------------------------
 
 def _copy_rows(src: Path, dst: Path, min_rows: int = 4) -> None:
