@@ -119,7 +119,7 @@ class App(pn.viewable.Viewer):
     # --- widgets -----------------------------------------------------------------------
     def _build_widgets(self):
         s = self.state
-        self._model_md = pn.pane.Markdown(self._model_text(), css_classes=["rhox-small"], sizing_mode="stretch_width")
+        self._model_md = pn.pane.Markdown(self._model_text(), css_classes=["rhox-small", "rhox-model"], sizing_mode="stretch_width")
         self._system = pn.widgets.Select.from_param(s.param.system, label="Alloy system", sizing_mode="stretch_width")
         self._step = pn.widgets.Select(label="Snap clicks to step", options={f"{v:g}": v for v in STEPS},
                                        value=s.step, sizing_mode="stretch_width")
@@ -154,8 +154,10 @@ class App(pn.viewable.Viewer):
         self._dft_btn = pn.widgets.Button(label="Compute DFT (GPAW)", sizing_mode="stretch_width",
                                           css_classes=["rhox-dft"])
         self._dft_btn.on_click(lambda e: self._submit(lambda: dft_job(self.state)))
-        self._epochs = pn.widgets.IntSlider(label="Epochs", start=1, end=60, value=5)
-        self._fine_tune = pn.widgets.Checkbox(label="Fine-tune the current model", value=True)
+        self._epochs = pn.widgets.IntInput(label="Epochs (at most)", start=1, end=1000, value=5, width=140,
+                                           css_classes=["rhox-epochs"])
+        self._fine_tune = pn.widgets.Checkbox(label="Fine-tune the current model", value=True,
+                                              css_classes=["rhox-finetune"])
         self._train_data = pn.widgets.TextInput(label="Train on dataset", value="", placeholder="(session dataset)",
                                                 sizing_mode="stretch_width", css_classes=["rhox-train-data"])
         self._train_btn = pn.widgets.Button(label="Train", sizing_mode="stretch_width", css_classes=["rhox-train"])
@@ -208,7 +210,8 @@ class App(pn.viewable.Viewer):
         self._iso_color.link(s, value="iso_color")
         slice_opts = {FIELD_LABELS[k]: k for k in ["mean", "sigma_total", "sigma_epistemic", "sigma_aleatoric",
                                                    "dft", "difference"]}
-        self._slice_field = pn.widgets.Select(label="Slice shows", options=slice_opts, value=s.slice_field, width=170)
+        self._slice_field = pn.widgets.Select(label="Slice shows", options=slice_opts, value=s.slice_field, width=170,
+                                              css_classes=["rhox-slice-field"])
         self._slice_field.link(s, value="slice_field")
         s.param.watch(lambda e: setattr(self._slice_field, "value", e.new), ["slice_field"])
         self._slice_axis = pn.widgets.RadioButtonGroup.from_param(s.param.slice_axis, label="Slice normal", width=120)
