@@ -300,7 +300,7 @@ class PeriodicNeighbourSearch:
             images = self._image_set(radius)
             n_images = len(images.positions)
             kq = min(n_query, n_images)
-            d, j = images.tree.query(x[todo], k=kq, distance_upper_bound=images.radius)
+            d, j = images.tree.query(x[todo], k=kq, distance_upper_bound=images.radius, workers=-1)
             d = d.reshape(len(todo), kq)
             j = j.reshape(len(todo), kq)
             if kq < k:

@@ -38,3 +38,16 @@ def test_uncertainty_decomposition():
     det = DensityNet(NetConfig(6, (16,), False))
     pd = predict_with_uncertainty(det, x, det.sample_weight_sets(30))
     assert torch.all(pd["var_epistemic"] == 0)
+
+
+def test_batched_prediction_equals_one_weight_set_at_a_time():
+    torch.manual_seed(2)
+    net = DensityNet(NetConfig(7, (12, 9), True, init_sigma=0.1))
+    x = torch.randn(40, 7)
+    ws = net.sample_weight_sets(5, seed=1)
+    p = predict_with_uncertainty(net, x, ws)
+    outs = [net.forward_with(x, w) for w in ws]
+    means = torch.stack([m for m, _ in outs])
+    assert torch.allclose(p["mean"], means.mean(0), atol=1e-6)
+    assert torch.allclose(p["var_epistemic"], means.var(0, unbiased=False), atol=1e-6)
+    assert torch.allclose(p["var_aleatoric"], torch.stack([lv.exp() for _, lv in outs]).mean(0), rtol=1e-5)
