@@ -96,7 +96,8 @@ def md_snapshots(
     are decorrelated thermal samples.
     """
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.constraints import FixCom
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
     temperature = check_temperature(temperature)
     if temperature == 0:
@@ -104,14 +105,17 @@ def md_snapshots(
     rng = np.random.default_rng(seed)
     work = atoms.copy()
     work.calc = calculator or chgnet_calculator()
-    MaxwellBoltzmannDistribution(work, temperature_K=temperature, rng=rng)
+    thermalize_momenta(work, temperature, rng=rng)
     Stationary(work)
+    # Keep the centre of mass fixed the way ASE recommends (Langevin's fixcm is deprecated).
+    work.set_constraint(FixCom())
     dyn = Langevin(
         work,
         timestep=timestep_fs * units.fs,
         temperature_K=temperature,
         friction=friction_per_fs / units.fs,
         rng=rng,
+        fixcm=False,
     )
     dyn.run(equilibration_steps)
     out = []
