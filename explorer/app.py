@@ -120,7 +120,8 @@ class App(pn.viewable.Viewer):
     def _build_widgets(self):
         s = self.state
         self._model_md = pn.pane.Markdown(self._model_text(), css_classes=["rhox-small", "rhox-model"], sizing_mode="stretch_width")
-        self._system = pn.widgets.Select.from_param(s.param.system, label="Alloy system", sizing_mode="stretch_width")
+        self._system = pn.widgets.Select.from_param(s.param.system, label="Alloy system", sizing_mode="stretch_width",
+                                                 css_classes=["rhox-system"])
         self._step = pn.widgets.Select(label="Snap clicks to step", options={f"{v:g}": v for v in STEPS},
                                        value=s.step, sizing_mode="stretch_width")
         self._step.link(s, value="step")
@@ -137,7 +138,7 @@ class App(pn.viewable.Viewer):
                                                               end=1500)
         self._seed = pn.widgets.IntInput.from_param(s.param.seed, label="Seed", width=100)
         self._vac = pn.widgets.IntInput.from_param(s.param.vacancies, label="Vacancies", width=100)
-        self._build = pn.widgets.Button(label="Build structure", sizing_mode="stretch_width",
+        self._build = pn.widgets.Button(label="Build structure", color="primary", variant="outline", sizing_mode="stretch_width",
                                         css_classes=["rhox-build"])
         self._build.on_click(self._on_build)
         self._upload = pn.widgets.FileInput(accept=".xyz,.extxyz,.cif,.vasp,.poscar,.json,.traj,.cube,.xsf,.pdb,*",
@@ -146,27 +147,32 @@ class App(pn.viewable.Viewer):
         self._predict = pn.widgets.Button(label="Predict density", color="primary", sizing_mode="stretch_width",
                                           css_classes=["rhox-predict"])
         self._predict.on_click(self._on_predict)
-        self._structure_md = pn.pane.Markdown("", css_classes=["rhox-small"], sizing_mode="stretch_width")
+        self._structure_md = pn.pane.Markdown("", css_classes=["rhox-small", "rhox-structure"],
+                                              sizing_mode="stretch_width")
         s.param.watch(lambda e: setattr(self._structure_md, "object", f"**Structure:** {s.structure_label}"
                                         if s.structure_label else ""), ["structure_label"])
 
         # jobs
-        self._dft_btn = pn.widgets.Button(label="Compute DFT (GPAW)", sizing_mode="stretch_width",
+        self._dft_btn = pn.widgets.Button(label="Compute DFT (GPAW)", color="primary", variant="outline", sizing_mode="stretch_width",
                                           css_classes=["rhox-dft"])
         self._dft_btn.on_click(lambda e: self._submit(lambda: dft_job(self.state)))
         self._epochs = pn.widgets.IntInput(label="Epochs (at most)", start=1, end=1000, value=5, width=140,
                                            css_classes=["rhox-epochs"])
+        self._patience = pn.widgets.IntInput(label="Early-stopping patience", start=1, end=10000, value=8,
+                                             width=140, css_classes=["rhox-patience"],
+                                             description="Stop when validation L1% has not improved for this "
+                                                         "many epochs")
         self._fine_tune = pn.widgets.Checkbox(label="Fine-tune the current model", value=True,
                                               css_classes=["rhox-finetune"])
         self._train_data = pn.widgets.TextInput(label="Train on dataset", value="", placeholder="(session dataset)",
                                                 sizing_mode="stretch_width", css_classes=["rhox-train-data"])
-        self._train_btn = pn.widgets.Button(label="Train", sizing_mode="stretch_width", css_classes=["rhox-train"])
+        self._train_btn = pn.widgets.Button(label="Train", color="primary", variant="outline", sizing_mode="stretch_width", css_classes=["rhox-train"])
         self._train_btn.on_click(self._on_train)
         self._al_k = pn.widgets.IntSlider(label="Suggestions per step", start=1, end=6, value=3)
-        self._al_btn = pn.widgets.Button(label="Active-learning step", sizing_mode="stretch_width",
+        self._al_btn = pn.widgets.Button(label="Active-learning step", color="primary", variant="outline", sizing_mode="stretch_width",
                                          css_classes=["rhox-al"])
         self._al_btn.on_click(lambda e: self._submit(lambda: active_job(self.state, k=self._al_k.value)))
-        self._map_btn = pn.widgets.Button(label="σ map of the simplex", sizing_mode="stretch_width",
+        self._map_btn = pn.widgets.Button(label="σ map of the simplex", color="primary", variant="outline", sizing_mode="stretch_width",
                                           css_classes=["rhox-map"])
         self._map_btn.on_click(lambda e: self._submit(lambda: sigma_map_job(self.state)))
         self._cancel = pn.widgets.Button(label="Cancel job", color="danger", disabled=True,
@@ -183,11 +189,11 @@ class App(pn.viewable.Viewer):
         self._sugg = pn.widgets.MultiSelect(label="Suggested compositions", options=[], size=4,
                                             sizing_mode="stretch_width")
         s.param.watch(self._on_suggested, ["suggested", "system"])
-        self._sugg_replace = pn.widgets.Button(label="Replace selected with pick", sizing_mode="stretch_width")
+        self._sugg_replace = pn.widgets.Button(label="Replace selected with pick", color="primary", variant="outline", sizing_mode="stretch_width")
         self._sugg_replace.on_click(self._on_replace)
-        self._sugg_add = pn.widgets.Button(label="Add pick", width=110)
+        self._sugg_add = pn.widgets.Button(label="Add pick", color="primary", variant="outline", width=110)
         self._sugg_add.on_click(self._on_add_pick)
-        self._sugg_remove = pn.widgets.Button(label="Remove selected", width=130)
+        self._sugg_remove = pn.widgets.Button(label="Remove selected", color="primary", variant="outline", width=130)
         self._sugg_remove.on_click(self._on_remove)
         self._sugg_accept = pn.widgets.Button(label="Accept: run DFT at these", color="success",
                                               sizing_mode="stretch_width")
@@ -335,7 +341,9 @@ class App(pn.viewable.Viewer):
 
     def _schedule_predict(self):
         """Build (if needed) and predict in the worker pool; the newest request wins."""
+        self.scene.pause()  # the new structure is drawn with its density, in one push
         if not self._ensure_structure():
+            self.scene.resume()
             return
         self._generation += 1
         gen = self._generation
@@ -364,13 +372,15 @@ class App(pn.viewable.Viewer):
             return  # a newer request is on its way
         self._predict.loading = False
         self.busy = False
-        if isinstance(result, Exception):
-            self.state.notify(str(result), "danger")
-            return
-        fields, seconds = result
-        if fields.atoms is not self.state.structure:
-            return
-        self.state.set_fields(fields, seconds)
+        try:
+            if isinstance(result, Exception):
+                self.state.notify(str(result), "danger")
+                return
+            fields, seconds = result
+            if fields.atoms is self.state.structure:
+                self.state.set_fields(fields, seconds)
+        finally:
+            self.scene.resume()
 
     def _submit(self, make_job):
         try:
@@ -395,7 +405,8 @@ class App(pn.viewable.Viewer):
                               "warning")
             return
         self._submit(lambda: train_job(self.state, data, max_epochs=self._epochs.value,
-                                       fine_tune=self._fine_tune.value))
+                                       fine_tune=self._fine_tune.value,
+                                       config={"patience": int(self._patience.value)}))
 
     def _on_progress(self, *events):
         j = self.jobs
@@ -454,7 +465,7 @@ class App(pn.viewable.Viewer):
                     pn.pane.Markdown("or upload a structure file (any format ASE reads):", css_classes=["rhox-small"]),
                     self._upload, self._predict, self._structure_md,
                     title="Structure and prediction", collapsible=False, sizing_mode="stretch_width"),
-            pn.Card(self._dft_btn, self._epochs, self._fine_tune, self._train_data, self._train_btn,
+            pn.Card(self._dft_btn, pn.Row(self._epochs, self._patience), self._fine_tune, self._train_data, self._train_btn,
                     self._al_k, self._al_btn, self._map_btn, self._progress, self._job_md, self._cancel,
                     title="Jobs", collapsible=True, sizing_mode="stretch_width"),
         ]

@@ -406,7 +406,10 @@ def active_job(state: ExplorerState, k: int = 3, n_samples: int = INTERACTIVE_SA
     def work(job: Job):
         from engine.active import suggest
 
+        from .state import interactive_threads
+
         model = state.get_model()
+        interactive_threads()
 
         def progress(i, n):
             job.check()
@@ -438,7 +441,10 @@ def sigma_map_job(state: ExplorerState, n_samples: int = INTERACTIVE_SAMPLES, sp
         from engine.predict import predict
         from engine.structures import random_alloy
 
+        from .state import interactive_threads
+
         model = state.get_model()
+        interactive_threads()
         scores = np.full(len(cands), np.nan)
         for i, x in enumerate(cands):
             job.check()

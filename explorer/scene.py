@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,24 @@ def atom_meshes(atoms, radius_scale: float = 0.45):
     return out
 
 
+def structure_mesh(atoms, show_atoms: bool = True, radius_scale: float = 0.45):
+    """Atoms (spheres in element colours) and the cell outline as one mesh with RGB point colours.
+
+    One mesh is one actor, and each actor costs a shader program in the browser (expensive
+    with software WebGL): the whole structure is drawn with one.
+    """
+    parts = []
+    outline = cell_outline(atoms.cell.array)
+    outline.point_data["rgb"] = np.zeros((outline.n_points, 3), dtype=np.uint8)
+    parts.append(outline)
+    if show_atoms:
+        for _, mesh, color in atom_meshes(atoms, radius_scale):
+            mesh.point_data["rgb"] = np.tile((np.array(color) * 255).astype(np.uint8), (mesh.n_points, 1))
+            parts.append(mesh)
+    merged = parts[0].append_polydata(*parts[1:]) if len(parts) > 1 else parts[0]
+    return merged
+
+
 def slice_origin(bounds, axis: str, position: float) -> tuple[float, float, float]:
     lo = np.array(bounds[0::2])
     hi = np.array(bounds[1::2])
@@ -155,10 +174,8 @@ def build_scene(plotter, atoms, fields: dict[str, np.ndarray], opts: SceneOption
                                      clim=clim, show_scalar_bar=False, name="slice")
                     info["slice_field"] = name
                     info["clims"][FIELD_LABELS.get(name, name)] = clim
-    if opts.show_atoms:
-        for sym, mesh, color in atom_meshes(big):
-            plotter.add_mesh(mesh, color=color, smooth_shading=True, name=f"atoms-{sym}")
-    plotter.add_mesh(cell_outline(big.cell.array), color="black", line_width=2, name="cell")
+    plotter.add_mesh(structure_mesh(big, opts.show_atoms), scalars="rgb", rgb=True, line_width=2,
+                     smooth_shading=True, name="structure")
     if reset_camera:
         plotter.view_isometric()
         plotter.reset_camera()
@@ -252,6 +269,8 @@ class SceneView(pn.viewable.Viewer):
         self._plotter = None
         self._vtk = None
         self._last_structure = None
+        self._paused = False
+        self._pending = (False, False)  # (changed while paused, camera reset needed)
         self._placeholder = pn.pane.Markdown(
             "### 3D view\nPick a composition, then **Build** and **Predict** (or upload a structure).",
             width=width, height=120)
@@ -309,7 +328,23 @@ class SceneView(pn.viewable.Viewer):
         return self._plotter
 
     def _on_change(self, *events):
-        self.refresh(reset_camera=any(e.name in ("structure", "periodic") for e in events))
+        reset = any(e.name in ("structure", "periodic") for e in events)
+        if self._paused:
+            self._pending = (True, self._pending[1] or reset)
+            return
+        self.refresh(reset_camera=reset)
+
+    def pause(self) -> None:
+        """Hold redraws (e.g. between building a structure and its prediction): one push, not two."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Redraw once if anything changed while paused."""
+        self._paused = False
+        dirty, reset = self._pending
+        self._pending = (False, False)
+        if dirty:
+            self.refresh(reset_camera=reset)
 
     def refresh(self, reset_camera: bool = False) -> dict:
         """Redraw from the state and push to the browser; returns what was drawn."""
@@ -326,6 +361,7 @@ class SceneView(pn.viewable.Viewer):
             self._holder.objects = [self._vtk, self._colorbars]
         first = self._last_structure is not atoms
         self._last_structure = atoms
+        t0 = time.perf_counter()
         try:
             info = build_scene(pl, atoms, scene_fields(s.fields, s.dft), SceneOptions.from_state(s),
                                reset_camera=reset_camera or first)
@@ -335,7 +371,9 @@ class SceneView(pn.viewable.Viewer):
         if reset_camera or first:
             # vtk.js keeps the browser's camera unless told: hand it the freshly reset one.
             self._vtk.camera = camera_state(pl)
+        t1 = time.perf_counter()
         self._vtk.synchronize()
+        info["build_s"], info["push_s"] = t1 - t0, time.perf_counter() - t1
         self._colorbars.objects = [self._colorbar_pane(info)] if info.get("clims") else []
         self.last_info = info
         self.renders += 1

@@ -16,7 +16,8 @@ import param
 
 from engine.composition import barycentric_to_cartesian, simplex_grid, simplex_vertices
 
-from .state import ExplorerState, describe
+from .state import ExplorerState
+from .state import describe as _describe
 
 SQ3 = np.sqrt(3.0)
 #: Data ranges of the triangle plot (fixed, so that tests can map data to pixels).
@@ -125,13 +126,14 @@ def _name_hook(name: str):
     return hook
 
 
-def _points(xy: np.ndarray, comps: list[str], score=None, label: str = ""):
+def _points(xy: np.ndarray, comps: list[str], score=None, label: str = "", value_label: str = "value"):
     hv = _hv()
 
     xy = np.asarray(xy, dtype=float).reshape(-1, 2)
     data = {"x": xy[:, 0], "y": xy[:, 1], "composition": comps,
             "value": np.asarray(score if score is not None else np.full(len(xy), np.nan), dtype=float)}
-    return hv.Points(data, kdims=["x", "y"], vdims=["composition", "value"], label=label)
+    return hv.Points(data, kdims=["x", "y"], vdims=["composition", hv.Dimension("value", label=value_label)],
+                     label=label)
 
 
 def _clim(values) -> tuple[float, float]:
@@ -160,14 +162,18 @@ def tap_anchor():
 
 
 def ternary_layers(elements, step: float, train=None, candidates=None, scores=None, suggested=None,
-                   picked=None, score_label: str = "score"):
+                   picked=None, score_label: str = "score", names=None):
     """The ternary picker's layers (grid, outline, labels, points), all always present, possibly empty.
 
-    ``train``/``candidates``/``suggested``/``picked``: barycentric vectors (m, 3).
+    ``train``/``candidates``/``suggested``/``picked``: barycentric vectors (m, 3); ``picked=False``
+    leaves out the picked point's layers (the picker draws them separately). ``names`` turns a
+    ternary vector into the text shown on hover (default: its composition; a quaternary slice
+    shows the full four-species composition).
     """
     hv = _hv()
     elements = list(elements)
-    train, cand, sugg, pick = (_as_rows(v, 3) for v in (train, candidates, suggested, picked))
+    train, cand, sugg = (_as_rows(v, 3) for v in (train, candidates, suggested))
+    describe = names or (lambda v: _describe(v, elements))
 
     verts = simplex_vertices(3)
     outline = hv.Path([np.vstack([verts, verts[:1]])]).opts(color="#495057", line_width=2)
@@ -184,33 +190,42 @@ def ternary_layers(elements, step: float, train=None, candidates=None, scores=No
             ticks_xy.append(p + off)
             ticks_txt.append(f"{f:g}")
     ticks_xy = np.array(ticks_xy)
-    axis_xy = np.array([[0.5, -0.095], [0.86, 0.47], [0.14, 0.47]])
+    axis_xy = np.array([[0.5, -0.095], [0.88, 0.47], [0.12, 0.47]])
     axis_txt = [f"x({elements[1]}) →", f"x({elements[2]}) →", f"← x({elements[0]})"]
     labels = hv.Labels({"x": np.r_[ticks_xy[:, 0], axis_xy[:, 0]], "y": np.r_[ticks_xy[:, 1], axis_xy[:, 1]],
                         "text": ticks_txt + axis_txt}, ["x", "y"], "text").opts(text_font_size="9pt",
                                                                                text_color="#868e96")
     sc = None if scores is None or len(cand) == 0 else np.asarray(scores, dtype=float)
     cand_pts = _points(barycentric_to_cartesian(cand) if len(cand) else np.zeros((0, 2)),
-                       [describe(c, elements) for c in cand], sc).opts(
+                       [describe(c) for c in cand], sc, value_label=score_label).opts(
         color="value", cmap="viridis", clim=_clim(sc), size=11, line_color="white", colorbar=True,
-        colorbar_opts={"title": score_label}, tools=["hover"],
+        tools=["hover"],
         hover_tooltips=[("composition", "@composition"), (score_label, "@value{0.000e}")])
     train_pts = _points(barycentric_to_cartesian(train) if len(train) else np.zeros((0, 2)),
-                        [describe(c, elements) for c in train]).opts(
+                        [describe(c) for c in train]).opts(
         color=TRAIN_COLOR, marker="diamond", size=13, tools=["hover"],
         hover_tooltips=[("training composition", "@composition")])
     sugg_pts = _points(barycentric_to_cartesian(sugg) if len(sugg) else np.zeros((0, 2)),
-                       [describe(c, elements) for c in sugg]).opts(
+                       [describe(c) for c in sugg]).opts(
         color=SUGGEST_COLOR, fill_alpha=0, line_width=3, marker="circle", size=22, tools=["hover"],
         hover_tooltips=[("suggested", "@composition")])
+    base = grid * outline * labels * corner * cand_pts * train_pts * sugg_pts
+    return base if picked is False else base * pick_layers(elements, picked, names)
+
+
+def pick_layers(elements, picked=None, names=None):
+    """The picked composition: a marker and its name (a layer of its own, redrawn on every click)."""
+    hv = _hv()
+    describe = names or (lambda v: _describe(v, elements))
+    pick = _as_rows(picked, 3)
     pick_xy = barycentric_to_cartesian(pick) if len(pick) else np.zeros((0, 2))
-    pick_pts = _points(pick_xy, [describe(c, elements) for c in pick]).opts(
+    pick_pts = _points(pick_xy, [describe(c) for c in pick]).opts(
         color=PICK_COLOR, marker="circle", size=16, line_color="black", line_width=1.5,
         tools=["hover"], hover_tooltips=[("picked", "@composition")])
     pick_txt = hv.Labels({"x": pick_xy[:, 0], "y": pick_xy[:, 1] + 0.045,
-                          "text": [describe(c, elements) for c in pick]}, ["x", "y"], "text").opts(
+                          "text": [describe(c) for c in pick]}, ["x", "y"], "text").opts(
         text_font_size="10pt", text_color=PICK_COLOR, text_font_style="bold")
-    return grid * outline * labels * corner * cand_pts * train_pts * sugg_pts * pick_pts * pick_txt
+    return pick_pts * pick_txt
 
 
 def ternary_opts(name: str, title: str = ""):
@@ -247,7 +262,7 @@ def tetra_layers(elements, azimuth: float, elevation: float, grid_vectors: np.nd
     def layer(vectors, values=None):
         vectors = _as_rows(vectors, 4)
         xyd = project_tetrahedron(vectors, azimuth, elevation) if len(vectors) else np.zeros((0, 3))
-        return _points(xyd[:, :2], [describe(v, elements) for v in vectors], values)
+        return _points(xyd[:, :2], [_describe(v, elements) for v in vectors], values)
 
     g = _as_rows(grid_vectors, 4)
     sc = np.asarray(scores, dtype=float) if scores is not None and len(scores) == len(g) else None
@@ -279,22 +294,30 @@ class TernaryPicker(pn.viewable.Viewer):
     def __init__(self, state: ExplorerState, **params):
         super().__init__(state=state, **params)
         hv = _hv()
+        # Two dynamic parts: the picked point alone (redrawn on every click: cheap) and the rest.
         self._stream = hv.streams.Params(
-            state, ["system", "step", "picked", "candidates", "scores", "suggested", "train_compositions",
-                    "score_label"])
+            state, ["system", "step", "candidates", "scores", "suggested", "train_compositions", "score_label"])
+        self._pick_stream = hv.streams.Params(state, ["picked"])
         self._anchor = tap_anchor()
         self._dmap = hv.DynamicMap(self._draw, streams=[self._stream])
+        self._pick_dmap = hv.DynamicMap(self._draw_pick, streams=[self._pick_stream])
         self._tap = hv.streams.Tap(source=self._anchor, x=None, y=None)
         self._tap.add_subscriber(self._on_tap)
-        plot = (self._anchor * self._dmap).opts(ternary_opts("rhox-simplex", "click in the triangle to pick"))
+        plot = (self._anchor * self._dmap * self._pick_dmap).opts(
+            ternary_opts("rhox-simplex", "click in the triangle to pick"))
         self._pane = pn.pane.HoloViews(plot, linked_axes=False)
 
     def _draw(self, **kw):
         s = self.state
         if s.n_species != 3:
-            return ternary_layers(["A", "B", "C"], s.step)
+            return ternary_layers(["A", "B", "C"], s.step, picked=False)
         return ternary_layers(s.elements, s.step, s.train_compositions, s.candidates, s.scores, s.suggested,
-                              s.picked, s.score_label)
+                              False, s.score_label)
+
+    def _draw_pick(self, **kw):
+        s = self.state
+        return pick_layers(s.elements if s.n_species == 3 else ["A", "B", "C"],
+                           s.picked if s.n_species == 3 else None)
 
     def _on_tap(self, x=None, y=None):
         if x is None or y is None:
@@ -309,8 +332,8 @@ class QuaternaryPicker(pn.viewable.Viewer):
     """Tetrahedron (rotatable projection) and a ternary slice at a fixed fourth fraction; both pick."""
 
     state = param.ClassSelector(class_=ExplorerState)
-    azimuth = param.Number(default=25.0, bounds=(-180, 180))
-    elevation = param.Number(default=-70.0, bounds=(-90, 90))
+    azimuth = param.Number(default=20.0, bounds=(-180, 180))
+    elevation = param.Number(default=-20.0, bounds=(-90, 90))
 
     def __init__(self, state: ExplorerState, **params):
         super().__init__(state=state, **params)
@@ -379,7 +402,18 @@ class QuaternaryPicker(pn.viewable.Viewer):
             scores = None if s.scores is None else np.asarray(s.scores)[mask]
         _, sugg = on_slice(s.suggested)
         _, pick = on_slice([s.picked] if s.picked is not None else None)
-        return ternary_layers(free, s.step, train, cand, scores, sugg, pick, s.score_label)
+        return ternary_layers(free, s.step, train, cand, scores, sugg, pick, s.score_label,
+                              names=self._slice_names(k))
+
+    def _slice_names(self, k: int):
+        """Hover text of a point on the slice: its full quaternary composition."""
+        s = self.state
+
+        def name(t):
+            full = np.insert(np.asarray(t, dtype=float) * (1 - s.fixed_fraction), k, s.fixed_fraction)
+            return _describe(full, s.elements)
+
+        return name
 
     def _on_slice_tap(self, x=None, y=None):
         if x is None or y is None or self.state.n_species != 4:

@@ -124,6 +124,21 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
     )
 
 
+def interactive_threads() -> None:
+    """One torch thread for interactive predictions (``$RHOX_EXPLORER_THREADS`` to change).
+
+    A small prediction (an 8-atom cell, ~15k grid points) does not gain from more threads, and
+    on a busy machine two OpenMP threads were 5-10x slower than one (measured here: 0.3 s with
+    one thread against 2-3.5 s with two, while other work ran on the second core). Training sets
+    its own thread count (``engine.training.fit``); this puts it back for the next prediction.
+    """
+    import torch
+
+    n = int(os.environ.get("RHOX_EXPLORER_THREADS", "1"))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 _MODEL_CACHE: dict[tuple[str, float], object] = {}
 _MODEL_LOCK = threading.Lock()
 
@@ -426,11 +441,8 @@ class ExplorerState(param.Parameterized):
         return True
 
     def set_structure(self, atoms, label: str) -> None:
-        self.fields = None
-        self.dft = None
-        self.predict_seconds = None
-        self.structure = atoms
-        self.structure_label = label
+        # One batch: views watching several of these redraw once.
+        self.param.update(fields=None, dft=None, predict_seconds=None, structure=atoms, structure_label=label)
         self.notify(f"Structure: {label}", "info")
 
     def load_structure_bytes(self, data: bytes | None, filename: str | None) -> bool:
@@ -490,7 +502,15 @@ class ExplorerState(param.Parameterized):
         if atoms is None:
             raise ValueError("Build or upload a structure first.")
         model = self.get_model()
+        interactive_threads()
         t0 = time.perf_counter()
+        foreign = sorted(set(atoms.get_chemical_symbols()) - set(model.species))
+        if foreign:
+            raise ValueError(
+                f"The model ({self.model_info.system if self.model_info else '?'}, trained on "
+                f"{', '.join(model.species)}) cannot predict {', '.join(foreign)}: it never saw "
+                f"{'this species' if len(foreign) == 1 else 'these species'}. Load a model that did "
+                "(rhox serve --model DIR), or compute DFT for such structures and train on them.")
         try:
             fields = predict(model, atoms, shape=shape, n_samples=n_samples)
         except ModelError as err:
@@ -502,9 +522,8 @@ class ExplorerState(param.Parameterized):
         rho = fields.mean
         lo, hi = float(np.percentile(rho, 1)), float(np.max(rho))
         level = float(np.percentile(rho, 85))
-        self.iso_range = (round(lo, 4), round(hi, 4))
-        self.param.update(iso_level=round(level, 4), predict_seconds=seconds)
-        self.fields = fields
+        self.param.update(iso_range=(round(lo, 4), round(hi, 4)), iso_level=round(level, 4), predict_seconds=seconds,
+                          fields=fields)
         n = fields.integrate()
         self.notify(f"Predicted {fields.shape[0]}×{fields.shape[1]}×{fields.shape[2]} grid in "
                     f"{seconds:.2f} s (S={fields.n_samples}): ∫ρ = {n:.2f} e, mean σ = "

@@ -184,5 +184,5 @@ def test_predict_with_a_model(explorer_model, tmp_path):
     from ase.build import bulk as _bulk
 
     fe = _bulk("Fe", "bcc", a=2.87, cubic=True)
-    with pytest.raises(ValueError, match="never trained on"):
+    with pytest.raises(ValueError, match="cannot predict Fe: it never saw this species"):
         s.compute_prediction(atoms=fe)
