@@ -177,7 +177,7 @@ def predict_with_uncertainty(net: DensityNet, x: torch.Tensor, weight_sets) -> d
     b0 = torch.cat([ws[0][1] for ws in weight_sets])
     h = F.linear(x, w0, b0).reshape(len(x), s, -1).transpose(0, 1)  # (S, P, H)
     for i in range(1, n_layers):
-        h = F.silu(h)
+        h = F.silu(h, inplace=True)  # in place: these (S, P, H) tensors are large
         w = torch.stack([ws[i][0] for ws in weight_sets])           # (S, out, in)
         b = torch.stack([ws[i][1] for ws in weight_sets])           # (S, out)
         h = torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))

@@ -361,8 +361,6 @@ def serve(
     data: Optional[Path] = typer.Option(None, help="Dataset (default: the bundled one)."),
 ):
     """Start the explorer with `panel serve`, bound to 127.0.0.1 unless told otherwise."""
-    import subprocess
-
     app_file = Path(__file__).resolve().parent.parent / "explorer" / "app.py"
     env = dict(os.environ)
     if model:
@@ -376,7 +374,9 @@ def serve(
     if show:
         cmd.append("--show")
     console.print(f"rhox explorer on http://{host}:{port}/app")
-    raise typer.Exit(subprocess.call(cmd, env=env))
+    # Replace this process by the server (no wrapper left behind): a signal to `rhox serve`,
+    # e.g. from a test or a process manager, then reaches panel itself.
+    os.execve(sys.executable, cmd, env)
 
 
 def main() -> None:  # pragma: no cover
