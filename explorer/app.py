@@ -25,12 +25,13 @@ from panel.theme.fast import Fast
 
 from explorer.jobs import JobManager, active_job, dft_batch_job, dft_job, sigma_map_job, train_job
 from explorer.scene import SceneView
-from explorer.simplex import CompositionPicker
+from explorer.simplex import TRI_FRAME_HEIGHT, CompositionPicker
 from explorer.state import FIELD_LABELS, STEPS, ExplorerState, describe
 
 pn.extension("vtk", notifications=False, design="native")
 
 ACCENT = "#1c7ed6"
+TRI_HEIGHT = TRI_FRAME_HEIGHT + 60
 #: Predictions of all sessions of this process run here one at a time (2 cores: parallel
 #: predictions would only slow each other down). Holds no session state.
 _PREDICT_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rhox-predict")
@@ -69,11 +70,35 @@ class App(pn.viewable.Viewer):
         if poll:
             self._start_polling()
         self._loaded = False
-        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+        # The picker is the costliest part of the page to build (HoloViews): in a served session it
+        # is built on the server's next tick, i.e. after the page's HTML has gone out and while
+        # the browser loads its scripts, and is in the document when the browser connects.
+        # So are, to a lesser degree, the job controls and the view controls: same treatment.
+        self._deferred: list[tuple[pn.Column, object]] = []
+        self._picker_holder = self._defer(lambda: self.picker, "Loading the composition picker…", TRI_HEIGHT)
+        self._jobs_holder = self._defer(self._jobs_card, "", 60)
+        self._controls_holder = self._defer(self._view_controls, "", 200)
+        self._suggestions_holder = self._defer(self._suggestions_card, "", 40)
+        doc = pn.state.curdoc
+        if doc is not None and doc.session_context is not None:
+            for holder, make in self._deferred:
+                doc.add_next_tick_callback(lambda h=holder, m=make: self._fill(h, m))
             pn.state.onload(self._start_model_load)
             pn.state.on_session_destroyed(self._on_destroyed)
         else:
+            for holder, make in self._deferred:
+                self._fill(holder, make)
             self._start_model_load()
+
+    def _defer(self, make, text: str, height: int) -> pn.Column:
+        holder = pn.Column(pn.pane.Markdown(text, css_classes=["rhox-small"]) if text else pn.Spacer(height=height),
+                           sizing_mode="stretch_width", min_height=height)
+        self._deferred.append((holder, make))
+        return holder
+
+    @staticmethod
+    def _fill(holder: pn.Column, make) -> None:
+        holder.objects = [make()]
 
     # --- lifecycle -----------------------------------------------------------------------
     def _start_model_load(self):
@@ -465,24 +490,33 @@ class App(pn.viewable.Viewer):
                     pn.pane.Markdown("or upload a structure file (any format ASE reads):", css_classes=["rhox-small"]),
                     self._upload, self._predict, self._structure_md,
                     title="Structure and prediction", collapsible=False, sizing_mode="stretch_width"),
-            pn.Card(self._dft_btn, pn.Row(self._epochs, self._patience), self._fine_tune, self._train_data, self._train_btn,
-                    self._al_k, self._al_btn, self._map_btn, self._progress, self._job_md, self._cancel,
-                    title="Jobs", collapsible=True, sizing_mode="stretch_width"),
+            self._jobs_holder,
         ]
 
-    def main(self):
-        view_controls = pn.Column(
+    def _jobs_card(self):
+        return pn.Card(self._dft_btn, pn.Row(self._epochs, self._patience), self._fine_tune, self._train_data,
+                       self._train_btn, self._al_k, self._al_btn, self._map_btn, self._progress, self._job_md,
+                       self._cancel, title="Jobs", collapsible=True, sizing_mode="stretch_width")
+
+    def _view_controls(self):
+        return pn.Column(
             pn.Row(self._iso, self._opacity, sizing_mode="stretch_width"),
             pn.Row(self._iso_color, self._slice_field, pn.Column(pn.pane.Markdown("Slice normal", margin=(0, 10)),
                                                                   self._slice_axis)),
             pn.Row(self._slice_pos, self._periodic, sizing_mode="stretch_width"),
             pn.Row(self._shows, pn.pane.Markdown("Export:", margin=(12, 5, 0, 20)), self.scene.downloads()),
             sizing_mode="stretch_width")
-        suggestions = pn.Card(self._sugg, self._sugg_replace, pn.Row(self._sugg_add, self._sugg_remove),
-                              self._sugg_accept, title="Active learning: suggestions", sizing_mode="stretch_width",
-                              collapsible=True, css_classes=["rhox-suggestions"])
+
+    def _suggestions_card(self):
+        return pn.Card(self._sugg, self._sugg_replace, pn.Row(self._sugg_add, self._sugg_remove),
+                       self._sugg_accept, title="Active learning: suggestions", sizing_mode="stretch_width",
+                       collapsible=True, css_classes=["rhox-suggestions"])
+
+    def main(self):
+        view_controls = self._controls_holder
+        suggestions = self._suggestions_holder
         left = pn.Column(
-            pn.Card(self.picker, pn.pane.Markdown(LEGEND, css_classes=["rhox-small"]), title="Composition picker",
+            pn.Card(self._picker_holder, pn.pane.Markdown(LEGEND, css_classes=["rhox-small"]), title="Composition picker",
                     collapsible=False, sizing_mode="stretch_width"),
             pn.Card(self._stats, title="Prediction", collapsible=False, sizing_mode="stretch_width"),
             suggestions, width=560)

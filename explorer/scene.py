@@ -24,8 +24,8 @@ import param
 
 from .state import FIELD_LABELS, ExplorerState
 
-CMAPS = {"mean": "viridis", "dft": "viridis", "sigma_total": "magma", "sigma_epistemic": "magma",
-         "sigma_aleatoric": "magma", "difference": "RdBu_r"}
+CMAPS = {"mean": "viridis", "dft": "viridis", "sigma_total": "plasma", "sigma_epistemic": "plasma",
+         "sigma_aleatoric": "plasma", "difference": "RdBu_r"}
 ISO_COLOR = "#74c0fc"
 BACKGROUND = "white"
 
@@ -126,10 +126,17 @@ def slice_origin(bounds, axis: str, position: float) -> tuple[float, float, floa
 
 
 def field_clim(name: str, arr: np.ndarray) -> tuple[float, float]:
+    """Colour range of a field: full range for densities; robust (1st-99.5th percentile) for σ,
+    whose few extreme points near nuclei would otherwise leave the rest one colour; symmetric
+    about zero for the ML − DFT difference."""
+    arr = np.asarray(arr)
     if name == "difference":
-        m = float(np.max(np.abs(arr))) or 1e-6
+        m = float(np.percentile(np.abs(arr), 99.5)) or 1e-6
         return (-m, m)
-    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if name.startswith("sigma"):
+        lo, hi = (float(v) for v in np.percentile(arr, [1, 99.5]))
+    else:
+        lo, hi = float(np.min(arr)), float(np.max(arr))
     return (lo, hi if hi > lo else lo + 1e-9)
 
 
@@ -154,8 +161,8 @@ def build_scene(plotter, atoms, fields: dict[str, np.ndarray], opts: SceneOption
                 color_by = opts.iso_color if opts.iso_color in fields else None
                 if color_by:
                     iso = iso.sample(grid)
-                    clim = field_clim(color_by, fields[color_by])
-                    plotter.add_mesh(iso, scalars=color_by, cmap=CMAPS.get(color_by, "magma"), clim=clim,
+                    clim = field_clim(color_by, iso.point_data[color_by])  # the values on the surface
+                    plotter.add_mesh(iso, scalars=color_by, cmap=CMAPS.get(color_by, "plasma"), clim=clim,
                                      opacity=opts.opacity, show_scalar_bar=False, smooth_shading=True,
                                      name="isosurface")
                     info["clims"][color_by] = clim

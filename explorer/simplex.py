@@ -151,6 +151,15 @@ def _as_rows(vectors, n: int) -> np.ndarray:
     return np.asarray(vectors, dtype=float).reshape(-1, n)
 
 
+def _colorbar_opts(title: str | None = None) -> dict:
+    from bokeh.models import PrintfTickFormatter
+
+    opts = {"formatter": PrintfTickFormatter(format="%.2g"), "width": 12}
+    if title:
+        opts["title"] = title
+    return opts
+
+
 def tap_anchor():
     """An invisible, never-changing element: the source of the Tap stream of a picker.
 
@@ -199,6 +208,7 @@ def ternary_layers(elements, step: float, train=None, candidates=None, scores=No
     cand_pts = _points(barycentric_to_cartesian(cand) if len(cand) else np.zeros((0, 2)),
                        [describe(c) for c in cand], sc, value_label=score_label).opts(
         color="value", cmap="viridis", clim=_clim(sc), size=11, line_color="white", colorbar=True,
+        colorbar_opts=_colorbar_opts(),
         tools=["hover"],
         hover_tooltips=[("composition", "@composition"), (score_label, "@value{0.000e}")])
     train_pts = _points(barycentric_to_cartesian(train) if len(train) else np.zeros((0, 2)),
@@ -267,7 +277,7 @@ def tetra_layers(elements, azimuth: float, elevation: float, grid_vectors: np.nd
     g = _as_rows(grid_vectors, 4)
     sc = np.asarray(scores, dtype=float) if scores is not None and len(scores) == len(g) else None
     grid_pts = layer(g, sc).opts(color="value", cmap="viridis", clim=_clim(sc), size=8, alpha=0.85,
-                                 colorbar=True, colorbar_opts={"title": score_label}, tools=["hover"],
+                                 colorbar=True, colorbar_opts=_colorbar_opts(score_label), tools=["hover"],
                                  hover_tooltips=[("composition", "@composition"), (score_label, "@value{0.000e}")])
     train_pts = layer(train).opts(color=TRAIN_COLOR, marker="diamond", size=12, tools=["hover"],
                                   hover_tooltips=[("training composition", "@composition")])
