@@ -79,11 +79,15 @@ def main() -> None:
         t_gpaw = time.perf_counter() - t0
         t0 = time.perf_counter()
         predict(model, atoms, shape=sample.grid_shape, n_samples=20)
-        t_rhox = time.perf_counter() - t0
-        res["rhox_vs_gpaw_64_atoms"] = {"gpaw_s": t_gpaw, "rhox_S20_s": t_rhox, "speedup": t_gpaw / t_rhox,
-                                        "grid": list(sample.grid_shape)}
-        print(f"64 atoms, same structure and grid {sample.grid_shape}: GPAW {t_gpaw:.1f} s, rhox (S=20) {t_rhox:.2f} s, "
-              f"speed-up {t_gpaw / t_rhox:.0f}x")
+        t_cold = time.perf_counter() - t0
+        t_rhox = best_of(lambda: predict(model, atoms, shape=sample.grid_shape, n_samples=20))
+        t_rhox1 = best_of(lambda: predict(model, atoms, shape=sample.grid_shape, n_samples=1))
+        res["rhox_vs_gpaw_64_atoms"] = {"gpaw_s": t_gpaw, "rhox_S20_s": t_rhox, "rhox_S20_first_call_s": t_cold,
+                                        "rhox_S1_s": t_rhox1, "speedup_S20": t_gpaw / t_rhox,
+                                        "speedup_S1": t_gpaw / t_rhox1, "grid": list(sample.grid_shape)}
+        print(f"64 atoms, same structure and grid {sample.grid_shape}: GPAW {t_gpaw:.1f} s; rhox S=20 {t_rhox:.2f} s "
+              f"(first call {t_cold:.2f} s), speed-up {t_gpaw / t_rhox:.0f}x; S=1 {t_rhox1:.2f} s, "
+              f"{t_gpaw / t_rhox1:.0f}x")
     res["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
