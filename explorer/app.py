@@ -36,6 +36,37 @@ TRI_HEIGHT = TRI_FRAME_HEIGHT + 60
 #: predictions would only slow each other down). Holds no session state.
 _PREDICT_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rhox-predict")
 
+# Panel's VTK pane always adds an axes actor to its vtk.js view, even with no axes asked for
+# (``pn.pane.VTK(axes=...)`` defaults to ``{}``). That actor's pixel-space mapper reads the depth
+# buffer back (``gl.readPixels``) on every frame: 0.3-0.5 s per redraw with software WebGL
+# (headless Chromium, SwiftShader), measured here. The explorer shows no axes, so views whose
+# axes have no ticks skip them. Served pages load this through the template's ``js_files``.
+VTK_AXES_OFF_JS = """
+(function () {
+  function patch() {
+    var B = window.Bokeh;
+    if (!B || !B.Models) { return false; }
+    var M = null;
+    try { M = B.Models.get("panel.models.vtk.VTKSynchronizedPlot"); } catch (e) { M = null; }
+    if (!M) { return false; }
+    var V = M.prototype.default_view;
+    if (!V || V.prototype.__rhox_axes_off) { return true; }
+    var original = V.prototype._set_axes;
+    V.prototype._set_axes = function () {
+      var a = this.model.axes;
+      if (a && !(a.xticker && a.xticker.ticks)) { return; }
+      return original.apply(this, arguments);
+    };
+    V.prototype.__rhox_axes_off = true;
+    return true;
+  }
+  if (!patch()) {
+    var tries = 0;
+    var timer = setInterval(function () { if (patch() || ++tries > 2400) { clearInterval(timer); } }, 25);
+  }
+})();
+"""
+
 SYSTEM_FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 
 
@@ -532,6 +563,8 @@ class App(pn.viewable.Viewer):
         tpl = pn.template.FastListTemplate(title="rhox explorer", sidebar=self.sidebar(), main=self.main(),
                                            accent=ACCENT, sidebar_width=340, main_layout=None,
                                            raw_css=[CSS], theme_toggle=False, font_url="", font=SYSTEM_FONT)
+        # A small fix for Panel's VTK view (see VTK_AXES_OFF_JS), inlined as a data URL.
+        tpl.config.js_files = dict(tpl.config.js_files, rhox_vtk_axes_off=_inline_js(VTK_AXES_OFF_JS))
         # The Fast design links a web font from Google; a served page must need nothing from the
         # internet (the template is only used when serving, so this only affects the server process).
         if "font" in Fast._resources:
@@ -543,6 +576,14 @@ class App(pn.viewable.Viewer):
 
     def __panel__(self):
         return pn.Row(pn.Column(*self.sidebar(), width=340), pn.Column(*self.main()), stylesheets=[CSS])
+
+
+def _inline_js(code: str) -> str:
+    """A script as a ``data:`` URL (the page loads it with nothing to serve)."""
+    from urllib.parse import quote
+
+    # The leading comment keeps a '//' in the URL: Panel leaves such URLs as they are.
+    return "data:text/javascript;charset=utf-8," + quote("//rhox\n" + code, safe="/")
 
 
 def _alert(level: str) -> str:

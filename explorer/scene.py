@@ -277,7 +277,9 @@ class SceneView(pn.viewable.Viewer):
         self._vtk = None
         self._last_structure = None
         self._paused = False
-        self._pending = (False, False)  # (changed while paused, camera reset needed)
+        self._pending = (False, False)
+        self._cbar_plot = None
+        self._cbars: list = []  # (changed while paused, camera reset needed)
         self._placeholder = pn.pane.Markdown(
             "### 3D view\nPick a composition, then **Build** and **Predict** (or upload a structure).",
             width=width, height=120)
@@ -381,27 +383,44 @@ class SceneView(pn.viewable.Viewer):
         t1 = time.perf_counter()
         self._vtk.synchronize()
         info["build_s"], info["push_s"] = t1 - t0, time.perf_counter() - t1
-        self._colorbars.objects = [self._colorbar_pane(info)] if info.get("clims") else []
+        pane = self._colorbar_pane(info)
+        if not self._colorbars.objects:
+            self._colorbars.objects = [pane]
         self.last_info = info
         self.renders += 1
         return info
 
     def _colorbar_pane(self, info: dict):
+        """Colour bars of the isosurface colour and the slice, in one Bokeh plot made once and
+        updated in place (a new plot per redraw would relayout the page each time)."""
         from bokeh.models import ColorBar, LinearColorMapper, Plot, Range1d
         from matplotlib import colormaps
         from matplotlib.colors import to_hex
 
-        plot = Plot(toolbar_location=None, frame_height=0, height=70 * len(info["clims"]), width=self._size[0],
-                    outline_line_width=0, min_border=5, x_range=Range1d(0, 1), y_range=Range1d(0, 1))
-        for name, (lo, hi) in info["clims"].items():
+        if self._cbar_plot is None:
+            plot = Plot(toolbar_location=None, frame_height=0, height=140, width=self._size[0], outline_line_width=0,
+                        min_border=5, x_range=Range1d(0, 1), y_range=Range1d(0, 1))
+            self._cbars = []
+            for _ in range(2):
+                cb = ColorBar(color_mapper=LinearColorMapper(palette=["#ffffff"], low=0, high=1), title="",
+                              orientation="horizontal", location=(0, 0), background_fill_alpha=0, height=12,
+                              visible=False)
+                plot.add_layout(cb, "below")
+                self._cbars.append(cb)
+            self._cbar_plot = plot
+            self._cbar_pane = pn.pane.Bokeh(plot)
+        items = list(info["clims"].items())[:2]
+        for cb, item in zip(self._cbars, items + [None] * (2 - len(items))):
+            if item is None:
+                cb.visible = False
+                continue
+            name, (lo, hi) = item
             key = next((k for k, lab in FIELD_LABELS.items() if lab == name), name)
             cmap = colormaps[CMAPS.get(key, "viridis")]
-            palette = [to_hex(cmap(i / 255)) for i in range(256)]
-            title = FIELD_LABELS.get(name, name) + (" (isosurface colour)" if name in CMAPS and key == name else "")
-            cb = ColorBar(color_mapper=LinearColorMapper(palette=palette, low=lo, high=hi), title=title,
-                          orientation="horizontal", location=(0, 0), background_fill_alpha=0, height=12)
-            plot.add_layout(cb, "below")
-        return pn.pane.Bokeh(plot)
+            title = FIELD_LABELS.get(name, name) + (" (isosurface colour)" if key == name else " (slice)")
+            cb.color_mapper.update(palette=[to_hex(cmap(i / 255)) for i in range(256)], low=float(lo), high=float(hi))
+            cb.update(title=title, visible=True)
+        return self._cbar_pane
 
     def downloads(self):
         return pn.Row(*self._downloads.values())
