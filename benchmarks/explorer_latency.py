@@ -114,7 +114,8 @@ def scene_pixels(page):
 
 
 def start_server(port, model, data, workdir):
-    env = dict(os.environ, RHOX_WORKDIR=str(workdir), PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, RHOX_WORKDIR=str(workdir),
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     log = open(workdir / f"serve_{port}.log", "w")
     proc = subprocess.Popen(serve_command(port, model, data), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     return proc, log

@@ -18,7 +18,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by `panel serve explorer/app.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
 import panel as pn
 import param
 from panel.theme.fast import Fast
@@ -175,13 +174,15 @@ class App(pn.viewable.Viewer):
     # --- widgets -----------------------------------------------------------------------
     def _build_widgets(self):
         s = self.state
-        self._model_md = pn.pane.Markdown(self._model_text(), css_classes=["rhox-small", "rhox-model"], sizing_mode="stretch_width")
+        self._model_md = pn.pane.Markdown(self._model_text(), css_classes=["rhox-small", "rhox-model"],
+                                          sizing_mode="stretch_width")
         self._system = pn.widgets.Select.from_param(s.param.system, label="Alloy system", sizing_mode="stretch_width",
                                                  css_classes=["rhox-system"])
         self._step = pn.widgets.Select(label="Snap clicks to step", options={f"{v:g}": v for v in STEPS},
                                        value=s.step, sizing_mode="stretch_width")
         self._step.link(s, value="step")
-        self._comp_input = pn.widgets.TextInput(label="Composition", placeholder="e.g. Si0.5Ge0.25Sn0.25 or 0.5,0.25,0.25",
+        self._comp_input = pn.widgets.TextInput(label="Composition",
+                                                placeholder="e.g. Si0.5Ge0.25Sn0.25 or 0.5,0.25,0.25",
                                                 sizing_mode="stretch_width", css_classes=["rhox-comp-input"])
         self._comp_input.param.watch(self._on_comp_text, "value")
         self._picked_md = pn.pane.Markdown(self._picked_text(), css_classes=["rhox-picked"],
@@ -194,11 +195,11 @@ class App(pn.viewable.Viewer):
                                                               end=1500)
         self._seed = pn.widgets.IntInput.from_param(s.param.seed, label="Seed", width=100)
         self._vac = pn.widgets.IntInput.from_param(s.param.vacancies, label="Vacancies", width=100)
-        self._build = pn.widgets.Button(label="Build structure", color="primary", variant="outline", sizing_mode="stretch_width",
+        self._build = _action("Build structure", sizing_mode="stretch_width",
                                         css_classes=["rhox-build"])
         self._build.on_click(self._on_build)
-        self._upload = pn.widgets.FileInput(accept=".xyz,.extxyz,.cif,.vasp,.poscar,.json,.traj,.cube,.xsf,.pdb,*",
-                                            multiple=False, sizing_mode="stretch_width", css_classes=["rhox-upload"])
+        # Any file (POSCARs have no extension): ASE guesses the format, a bad file is a message.
+        self._upload = pn.widgets.FileInput(multiple=False, sizing_mode="stretch_width", css_classes=["rhox-upload"])
         self._upload.param.watch(self._on_upload, "value")
         self._predict = pn.widgets.Button(label="Predict density", color="primary", sizing_mode="stretch_width",
                                           css_classes=["rhox-predict"])
@@ -209,7 +210,7 @@ class App(pn.viewable.Viewer):
                                         if s.structure_label else ""), ["structure_label"])
 
         # jobs
-        self._dft_btn = pn.widgets.Button(label="Compute DFT (GPAW)", color="primary", variant="outline", sizing_mode="stretch_width",
+        self._dft_btn = _action("Compute DFT (GPAW)", sizing_mode="stretch_width",
                                           css_classes=["rhox-dft"])
         self._dft_btn.on_click(lambda e: self._submit(lambda: dft_job(self.state)))
         self._epochs = pn.widgets.IntInput(label="Epochs (at most)", start=1, end=1000, value=5, width=140,
@@ -222,13 +223,13 @@ class App(pn.viewable.Viewer):
                                               css_classes=["rhox-finetune"])
         self._train_data = pn.widgets.TextInput(label="Train on dataset", value="", placeholder="(session dataset)",
                                                 sizing_mode="stretch_width", css_classes=["rhox-train-data"])
-        self._train_btn = pn.widgets.Button(label="Train", color="primary", variant="outline", sizing_mode="stretch_width", css_classes=["rhox-train"])
+        self._train_btn = _action("Train", sizing_mode="stretch_width", css_classes=["rhox-train"])
         self._train_btn.on_click(self._on_train)
         self._al_k = pn.widgets.IntSlider(label="Suggestions per step", start=1, end=6, value=3)
-        self._al_btn = pn.widgets.Button(label="Active-learning step", color="primary", variant="outline", sizing_mode="stretch_width",
+        self._al_btn = _action("Active-learning step", sizing_mode="stretch_width",
                                          css_classes=["rhox-al"])
         self._al_btn.on_click(lambda e: self._submit(lambda: active_job(self.state, k=self._al_k.value)))
-        self._map_btn = pn.widgets.Button(label="σ map of the simplex", color="primary", variant="outline", sizing_mode="stretch_width",
+        self._map_btn = _action("σ map of the simplex", sizing_mode="stretch_width",
                                           css_classes=["rhox-map"])
         self._map_btn.on_click(lambda e: self._submit(lambda: sigma_map_job(self.state)))
         self._cancel = pn.widgets.Button(label="Cancel job", color="danger", disabled=True,
@@ -245,11 +246,11 @@ class App(pn.viewable.Viewer):
         self._sugg = pn.widgets.MultiSelect(label="Suggested compositions", options=[], size=4,
                                             sizing_mode="stretch_width")
         s.param.watch(self._on_suggested, ["suggested", "system"])
-        self._sugg_replace = pn.widgets.Button(label="Replace selected with pick", color="primary", variant="outline", sizing_mode="stretch_width")
+        self._sugg_replace = _action("Replace selected with pick", sizing_mode="stretch_width")
         self._sugg_replace.on_click(self._on_replace)
-        self._sugg_add = pn.widgets.Button(label="Add pick", color="primary", variant="outline", width=110)
+        self._sugg_add = _action("Add pick", width=110)
         self._sugg_add.on_click(self._on_add_pick)
-        self._sugg_remove = pn.widgets.Button(label="Remove selected", color="primary", variant="outline", width=130)
+        self._sugg_remove = _action("Remove selected", width=130)
         self._sugg_remove.on_click(self._on_remove)
         self._sugg_accept = pn.widgets.Button(label="Accept: run DFT at these", color="success",
                                               sizing_mode="stretch_width")
@@ -478,26 +479,18 @@ class App(pn.viewable.Viewer):
             b.disabled = running
 
     def _on_replace(self, event=None):
+        """Replace the (first) selected suggestion by the picked composition."""
         s = self.state
         if s.picked is None:
             s.notify("Pick a composition first, then replace a suggestion with it.", "warning")
             return
-        sel = set(self._sugg.value)
-        if not sel:
+        selected = set(self._sugg.value)
+        labels = [describe(v, s.elements) for v in s.suggested]
+        if not selected & set(labels):
             s.notify("Select the suggestion to replace in the list.", "warning")
             return
-        labels = [describe(v, s.elements) for v in s.suggested]
-        new = [list(s.picked) if lab in sel else v for v, lab in zip(s.suggested, labels)]
-        # several selected: replace only the first one
-        seen = False
-        out = []
-        for v, lab in zip(s.suggested, labels):
-            if lab in sel and not seen:
-                out.append(list(s.picked))
-                seen = True
-            else:
-                out.append(v)
-        s.suggested = out if seen else new
+        k = next(i for i, lab in enumerate(labels) if lab in selected)
+        s.suggested = [list(s.picked) if i == k else v for i, v in enumerate(s.suggested)]
 
     def _on_add_pick(self, event=None):
         s = self.state
@@ -547,7 +540,8 @@ class App(pn.viewable.Viewer):
         view_controls = self._controls_holder
         suggestions = self._suggestions_holder
         left = pn.Column(
-            pn.Card(self._picker_holder, pn.pane.Markdown(LEGEND, css_classes=["rhox-small"]), title="Composition picker",
+            pn.Card(self._picker_holder, pn.pane.Markdown(LEGEND, css_classes=["rhox-small"]),
+                    title="Composition picker",
                     collapsible=False, sizing_mode="stretch_width"),
             pn.Card(self._stats, title="Prediction", collapsible=False, sizing_mode="stretch_width"),
             suggestions, width=560)
@@ -584,6 +578,13 @@ def _inline_js(code: str) -> str:
 
     # The leading comment keeps a '//' in the URL: Panel leaves such URLs as they are.
     return "data:text/javascript;charset=utf-8," + quote("//rhox\n" + code, safe="/")
+
+
+def _action(label: str, **kw) -> pn.widgets.Button:
+    """A secondary action button (outlined)."""
+    if "width" not in kw:
+        kw.setdefault("sizing_mode", "stretch_width")
+    return pn.widgets.Button(label=label, color="primary", variant="outline", **kw)
 
 
 def _alert(level: str) -> str:

@@ -264,7 +264,7 @@ def dft_job(state: ExplorerState, n_samples: int = INTERACTIVE_SAMPLES) -> Job:
         log = tmp / "gpaw.txt"
         cmd = [sys.executable, "-m", "explorer.jobs", "dft", str(tmp / "atoms.json"), str(dataset), system,
                str(out), str(log)]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = _child_env()
         with open(tmp / "stderr.txt", "w") as err_fh:
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_fh, env=env, cwd=str(ROOT))
             job.attach_process(proc)
@@ -333,8 +333,7 @@ def dft_batch_job(state: ExplorerState, compositions: list, seed: int = 0) -> Jo
             write(tmp / "atoms.json", atoms, format="json")
             cmd = [sys.executable, "-m", "explorer.jobs", "dft", str(tmp / "atoms.json"), str(dataset), system,
                    str(tmp / "result.json"), str(tmp / "gpaw.txt")]
-            env = dict(os.environ, OMP_NUM_THREADS="1",
-                       PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            env = _child_env()
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=str(ROOT))
             job.attach_process(proc)
             proc.wait()
@@ -385,7 +384,8 @@ def train_job(state: ExplorerState, dataset: str | os.PathLike, max_epochs: int 
                        f"validation L1% {rec['val_l1']:.2f}")
 
         job.report(0.0, f"reading {dataset.name}")
-        fit(dataset, out_dir, cfg, parent=parent, on_epoch=on_epoch, on_status=on_status, should_stop=lambda: job.cancelled)
+        fit(dataset, out_dir, cfg, parent=parent, on_epoch=on_epoch, on_status=on_status,
+            should_stop=lambda: job.cancelled)
         job.check()
         return str(out_dir)
 
@@ -461,6 +461,11 @@ def sigma_map_job(state: ExplorerState, n_samples: int = INTERACTIVE_SAMPLES, sp
         state.param.update(candidates=cands, scores=scores, score_label="predicted σ total (mean, e/Å³)")
 
     return Job("map", f"σ map ({system}, step {step:g})", work, done)
+
+
+def _child_env() -> dict:
+    """Environment of a DFT child process: this checkout importable, one OpenMP thread (DESIGN.md 2)."""
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def _scf_iterations(log: Path) -> int:

@@ -194,7 +194,8 @@ def ternary_layers(elements, step: float, train=None, candidates=None, scores=No
     # (bottom: elements[1] from the left, right edge: elements[2] upwards, left edge: elements[0] downwards).
     ticks_xy, ticks_txt = [], []
     for f in (0.25, 0.5, 0.75):
-        for vec, off in (([1 - f, f, 0], (0.0, -0.035)), ([0, 1 - f, f], (0.045, 0.01)), ([f, 0, 1 - f], (-0.045, 0.01))):
+        for vec, off in (([1 - f, f, 0], (0.0, -0.035)), ([0, 1 - f, f], (0.045, 0.01)),
+                         ([f, 0, 1 - f], (-0.045, 0.01))):
             p = barycentric_to_cartesian(np.array(vec))
             ticks_xy.append(p + off)
             ticks_txt.append(f"{f:g}")

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import panel as pn
 import pytest
 from ase.build import bulk
