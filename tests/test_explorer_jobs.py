@@ -178,3 +178,19 @@ def test_dft_job_can_be_cancelled(explorer_model, tmp_path):
 
 def test_cancel_exception_type():
     assert issubclass(JobCancelled, Exception)
+
+
+@pytest.mark.dft
+def test_accepted_suggestions_run_dft_into_the_session_dataset(explorer_model, explorer_data):
+    from engine.store import Dataset
+
+    from explorer.jobs import dft_batch_job
+
+    s = ExplorerState(model_path=explorer_model, data_path=explorer_data, load_model=False)
+    before = Dataset(explorer_data).count()
+    jobs = JobManager(s)
+    jobs.submit(dft_batch_job(s, [[1.0, 0.0, 0.0]]))  # Si8: the quickest 8-atom cell
+    assert jobs.wait(600) == "done", s.message
+    assert "DFT done for 1/1 suggested compositions" in s.message
+    assert Dataset(s.session_dataset()).count() == before + 1
+    assert Dataset(explorer_data).count() == before  # the base dataset is left alone
