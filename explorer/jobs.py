@@ -35,6 +35,9 @@ from .state import INTERACTIVE_SAMPLES, ExplorerState, describe
 ROOT = Path(__file__).resolve().parent.parent
 
 
+KEEP = object()  # Job.report: leave the progress as it is
+
+
 class JobCancelled(Exception):
     """Raised inside a job's work when the user pressed Cancel."""
 
@@ -69,9 +72,12 @@ class Job:
         self._proc: subprocess.Popen | None = None
 
     # --- used by the work function ---------------------------------------------------
-    def report(self, progress: float | None = None, text: str | None = None) -> None:
+    def report(self, progress: float | None | object = KEEP, text: str | None = None) -> None:
+        """Progress in [0, 1] (``None``: unknown, shown as a moving bar; default: unchanged)."""
         with self._lock:
-            if progress is not None:
+            if progress is None:
+                self.progress = None
+            elif progress is not KEEP:
                 self.progress = float(min(max(progress, 0.0), 1.0))
             if text is not None:
                 self.text = text
@@ -375,7 +381,7 @@ def train_job(state: ExplorerState, dataset: str | os.PathLike, max_epochs: int 
                 i, n = int(m.group(1)), int(m.group(2))
                 job.report(0.3 * i / n, f"descriptors of configuration {i}/{n}")
             else:
-                job.report(None if not job.epochs else None, msg[:160])
+                job.report(text=msg[:160])
 
         def on_epoch(rec: dict):
             job.add_epoch(rec)
