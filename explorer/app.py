@@ -147,6 +147,7 @@ class App(pn.viewable.Viewer):
 
                 atoms = random_alloy(self.state.system, [1.0] + [0.0] * (self.state.n_species - 1), 1, seed=0)
                 self.state.compute_prediction(atoms=atoms, n_samples=2, shape=(6, 6, 6))
+                import pyvista  # noqa: F401  (the 3D view's first use then skips this import)
             except Exception:
                 pass
 
