@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from ase import Atoms
-from ase.build import bulk
 
 from .composition import CompositionError, format_composition, parse_composition
 
@@ -132,6 +131,9 @@ def random_alloy(
     least one atom of every requested species is refused with the smallest repeat that works.
     Same seed, same structure.
     """
+    # Imported here: ase.build pulls in scipy, which would slow every `rhox` start and page load.
+    from ase.build import bulk
+
     system = get_system(system) if isinstance(system, str) else system
     comp = parse_composition(composition, system.elements)
     rep = _as_repeat(repeat)

@@ -258,9 +258,18 @@ def fit(
     is polled between mini-batches (a GUI's Cancel); a stopped run saves the best model so far.
     """
     cfg = config or TrainConfig()
+    threads = torch.get_num_threads()
+    # Training uses every core; the caller's setting (an app predicting on one thread) comes back after.
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    try:
+        return _fit(dataset, out_dir, cfg, parent, resume, on_epoch, on_status, should_stop)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, on_epoch, on_status, should_stop) -> RhoxModel:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     device = resolve_device(cfg.device)
     out_dir = Path(out_dir)
     status = on_status or (lambda msg: None)
