@@ -120,6 +120,17 @@ class DFTError(RuntimeError):
     """A DFT calculation that failed or did not converge."""
 
 
+def _prepared(atoms: Atoms, settings: DFTSettings) -> Atoms:
+    """A copy of ``atoms`` with initial moments that fit the spin setting (1 μB each if none given)."""
+    work = atoms.copy()
+    work.info = dict(atoms.info)
+    if settings.spin_polarized and not work.get_initial_magnetic_moments().any():
+        work.set_initial_magnetic_moments([1.0] * len(work))
+    if not settings.spin_polarized:
+        work.set_initial_magnetic_moments(None)
+    return work
+
+
 def _gpaw_calculator(atoms: Atoms, settings: DFTSettings, txt):
     from gpaw import GPAW, PW, FermiDirac
 
@@ -147,12 +158,7 @@ def run_dft(atoms: Atoms, settings: DFTSettings | None = None, txt: str | None =
 
     if settings is None:
         settings = settings_for(atoms.info.get("system", ""))
-    work = atoms.copy()
-    work.info = dict(atoms.info)
-    if settings.spin_polarized and not work.get_initial_magnetic_moments().any():
-        work.set_initial_magnetic_moments([1.0] * len(work))
-    if not settings.spin_polarized:
-        work.set_initial_magnetic_moments(None)
+    work = _prepared(atoms, settings)
     from threadpoolctl import threadpool_limits
 
     t0 = time.perf_counter()
@@ -290,12 +296,7 @@ def superposition_density(atoms: Atoms, settings: DFTSettings) -> np.ndarray:
     """
     from threadpoolctl import threadpool_limits
 
-    work = atoms.copy()
-    work.info = {}
-    if settings.spin_polarized and not work.get_initial_magnetic_moments().any():
-        work.set_initial_magnetic_moments([1.0] * len(work))
-    if not settings.spin_polarized:
-        work.set_initial_magnetic_moments(None)
+    work = _prepared(atoms, settings)
     with threadpool_limits(limits=1):
         calc, _ = _gpaw_calculator(work, settings, None)
         calc.create_new_calculation(work)
