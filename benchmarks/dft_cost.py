@@ -22,9 +22,9 @@ REPEATS = {8: (1, 1, 1), 16: (2, 1, 1), 32: (2, 2, 1), 64: (2, 2, 2), 128: (4, 2
 
 CHILD = r"""
 import json, sys, time, resource
-from engine.dft import run_dft, settings_for, kpoint_mesh
-from engine.structures import random_alloy
-from engine.thermal import einstein_snapshots
+from rhox.engine.dft import run_dft, settings_for, kpoint_mesh
+from rhox.engine.structures import random_alloy
+from rhox.engine.thermal import einstein_snapshots
 comp, rep = sys.argv[1], tuple(int(r) for r in sys.argv[2].split(","))
 atoms = random_alloy("SiGeSn", comp, rep, seed=0)
 atoms = einstein_snapshots(atoms, 300, seed=0)[0]

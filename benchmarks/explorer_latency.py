@@ -81,7 +81,7 @@ def free_port() -> int:
 
 def serve_command(port: int, model: Path | None, data: Path | None) -> list[str]:
     rhox = Path(sys.executable).parent / "rhox"
-    cmd = [str(rhox)] if rhox.exists() else [sys.executable, "-m", "engine.cli"]
+    cmd = [str(rhox)] if rhox.exists() else [sys.executable, "-m", "rhox.engine.cli"]
     cmd += ["serve", "--host", "127.0.0.1", "--port", str(port)]
     if model:
         cmd += ["--model", str(model)]

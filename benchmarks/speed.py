@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.bnn import predict_with_uncertainty
-from engine.descriptors import DescriptorCalculator
-from engine.dft import run_dft, settings_for
-from engine.grid import grid_points, grid_shape_for_spacing
-from engine.model import load_model
-from engine.predict import predict
-from engine.structures import random_alloy
-from engine.thermal import einstein_snapshots
+from rhox.engine.bnn import predict_with_uncertainty
+from rhox.engine.descriptors import DescriptorCalculator
+from rhox.engine.dft import run_dft, settings_for
+from rhox.engine.grid import grid_points, grid_shape_for_spacing
+from rhox.engine.model import load_model
+from rhox.engine.predict import predict
+from rhox.engine.structures import random_alloy
+from rhox.engine.thermal import einstein_snapshots
 
 HERE = Path(__file__).resolve().parent
 

@@ -30,24 +30,16 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def user_errors(fn):
-    """Turn the library's input errors into one line and exit code 2."""
+    """Turn rhox's own errors (and missing files) into one line and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .composition import CompositionError
-        from .store import DatasetError
+        from .errors import RhoxError, one_line
 
-        errors: tuple = (CompositionError, DatasetError, FileNotFoundError)
-        try:
-            from .model import ModelError
-
-            errors += (ModelError,)
-        except ImportError:  # pragma: no cover
-            pass
         try:
             return fn(*args, **kwargs)
-        except errors as err:
-            fail(str(err).strip('"'))
+        except (RhoxError, FileNotFoundError) as err:
+            fail(one_line(err))
 
     return wrapper
 
@@ -331,11 +323,11 @@ def predict(
     from .io import write_cube, write_vtk
     from .model import load_model
     from .predict import predict as run_predict
+    from .structures import require_periodic
     from .training import resolve_device
 
     atoms = _read_structures([str(structure)])[index][1]
-    if not atoms.pbc.all() or atoms.cell.rank < 3:
-        fail(f"{structure}: structure must be periodic in 3D with a full cell")
+    require_periodic(atoms, str(structure))
     model = load_model(model_dir, resolve_device(device))
     t0 = time.perf_counter()
     fields = run_predict(model, atoms, spacing=spacing, n_samples=samples, allow_foreign=allow_foreign)
@@ -361,7 +353,10 @@ def serve(
     data: Optional[Path] = typer.Option(None, help="Dataset (default: the bundled one)."),
 ):
     """Start the explorer with `panel serve`, bound to 127.0.0.1 unless told otherwise."""
-    app_file = Path(__file__).resolve().parent.parent / "explorer" / "app.py"
+    import importlib.util
+
+    # Locate (not import) the explorer's script: panel serve runs it once per browser session.
+    app_file = Path(importlib.util.find_spec("rhox.explorer.app").origin)
     env = dict(os.environ)
     if model:
         env["RHOX_MODEL"] = str(model.resolve())

@@ -14,12 +14,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from ase.data import chemical_symbols
 
+from .errors import InputError
+
 SUM_TOLERANCE = 1e-6
 
 _TERM = re.compile(r"([A-Z][a-z]?)(-?\d*\.?\d*(?:[eE][-+]?\d+)?)")
 
 
-class CompositionError(ValueError):
+class CompositionError(InputError):
     """A composition that is not a point of the alloy's simplex (bad sum, negative, unknown element...)."""
 
 

@@ -49,14 +49,14 @@ import torch
 from ase import Atoms
 from scipy.spatial import cKDTree
 
-from engine.elements import (
+from .elements import (
     ATTRIBUTE_NAMES,
     UnknownElementError,
     check_attribute_names,
     species_attributes,
     symbol_of,
 )
-from engine.grid import grid_points
+from .grid import grid_points
 
 KINDS = ("frame", "atom")
 DEFAULT_NEIGHBOURS = {"frame": 12, "atom": 6}

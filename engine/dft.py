@@ -30,6 +30,7 @@ import numpy as np
 from ase import Atoms
 
 from . import keys
+from .errors import DFTError  # noqa: F401  (re-exported: engine.dft.DFTError)
 
 @dataclass(frozen=True)
 class DFTSettings:
@@ -114,10 +115,6 @@ class DensitySample:
     def integrate(self) -> float:
         """∫ρ dV (electrons) of the stored field by the grid sum."""
         return float(self.total_density.sum() * self.atoms.get_volume() / np.prod(self.grid_shape))
-
-
-class DFTError(RuntimeError):
-    """A DFT calculation that failed or did not converge."""
 
 
 def _prepared(atoms: Atoms, settings: DFTSettings) -> Atoms:
@@ -243,7 +240,7 @@ def run_dft_mpi(atoms: Atoms, settings: DFTSettings, ranks: int = 2, txt: str | 
         env = dict(os.environ, GPAW_MPI_BACKEND="mpi4py", OMP_NUM_THREADS="1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        cmd = [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "engine.dft", str(tmp)]
+        cmd = [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "rhox.engine.dft", str(tmp)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not (tmp / "out.npz").exists():
             err = (tmp / "error.txt").read_text() if (tmp / "error.txt").exists() else proc.stderr[-2000:]

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols, covalent_radii
 
+from .errors import InputError
+
 ATTRIBUTE_NAMES: tuple[str, ...] = ("Z", "valence", "electronegativity", "covalent_radius")
 
 # symbol: (group valence, Pauling electronegativity)
@@ -48,7 +50,7 @@ _TABLE: dict[str, tuple[int, float]] = {
 }
 
 
-class UnknownElementError(KeyError):
+class UnknownElementError(InputError, KeyError):
     """An element that rhox has no attributes for (or that a descriptor was not set up for)."""
 
     def __str__(self) -> str:

@@ -21,7 +21,7 @@ from . import keys
 from .composition import CompositionError, format_composition, parse_composition, round_composition
 from .dft import DFTError, DFTSettings, run_dft, run_dft_mpi, settings_for
 from .store import Dataset
-from .structures import add_antisites, add_vacancies, get_system, infer_system, random_alloy
+from .structures import add_antisites, add_vacancies, get_system, infer_system, random_alloy, require_periodic
 from .thermal import check_temperature, thermalize
 
 
@@ -127,8 +127,7 @@ def plan_structures(atoms_list: Iterable[tuple[str, Atoms]], settings: DFTSettin
     """Work items for user-supplied structures ``(name, atoms)``; the system is inferred from species."""
     tasks = []
     for name, atoms in atoms_list:
-        if not atoms.pbc.all() or atoms.cell.rank < 3:
-            raise CompositionError(f"{name}: structure must be periodic in 3D with a full cell")
+        require_periodic(atoms, name)
         system = get_system(system_name) if system_name else infer_system(atoms.get_chemical_symbols())
         unknown = set(atoms.get_chemical_symbols()) - set(system.elements)
         if unknown:

@@ -39,3 +39,8 @@ MODEL_CONFIG = "config.json"
 MODEL_WEIGHTS = "weights.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint.json"
+
+# --- environment variables -------------------------------------------------------------------
+ENV_MODEL = "RHOX_MODEL"       # model directory used by default (rhox serve --model sets it)
+ENV_DATA = "RHOX_DATA"         # dataset used by default in the explorer (rhox serve --data)
+ENV_WORKDIR = "RHOX_WORKDIR"   # where explorer sessions keep their files (default: temp dir)

@@ -19,14 +19,12 @@ import numpy as np
 import torch
 
 from . import keys
+from .bundled import default_model_dir
+from .errors import ModelError  # noqa: F401  (re-exported)
 from .bnn import DensityNet, NetConfig
 from .descriptors import DescriptorSettings
 
 FORMAT_VERSION = 1
-
-
-class ModelError(RuntimeError):
-    """A model directory that is missing, corrupt, or does not fit the request."""
 
 
 @dataclass
@@ -64,14 +62,6 @@ class RhoxModel:
         mean = torch.as_tensor(self.x_mean, dtype=x.dtype, device=x.device)
         std = torch.as_tensor(self.x_std, dtype=x.dtype, device=x.device)
         return (x - mean) / std
-
-
-def default_model_dir() -> Path:
-    """The bundled SiGeSn model (``assets/model``), or ``$RHOX_MODEL`` when set."""
-    env = os.environ.get("RHOX_MODEL")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "assets" / "model"
 
 
 def save_model(model: RhoxModel, directory: str | os.PathLike) -> Path:

@@ -20,6 +20,7 @@ from .bnn import predict_with_uncertainty
 from .descriptors import DescriptorCalculator
 from .grid import grid_points, grid_shape_for_spacing, iter_blocks
 from .model import ModelError, RhoxModel
+from .structures import require_periodic
 
 
 @dataclass
@@ -79,8 +80,7 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
     net = model.net if network == "bnn" else model.baseline
     if net is None:
         raise ModelError("this model has no deterministic baseline network")
-    if not atoms.pbc.all() or atoms.cell.rank < 3:
-        raise ModelError("prediction needs a structure periodic in 3D with a full cell")
+    require_periodic(atoms)
     net.eval()
     weight_sets = net.sample_weight_sets(n_samples, seed)
     calc = DescriptorCalculator(atoms, model.descriptor, device=model.device)

@@ -24,13 +24,10 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from . import keys
+from .errors import DatasetError  # noqa: F401  (re-exported)
 from .dft import DensitySample
 
 STALE_AFTER_S = 300.0  # a reservation without status this old is from a dead worker
-
-
-class DatasetError(RuntimeError):
-    """A dataset file that cannot be used (missing, unreadable, corrupt, empty)."""
 
 
 @dataclass(frozen=True)

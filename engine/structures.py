@@ -16,6 +16,7 @@ import numpy as np
 from ase import Atoms
 
 from .composition import CompositionError, format_composition, parse_composition
+from .errors import InputError
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,16 @@ SYSTEMS: dict[str, AlloySystem] = {
     ),
     "Al": AlloySystem("Al", "fcc", ("Al",), {"Al": 4.05}),
 }
+
+
+def require_periodic(atoms: Atoms, name: str = "structure") -> None:
+    """Refuse (:class:`InputError`) a structure that is not periodic in 3D with a full cell.
+
+    rhox's grids, descriptors and DFT settings all assume a 3D-periodic crystal.
+    """
+    if not atoms.pbc.all() or atoms.cell.rank < 3:
+        raise InputError(f"{name}: the structure must be periodic in 3D with a full cell "
+                         f"(pbc={atoms.pbc.tolist()}, cell rank {atoms.cell.rank})")
 
 
 def get_system(name: str) -> AlloySystem:

@@ -2,7 +2,7 @@
 
 Served with ``rhox serve`` / ``make app`` (``panel serve explorer/app.py``): each browser session
 runs this script and gets its own :class:`App` (its own state, scene and jobs). In Jupyter,
-``from explorer import App; App()`` displays the same components inline.
+``from rhox.explorer import App; App()`` displays the same components inline.
 
 Environment: ``RHOX_MODEL`` (model directory, default ``assets/model``), ``RHOX_DATA`` (dataset,
 default ``assets/sigesn_train.db``; DFT results go to a per-session copy), ``RHOX_WORKDIR``
@@ -22,10 +22,10 @@ import panel as pn
 import param
 from panel.theme.fast import Fast
 
-from explorer.jobs import JobManager, active_job, dft_batch_job, dft_job, sigma_map_job, train_job
-from explorer.scene import SceneView
-from explorer.simplex import TRI_FRAME_HEIGHT, CompositionPicker
-from explorer.state import FIELD_LABELS, STEPS, ExplorerState, describe
+from rhox.explorer.jobs import JobManager, active_job, dft_batch_job, dft_job, sigma_map_job, train_job
+from rhox.explorer.scene import SceneView
+from rhox.explorer.simplex import TRI_FRAME_HEIGHT, CompositionPicker
+from rhox.explorer.state import FIELD_LABELS, STEPS, ExplorerState, describe
 
 pn.extension("vtk", notifications=False, design="native")
 
@@ -143,7 +143,7 @@ class App(pn.viewable.Viewer):
                 return
             # Warm up (first call pays one-off costs) so the first real prediction is quick.
             try:
-                from engine.structures import random_alloy
+                from rhox.engine.structures import random_alloy
 
                 atoms = random_alloy(self.state.system, [1.0] + [0.0] * (self.state.n_species - 1), 1, seed=0)
                 self.state.compute_prediction(atoms=atoms, n_samples=2, shape=(6, 6, 6))
@@ -346,7 +346,7 @@ class App(pn.viewable.Viewer):
             self._loss.objects = [pn.pane.HoloViews(plot, sizing_mode="stretch_width", height=230)]
 
     def _loss_plot(self, history):
-        from explorer.simplex import _hv
+        from rhox.explorer.simplex import _hv
 
         hv = _hv()
 

@@ -9,7 +9,7 @@ finished jobs update the views (new model, DFT density for the difference map, s
 compositions) from that thread too.
 
 GPAW cannot be interrupted from inside, so Compute DFT runs in a child process
-(``python -m explorer.jobs dft ...``) that Cancel terminates; training and acquisition run in
+(``python -m rhox.explorer.jobs dft ...``) that Cancel terminates; training and acquisition run in
 threads and stop through ``should_stop`` / a progress callback that raises :class:`JobCancelled`.
 One job at a time per session.
 """
@@ -32,7 +32,6 @@ import param
 
 from .state import INTERACTIVE_SAMPLES, ExplorerState, describe
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 KEEP = object()  # Job.report: leave the progress as it is
@@ -259,7 +258,7 @@ def dft_job(state: ExplorerState, n_samples: int = INTERACTIVE_SAMPLES) -> Job:
     dataset = state.session_dataset()
 
     def work(job: Job):
-        from engine.store import Dataset
+        from rhox.engine.store import Dataset
 
         job.report(None, f"GPAW on {atoms.get_chemical_formula()} ({len(atoms)} atoms)")
         tmp = Path(tempfile.mkdtemp(prefix="rhox-dft-", dir=state.workdir))
@@ -268,11 +267,11 @@ def dft_job(state: ExplorerState, n_samples: int = INTERACTIVE_SAMPLES) -> Job:
         write(tmp / "atoms.json", atoms, format="json")
         out = tmp / "result.json"
         log = tmp / "gpaw.txt"
-        cmd = [sys.executable, "-m", "explorer.jobs", "dft", str(tmp / "atoms.json"), str(dataset), system,
+        cmd = [sys.executable, "-m", "rhox.explorer.jobs", "dft", str(tmp / "atoms.json"), str(dataset), system,
                str(out), str(log)]
         env = _child_env()
         with open(tmp / "stderr.txt", "w") as err_fh:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_fh, env=env, cwd=str(ROOT))
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_fh, env=env)
             job.attach_process(proc)
             while proc.poll() is None:
                 time.sleep(0.3)
@@ -318,7 +317,7 @@ def dft_job(state: ExplorerState, n_samples: int = INTERACTIVE_SAMPLES) -> Job:
 def dft_batch_job(state: ExplorerState, compositions: list, seed: int = 0) -> Job:
     """Accepted active-learning suggestions: one random configuration per composition, DFT into the
     session dataset (ready for Train)."""
-    from engine.structures import random_alloy
+    from rhox.engine.structures import random_alloy
 
     if not compositions:
         raise ValueError("No suggested compositions to run.")
@@ -337,10 +336,10 @@ def dft_batch_job(state: ExplorerState, compositions: list, seed: int = 0) -> Jo
             from ase.io import write
 
             write(tmp / "atoms.json", atoms, format="json")
-            cmd = [sys.executable, "-m", "explorer.jobs", "dft", str(tmp / "atoms.json"), str(dataset), system,
+            cmd = [sys.executable, "-m", "rhox.explorer.jobs", "dft", str(tmp / "atoms.json"), str(dataset), system,
                    str(tmp / "result.json"), str(tmp / "gpaw.txt")]
             env = _child_env()
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=str(ROOT))
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
             job.attach_process(proc)
             proc.wait()
             job.check()
@@ -364,7 +363,7 @@ def train_job(state: ExplorerState, dataset: str | os.PathLike, max_epochs: int 
 
     The new model goes to the session's work directory and becomes the session's model.
     """
-    from engine.training import TrainConfig
+    from rhox.engine.training import TrainConfig
 
     dataset = Path(dataset)
     parent = state.model_path if (fine_tune and state.model_info is not None) else None
@@ -372,7 +371,7 @@ def train_job(state: ExplorerState, dataset: str | os.PathLike, max_epochs: int 
     cfg = TrainConfig(max_epochs=int(max_epochs), baseline=False, **(config or {}))
 
     def work(job: Job):
-        from engine.training import fit
+        from rhox.engine.training import fit
 
         def on_status(msg: str):
             job.check()
@@ -410,7 +409,7 @@ def active_job(state: ExplorerState, k: int = 3, n_samples: int = INTERACTIVE_SA
     exclude = [list(v) for v in np.asarray(state.train_compositions)]
 
     def work(job: Job):
-        from engine.active import suggest
+        from rhox.engine.active import suggest
 
         from .state import interactive_threads
 
@@ -438,14 +437,14 @@ def active_job(state: ExplorerState, k: int = 3, n_samples: int = INTERACTIVE_SA
 
 def sigma_map_job(state: ExplorerState, n_samples: int = INTERACTIVE_SAMPLES, spacing: float = 0.45) -> Job:
     """Mean predicted total σ at each composition of the simplex grid (colours the picker)."""
-    from engine.composition import simplex_grid
+    from rhox.engine.composition import simplex_grid
 
     system, step = state.system, max(state.step, 0.0625)
     cands = simplex_grid(state.n_species, int(round(1 / step)))
 
     def work(job: Job):
-        from engine.predict import predict
-        from engine.structures import random_alloy
+        from rhox.engine.predict import predict
+        from rhox.engine.structures import random_alloy
 
         from .state import interactive_threads
 
@@ -471,7 +470,7 @@ def sigma_map_job(state: ExplorerState, n_samples: int = INTERACTIVE_SAMPLES, sp
 
 def _child_env() -> dict:
     """Environment of a DFT child process: this checkout importable, one OpenMP thread (DESIGN.md 2)."""
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return dict(os.environ, OMP_NUM_THREADS="1")
 
 
 def _scf_iterations(log: Path) -> int:
@@ -487,7 +486,7 @@ def _scf_iterations(log: Path) -> int:
 def _dft_main(atoms_path: str, dataset: str, system: str, out: str, log: str) -> int:
     from ase.io import read
 
-    from engine.generate import plan_structures, run_task
+    from rhox.engine.generate import plan_structures, run_task
 
     atoms = read(atoms_path, format="json")
     try:
@@ -502,5 +501,5 @@ def _dft_main(atoms_path: str, dataset: str, system: str, out: str, log: str) ->
 if __name__ == "__main__":  # pragma: no cover - run as a child process
     if len(sys.argv) == 7 and sys.argv[1] == "dft":
         sys.exit(_dft_main(*sys.argv[2:]))
-    print("usage: python -m explorer.jobs dft ATOMS.json DATASET SYSTEM OUT.json LOG.txt", file=sys.stderr)
+    print("usage: python -m rhox.explorer.jobs dft ATOMS.json DATASET SYSTEM OUT.json LOG.txt", file=sys.stderr)
     sys.exit(2)

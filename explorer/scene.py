@@ -145,7 +145,7 @@ def build_scene(plotter, atoms, fields: dict[str, np.ndarray], opts: SceneOption
 
     Returns what was drawn: ``{"iso_points", "iso_level", "slice_field", "clims"}``.
     """
-    from engine.io import to_pyvista
+    from rhox.engine.io import to_pyvista
 
     plotter.clear_actors() if hasattr(plotter, "clear_actors") else plotter.clear()
     plotter.set_background(BACKGROUND)
@@ -245,7 +245,7 @@ def slice_png(atoms, fields: dict[str, np.ndarray], opts: SceneOptions) -> bytes
 
 
 def cube_bytes(atoms, field: np.ndarray) -> bytes:
-    from engine.io import write_cube
+    from rhox.engine.io import write_cube
 
     with tempfile.TemporaryDirectory(prefix="rhox-export-") as tmp:
         p = write_cube(Path(tmp) / "field.cube", atoms, field)
@@ -253,7 +253,7 @@ def cube_bytes(atoms, field: np.ndarray) -> bytes:
 
 
 def vtk_bytes(atoms, fields: dict[str, np.ndarray]) -> tuple[bytes, str]:
-    from engine.io import write_vtk
+    from rhox.engine.io import write_vtk
 
     with tempfile.TemporaryDirectory(prefix="rhox-export-") as tmp:
         p = write_vtk(Path(tmp) / "fields", atoms, fields)

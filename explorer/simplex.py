@@ -14,7 +14,7 @@ import numpy as np
 import panel as pn
 import param
 
-from engine.composition import barycentric_to_cartesian, simplex_grid, simplex_vertices
+from rhox.engine.composition import barycentric_to_cartesian, simplex_grid, simplex_vertices
 
 from .state import ExplorerState
 from .state import describe as _describe

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import param
 
-from engine.composition import (
+from rhox.engine.composition import (
     CompositionError,
     as_vector,
     barycentric_to_cartesian,
@@ -32,12 +32,11 @@ from engine.composition import (
     parse_composition,
     snap_to_grid,
 )
-from engine.structures import SYSTEMS, get_system
+from rhox.engine.errors import InputError, one_line
+from rhox.engine.structures import SYSTEMS, get_system, require_periodic
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV_MODEL = "RHOX_MODEL"
-ENV_DATA = "RHOX_DATA"
-ENV_WORKDIR = "RHOX_WORKDIR"
+from rhox.engine.bundled import default_data_path, default_model_dir  # noqa: F401
+from rhox.engine.keys import ENV_WORKDIR
 
 #: Weight samples S for interactive predictions (the CLI default is 20; 10 halves the time).
 INTERACTIVE_SAMPLES = 10
@@ -53,18 +52,6 @@ FIELD_LABELS = {
 #: Alloy systems the picker offers (2 to 4 species).
 PICKABLE_SYSTEMS = [name for name, s in SYSTEMS.items() if 2 <= s.n_species <= 4]
 STEPS = [0.5, 0.25, 0.125, 0.1, 0.0625, 0.05, 0.025]
-
-
-def default_model_dir() -> Path:
-    """``$RHOX_MODEL`` (set by ``rhox serve --model``) or the bundled ``assets/model``."""
-    env = os.environ.get(ENV_MODEL)
-    return Path(env) if env else ROOT / "assets" / "model"
-
-
-def default_data_path() -> Path:
-    """``$RHOX_DATA`` (set by ``rhox serve --data``) or the bundled ``assets/sigesn_train.db``."""
-    env = os.environ.get(ENV_DATA)
-    return Path(env) if env else ROOT / "assets" / "sigesn_train.db"
 
 
 def session_workdir() -> Path:
@@ -145,7 +132,7 @@ _MODEL_LOCK = threading.Lock()
 
 def load_model_cached(path: str | os.PathLike):
     """Load a model once per process (keyed by path and modification time); read-only use only."""
-    from engine.model import load_model
+    from rhox.engine.model import load_model
 
     path = Path(path).resolve()
     cfg = path / "config.json"
@@ -419,8 +406,8 @@ class ExplorerState(param.Parameterized):
     # --- structures -----------------------------------------------------------------------
     def build_structure(self) -> bool:
         """A random configuration at the picked composition (repeat, temperature, seed, vacancies)."""
-        from engine.structures import add_vacancies, random_alloy
-        from engine.thermal import einstein_snapshots
+        from rhox.engine.structures import add_vacancies, random_alloy
+        from rhox.engine.thermal import einstein_snapshots
 
         if self.picked is None:
             self.notify("Pick a composition first (click the triangle or type one).", "warning")
@@ -469,9 +456,10 @@ class ExplorerState(param.Parameterized):
         if len(atoms) == 0:
             self.notify(f"{name}: the file has no atoms", "danger")
             return False
-        if not atoms.pbc.all() or atoms.cell.rank < 3:
-            self.notify(f"{name}: the structure must be periodic in 3D with a full cell "
-                        f"(pbc={atoms.pbc.tolist()}, cell rank {atoms.cell.rank})", "danger")
+        try:
+            require_periodic(atoms, name)
+        except InputError as err:
+            self.notify(one_line(err), "danger")
             return False
         syms = atoms.get_chemical_symbols()
         foreign = sorted(set(syms) - set(self.elements))
@@ -495,8 +483,8 @@ class ExplorerState(param.Parameterized):
         Raises ``ValueError`` with a readable reason (no model, foreign species...). Safe to
         call from a worker thread: it does not touch the state.
         """
-        from engine.model import ModelError
-        from engine.predict import predict
+        from rhox.engine.model import ModelError
+        from rhox.engine.predict import predict
 
         atoms = atoms if atoms is not None else self.structure
         if atoms is None:

@@ -21,7 +21,7 @@ def output_dir() -> Path:
 @pytest.fixture
 def tiny_settings():
     """Si2-scale GPAW settings: LDA, 200 eV, Γ-centred 2x2x2 (about 1 s here)."""
-    from engine.dft import DFTSettings
+    from rhox.engine.dft import DFTSettings
 
     return DFTSettings(ecut=200.0, xc="LDA", kpts=(2, 2, 2), smearing=0.1)
 
@@ -36,7 +36,7 @@ def si2():
 
 
 def rhox_cmd() -> list[str]:
-    return [sys.executable, "-m", "engine.cli"]
+    return [sys.executable, "-m", "rhox.engine.cli"]
 
 
 def subprocess_env() -> dict:
@@ -46,13 +46,43 @@ def subprocess_env() -> dict:
     return env
 
 
+def tree_digest(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file below ``root`` (to show that nothing was written)."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def assert_refused(args: list[str], cwd: Path, *words: str, timeout: float = 120) -> str:
+    """Run ``rhox ARGS`` in ``cwd`` as a user would; assert it refuses cleanly and return the line.
+
+    Refusing cleanly means: exit code 2, one line on stderr starting ``error:`` that contains each
+    of ``words`` (case-insensitive), no traceback, and no file below ``cwd`` created or changed.
+    """
+    import subprocess
+
+    before = tree_digest(cwd)
+    proc = subprocess.run(rhox_cmd() + [str(a) for a in args], cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, f"exit {proc.returncode} for {args}: {err}\n{proc.stdout}"
+    assert "Traceback" not in err + proc.stdout, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), f"not one error line for {args}: {err!r}"
+    for w in words:
+        assert w.lower() in lines[0].lower(), f"{w!r} not in {lines[0]!r}"
+    assert tree_digest(cwd) == before, f"{args} changed files below {cwd}"
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A real GPAW dataset of 6 two-atom SiGe cells (LDA, 200 eV, ~1 s each), rattled."""
     from ase.build import bulk
 
-    from engine.dft import DFTSettings
-    from engine.generate import plan_structures, run_task
+    from rhox.engine.dft import DFTSettings
+    from rhox.engine.generate import plan_structures, run_task
 
     settings = DFTSettings(ecut=200.0, xc="LDA", kpts=(2, 2, 2), smearing=0.1)
     path = tmp_path_factory.mktemp("data") / "tiny.db"
@@ -71,7 +101,7 @@ def tiny_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_dataset, tmp_path_factory):
     """A small BNN (and baseline) trained on :func:`tiny_dataset` in a few seconds."""
-    from engine.training import TrainConfig, fit
+    from rhox.engine.training import TrainConfig, fit
 
     out = tmp_path_factory.mktemp("models") / "tiny"
     cfg = TrainConfig(hidden=(32, 32), max_epochs=12, batch_size=512, learning_rate=3e-3, seed=0,
@@ -86,7 +116,7 @@ def _copy_rows(src: Path, dst: Path, min_rows: int = 4) -> None:
     """Copy finished rows of a dataset into a new one until every species appears (>= min_rows)."""
     import ase.db
 
-    from engine import keys
+    from rhox.engine import keys
 
     source = ase.db.connect(str(src))
     target = ase.db.connect(str(dst), type="db", append=True)
@@ -123,8 +153,8 @@ def explorer_data(tmp_path_factory) -> Path:
             path.unlink(missing_ok=True)
     from ase.build import bulk
 
-    from engine.dft import DFTSettings
-    from engine.generate import plan_structures, run_task
+    from rhox.engine.dft import DFTSettings
+    from rhox.engine.generate import plan_structures, run_task
 
     settings = DFTSettings(ecut=200.0, xc="LDA", kpts=(2, 2, 2), smearing=0.1)
     cells = []
@@ -148,7 +178,7 @@ def explorer_model(explorer_data, tmp_path_factory) -> Path:
     env = os.environ.get("RHOX_MODEL")
     if env:
         return Path(env)
-    from engine.training import TrainConfig, fit
+    from rhox.engine.training import TrainConfig, fit
 
     out = tmp_path_factory.mktemp("explorer_models") / "tiny"
     fit(explorer_data, out, TrainConfig(hidden=(32, 32), max_epochs=2, batch_size=2048, baseline=False,

@@ -1,6 +1,6 @@
 import torch
 
-from engine.bnn import BayesLinear, DensityNet, NetConfig, predict_with_uncertainty
+from rhox.engine.bnn import BayesLinear, DensityNet, NetConfig, predict_with_uncertainty
 
 
 def test_local_reparameterisation_matches_weight_sampling_statistics():

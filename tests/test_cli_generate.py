@@ -2,7 +2,7 @@
 import pytest
 from typer.testing import CliRunner
 
-from engine.cli import app
+from rhox.engine.cli import app
 
 runner = CliRunner()
 

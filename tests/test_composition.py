@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from engine.composition import (
+from rhox.engine.composition import (
     CompositionError, barycentric_to_cartesian, cartesian_to_barycentric, composition_list,
     format_composition, parse_composition, simplex_grid, snap_to_grid, tessellation,
 )
@@ -60,7 +60,7 @@ def test_grid_tessellation_and_snap():
 
 
 def test_random_compositions_survive_rounding_to_text():
-    from engine.composition import round_composition
+    from rhox.engine.composition import round_composition
 
     for row in composition_list("random:200", ELS, seed=2):
         text = format_composition(round_composition(row, 6), digits=6)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from ase.neighborlist import neighbor_list
 
-from engine.descriptors import DescriptorCalculator
-from engine.model import default_model_dir, load_model
-from engine.structures import random_alloy
+from rhox.engine.descriptors import DescriptorCalculator
+from rhox.engine.model import default_model_dir, load_model
+from rhox.engine.structures import random_alloy
 
 pytestmark = pytest.mark.skipif(not (default_model_dir() / "config.json").exists(),
                                 reason="bundled model assets/model not built (make assets)")

@@ -6,7 +6,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 
-from engine.descriptors import (
+from rhox.engine.descriptors import (
     DescriptorCalculator,
     DescriptorSettings,
     compute_descriptors,
@@ -15,9 +15,9 @@ from engine.descriptors import (
     feature_names,
     periodic_neighbors,
 )
-from engine.elements import UnknownElementError, species_attributes
-from engine.grid import grid_points
-from engine.invariance import (
+from rhox.engine.elements import UnknownElementError, species_attributes
+from rhox.engine.grid import grid_points
+from rhox.engine.invariance import (
     assert_invariant,
     assert_periodic_image_invariant,
     assert_permutation_invariant,

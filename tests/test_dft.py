@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from engine.dft import DFTError, DFTSettings, kpoint_mesh, run_dft, settings_for
-from engine.store import Dataset
+from rhox.engine.dft import DFTError, DFTSettings, kpoint_mesh, run_dft, settings_for
+from rhox.engine.store import Dataset
 
 pytestmark = pytest.mark.dft
 
@@ -38,7 +38,7 @@ def test_unconverged_calculation_raises_with_reason(si2, tiny_settings):
 
 
 def test_default_settings_and_kpoints():
-    from engine.structures import random_alloy
+    from rhox.engine.structures import random_alloy
 
     small = random_alloy("SiGeSn", "Si0.5Ge0.5", 1, seed=0)
     big = random_alloy("SiGeSn", "Si0.5Ge0.5", 2, seed=0)
@@ -50,7 +50,7 @@ def test_default_settings_and_kpoints():
 
 
 def test_mpi_run_matches_serial(si2, tiny_settings):
-    from engine.dft import mpi_available, run_dft_mpi
+    from rhox.engine.dft import mpi_available, run_dft_mpi
 
     if not mpi_available():
         pytest.skip("no mpiexec + mpi4py here (pip install rhox[mpi]); serial fallback tested below")
@@ -63,7 +63,7 @@ def test_mpi_run_matches_serial(si2, tiny_settings):
 
 
 def test_mpi_falls_back_to_serial_with_one_rank(si2, tiny_settings):
-    from engine.dft import run_dft_mpi
+    from rhox.engine.dft import run_dft_mpi
 
     s = run_dft_mpi(si2, tiny_settings, ranks=1)
     assert s.provenance["mpi_ranks"] == 1

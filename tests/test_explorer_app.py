@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _app(**kw):
-    from explorer import App
+    from rhox.explorer import App
 
     return App(poll=False, **kw)
 

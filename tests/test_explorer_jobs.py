@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from explorer.jobs import Job, JobCancelled, JobManager, active_job, dft_job, sigma_map_job, train_job
-from explorer.state import ExplorerState
+from rhox.explorer.jobs import Job, JobCancelled, JobManager, active_job, dft_job, sigma_map_job, train_job
+from rhox.explorer.state import ExplorerState
 
 
 @pytest.fixture
@@ -155,7 +155,7 @@ def test_dft_job_gives_the_difference_map(explorer_model, explorer_data, tmp_pat
     assert s.dft["density"].shape == s.fields.mean.shape
     assert s.slice_field == "difference"
     assert "L1%" in s.message
-    from engine.store import Dataset
+    from rhox.engine.store import Dataset
 
     assert Dataset(s.session_dataset()).count() > Dataset(explorer_data).count()
 
@@ -182,9 +182,9 @@ def test_cancel_exception_type():
 
 @pytest.mark.dft
 def test_accepted_suggestions_run_dft_into_the_session_dataset(explorer_model, explorer_data):
-    from engine.store import Dataset
+    from rhox.engine.store import Dataset
 
-    from explorer.jobs import dft_batch_job
+    from rhox.explorer.jobs import dft_batch_job
 
     s = ExplorerState(model_path=explorer_model, data_path=explorer_data, load_model=False)
     before = Dataset(explorer_data).count()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from explorer.scene import (
+from rhox.explorer.scene import (
     SceneOptions,
     SceneView,
     build_scene,
@@ -123,7 +123,7 @@ def test_png_is_not_blank_and_fallback_works(fields):
 
 
 def test_cube_and_vtk_exports(fields, tmp_path):
-    from engine.io import read_cube
+    from rhox.engine.io import read_cube
 
     data = cube_bytes(fields.atoms, fields.mean)
     p = tmp_path / "x.cube"
@@ -139,7 +139,7 @@ def test_cube_and_vtk_exports(fields, tmp_path):
 
 
 def test_scene_view_follows_the_state(fields, tmp_path):
-    from explorer.state import ExplorerState
+    from rhox.explorer.state import ExplorerState
 
     s = ExplorerState(model_path=tmp_path / "none", load_model=False)
     view = SceneView(s, width=300, height=240)

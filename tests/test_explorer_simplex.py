@@ -5,8 +5,8 @@ import numpy as np
 import panel as pn
 import pytest
 
-from engine.composition import barycentric_to_cartesian, cartesian_to_barycentric, simplex_grid
-from explorer.simplex import (
+from rhox.engine.composition import barycentric_to_cartesian, cartesian_to_barycentric, simplex_grid
+from rhox.explorer.simplex import (
     CompositionPicker,
     QuaternaryPicker,
     TernaryPicker,
@@ -17,7 +17,7 @@ from explorer.simplex import (
     tetra_layers,
     triangle_grid_lines,
 )
-from explorer.state import ExplorerState
+from rhox.explorer.state import ExplorerState
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 from ase.build import bulk
 from ase.io import write
 
-from engine.composition import barycentric_to_cartesian
-from explorer.state import ExplorerState, compositions_to_vectors, read_model_info
+from rhox.engine.composition import barycentric_to_cartesian
+from rhox.explorer.state import ExplorerState, compositions_to_vectors, read_model_info
 
 
 def _xyz_bytes(atoms, fmt="extxyz") -> bytes:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from engine.grid import grid_fractional, grid_points, grid_shape_for_spacing, iter_blocks
+from rhox.engine.grid import grid_fractional, grid_points, grid_shape_for_spacing, iter_blocks
 
 SKEWED = np.array([[4.0, 0.0, 0.0], [1.3, 3.7, 0.0], [0.4, -0.9, 5.1]])
 

@@ -12,9 +12,9 @@ from ase.build import bulk
 from ase.io import write
 
 from conftest import rhox_cmd, subprocess_env
-from engine.generate import plan_structures, run_task
-from engine.store import Dataset, DatasetError
-from engine.dft import DFTSettings
+from rhox.engine.generate import plan_structures, run_task
+from rhox.engine.store import Dataset, DatasetError
+from rhox.engine.dft import DFTSettings
 
 TINY = DFTSettings(ecut=150.0, xc="LDA", kpts=(1, 1, 1), smearing=0.1)
 
@@ -147,7 +147,7 @@ def test_generate_with_dask_workers(tmp_path):
 
 
 def test_task_keys_unique_and_never_numeric():
-    from engine.generate import Task
+    from rhox.engine.generate import Task
 
     keys_ = {Task("SiGeSn", f"Si{i / 2000:g}Ge{1 - i / 2000:g}", sample=i).key() for i in range(2000)}
     assert len(keys_) == 2000
@@ -160,7 +160,7 @@ def test_task_keys_unique_and_never_numeric():
 def test_generate_on_an_existing_dask_scheduler(tmp_path):
     from dask.distributed import LocalCluster
 
-    from engine.generate import execute
+    from rhox.engine.generate import execute
 
     tasks = plan_structures(_si2_variants(2), TINY)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,

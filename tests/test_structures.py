@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from engine.composition import CompositionError
-from engine.structures import (
+from rhox.engine.composition import CompositionError
+from rhox.engine.structures import (
     SYSTEMS, add_antisites, add_vacancies, get_system, infer_system, random_alloy, vegard_lattice_constant,
 )
 

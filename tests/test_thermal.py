@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from engine.composition import CompositionError
-from engine.structures import random_alloy
-from engine.thermal import einstein_rms_displacement, einstein_snapshots, md_snapshots, mean_square_displacement
+from rhox.engine.composition import CompositionError
+from rhox.engine.structures import random_alloy
+from rhox.engine.thermal import einstein_rms_displacement, einstein_snapshots, md_snapshots, mean_square_displacement
 
 
 def test_einstein_amplitude_grows_with_temperature_and_lighter_atoms():

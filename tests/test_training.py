@@ -8,11 +8,11 @@ import torch
 from ase.build import bulk
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.model import ModelError, load_model
-from engine.predict import predict
-from engine.store import Dataset, DatasetError
-from engine.training import TrainConfig, fit, split_configurations
+from rhox.engine.cli import app
+from rhox.engine.model import ModelError, load_model
+from rhox.engine.predict import predict
+from rhox.engine.store import Dataset, DatasetError
+from rhox.engine.training import TrainConfig, fit, split_configurations
 
 pytestmark = pytest.mark.dft
 runner = CliRunner()
@@ -137,7 +137,7 @@ def test_bad_model_directories_and_datasets(tiny_model, tmp_path, tiny_dataset):
 def test_cli_predict_and_evaluate(tiny_model, tiny_dataset, tmp_path):
     from ase.io import write
 
-    from engine.io import read_cube
+    from rhox.engine.io import read_cube
 
     path, model = tiny_model
     atoms = bulk("Si", "diamond", a=5.45)
