@@ -33,16 +33,20 @@ def strained_cells(path: Path, n_per_strain: int = 2, seed: int = 30) -> Path:
     """Write 600 K SiGeSn snapshots strained by each of STRAINS to an extxyz file."""
     from ase.io import write
 
-    from rhox.engine.composition import random_compositions
+    import numpy as np
+
     from rhox.engine.structures import get_system, random_alloy
     from rhox.engine.thermal import thermalize
 
     system = get_system("SiGeSn")
     images = []
-    comps = random_compositions(n_per_strain * len(STRAINS), 3, seed=seed)
-    for k, x in enumerate(comps):
+    # Compositions an 8-site cell realises exactly, every species present.
+    counts = [(a, b, 8 - a - b) for a in range(1, 7) for b in range(1, 8 - a)]
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(counts), size=n_per_strain * len(STRAINS), replace=False)
+    for k, i in enumerate(picks):
         strain = STRAINS[k % len(STRAINS)]
-        comp = dict(zip(system.elements, x))
+        comp = dict(zip(system.elements, np.array(counts[i]) / 8))
         atoms = thermalize(random_alloy(system, comp, repeat=1, seed=seed + k), 600.0, "md", seed=seed + k)[0]
         atoms.set_cell(atoms.cell * (1 + strain), scale_atoms=True)
         atoms.info["strain"] = strain
@@ -59,7 +63,8 @@ def main() -> None:
             strained_cells(Path(tmp) / "s.extxyz")
             Path(tmp, "s.extxyz").replace(xyz)
         rhox("generate", "--structures", str(xyz), "--out", str(DATA / "sigesn_ood_strain.db"))
-    rhox("generate", "SiGeSn", "--compositions", "random:4", "--repeat", "1", "--vacancies", "1",
+    rhox("generate", "SiGeSn", "--compositions",
+         "Si0.5Ge0.25Sn0.25;Si0.25Ge0.5Sn0.25;Si0.25Ge0.25Sn0.5;Si0.375Ge0.375Sn0.25", "--repeat", "1", "--vacancies", "1",
          "--temperature", "600", "--thermal", "md", "--seed", "40", "--out", str(DATA / "sigesn_ood_vacancy.db"))
     rhox("generate", "SiGeSn", "--compositions", "random:2", "--repeat", "2", "--temperature", "600",
          "--thermal", "md", "--seed", "50", "--out", str(DATA / "sigesn_ood_large.db"))
