@@ -171,7 +171,7 @@ def info(dataset: Path = typer.Argument(..., help="ASE database written by rhox 
 
     from .store import Dataset
 
-    ds = Dataset(dataset, must_exist=True)
+    ds = Dataset(dataset, readonly=True)  # info never writes, not even to a foreign file
     rows = ds.summary()
     n_fail = ds.count("failed")
     n_run = ds.count("running")

@@ -168,3 +168,93 @@ def test_generate_on_an_existing_dask_scheduler(tmp_path):
         results = execute(tasks, str(tmp_path / "sched.db"), scheduler=cluster.scheduler_address)
     assert sorted(r["status"] for r in results) == ["done", "done"]
     assert Dataset(tmp_path / "sched.db").count("done") == 2
+
+
+def _foreign_sqlite(path):
+    """An SQLite file of another program: one unrelated table with a row."""
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE inventory (item TEXT, qty INTEGER)")
+    con.execute("INSERT INTO inventory VALUES ('bolts', 12)")
+    con.commit()
+    con.close()
+    return path
+
+
+def _sha(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_foreign_sqlite_refused_byte_for_byte_untouched(tmp_path, readonly):
+    other = _foreign_sqlite(tmp_path / "other.sqlite")
+    before = _sha(other)
+    with pytest.raises(DatasetError, match="another program.*inventory"):
+        Dataset(other, readonly=readonly)
+    assert _sha(other) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.sqlite"]  # no journal, no lock
+
+
+def test_empty_file_is_not_turned_into_a_database(tmp_path):
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for readonly in (False, True):
+        with pytest.raises(DatasetError, match="empty file"):
+            Dataset(empty, readonly=readonly)
+    assert empty.stat().st_size == 0
+
+
+def test_readonly_open_reads_and_refuses_writes(tmp_path):
+    import shutil
+
+    from rhox.engine.bundled import default_data_path
+    from rhox.engine.store import open_readonly
+
+    copy = tmp_path / "train.db"
+    shutil.copy(default_data_path(), copy)
+    copy.chmod(0o444)  # a read-only file (a shared data set) opens and reads
+    before = _sha(copy)
+    ds = open_readonly(copy)
+    n = ds.count()
+    assert n > 0 and len(ds.summary()) == n
+    sample = next(ds.samples())
+    assert sample.integrate() == pytest.approx(sample.integral, rel=1e-6)
+    with pytest.raises(DatasetError, match="read-only"):
+        ds.reserve("some-task")
+    assert _sha(copy) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.db"]
+    with pytest.raises(DatasetError, match="does not exist"):
+        open_readonly(tmp_path / "missing.db")
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_new_dataset_appears_complete(tmp_path):
+    from rhox.engine.store import check_dataset_file
+
+    path = tmp_path / "sub" / "new.db"
+    ds = Dataset(path)
+    check_dataset_file(path)  # a full ASE schema, never an empty or partial file
+    assert ds.count(None) == 0
+    assert sorted(p.name for p in path.parent.iterdir()) == ["new.db"]  # no temporary left
+
+
+def test_load_samples_reads_without_writing(tmp_path):
+    import shutil
+
+    from rhox.engine.bundled import default_data_path
+    from rhox.engine.training import load_samples
+
+    copy = tmp_path / "train.db"
+    shutil.copy(default_data_path(), copy)
+    before = _sha(copy)
+    samples = load_samples(copy)
+    assert len(samples) == Dataset(copy, readonly=True).count()
+    assert _sha(copy) == before
+    other = _foreign_sqlite(tmp_path / "other.sqlite")
+    before = _sha(other)
+    with pytest.raises(DatasetError, match="another program"):
+        load_samples(other)
+    assert _sha(other) == before
