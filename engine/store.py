@@ -268,7 +268,7 @@ def row_to_sample(row) -> DensitySample:
     prov = dict(row.data.get(keys.PROVENANCE, {}))
     info = prov.pop("info", {}) or {}
     atoms.info.update(info)
-    atoms.info["row_id"] = row.id
+    atoms.info[keys.INFO_ROW_ID] = row.id
     atoms.calc = None
     return DensitySample(
         atoms=atoms,
