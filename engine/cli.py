@@ -86,7 +86,9 @@ def generate(
     args: List[str] = typer.Argument(None, metavar="SYSTEM | FILE...",
                                      help="Alloy system (SiGeSn, SiGe, CrFeCoNi, Al), or structure files with --structures."),
     structures: bool = typer.Option(False, "--structures", help="Treat the arguments as ASE-readable structure files."),
-    compositions: str = typer.Option("grid:4", help="grid:N | random:N | tess:L | 'Si0.5Ge0.3Sn0.2;Si1'"),
+    compositions: str = typer.Option(
+        "grid:4", help="grid:N | random:N | tess:L | compositions separated by ';', each written "
+                       "Si0.5Ge0.3Sn0.2, {\"Si\": 0.5, \"Ge\": 0.3, \"Sn\": 0.2} or 0.5,0.3,0.2 (e.g. 'Si0.5Ge0.5;Si1')"),
     repeat: List[int] = typer.Option([1], help="Supercell repeat of the cubic cell (repeatable)."),
     samples: int = typer.Option(1, help="Random configurations per composition and temperature."),
     temperature: List[float] = typer.Option([300.0], help="Temperature in K (repeatable)."),
