@@ -169,7 +169,7 @@ def simplex_vertices(n_species: int) -> np.ndarray:
                 [0.5, np.sqrt(3) / 6, np.sqrt(2.0 / 3.0)],
             ]
         )
-    raise ValueError(f"simplex drawing supports 2 to 4 species, not {n_species}")
+    raise InputError(f"simplex drawing supports 2 to 4 species, not {n_species}")
 
 
 def barycentric_to_cartesian(x: np.ndarray) -> np.ndarray:

@@ -154,9 +154,7 @@ def check_fits(size: PlanSize, workers: int = 1, memory_bytes: float | None = No
     """Refuse (:class:`InputError`) a plan that cannot fit: more than :data:`MAX_TASKS` items,
     ``workers`` calculations at once needing more than ``memory_bytes`` (default: this
     machine's memory), or densities larger than the free disk space where ``out`` goes."""
-    if size.tasks > MAX_TASKS:
-        raise InputError(f"the plan has {size.tasks:,} calculations, more than the {MAX_TASKS:,} one run "
-                         f"can hold{advice}")
+    _check_count(size.tasks, advice)
     memory = machine_memory() if memory_bytes is None else memory_bytes
     need = size.largest.memory_bytes * max(1, workers)
     if need > memory:
@@ -171,6 +169,12 @@ def check_fits(size: PlanSize, workers: int = 1, memory_bytes: float | None = No
         if size.disk_bytes > free:
             raise InputError(f"the densities would take ~{human_bytes(size.disk_bytes)}, more than the "
                              f"{human_bytes(free)} free in {folder}{advice}")
+
+
+def _check_count(n_tasks: int, advice: str = "") -> None:
+    if n_tasks > MAX_TASKS:
+        raise InputError(f"the plan has {n_tasks:,} calculations, more than the {MAX_TASKS:,} one run "
+                         f"can hold{advice}")
 
 
 def _largest_repeat(system, settings: DFTSettings, compositions, memory: float, workers: int) -> str:
@@ -232,6 +236,7 @@ def plan_spec(
     temps = [check_temperature(t) for t in temperatures]
     n_comp = composition_count(spec, system.n_species)
     per_comp = len(reps) * len(temps) * len(vacancies) * samples
+    _check_count(n_comp * per_comp, _largest_spec(spec, system.n_species, per_comp))  # before any is made
     explicit = None
     if spec.strip().partition(":")[0].strip().lower() not in ("grid", "random", "tess"):
         explicit = composition_list(spec, system.elements, seed=seed)  # a short list, typed by hand
@@ -240,9 +245,7 @@ def plan_spec(
     size = PlanSize(n_comp * per_comp, max(costs, key=lambda c: c.memory_bytes),
                     sum(c.seconds for c in costs) * n_per_rep, sum(c.density_bytes for c in costs) * n_per_rep)
     memory = machine_memory() if memory_bytes is None else memory_bytes
-    advice = _largest_spec(spec, system.n_species, per_comp) if size.tasks > MAX_TASKS else \
-        _largest_repeat(system, settings, explicit, memory, workers)
-    check_fits(size, workers, memory, out, advice)
+    check_fits(size, workers, memory, out, _largest_repeat(system, settings, explicit, memory, workers))
     comps = explicit if explicit is not None else composition_list(spec, system.elements, seed=seed)
     tasks = plan(system.name, comps, reps, samples, temps, vacancies, antisites, thermal, seed, settings)
     return tasks, size
