@@ -293,17 +293,28 @@ def check_distances(atoms: Atoms, fraction: float = MIN_DISTANCE_FRACTION) -> tu
     return a, b, float(d[k])
 
 
+def close_pair_message(atoms: Atoms, name: str = "structure", fraction: float = MIN_DISTANCE_FRACTION) -> str | None:
+    """One line naming the closest too-close pair of :func:`check_distances` and its distance, or None.
+
+    For a refusal (:func:`require_distances`, before DFT) or a warning (before a prediction).
+    """
+    pair = check_distances(atoms, fraction)
+    if pair is None:
+        return None
+    i, j, d = pair
+    syms = atoms.get_chemical_symbols()
+    limit = fraction * (_radius(atoms.numbers[i]) + _radius(atoms.numbers[j]))
+    which = f"atom {i} ({syms[i]}) and its own periodic image" if i == j else \
+        f"atoms {i} ({syms[i]}) and {j} ({syms[j]})"
+    return (f"{name}: {which} are {d:.3f} Å apart, closer than the physical minimum "
+            f"{limit:.2f} Å ({fraction:g} x the sum of covalent radii); check the units and positions")
+
+
 def require_distances(atoms: Atoms, name: str = "structure", fraction: float = MIN_DISTANCE_FRACTION) -> None:
     """Refuse (:class:`InputError`) a structure with two atoms closer than :func:`check_distances` allows."""
-    pair = check_distances(atoms, fraction)
-    if pair is not None:
-        i, j, d = pair
-        syms = atoms.get_chemical_symbols()
-        limit = fraction * (_radius(atoms.numbers[i]) + _radius(atoms.numbers[j]))
-        which = f"atom {i} ({syms[i]}) and its own periodic image" if i == j else \
-            f"atoms {i} ({syms[i]}) and {j} ({syms[j]})"
-        raise InputError(f"{name}: {which} are {d:.3f} Å apart, closer than the physical minimum "
-                         f"{limit:.2f} Å ({fraction:g} x the sum of covalent radii); check the units and positions")
+    message = close_pair_message(atoms, name, fraction)
+    if message:
+        raise InputError(message)
 
 
 def _radius(z: int) -> float:

@@ -105,7 +105,7 @@ def test_check_distances_finds_the_closest_pair_and_periodic_images():
     from ase import Atoms
     from ase.build import bulk
 
-    from rhox.engine.structures import check_distances, require_distances
+    from rhox.engine.structures import check_distances, close_pair_message, require_distances
 
     si = bulk("Si", "diamond", a=5.43, cubic=True)
     assert check_distances(si) is None  # bonds 2.35 Å, limit 0.5 x (1.11 + 1.11) = 1.11 Å
@@ -124,3 +124,5 @@ def test_check_distances_finds_the_closest_pair_and_periodic_images():
     assert check_distances(pair("H2")) is None and check_distances(pair("Sn2"))[2] == pytest.approx(1.0)
     with pytest.raises(InputError, match=r"x.cif: atoms 2 \(Si\) and 5 \(Si\) are 0.500 Å apart"):
         require_distances(bad, "x.cif")
+    assert close_pair_message(si, "ok.cif") is None
+    assert "atom 0 (Si) and its own periodic image are 0.800 Å apart" in close_pair_message(thin)
