@@ -110,6 +110,7 @@ def generate(
 
     Example: rhox generate SiGeSn --compositions grid:4 --repeat 1 --samples 2 --temperature 300 --out data/sigesn.db
     """
+    import time
     from contextlib import nullcontext
 
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -163,16 +164,20 @@ def generate(
                             console=console, transient=False)
     else:
         progress = None  # logs and pipes get one plain line per finished item
-    with progress or nullcontext():
-        bar = progress.add_task("", total=len(tasks)) if progress else None
+    started = time.monotonic()
+    with progress if progress is not None else nullcontext():
+        bar = progress.add_task("", total=len(tasks)) if progress is not None else None
 
         def on_result(r):
             results.append(r)
             text = f"{r['composition']} T={r['temperature']:g}K: {r['status']}"
-            if progress:
+            if progress is not None:
                 progress.update(bar, advance=1, description=text)
             else:
-                console.print(f"DFT {len(results)}/{len(tasks)} {text}", highlight=False)
+                elapsed = time.monotonic() - started
+                eta = elapsed / len(results) * (len(tasks) - len(results))
+                console.print(f"DFT {len(results)}/{len(tasks)} {elapsed:.0f} s elapsed, ETA {eta:.0f} s: {text}",
+                              highlight=False, soft_wrap=True)
 
         execute(tasks, str(out_path), workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks, on_result=on_result)
     _print_results(results)
