@@ -45,21 +45,36 @@ def user_errors(fn):
 
 
 def _read_structures(files: List[str]):
+    """``[(name, atoms), ...]`` of every image of every file; a file that is missing, not a regular
+    file (a folder, a named pipe: reading one could wait forever) or unreadable raises InputError."""
+    import stat
+
     from ase.io import read
 
-    from .composition import CompositionError
+    from .errors import InputError
 
     out_list = []
     for f in files:
         p = Path(f)
-        if not p.exists():
-            raise CompositionError(f"structure file {f} does not exist")
+        try:
+            mode = p.stat().st_mode
+        except FileNotFoundError:
+            raise InputError(f"structure file {f} does not exist") from None
+        except OSError as err:
+            raise InputError(f"cannot open structure file {f}: {err.strerror or err}") from err
+        if not stat.S_ISREG(mode):
+            kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
+                    else "a device or socket")
+            raise InputError(f"structure file {f} is {kind}, not a regular file")
         try:
             images = read(str(p), index=":")
-        except Exception as err:  # ASE raises many types for malformed files
-            raise CompositionError(f"cannot read structure file {f}: {type(err).__name__}: {err}") from err
+        except Exception as err:  # ASE raises many types (even a bare AssertionError) for malformed files
+            detail = " ".join(str(err).split())
+            raise InputError(f"cannot read structure file {f} as {p.suffix.lstrip('.') or 'a structure'}: "
+                             f"{type(err).__name__}" + (f": {detail}" if detail else
+                                                        " (the file is not valid in that format)")) from err
         if not images:
-            raise CompositionError(f"structure file {f} holds no structure")
+            raise InputError(f"structure file {f} holds no structure")
         for i, a in enumerate(images):
             out_list.append((p.name if len(images) == 1 else f"{p.name}@{i}", a))
     return out_list
@@ -71,7 +86,9 @@ def generate(
     args: List[str] = typer.Argument(None, metavar="SYSTEM | FILE...",
                                      help="Alloy system (SiGeSn, SiGe, CrFeCoNi, Al), or structure files with --structures."),
     structures: bool = typer.Option(False, "--structures", help="Treat the arguments as ASE-readable structure files."),
-    compositions: str = typer.Option("grid:4", help="grid:N | random:N | tess:L | 'Si0.5Ge0.3Sn0.2;Si1'"),
+    compositions: str = typer.Option(
+        "grid:4", help="grid:N | random:N | tess:L | compositions separated by ';', each written "
+                       "Si0.5Ge0.3Sn0.2, {\"Si\": 0.5, \"Ge\": 0.3, \"Sn\": 0.2} or 0.5,0.3,0.2 (e.g. 'Si0.5Ge0.5;Si1')"),
     repeat: List[int] = typer.Option([1], help="Supercell repeat of the cubic cell (repeatable)."),
     samples: int = typer.Option(1, help="Random configurations per composition and temperature."),
     temperature: List[float] = typer.Option([300.0], help="Temperature in K (repeatable)."),
@@ -93,35 +110,44 @@ def generate(
 
     Example: rhox generate SiGeSn --compositions grid:4 --repeat 1 --samples 2 --temperature 300 --out data/sigesn.db
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    import time
+    from contextlib import nullcontext
 
-    from .composition import composition_list
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
     from .dft import settings_for, with_settings
-    from .generate import execute, plan, plan_structures
-    from .store import Dataset
+    from .generate import check_scheduler, execute, plan_spec, plan_structures
+    from .store import Dataset, check_dataset_file
     from .structures import get_system
 
     if not args:
         fail("give an alloy system (e.g. SiGeSn) or --structures FILE...")
     if workers < 1:
         fail(f"--workers must be >= 1, got {workers}")
+    if mpi_ranks < 1:
+        fail(f"--mpi-ranks must be >= 1, got {mpi_ranks}")
+    if out_path.exists() or out_path.is_symlink():
+        check_dataset_file(out_path)  # a foreign or empty file is refused before any work
     changes = {k: v for k, v in dict(ecut=ecut, kpt_density=kpt_density, xc=xc).items() if v is not None}
+    # Local workers share this machine's memory; a scheduler's workers are elsewhere, of unknown size.
+    concurrent = 1 if scheduler else workers
+    memory = None if not scheduler else float("inf")
     if structures:
-        tasks = plan_structures(_read_structures(args))
-        if changes:
-            from dataclasses import replace as dc_replace
-
-            from .dft import DFTSettings
-
-            tasks = [dc_replace(t, settings=with_settings(DFTSettings.from_dict(t.settings), **changes).to_dict())
-                     for t in tasks]
+        tasks = plan_structures(_read_structures(args), workers=concurrent, memory_bytes=memory, out=out_path,
+                                overrides=changes)
+        size = None
     else:
         if len(args) != 1:
             fail(f"one alloy system expected, got {' '.join(args)} (use --structures for files)")
         system = get_system(args[0])
         settings = with_settings(settings_for(system.name), **changes)
-        comps = composition_list(compositions, system.elements, seed=seed)
-        tasks = plan(system.name, comps, repeat, samples, temperature, vacancies, antisites, thermal, seed, settings)
+        tasks, size = plan_spec(system.name, compositions, repeat, samples, temperature, vacancies, antisites,
+                                thermal, seed, settings, workers=concurrent, memory_bytes=memory, out=out_path)
+    if scheduler:
+        check_scheduler(scheduler)  # seconds, not Dask's long retries, and before the dataset exists
+    if size is not None:
+        console.print(f"plan: {size.describe()}", highlight=False, soft_wrap=True)
     if dry_run:
         for t in tasks:
             out.print(f"{t.key()}  {t.system} {t.composition} repeat={'x'.join(map(str, t.repeat))} "
@@ -132,13 +158,26 @@ def generate(
     if cleared:
         console.print(f"resuming: cleared {cleared} unfinished item(s) left by an earlier run")
     results = []
-    with Progress(TextColumn("[bold]DFT"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=console, transient=False) as progress:
-        bar = progress.add_task("", total=len(tasks))
+    if console.is_terminal:
+        progress = Progress(TextColumn("[bold]DFT"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
+                            console=console, transient=False)
+    else:
+        progress = None  # logs and pipes get one plain line per finished item
+    started = time.monotonic()
+    with progress if progress is not None else nullcontext():
+        bar = progress.add_task("", total=len(tasks)) if progress is not None else None
 
         def on_result(r):
             results.append(r)
-            progress.update(bar, advance=1, description=f"{r['composition']} T={r['temperature']:g}K: {r['status']}")
+            text = f"{r['composition']} T={r['temperature']:g}K: {r['status']}"
+            if progress is not None:
+                progress.update(bar, advance=1, description=text)
+            else:
+                elapsed = time.monotonic() - started
+                eta = elapsed / len(results) * (len(tasks) - len(results))
+                console.print(f"DFT {len(results)}/{len(tasks)} {elapsed:.0f} s elapsed, ETA {eta:.0f} s: {text}",
+                              highlight=False, soft_wrap=True)
 
         execute(tasks, str(out_path), workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks, on_result=on_result)
     _print_results(results)
@@ -171,7 +210,7 @@ def info(dataset: Path = typer.Argument(..., help="ASE database written by rhox 
 
     from .store import Dataset
 
-    ds = Dataset(dataset, must_exist=True)
+    ds = Dataset(dataset, readonly=True)  # info never writes, not even to a foreign file
     rows = ds.summary()
     n_fail = ds.count("failed")
     n_run = ds.count("running")

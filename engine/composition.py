@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 
@@ -168,7 +169,7 @@ def simplex_vertices(n_species: int) -> np.ndarray:
                 [0.5, np.sqrt(3) / 6, np.sqrt(2.0 / 3.0)],
             ]
         )
-    raise ValueError(f"simplex drawing supports 2 to 4 species, not {n_species}")
+    raise InputError(f"simplex drawing supports 2 to 4 species, not {n_species}")
 
 
 def barycentric_to_cartesian(x: np.ndarray) -> np.ndarray:
@@ -251,22 +252,88 @@ def tessellation(n_species: int, level: int) -> np.ndarray:
     return allp[np.sort(idx)]
 
 
+def _generator(spec: str) -> tuple[str, int] | None:
+    """``('grid', N)`` for ``grid:N`` (likewise ``random:N``, ``tess:L``); None for explicit lists."""
+    kind, sep, arg = spec.strip().partition(":")
+    kind = kind.strip().lower()
+    if not sep or kind not in ("grid", "random", "tess"):
+        return None
+    try:
+        k = int(arg.strip())
+    except ValueError as err:
+        raise CompositionError(f"{kind}: expects an integer, got {arg.strip()!r}") from err
+    if k < 1 and kind != "tess":
+        raise CompositionError(f"{kind}: expects a positive integer, got {k}")
+    if k < 0:
+        raise CompositionError(f"tess: expects a level >= 0, got {k}")
+    return kind, k
+
+
+def split_compositions(spec: str) -> list[str]:
+    """The explicit compositions of a ``;``-separated list, each in any form :func:`parse_composition` reads.
+
+    ``;`` separates compositions everywhere; whitespace separates them too between formulas
+    (``'Si0.5Ge0.5 Sn1'``), but never inside a JSON mapping (``'{"Si": 0.5, "Ge": 0.5}'``) or a
+    barycentric vector (``'0.5, 0.3, 0.2'``), which are one composition each.
+    """
+    parts, depth, cur = [], 0, []
+    for ch in spec:
+        depth += ch == "{"
+        depth -= ch == "}"
+        if ch == ";" and depth <= 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    out = []
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        if part.startswith("{") or re.fullmatch(r"[\s\d.eE+\-,]+", part):
+            out.append(part)
+        else:
+            out.extend(part.split())
+    return out
+
+
+def composition_count(spec: str, n_species: int) -> int:
+    """How many compositions ``spec`` stands for, counted without building them.
+
+    ``grid:N`` has C(N + n - 1, n - 1) points (the ways to write N as n ordered non-negative
+    parts), ``random:N`` N, ``tess:L`` the size of :func:`tessellation`; an explicit list its
+    length. So a request for billions of points is refused before any is made.
+    """
+    gen = _generator(spec)
+    if gen is None:
+        return len(split_compositions(spec))
+    kind, k = gen
+    if kind == "grid":
+        return math.comb(k + n_species - 1, n_species - 1)
+    if kind == "random":
+        return k
+    if k <= 6:  # small enough to build (at most a 32-division grid)
+        return len(tessellation(n_species, k))
+    # Beyond level 3 the tessellation is the dyadic grid (which holds the vertices, edge
+    # midpoints and, for four species, the body centre) plus the face centres (thirds, never on it).
+    faces = math.comb(n_species, 3) if n_species >= 3 else 0
+    return math.comb(2 ** (k - 1) + n_species - 1, n_species - 1) + faces
+
+
 def composition_list(spec: str, elements: Sequence[str], seed: int = 0) -> list[dict[str, float]]:
     """Expand a ``--compositions`` option into compositions.
 
     ``grid:N`` the simplex grid with step 1/N; ``random:N`` N uniform random points;
-    ``tess:L`` the tessellation at level L; otherwise one or more explicit compositions
-    separated by ``;`` or whitespace (``Si0.5Ge0.5Sn0;Si1``).
+    ``tess:L`` the tessellation at level L; otherwise one or more explicit compositions, each
+    in any form of :func:`parse_composition` (``Si0.5Ge0.3Sn0.2``, ``{"Si": 0.5, "Ge": 0.3,
+    "Sn": 0.2}``, ``0.5,0.3,0.2``), separated by ``;`` (or whitespace between formulas), as
+    :func:`split_compositions` reads them. An empty list is refused. Check the size with
+    :func:`composition_count` first: this builds every point.
     """
     n = len(elements)
-    kind, _, arg = spec.partition(":")
-    if kind in ("grid", "random", "tess") and arg:
-        try:
-            k = int(arg)
-        except ValueError as err:
-            raise CompositionError(f"{kind}: expects an integer, got {arg!r}") from err
-        if k < 1 and kind != "tess":
-            raise CompositionError(f"{kind}: expects a positive integer, got {k}")
+    gen = _generator(spec)
+    if gen is not None:
+        kind, k = gen
         if kind == "grid":
             arr = simplex_grid(n, k)
         elif kind == "random":
@@ -274,4 +341,8 @@ def composition_list(spec: str, elements: Sequence[str], seed: int = 0) -> list[
         else:
             arr = tessellation(n, k)
         return [dict(zip(elements, row.tolist())) for row in arr]
-    return [parse_composition(part, elements) for part in re.split(r"[;\s]+", spec.strip()) if part]
+    parts = split_compositions(spec)
+    if not parts:
+        raise CompositionError("no composition given: write e.g. 'Si0.5Ge0.3Sn0.2', "
+                               "'{\"Si\": 0.5, \"Ge\": 0.3, \"Sn\": 0.2}', '0.5,0.3,0.2' or grid:4")
+    return [parse_composition(part, elements) for part in parts]

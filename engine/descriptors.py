@@ -41,7 +41,7 @@ runs in torch, in float64, on ``device``, and is cast to ``dtype`` at the end.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,7 @@ from .elements import (
     species_attributes,
     symbol_of,
 )
+from .errors import known_fields
 from .grid import grid_points
 
 KINDS = ("frame", "atom")
@@ -146,11 +147,8 @@ class DescriptorSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DescriptorSettings:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown descriptor setting(s) {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+        """Settings from :meth:`to_dict`'s output; an unknown key is refused (:class:`InputError`)."""
+        return cls(**known_fields(cls, d, "descriptor"))
 
 
 def descriptor_length(settings: DescriptorSettings) -> int:

@@ -16,7 +16,9 @@ such a run from a serial process; without ``mpiexec`` and ``mpi4py`` it falls ba
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -31,6 +33,7 @@ from ase import Atoms
 
 from . import keys
 from .errors import DFTError  # noqa: F401  (re-exported: engine.dft.DFTError)
+from .errors import InputError, known_fields
 
 @dataclass(frozen=True)
 class DFTSettings:
@@ -48,6 +51,32 @@ class DFTSettings:
     kpts: tuple[int, int, int] | None = None  # explicit k-point mesh overrides the density
     gamma_centered: bool = True
 
+    def __post_init__(self):
+        # Checked here, so that a bad value is refused before any work, whatever made the settings.
+        def positive(name, value, unit=""):
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                v = math.nan
+            if not math.isfinite(v) or v <= 0:
+                raise InputError(f"DFT {name} must be a positive number{unit}, got {value!r}")
+
+        positive("plane-wave cut-off", self.ecut, " of eV")
+        positive("k-point density", self.kpt_density, " of k-points per Å⁻¹")
+        positive("density convergence", self.density_convergence)
+        if not (isinstance(self.smearing, (int, float)) and math.isfinite(self.smearing) and self.smearing >= 0):
+            raise InputError(f"DFT smearing width must be >= 0 eV, got {self.smearing!r}")
+        if not isinstance(self.max_iterations, (int, np.integer)) or self.max_iterations < 1:
+            raise InputError(f"DFT maximum number of SCF iterations must be a positive integer, "
+                             f"got {self.max_iterations!r}")
+        if not isinstance(self.xc, str) or not self.xc.strip():
+            raise InputError(f"exchange-correlation functional must be a name such as PBE, got {self.xc!r}")
+        if self.kpts is not None:
+            kp = tuple(self.kpts)
+            if len(kp) != 3 or any(not isinstance(k, (int, np.integer)) or k < 1 for k in kp):
+                raise InputError(f"k-point mesh must be three positive integers, got {self.kpts!r}")
+            object.__setattr__(self, "kpts", tuple(int(k) for k in kp))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["kpts"] = list(self.kpts) if self.kpts else None
@@ -55,10 +84,32 @@ class DFTSettings:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DFTSettings":
-        d = dict(d)
+        """Settings from :meth:`to_dict`'s output; an unknown key is refused (:class:`InputError`)."""
+        d = known_fields(cls, d, "DFT")
         if d.get("kpts"):
             d["kpts"] = tuple(d["kpts"])
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        return cls(**d)
+
+
+def check_xc(name: str) -> str:
+    """``name`` if GPAW (with its libxc, if built with one) knows the functional; else :class:`InputError`.
+
+    Asks GPAW's own functional factory, which builds the functional without running any DFT.
+    """
+    from gpaw.xc import XC
+
+    try:
+        XC(name)
+    except Exception as err:  # GPAW raises NameError or KeyError for unknown names, others from libxc
+        raise InputError(f"unknown exchange-correlation functional {name!r} "
+                         f"(GPAW says: {type(err).__name__}: {err}); e.g. LDA, PBE, PBEsol, RPBE, revPBE") from err
+    return name
+
+
+def check_settings(settings: DFTSettings) -> DFTSettings:
+    """``settings`` if GPAW can run them: the numbers are checked on creation, the functional here."""
+    check_xc(settings.xc)
+    return settings
 
 
 # Documented defaults per alloy system: chosen so an 8-atom SiGeSn cell runs in ~10 s on 2
@@ -84,6 +135,108 @@ def kpoint_mesh(atoms: Atoms, settings: DFTSettings) -> tuple[int, int, int]:
     from ase.calculators.calculator import kptdensity2monkhorstpack
 
     return tuple(int(k) for k in kptdensity2monkhorstpack(atoms, kptdensity=settings.kpt_density, even=False))
+
+
+# --- cost before running -----------------------------------------------------------------
+
+# Calibration of the time model on DESIGN.md section 2 (2 cores, PW 300 eV, PBE): Si8 at 2x2x2
+# k-points in 6 s and Si32Ge32 at Γ in 144 core-seconds; it then predicts Sn8 (4d in the setup)
+# and spin-polarised CrFeCoNi within 20 %. Beyond that it is an order of magnitude, not a promise.
+_T_FFT = 3.5e-6    # s per (k-point · band · plane wave · log2 plane waves): FFTs, small cells
+_T_ORTHO = 5.7e-8  # s per (k-point · band² · plane wave): subspace work, the N³ term of big cells
+_BASE_MEMORY = 4e8  # bytes of a Python process with GPAW and its setups loaded
+_HARTREE_EV = 27.211386
+_BOHR_A = 0.52917721
+
+
+@dataclass(frozen=True)
+class DFTCost:
+    """Rough cost of one GPAW plane-wave calculation, from its size alone (nothing is run).
+
+    ``memory_bytes`` peak memory of one serial calculation, ``seconds`` its wall time on one
+    core of a machine like the one of DESIGN.md section 2, ``density_bytes`` the stored density.
+    """
+
+    atoms: int
+    electrons: float
+    bands: int
+    plane_waves: int
+    kpoints: int
+    grid_points: int
+    memory_bytes: float
+    seconds: float
+    density_bytes: int
+
+
+@functools.lru_cache(maxsize=None)
+def valence_electrons(symbol: str) -> int:
+    """Valence electrons of GPAW's default PAW setup of ``symbol`` (Si 4, Sn 14, Ni 16...)."""
+    from gpaw.setup_data import SetupData
+
+    try:
+        return int(SetupData(symbol, "PBE").Nv)
+    except Exception as err:  # no setup file for this element
+        raise InputError(f"GPAW has no PAW setup for element {symbol!r}") from err
+
+
+def estimate_cost(natoms: int, electrons: float, cell, settings: DFTSettings) -> DFTCost:
+    """Cost of a calculation of ``natoms`` atoms with ``electrons`` valence electrons in ``cell`` (Å).
+
+    Plane waves N_pw = V k_c³ / (6π²) with k_c = √(2 E_cut) (atomic units); bands as GPAW's
+    default (20 % above the occupied ones, at least 4 more); the k-point mesh from the settings
+    with time-reversal symmetry halving it; the coarse grid holds wave vectors up to k_c.
+    Memory: the wave functions of every k-point and spin plus a few work copies, the subspace
+    matrices and the real-space arrays. Time: see the calibration above.
+    """
+    cell = np.asarray(cell, dtype=float)
+    if cell.shape == (3,):
+        cell = np.diag(cell)
+    volume = abs(float(np.linalg.det(cell)))
+    kc = math.sqrt(2.0 * settings.ecut / _HARTREE_EV) / _BOHR_A  # Å⁻¹
+    npw = max(1, int(volume * kc**3 / (6 * math.pi**2)))
+    occupied = electrons / 2.0
+    nbands = int(math.ceil(max(1.2 * occupied, occupied + 4)))
+    if settings.kpts:
+        mesh = list(settings.kpts)
+    else:
+        recip = np.linalg.inv(cell).T
+        mesh = [max(1, math.ceil(2 * math.pi * settings.kpt_density * np.linalg.norm(b))) for b in recip]
+    nk = max(1, math.ceil(int(np.prod(mesh)) / 2))
+    nspin = 2 if settings.spin_polarized else 1
+    lengths = np.linalg.norm(cell, axis=1)
+    ngrid = int(np.prod([max(8, math.ceil(L * kc / 2)) for L in lengths]))
+    nks = nk * nspin
+    memory = (_BASE_MEMORY + 16.0 * npw * nbands * (nks + 4) + 16.0 * (3 * nbands) ** 2 * 2
+              + 8.0 * ngrid * 8 * 20)
+    seconds = nks * (_T_FFT * nbands * npw * math.log2(max(npw, 2)) + _T_ORTHO * nbands**2 * npw)
+    return DFTCost(int(natoms), float(electrons), nbands, npw, int(np.prod(mesh)), ngrid, memory, seconds,
+                   8 * ngrid * nspin)
+
+
+def estimate_atoms_cost(atoms: Atoms, settings: DFTSettings) -> DFTCost:
+    """:func:`estimate_cost` of a structure."""
+    electrons = sum(valence_electrons(s) for s in atoms.get_chemical_symbols())
+    return estimate_cost(len(atoms), electrons, atoms.cell.array, settings)
+
+
+def machine_memory() -> float:
+    """Physical memory of this machine, bytes."""
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1000.0
+    return f"{n:.3g} PB"  # pragma: no cover
+
+
+def human_seconds(s: float) -> str:
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            return f"{s / size:.2g} {unit}"
+    return f"{s:.2g} s"
 
 
 @dataclass
@@ -154,7 +307,7 @@ def run_dft(atoms: Atoms, settings: DFTSettings | None = None, txt: str | None =
     from gpaw.mpi import world
 
     if settings is None:
-        settings = settings_for(atoms.info.get("system", ""))
+        settings = settings_for(atoms.info.get(keys.INFO_SYSTEM, ""))
     work = _prepared(atoms, settings)
     from threadpoolctl import threadpool_limits
 

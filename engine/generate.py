@@ -4,25 +4,38 @@ A :class:`Task` describes one DFT calculation completely (system, composition, r
 temperature, sample index, defects, DFT settings, or a user's structure), so any worker can
 run it from scratch; its :meth:`Task.key` is the row's ``task`` key in the dataset, which is
 how a resumed run or another worker knows the item is done. :func:`plan` validates every item
-before anything is written, so bad input costs nothing.
+before anything is written, so bad input costs nothing, and :func:`check_fits` refuses a plan
+whose size (number of calculations, memory per calculation, disk for the densities) cannot fit,
+from estimates made before anything is built (:func:`rhox.engine.dft.estimate_cost`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 from ase import Atoms
 
 from . import keys
-from .composition import CompositionError, format_composition, parse_composition, round_composition
-from .dft import DFTError, DFTSettings, run_dft, run_dft_mpi, settings_for
+from .composition import (composition_count, composition_list, format_composition,
+                          parse_composition, round_composition)
+from .dft import (DFTCost, DFTError, DFTSettings, check_settings, estimate_atoms_cost, estimate_cost, human_bytes,
+                  human_seconds, machine_memory, run_dft, run_dft_mpi, settings_for, valence_electrons,
+                  with_settings)
+from .errors import InputError
 from .store import Dataset
-from .structures import add_antisites, add_vacancies, get_system, infer_system, random_alloy, require_periodic
+from .structures import (add_antisites, add_vacancies, check_buildable, get_system, infer_system, random_alloy,
+                         require_distances, require_periodic, site_count, vegard_lattice_constant)
 from .thermal import check_temperature, thermalize
+
+MAX_TASKS = 100_000  # work items one plan may hold (each is a row, and the plan is kept in memory)
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,7 +76,7 @@ class Task:
         """The (unthermalized) structure of this item, built deterministically from the seed."""
         if self.atoms is not None:
             atoms = self.atoms.copy()
-            atoms.info = dict(self.atoms.info, system=self.system, seed=self.seed)
+            atoms.info = dict(self.atoms.info, **{keys.INFO_SYSTEM: self.system, keys.INFO_SEED: self.seed})
             return atoms
         atoms = random_alloy(self.system, self.composition, self.repeat, seed=self.seed)
         if self.vacancies:
@@ -86,6 +99,158 @@ def _seed(base: int, *parts) -> int:
     return int(h[:8], 16)
 
 
+@dataclass(frozen=True)
+class PlanSize:
+    """Estimated size of a plan: ``tasks`` calculations, the largest of ``largest`` (its
+    :class:`~rhox.engine.dft.DFTCost`), ``seconds`` of DFT in all on one core, ``disk_bytes``
+    of stored densities."""
+
+    tasks: int
+    largest: DFTCost
+    seconds: float
+    disk_bytes: float
+
+    def describe(self) -> str:
+        return (f"{self.tasks} calculation(s), the largest {self.largest.atoms} atoms; estimated "
+                f"~{human_bytes(self.largest.memory_bytes)} of memory per calculation, "
+                f"~{human_seconds(self.seconds)} of DFT on one core, ~{human_bytes(self.disk_bytes)} of densities "
+                f"(rough: scaled from measured runs)")
+
+
+def _check_plan_options(samples: int, thermal: str, vacancies: Sequence[int], antisites: int) -> None:
+    if int(samples) != samples or samples < 1:
+        raise InputError(f"number of random configurations per composition must be >= 1, got {samples}")
+    if thermal not in ("md", "einstein"):
+        raise InputError(f"unknown thermalization method {thermal!r}; use 'md' or 'einstein'")
+    for n in list(vacancies) + [antisites]:
+        if int(n) != n or n < 0:
+            raise InputError(f"numbers of vacancies and antisites must be >= 0, got {n}")
+
+
+def _repeat3(rep) -> tuple[int, int, int]:
+    r = (rep,) * 3 if np.isscalar(rep) else tuple(rep)
+    if len(r) != 3 or any(int(x) != x or x < 1 for x in r):
+        raise InputError(f"supercell repeat must be a positive integer or three of them, got {rep!r}")
+    return tuple(int(x) for x in r)  # type: ignore[return-value]
+
+
+def _alloy_cost(system, rep3, settings: DFTSettings, compositions: Sequence[dict] | None) -> DFTCost:
+    """Cost of one cell of ``rep3``: for the given compositions the most expensive one, otherwise
+    (a grid or random draw not yet made) the worst element for electrons and for volume."""
+    natoms = site_count(system, rep3)
+    if compositions:
+        worst = max(compositions, key=lambda c: (sum(x * valence_electrons(e) for e, x in c.items()),
+                                                 vegard_lattice_constant(system, c)))
+        electrons = natoms * sum(x * valence_electrons(e) for e, x in worst.items())
+        a = vegard_lattice_constant(system, worst)
+    else:
+        electrons = natoms * max(valence_electrons(e) for e in system.elements)
+        a = max(system.lattice_constants[e] for e in system.elements)
+    return estimate_cost(natoms, electrons, [a * r for r in rep3], settings)
+
+
+def check_fits(size: PlanSize, workers: int = 1, memory_bytes: float | None = None,
+               out: str | os.PathLike | None = None, advice: str = "") -> None:
+    """Refuse (:class:`InputError`) a plan that cannot fit: more than :data:`MAX_TASKS` items,
+    ``workers`` calculations at once needing more than ``memory_bytes`` (default: this
+    machine's memory), or densities larger than the free disk space where ``out`` goes."""
+    _check_count(size.tasks, advice)
+    memory = machine_memory() if memory_bytes is None else memory_bytes
+    need = size.largest.memory_bytes * max(1, workers)
+    if need > memory:
+        per = f" ({workers} at once)" if workers > 1 else ""
+        raise InputError(f"a calculation of {size.largest.atoms:,} atoms needs ~{human_bytes(size.largest.memory_bytes)} "
+                         f"of memory{per}, more than this machine's {human_bytes(memory)}{advice}")
+    if out is not None:
+        folder = Path(out).resolve().parent
+        while not folder.exists():
+            folder = folder.parent
+        free = shutil.disk_usage(folder).free
+        if size.disk_bytes > free:
+            raise InputError(f"the densities would take ~{human_bytes(size.disk_bytes)}, more than the "
+                             f"{human_bytes(free)} free in {folder}{advice}")
+
+
+def _check_count(n_tasks: int, advice: str = "") -> None:
+    if n_tasks > MAX_TASKS:
+        raise InputError(f"the plan has {n_tasks:,} calculations, more than the {MAX_TASKS:,} one run "
+                         f"can hold{advice}")
+
+
+def _largest_repeat(system, settings: DFTSettings, compositions, memory: float, workers: int) -> str:
+    best = None
+    for r in range(1, 65):
+        cost = _alloy_cost(system, (r, r, r), settings, compositions)
+        if cost.memory_bytes * max(1, workers) > memory:
+            break
+        best = (r, cost)
+    if best is None:
+        return "; no supercell of this system fits"
+    r, cost = best
+    return f"; the largest repeat that fits is {r} ({cost.atoms} atoms, ~{human_bytes(cost.memory_bytes)})"
+
+
+def _largest_spec(spec: str, n_species: int, per_composition: int) -> str:
+    kind = spec.strip().partition(":")[0].strip().lower()
+    room = MAX_TASKS // max(per_composition, 1)
+    if kind == "grid":
+        n = 1
+        while math.comb(n + 1 + n_species - 1, n_species - 1) <= room:
+            n += 1
+        return f"; grid:{n} gives {math.comb(n + n_species - 1, n_species - 1):,} compositions" if room >= n_species else ""
+    if kind == "random" and room:
+        return f"; random:{room} would fit"
+    if kind == "tess":
+        lvl = 0
+        while composition_count(f"tess:{lvl + 1}", n_species) <= room:
+            lvl += 1
+        return f"; tess:{lvl} gives {composition_count(f'tess:{lvl}', n_species):,} compositions"
+    return ""
+
+
+def plan_spec(
+    system_name: str,
+    spec: str,
+    repeats: Sequence = (1,),
+    samples: int = 1,
+    temperatures: Sequence[float] = (300.0,),
+    vacancies: Sequence[int] = (0,),
+    antisites: int = 0,
+    thermal: str = "md",
+    seed: int = 0,
+    settings: DFTSettings | None = None,
+    workers: int = 1,
+    memory_bytes: float | None = None,
+    out: str | os.PathLike | None = None,
+) -> tuple[list[Task], PlanSize]:
+    """:func:`plan` from a composition spec (``grid:N``, ``random:N``, ``tess:L`` or a list).
+
+    The number of compositions is counted (combinatorially, nothing is built) and the plan's
+    size checked by :func:`check_fits` before any composition or task is made, so that e.g.
+    ``grid:100000`` (5·10⁹ points) or a million-atom supercell is refused at once with what would fit.
+    """
+    system = get_system(system_name)
+    settings = check_settings(settings or settings_for(system.name))
+    _check_plan_options(samples, thermal, vacancies, antisites)
+    reps = [_repeat3(r) for r in repeats]
+    temps = [check_temperature(t) for t in temperatures]
+    n_comp = composition_count(spec, system.n_species)
+    per_comp = len(reps) * len(temps) * len(vacancies) * samples
+    _check_count(n_comp * per_comp, _largest_spec(spec, system.n_species, per_comp))  # before any is made
+    explicit = None
+    if spec.strip().partition(":")[0].strip().lower() not in ("grid", "random", "tess"):
+        explicit = composition_list(spec, system.elements, seed=seed)  # a short list, typed by hand
+    costs = [_alloy_cost(system, r, settings, explicit) for r in reps]
+    n_per_rep = n_comp * len(temps) * len(vacancies) * samples
+    size = PlanSize(n_comp * per_comp, max(costs, key=lambda c: c.memory_bytes),
+                    sum(c.seconds for c in costs) * n_per_rep, sum(c.density_bytes for c in costs) * n_per_rep)
+    memory = machine_memory() if memory_bytes is None else memory_bytes
+    check_fits(size, workers, memory, out, _largest_repeat(system, settings, explicit, memory, workers))
+    comps = explicit if explicit is not None else composition_list(spec, system.elements, seed=seed)
+    tasks = plan(system.name, comps, reps, samples, temps, vacancies, antisites, thermal, seed, settings)
+    return tasks, size
+
+
 def plan(
     system_name: str,
     compositions: Sequence,
@@ -98,50 +263,87 @@ def plan(
     seed: int = 0,
     settings: DFTSettings | None = None,
 ) -> list[Task]:
-    """All work items of a generation run, each checked (composition, repeat, temperature, defects)."""
+    """All work items of a generation run, each checked (composition, repeat, temperature, defects,
+    DFT settings) without building any structure. Use :func:`plan_spec` to check the size first."""
     system = get_system(system_name)
-    settings = settings or settings_for(system.name)
-    if samples < 1:
-        raise CompositionError(f"--samples must be >= 1, got {samples}")
-    if thermal not in ("md", "einstein"):
-        raise CompositionError(f"unknown thermalization method {thermal!r}; use 'md' or 'einstein'")
+    settings = check_settings(settings or settings_for(system.name))
+    _check_plan_options(samples, thermal, vacancies, antisites)
     temps = [check_temperature(t) for t in temperatures]
+    reps = [_repeat3(r) for r in repeats]
     tasks = []
     for comp in compositions:
         c = format_composition(round_composition(parse_composition(comp, system.elements), 6), digits=6)
-        for rep in repeats:
-            rep3 = (rep,) * 3 if np.isscalar(rep) else tuple(rep)
-            for t in temps:
-                for nvac in vacancies:
+        for rep3 in reps:
+            for nvac in vacancies:
+                check_buildable(system, c, rep3, int(nvac), int(antisites))  # too small, too many defects...
+                for t in temps:
                     for k in range(samples):
-                        task = Task(system.name, c, tuple(int(r) for r in rep3), t, k,
-                                    _seed(seed, c, rep3, t, nvac, antisites, k), thermal, int(nvac),
-                                    int(antisites), settings.to_dict())
-                        task.structure()  # raises now on a repeat too small, too many vacancies...
-                        tasks.append(task)
+                        tasks.append(Task(system.name, c, rep3, t, k,
+                                          _seed(seed, c, rep3, t, nvac, antisites, k), thermal, int(nvac),
+                                          int(antisites), settings.to_dict()))
     return tasks
 
 
 def plan_structures(atoms_list: Iterable[tuple[str, Atoms]], settings: DFTSettings | None = None,
-                    system_name: str | None = None) -> list[Task]:
-    """Work items for user-supplied structures ``(name, atoms)``; the system is inferred from species."""
+                    system_name: str | None = None, workers: int = 1, memory_bytes: float | None = None,
+                    out: str | os.PathLike | None = None, overrides: dict | None = None) -> list[Task]:
+    """Work items for user-supplied structures ``(name, atoms)``; the system is inferred from species.
+
+    ``settings`` (default: the system's) with ``overrides`` (e.g. ``{"ecut": 400}``) applied.
+    Each structure must be periodic in 3D, have no two atoms closer than
+    :func:`~rhox.engine.structures.check_distances` allows, and fit in memory (:func:`check_fits`).
+    """
+    checked: set = set()
     tasks = []
+    costs = []
     for name, atoms in atoms_list:
         require_periodic(atoms, name)
+        require_distances(atoms, name)
         system = get_system(system_name) if system_name else infer_system(atoms.get_chemical_symbols())
         unknown = set(atoms.get_chemical_symbols()) - set(system.elements)
         if unknown:
-            raise CompositionError(f"{name}: species {', '.join(sorted(unknown))} not in system {system.name}")
-        st = settings or settings_for(system.name)
+            raise InputError(f"{name}: species {', '.join(sorted(unknown))} not in system {system.name}")
+        st = with_settings(settings or settings_for(system.name), **(overrides or {}))
+        if st not in checked:
+            checked.add(check_settings(st))
+        costs.append(estimate_atoms_cost(atoms, st))
         comp = {el: atoms.get_chemical_symbols().count(el) / len(atoms) for el in system.elements}
         a = atoms.copy()
         if system.spin_polarized and not a.get_initial_magnetic_moments().any():
             a.set_initial_magnetic_moments([system.magmoms.get(s, 0.0) for s in a.get_chemical_symbols()])
-        a.info.update(system=system.name, composition=format_composition(comp),
-                      realised_composition=format_composition(comp))
+        a.info.update({keys.INFO_SYSTEM: system.name, keys.INFO_COMPOSITION: format_composition(comp),
+                       keys.INFO_REALISED: format_composition(comp)})
         tasks.append(Task(system.name, format_composition(comp, 6), (1, 1, 1), 0.0, 0, 0, "none",
                           settings=st.to_dict(), source=name, atoms=a))
+    if costs:
+        size = PlanSize(len(costs), max(costs, key=lambda c: c.memory_bytes), sum(c.seconds for c in costs),
+                        sum(c.density_bytes for c in costs))
+        check_fits(size, workers, memory_bytes, out, "; use a smaller cell")
     return tasks
+
+
+def check_scheduler(address: str, timeout: float = 5.0) -> None:
+    """Refuse (:class:`InputError`) a Dask scheduler address that does not answer within ``timeout`` s.
+
+    A plain TCP connection, made before any dataset is created, so that a typo costs seconds
+    instead of Dask's long retries and leaves nothing behind.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as err:
+        raise InputError(f"Dask scheduler address {address!r} is not valid: {err}") from err
+    if parts.scheme not in ("tcp", "tls") or not host or port is None:
+        raise InputError(f"Dask scheduler address {address!r} must look like tcp://HOST:PORT")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as err:
+        reason = getattr(err, "strerror", None) or type(err).__name__
+        raise InputError(f"Dask scheduler at {address} is not reachable ({reason})") from err
 
 
 def run_task(task: Task, db_path: str, mpi_ranks: int = 1, txt: str | None = None) -> dict:
@@ -167,11 +369,11 @@ def run_task(task: Task, db_path: str, mpi_ranks: int = 1, txt: str | None = Non
     except KeyboardInterrupt:
         ds.release(rid)
         raise
-    except (DFTError, CompositionError, RuntimeError, ValueError) as err:
+    except (DFTError, InputError, RuntimeError, ValueError) as err:
         ds.write_failure(rid, str(err), atoms, task.key_value_pairs())
         return dict(result, status="failed", reason=str(err), wall_time=time.perf_counter() - t0)
     kvp = task.key_value_pairs()
-    kvp[keys.REALISED] = atoms.info.get("realised_composition", task.composition)
+    kvp[keys.REALISED] = atoms.info.get(keys.INFO_REALISED, task.composition)
     ds.write_sample(rid, sample, kvp)
     return dict(result, status="done", natoms=len(sample.atoms), grid="x".join(map(str, sample.grid_shape)),
                 energy_per_atom=sample.energy / len(sample.atoms), integral=sample.integral,
@@ -193,6 +395,8 @@ def execute(
     starts a LocalCluster of that many single-threaded worker processes (GPAW is fastest
     with one thread per process). ``on_result`` is called with each item's summary as it ends.
     """
+    if scheduler:
+        check_scheduler(scheduler)
     ds = Dataset(db_path)
     done = ds.task_status()
     todo = [t for t in tasks if t.key() not in done]
@@ -215,7 +419,7 @@ def execute(
 
     cluster = None
     if scheduler:
-        client = Client(scheduler)
+        client = Client(scheduler, timeout="20s")
     else:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                dashboard_address=None, host="127.0.0.1")

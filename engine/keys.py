@@ -27,6 +27,22 @@ STATUS_RUNNING = "running"
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"
 
+# --- atoms.info keys of a structure (set by structures, thermal, generate and store) ------------
+INFO_SYSTEM = "system"                      # alloy system name
+INFO_COMPOSITION = "composition"            # requested composition, text
+INFO_REALISED = "realised_composition"      # composition after rounding to whole atoms, text
+INFO_REPEAT = "repeat"                      # supercell repeat, [r1, r2, r3]
+INFO_SEED = "seed"                          # seed of the random structure
+INFO_LATTICE_CONSTANT = "lattice_constant"  # conventional cubic lattice constant, Å
+INFO_VACANCIES = "vacancies"                # number of vacancies made
+INFO_VACANCY_SITES = "vacancy_sites"        # indices of the removed sites
+INFO_ANTISITES = "antisites"                # number of antisite defects made
+INFO_TEMPERATURE = "temperature"            # K of a thermal snapshot
+INFO_THERMAL = "thermal"                    # sampler of a snapshot: "md" | "einstein" | "none"
+INFO_SNAPSHOT = "snapshot"                  # index of the snapshot
+INFO_ROW_ID = "row_id"                      # dataset row a sample was read from
+INFO_SOURCE = "source"                      # file name a user structure came from
+
 # --- data entries of a dataset row ---------------------------------------------------------
 DENSITY = "density"            # float64 (nx,ny,nz) or (2,nx,ny,nz), electrons/Å³
 PROVENANCE = "provenance"      # dict: code, version, settings, k-points, iterations, ...

@@ -37,39 +37,116 @@ class Failure:
     key_value_pairs: dict
 
 
-def _check_readable(path: Path) -> None:
+# Tables every ASE SQLite database has (ase.db.sqlite's schema, versions 5 and later).
+ASE_TABLES = frozenset({"systems", "species", "keys", "text_key_values", "number_key_values", "information"})
+
+
+def _readonly_uri(path: Path) -> str:
+    # mode=ro: SQLite itself refuses every write, and creates no journal file beside it.
+    return path.resolve().as_uri() + "?mode=ro"
+
+
+def check_dataset_file(path: str | os.PathLike) -> None:
+    """Refuse (:class:`DatasetError`) an existing file that is not an ASE SQLite database.
+
+    Reads the file (read-only) and never writes it: a 0-byte file, a file that is not SQLite,
+    and an SQLite file of another program (its tables are not ASE's) are all refused, so that
+    rhox never turns them into a dataset by adding its tables.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path} is not a regular file, so not a dataset")
     with open(path, "rb") as fh:
         head = fh.read(16)
-    if head and not head.startswith(b"SQLite format 3"):
+    if not head:
+        raise DatasetError(f"{path} is an empty file (0 bytes), not an rhox dataset; "
+                           "remove it or choose another file name")
+    if not head.startswith(b"SQLite format 3"):
         raise DatasetError(f"{path} is not an ASE database (not an SQLite file)")
+    try:
+        con = sqlite3.connect(_readonly_uri(path), uri=True, timeout=20)
+        try:
+            tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as err:
+        raise DatasetError(f"{path} is not a readable ASE database: {err}") from err
+    missing = ASE_TABLES - tables
+    if missing:
+        found = ", ".join(sorted(tables)) or "none"
+        raise DatasetError(f"{path} is an SQLite file of another program, not an ASE database "
+                           f"(its tables: {found}); rhox leaves it untouched")
+
+
+def _create_empty(path: Path) -> None:
+    """Create an empty ASE database at ``path`` atomically, unless a file is already there.
+
+    The schema is written to a temporary file beside it and linked into place (a hard link
+    fails if the name exists), so that no other process ever sees a half-made file.
+    """
+    import ase.db.sqlite
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{socket.gethostname()}.tmp")
+    try:
+        db = ase.db.sqlite.SQLite3Database(str(tmp))
+        db.count()  # the first query creates ASE's tables and indexes
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another worker made it first: use theirs
+        except OSError:  # no hard links on this file system: a plain rename, if still free
+            if not path.exists():
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _readonly_db(path: Path):
+    """An ``ase.db`` SQLite database on ``path`` whose connections cannot write."""
+    import ase.db.sqlite
+
+    class ReadOnlySQLite(ase.db.sqlite.SQLite3Database):
+        def _connect(self):
+            return sqlite3.connect(_readonly_uri(Path(self.filename)), uri=True, timeout=20)
+
+    return ReadOnlySQLite(str(path), create_indices=False, use_lock_file=False)
 
 
 class Dataset:
     """A density dataset in an ASE SQLite database at ``path``.
 
-    ``Dataset(path)`` creates the file on first write; ``Dataset(path, must_exist=True)``
-    refuses a missing file. A file that is not an ASE SQLite database is refused with
-    :class:`DatasetError`, and never written to.
+    ``Dataset(path)`` creates the file if it does not exist (atomically: other processes
+    never see a half-made one); ``Dataset(path, must_exist=True)`` refuses a missing file;
+    ``Dataset(path, readonly=True)`` (or :func:`open_readonly`) opens an existing dataset so
+    that nothing, not even SQLite's journal, is ever written. An existing file that is not an
+    ASE SQLite database (empty, not SQLite, or another program's SQLite file) is refused with
+    :class:`DatasetError` and never written to.
     """
 
-    def __init__(self, path: str | os.PathLike, must_exist: bool = False):
+    def __init__(self, path: str | os.PathLike, must_exist: bool = False, readonly: bool = False):
         import ase.db
 
         self.path = Path(path)
+        self.readonly = readonly
         if self.path.is_dir():
             raise DatasetError(f"{self.path} is a directory, not a dataset file")
         if self.path.exists():
-            _check_readable(self.path)
-        elif must_exist:
+            check_dataset_file(self.path)
+        elif must_exist or readonly:
             raise DatasetError(f"dataset {self.path} does not exist")
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = ase.db.connect(str(self.path), type="db", append=True)
-        if self.path.exists():
-            try:
-                self.db.count()
-            except (sqlite3.DatabaseError, KeyError, ValueError) as err:
-                raise DatasetError(f"{self.path} is not a readable ASE database: {err}") from err
+            _create_empty(self.path)
+            check_dataset_file(self.path)
+        self.db = _readonly_db(self.path) if readonly else ase.db.connect(str(self.path), type="db", append=True)
+        try:
+            self.db.count()
+        except (sqlite3.DatabaseError, KeyError, ValueError, OSError) as err:
+            raise DatasetError(f"{self.path} is not a readable ASE database: {err}") from err
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise DatasetError(f"dataset {self.path} was opened read-only")
 
     # --- work items ------------------------------------------------------------------------
     def reserve(self, task: str) -> int | None:
@@ -78,6 +155,7 @@ class Dataset:
         ASE's ``reserve`` checks then writes in two steps, so two processes can both win a
         race; the lowest row id keeps the item and the other gives it back.
         """
+        self._writable()
         rid = self.db.reserve(**{keys.TASK: task})
         if rid is None:
             return None
@@ -91,6 +169,7 @@ class Dataset:
 
     def write_sample(self, rid: int, sample: DensitySample, key_value_pairs: dict | None = None) -> None:
         """Replace reservation ``rid`` by a finished sample, atomically."""
+        self._writable()
         atoms = sample.atoms.copy()
         atoms.calc = SinglePointCalculator(atoms, energy=sample.energy, forces=sample.forces)
         row = self.db.get(id=rid)
@@ -107,6 +186,7 @@ class Dataset:
     def write_failure(self, rid: int, reason: str, atoms: Atoms | None = None,
                       key_value_pairs: dict | None = None) -> None:
         """Record that work item ``rid`` failed, with its reason (kept, never silently dropped)."""
+        self._writable()
         kvp = {keys.STATUS: keys.STATUS_FAILED, keys.REASON: reason.replace("\n", " ")[:500]}
         kvp.update(_clean_kvp(key_value_pairs or {}))
         if atoms is not None:
@@ -116,6 +196,7 @@ class Dataset:
 
     def release(self, rid: int) -> None:
         """Give back a reservation (e.g. on Ctrl-C) so that a later run does the item."""
+        self._writable()
         del self.db[rid]
 
     def clear_stale(self, all_hosts: bool = False, retry_failed: bool = False) -> int:
@@ -124,6 +205,7 @@ class Dataset:
         A reservation is stale when its process is gone on this host, when it has no status
         for longer than 5 minutes, or (``all_hosts``) whenever it is still 'running'.
         """
+        self._writable()
         host = socket.gethostname()
         stale = []
         for row in self.db.select():
@@ -175,13 +257,18 @@ class Dataset:
         return out
 
 
+def open_readonly(path: str | os.PathLike) -> Dataset:
+    """An existing dataset opened read-only (``info``, training and evaluation read this way)."""
+    return Dataset(path, readonly=True)
+
+
 def row_to_sample(row) -> DensitySample:
     """An ``ase.db`` row of a finished sample -> :class:`DensitySample`."""
     atoms = row.toatoms()
     prov = dict(row.data.get(keys.PROVENANCE, {}))
     info = prov.pop("info", {}) or {}
     atoms.info.update(info)
-    atoms.info["row_id"] = row.id
+    atoms.info[keys.INFO_ROW_ID] = row.id
     atoms.calc = None
     return DensitySample(
         atoms=atoms,

@@ -15,8 +15,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from ase import Atoms
 
+from . import keys
 from .composition import CompositionError, format_composition, parse_composition
 from .errors import InputError
+
+# Two atoms closer than this fraction of the sum of their covalent radii (ase.data.covalent_radii,
+# Cordero et al. 2008) are a broken structure: about 1.1 Å for Si-Si, whose bond is 2.35 Å. Thermal
+# snapshots stay far above it (a 1000 K Einstein displacement of Si is ~0.1 Å); a wrong unit
+# (Bohr read as Å, fractional as Cartesian) or a duplicated atom falls far below it.
+MIN_DISTANCE_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,7 @@ def get_system(name: str) -> AlloySystem:
     for key, system in SYSTEMS.items():
         if key.lower() == name.lower():
             return system
-    raise CompositionError(f"unknown alloy system {name!r}; known systems: {', '.join(SYSTEMS)}")
+    raise InputError(f"unknown alloy system {name!r}; known systems: {', '.join(SYSTEMS)}")
 
 
 def infer_system(symbols: Sequence[str]) -> AlloySystem:
@@ -86,7 +93,7 @@ def infer_system(symbols: Sequence[str]) -> AlloySystem:
     present = set(symbols)
     fits = [s for s in SYSTEMS.values() if present <= set(s.elements)]
     if not fits:
-        raise CompositionError(
+        raise InputError(
             f"no alloy system covers the species {', '.join(sorted(present))}; "
             f"known systems: " + ", ".join(f"{k} ({'/'.join(s.elements)})" for k, s in SYSTEMS.items())
         )
@@ -101,7 +108,7 @@ def vegard_lattice_constant(system: AlloySystem, composition: Mapping[str, float
 def _as_repeat(repeat: int | Sequence[int]) -> tuple[int, int, int]:
     rep = (repeat,) * 3 if np.isscalar(repeat) else tuple(int(r) for r in repeat)
     if len(rep) != 3 or any(int(r) < 1 for r in rep):
-        raise CompositionError(f"repeat must be a positive integer or three of them, got {repeat!r}")
+        raise InputError(f"supercell repeat must be a positive integer or three of them, got {repeat!r}")
     return tuple(int(r) for r in rep)  # type: ignore[return-value]
 
 
@@ -118,6 +125,54 @@ def atom_counts(composition: Mapping[str, float], n_sites: int) -> dict[str, int
     order = np.argsort(-(exact - counts), kind="stable")
     counts[order[:short]] += 1
     return dict(zip(els, counts.tolist()))
+
+
+def site_count(system: AlloySystem | str, repeat: int | Sequence[int] = 1) -> int:
+    """Number of lattice sites of a supercell of ``system`` with ``repeat`` (nothing is built)."""
+    system = get_system(system) if isinstance(system, str) else system
+    return system.atoms_per_cell * int(np.prod(_as_repeat(repeat)))
+
+
+def _species_counts(system: AlloySystem, comp: Mapping[str, float], rep: tuple[int, int, int]) -> dict[str, int]:
+    """Atoms per species on the sites of ``rep``; refuses a cell too small for some requested species."""
+    n_sites = system.atoms_per_cell * int(np.prod(rep))
+    counts = atom_counts(comp, n_sites)
+    missing = [el for el, x in comp.items() if x > 0 and counts[el] == 0]
+    if missing:
+        need = min(comp[el] for el in missing)
+        cells = int(np.ceil(0.5 / (need * system.atoms_per_cell)))
+        r_min = int(np.ceil(cells ** (1 / 3)))
+        raise CompositionError(
+            f"repeat {rep} has {n_sites} sites: too few to place {', '.join(missing)} at "
+            f"{format_composition(comp)} (needs at least ~{cells} cubic cells, e.g. repeat {max(r_min, 1)})"
+        )
+    return counts
+
+
+def check_buildable(system: AlloySystem | str, composition, repeat: int | Sequence[int] = 1,
+                    vacancies: int = 0, antisites: int = 0) -> int:
+    """Refuse, without building it, what :func:`random_alloy` and the defect functions would refuse.
+
+    Returns the number of atoms the structure will have. Cheap: a plan checks every item this
+    way before anything is built or written.
+    """
+    system = get_system(system) if isinstance(system, str) else system
+    comp = parse_composition(composition, system.elements)
+    rep = _as_repeat(repeat)
+    counts = _species_counts(system, comp, rep)
+    n = sum(counts.values())
+    _check_defects(vacancies, n, "vacancies")
+    if antisites:
+        if system.n_species < 2:
+            raise InputError("antisites need at least two species in the system")
+        _check_defects(antisites, n - vacancies, "antisites")
+    return n - int(vacancies)
+
+
+def _check_defects(n: int, natoms: int, what: str) -> None:
+    top = natoms - 1 if what == "vacancies" else natoms
+    if int(n) != n or n < 0 or n > top:
+        raise InputError(f"cannot make {n} {what} in a cell of {natoms} atoms")
 
 
 def realised_composition(atoms: Atoms, elements: Sequence[str]) -> dict[str, float]:
@@ -151,30 +206,20 @@ def random_alloy(
     a = lattice_constant if lattice_constant is not None else vegard_lattice_constant(system, comp)
     prim = bulk(system.elements[0], system.lattice, a=a, cubic=True)
     atoms = prim.repeat(rep)
-    n_sites = len(atoms)
-    counts = atom_counts(comp, n_sites)
-    missing = [el for el, x in comp.items() if x > 0 and counts[el] == 0]
-    if missing:
-        need = min(comp[el] for el in missing)
-        cells = int(np.ceil(0.5 / (need * system.atoms_per_cell)))
-        r_min = int(np.ceil(cells ** (1 / 3)))
-        raise CompositionError(
-            f"repeat {rep} has {n_sites} sites: too few to place {', '.join(missing)} at "
-            f"{format_composition(comp)} (needs at least ~{cells} cubic cells, e.g. --repeat {max(r_min, 1)})"
-        )
+    counts = _species_counts(system, comp, rep)
     rng = np.random.default_rng(seed)
     symbols = np.concatenate([[el] * c for el, c in counts.items()])
     rng.shuffle(symbols)
     atoms.set_chemical_symbols(symbols.tolist())
     atoms.pbc = True
-    atoms.info.update(
-        system=system.name,
-        composition=format_composition(comp),
-        realised_composition=format_composition(realised_composition(atoms, system.elements)),
-        repeat=list(rep),
-        seed=seed,
-        lattice_constant=a,
-    )
+    atoms.info.update({
+        keys.INFO_SYSTEM: system.name,
+        keys.INFO_COMPOSITION: format_composition(comp),
+        keys.INFO_REALISED: format_composition(realised_composition(atoms, system.elements)),
+        keys.INFO_REPEAT: list(rep),
+        keys.INFO_SEED: seed,
+        keys.INFO_LATTICE_CONSTANT: a,
+    })
     if system.spin_polarized:
         atoms.set_initial_magnetic_moments([system.magmoms.get(s, 0.0) for s in atoms.get_chemical_symbols()])
     return atoms
@@ -182,15 +227,14 @@ def random_alloy(
 
 def add_vacancies(atoms: Atoms, n: int, seed: int | None = None) -> Atoms:
     """A copy of ``atoms`` with ``n`` randomly chosen atoms removed (vacancies)."""
-    if n < 0 or n >= len(atoms):
-        raise CompositionError(f"cannot make {n} vacancies in a cell of {len(atoms)} atoms")
+    _check_defects(n, len(atoms), "vacancies")
     rng = np.random.default_rng(seed)
     out = atoms.copy()
     idx = rng.choice(len(atoms), size=n, replace=False)
     del out[sorted(idx.tolist())]
     out.info = dict(atoms.info)
-    out.info["vacancies"] = int(atoms.info.get("vacancies", 0)) + n
-    out.info["vacancy_sites"] = sorted(int(i) for i in idx)
+    out.info[keys.INFO_VACANCIES] = int(atoms.info.get(keys.INFO_VACANCIES, 0)) + n
+    out.info[keys.INFO_VACANCY_SITES] = sorted(int(i) for i in idx)
     _update_realised(out)
     return out
 
@@ -202,9 +246,8 @@ def add_antisites(atoms: Atoms, n: int, elements: Sequence[str] | None = None, s
     """
     elements = list(elements) if elements else sorted(set(atoms.get_chemical_symbols()))
     if len(elements) < 2:
-        raise CompositionError("antisites need at least two species in the system")
-    if n < 0 or n > len(atoms):
-        raise CompositionError(f"cannot make {n} antisites in a cell of {len(atoms)} atoms")
+        raise InputError("antisites need at least two species in the system")
+    _check_defects(n, len(atoms), "antisites")
     rng = np.random.default_rng(seed)
     out = atoms.copy()
     out.info = dict(atoms.info)
@@ -214,15 +257,67 @@ def add_antisites(atoms: Atoms, n: int, elements: Sequence[str] | None = None, s
         others = [e for e in elements if e != syms[i]]
         syms[i] = str(rng.choice(others))
     out.set_chemical_symbols(syms)
-    out.info["antisites"] = int(atoms.info.get("antisites", 0)) + n
+    out.info[keys.INFO_ANTISITES] = int(atoms.info.get(keys.INFO_ANTISITES, 0)) + n
     _update_realised(out)
     return out
 
 
 def _update_realised(atoms: Atoms) -> None:
-    name = atoms.info.get("system")
+    name = atoms.info.get(keys.INFO_SYSTEM)
     if name:
         system = get_system(name)
-        atoms.info["realised_composition"] = format_composition(realised_composition(atoms, system.elements))
+        atoms.info[keys.INFO_REALISED] = format_composition(realised_composition(atoms, system.elements))
         if system.spin_polarized:
             atoms.set_initial_magnetic_moments([system.magmoms.get(s, 0.0) for s in atoms.get_chemical_symbols()])
+
+
+def check_distances(atoms: Atoms, fraction: float = MIN_DISTANCE_FRACTION) -> tuple[int, int, float] | None:
+    """The closest pair of atoms ``(i, j, d)`` (d in Å, periodic images included) that are closer
+    than ``fraction`` times the sum of their covalent radii, or None when no pair is.
+
+    Of several such pairs, the one closest relative to its radii is returned. ``i == j`` means an
+    atom and its own periodic image (a cell vector that is too short). Linear in the number of atoms.
+    """
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) == 0:
+        return None
+    radii = covalent_radii[atoms.numbers] * fraction
+    # neighbor_list pairs i, j when d < cutoff_i + cutoff_j: exactly the pairs below the limit.
+    i, j, d = neighbor_list("ijd", atoms, radii, self_interaction=False)
+    if len(d) == 0:
+        return None
+    k = int(np.argmin(d / (radii[i] + radii[j])))
+    a, b = sorted((int(i[k]), int(j[k])))
+    return a, b, float(d[k])
+
+
+def close_pair_message(atoms: Atoms, name: str = "structure", fraction: float = MIN_DISTANCE_FRACTION) -> str | None:
+    """One line naming the closest too-close pair of :func:`check_distances` and its distance, or None.
+
+    For a refusal (:func:`require_distances`, before DFT) or a warning (before a prediction).
+    """
+    pair = check_distances(atoms, fraction)
+    if pair is None:
+        return None
+    i, j, d = pair
+    syms = atoms.get_chemical_symbols()
+    limit = fraction * (_radius(atoms.numbers[i]) + _radius(atoms.numbers[j]))
+    which = f"atom {i} ({syms[i]}) and its own periodic image" if i == j else \
+        f"atoms {i} ({syms[i]}) and {j} ({syms[j]})"
+    return (f"{name}: {which} are {d:.3f} Å apart, closer than the physical minimum "
+            f"{limit:.2f} Å ({fraction:g} x the sum of covalent radii); check the units and positions")
+
+
+def require_distances(atoms: Atoms, name: str = "structure", fraction: float = MIN_DISTANCE_FRACTION) -> None:
+    """Refuse (:class:`InputError`) a structure with two atoms closer than :func:`check_distances` allows."""
+    message = close_pair_message(atoms, name, fraction)
+    if message:
+        raise InputError(message)
+
+
+def _radius(z: int) -> float:
+    from ase.data import covalent_radii
+
+    return float(covalent_radii[z])

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 from ase import Atoms, units
 
-from .composition import CompositionError
+from . import keys
+from .errors import InputError
 
 # Debye temperatures (K) of the elements (Kittel, table 5.1 and standard compilations).
 DEBYE_TEMPERATURE = {
@@ -34,9 +35,12 @@ EINSTEIN_OVER_DEBYE = 0.806  # θ_E = (π/6)^(1/3) θ_D matches the mean-square 
 
 def check_temperature(temperature: float) -> float:
     """A temperature in kelvin, refused if negative or not finite."""
-    t = float(temperature)
+    try:
+        t = float(temperature)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"temperature must be a number of kelvin, got {temperature!r}") from err
     if not np.isfinite(t) or t < 0:
-        raise CompositionError(f"temperature must be >= 0 K, got {temperature!r} K")
+        raise InputError(f"temperature must be >= 0 K, got {temperature!r} K")
     return t
 
 
@@ -46,7 +50,7 @@ def einstein_rms_displacement(symbol: str, temperature: float) -> float:
 
     theta_d = DEBYE_TEMPERATURE.get(symbol)
     if theta_d is None:
-        raise CompositionError(f"no Debye temperature known for {symbol}; use the MD sampler")
+        raise InputError(f"no Debye temperature known for {symbol}; use the MD sampler")
     omega = units._k * EINSTEIN_OVER_DEBYE * theta_d / units._hbar / units.s  # rad per ASE time unit
     mass = atomic_masses[atomic_numbers[symbol]]  # amu = ASE mass unit
     return float(np.sqrt(units.kB * temperature / (mass * omega**2)))
@@ -61,7 +65,8 @@ def einstein_snapshots(atoms: Atoms, temperature: float, n: int = 1, seed: int |
     for k in range(n):
         snap = atoms.copy()
         snap.positions += rng.normal(size=(len(atoms), 3)) * sigma[:, None]
-        snap.info = dict(atoms.info, temperature=temperature, thermal="einstein", snapshot=k)
+        snap.info = dict(atoms.info, **{keys.INFO_TEMPERATURE: temperature, keys.INFO_THERMAL: "einstein",
+                                        keys.INFO_SNAPSHOT: k})
         out.append(snap)
     return out
 
@@ -129,7 +134,8 @@ def md_snapshots(
 
 
 def _tag(snap: Atoms, parent: Atoms, temperature: float, method: str, k: int) -> Atoms:
-    snap.info = dict(parent.info, temperature=temperature, thermal=method, snapshot=k)
+    snap.info = dict(parent.info, **{keys.INFO_TEMPERATURE: temperature, keys.INFO_THERMAL: method,
+                                     keys.INFO_SNAPSHOT: k})
     snap.calc = None
     return snap
 
@@ -145,7 +151,7 @@ def thermalize(
         return md_snapshots(atoms, temperature, n=n, seed=seed, **kwargs)
     if method == "einstein":
         return einstein_snapshots(atoms, temperature, n=n, seed=seed)
-    raise ValueError(f"unknown thermalization method {method!r}; use 'md' or 'einstein'")
+    raise InputError(f"unknown thermalization method {method!r}; use 'md' or 'einstein'")
 
 
 def mean_square_displacement(snapshots: Sequence[Atoms], reference: Atoms) -> float:

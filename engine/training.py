@@ -84,8 +84,12 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def load_samples(dataset: str | os.PathLike) -> list[DensitySample]:
-    """All finished samples of a dataset, refusing an empty one."""
-    ds = Dataset(dataset, must_exist=True)
+    """All finished samples of a dataset, refusing an empty one.
+
+    The dataset is opened read-only: training and evaluation never write to it, and a file
+    that is not an ASE database is refused untouched.
+    """
+    ds = Dataset(dataset, readonly=True)
     samples = list(ds.samples())
     if not samples:
         raise DatasetError(f"dataset {dataset} has no finished samples to learn from")

@@ -65,3 +65,47 @@ def test_random_compositions_survive_rounding_to_text():
     for row in composition_list("random:200", ELS, seed=2):
         text = format_composition(round_composition(row, 6), digits=6)
         assert parse_composition(text, ELS) == pytest.approx(row, abs=2e-6)
+
+
+@pytest.mark.parametrize("n_species", [2, 3, 4])
+def test_composition_count_matches_what_is_built(n_species):
+    from rhox.engine.composition import composition_count
+
+    els = ("Cr", "Fe", "Co", "Ni")[:n_species]
+    for spec in ["grid:1", "grid:4", "grid:7", "random:3", "tess:0", "tess:1", "tess:2", "tess:3", "tess:4",
+                 "tess:6", "tess:7", "tess:8"]:
+        assert composition_count(spec, n_species) == len(composition_list(spec, els)), spec
+
+
+def test_composition_count_of_a_huge_grid_is_combinatorial():
+    from math import comb
+
+    from rhox.engine.composition import composition_count
+
+    # Hand count: writing N as 3 ordered non-negative parts, (N+1)(N+2)/2.
+    assert composition_count("grid:100000", 3) == 100001 * 100002 // 2 == 5_000_150_001
+    assert composition_count("grid:100000", 4) == comb(100003, 3)
+    assert composition_count("tess:40", 3) == comb(2**39 + 2, 2) + 1  # dyadic grid + the face centre
+
+
+@pytest.mark.parametrize("spec,parts", [
+    ("Si0.5Ge0.3Sn0.2", ["Si0.5Ge0.3Sn0.2"]),
+    ('{"Si": 0.5, "Ge": 0.3, "Sn": 0.2}', ['{"Si": 0.5, "Ge": 0.3, "Sn": 0.2}']),
+    ("0.5, 0.3, 0.2", ["0.5, 0.3, 0.2"]),
+    ("Si0.5Ge0.5;Si1", ["Si0.5Ge0.5", "Si1"]),
+    ("Si0.5Ge0.5  Si1 ", ["Si0.5Ge0.5", "Si1"]),
+    ('{"Si": 0.5, "Ge": 0.5}; 0.5,0.5,0 ; Ge1', ['{"Si": 0.5, "Ge": 0.5}', "0.5,0.5,0", "Ge1"]),
+    ("", []), (" ; ;", []),
+])
+def test_split_compositions_keeps_json_and_vectors_whole(spec, parts):
+    from rhox.engine.composition import split_compositions
+
+    assert split_compositions(spec) == parts
+
+
+@pytest.mark.parametrize("spec,fragment", [("", "no composition given"), ("grid:x", "expects an integer"),
+                                           ("grid:0", "positive"), ("random:-2", "positive"),
+                                           ("tess:-1", "level >= 0")])
+def test_bad_composition_specs(spec, fragment):
+    with pytest.raises(CompositionError, match=fragment):
+        composition_list(spec, ELS)

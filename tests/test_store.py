@@ -168,3 +168,168 @@ def test_generate_on_an_existing_dask_scheduler(tmp_path):
         results = execute(tasks, str(tmp_path / "sched.db"), scheduler=cluster.scheduler_address)
     assert sorted(r["status"] for r in results) == ["done", "done"]
     assert Dataset(tmp_path / "sched.db").count("done") == 2
+
+
+def _foreign_sqlite(path):
+    """An SQLite file of another program: one unrelated table with a row."""
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE inventory (item TEXT, qty INTEGER)")
+    con.execute("INSERT INTO inventory VALUES ('bolts', 12)")
+    con.commit()
+    con.close()
+    return path
+
+
+def _sha(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_foreign_sqlite_refused_byte_for_byte_untouched(tmp_path, readonly):
+    other = _foreign_sqlite(tmp_path / "other.sqlite")
+    before = _sha(other)
+    with pytest.raises(DatasetError, match="another program.*inventory"):
+        Dataset(other, readonly=readonly)
+    assert _sha(other) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.sqlite"]  # no journal, no lock
+
+
+def test_empty_file_is_not_turned_into_a_database(tmp_path):
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for readonly in (False, True):
+        with pytest.raises(DatasetError, match="empty file"):
+            Dataset(empty, readonly=readonly)
+    assert empty.stat().st_size == 0
+
+
+def test_readonly_open_reads_and_refuses_writes(tmp_path):
+    import shutil
+
+    from rhox.engine.bundled import default_data_path
+    from rhox.engine.store import open_readonly
+
+    copy = tmp_path / "train.db"
+    shutil.copy(default_data_path(), copy)
+    copy.chmod(0o444)  # a read-only file (a shared data set) opens and reads
+    before = _sha(copy)
+    ds = open_readonly(copy)
+    n = ds.count()
+    assert n > 0 and len(ds.summary()) == n
+    sample = next(ds.samples())
+    assert sample.integrate() == pytest.approx(sample.integral, rel=1e-6)
+    with pytest.raises(DatasetError, match="read-only"):
+        ds.reserve("some-task")
+    assert _sha(copy) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.db"]
+    with pytest.raises(DatasetError, match="does not exist"):
+        open_readonly(tmp_path / "missing.db")
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_new_dataset_appears_complete(tmp_path):
+    from rhox.engine.store import check_dataset_file
+
+    path = tmp_path / "sub" / "new.db"
+    ds = Dataset(path)
+    check_dataset_file(path)  # a full ASE schema, never an empty or partial file
+    assert ds.count(None) == 0
+    assert sorted(p.name for p in path.parent.iterdir()) == ["new.db"]  # no temporary left
+
+
+def test_load_samples_reads_without_writing(tmp_path):
+    import shutil
+
+    from rhox.engine.bundled import default_data_path
+    from rhox.engine.training import load_samples
+
+    copy = tmp_path / "train.db"
+    shutil.copy(default_data_path(), copy)
+    before = _sha(copy)
+    samples = load_samples(copy)
+    assert len(samples) == Dataset(copy, readonly=True).count()
+    assert _sha(copy) == before
+    other = _foreign_sqlite(tmp_path / "other.sqlite")
+    before = _sha(other)
+    with pytest.raises(DatasetError, match="another program"):
+        load_samples(other)
+    assert _sha(other) == before
+
+
+def test_plan_builds_no_structure(monkeypatch):
+    """A plan (and so a dry run) checks every item without building one: building is the worker's job."""
+    import rhox.engine.generate as generate
+    import rhox.engine.structures as structures
+    from rhox.engine.generate import plan_spec
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a structure was built while planning")
+
+    monkeypatch.setattr(structures, "random_alloy", no_build)
+    monkeypatch.setattr(generate, "random_alloy", no_build)
+    tasks, size = plan_spec("SiGeSn", "grid:4", [1, 2], samples=2, temperatures=[300, 600], vacancies=[0, 1],
+                            thermal="einstein")
+    # 15 compositions x 2 repeats x 2 temperatures x 2 vacancy counts x 2 samples, each checked.
+    assert len(tasks) == size.tasks == 15 * 2 * 2 * 2 * 2
+    assert size.largest.atoms == 64 and size.seconds > 0
+    with pytest.raises(AssertionError, match="was built"):
+        tasks[0].structure()
+
+
+def test_plan_size_refusals_say_what_would_fit():
+    from rhox.engine.errors import InputError
+    from rhox.engine.generate import MAX_TASKS, plan_spec
+
+    # Si (diamond): repeat 2 is 64 atoms (~0.75 GB estimated), repeat 3 216 atoms (several GB).
+    tasks, size = plan_spec("SiGe", "Si1", [2], thermal="einstein", memory_bytes=1.2e9)
+    assert len(tasks) == 1 and 0.6e9 < size.largest.memory_bytes < 1.2e9
+    with pytest.raises(InputError, match=r"216 atoms needs .* more than this machine's 1.2 GB; "
+                                         r"the largest repeat that fits is 2 \(64 atoms"):
+        plan_spec("SiGe", "Si1", [3], thermal="einstein", memory_bytes=1.2e9)
+    # Two local workers run two calculations at once: twice the memory.
+    with pytest.raises(InputError, match=r"\(2 at once\)"):
+        plan_spec("SiGe", "Si1", [2], thermal="einstein", memory_bytes=1.2e9, workers=2)
+    # The count is checked before compositions are made; the advice is the largest grid that fits.
+    with pytest.raises(InputError, match=r"5,000,150,001 calculations.*grid:445 gives 99,681"):
+        plan_spec("SiGeSn", "grid:100000", thermal="einstein")
+    assert 446 * 447 // 2 <= MAX_TASKS < 447 * 448 // 2  # grid:445 has C(447, 2) = 99,681 points
+
+
+def test_structures_too_big_or_too_close_are_refused_before_any_work(tmp_path):
+    from rhox.engine.errors import InputError
+
+    big = bulk("Si", "diamond", a=5.43, cubic=True).repeat(3)
+    with pytest.raises(InputError, match="216 atoms needs .* use a smaller cell"):
+        plan_structures([("big.cif", big)], TINY, memory_bytes=1e9)
+    close = bulk("Si", "diamond", a=5.43, cubic=True)
+    close.positions[1] = close.positions[0] + [0.2, 0.0, 0.0]
+    with pytest.raises(InputError, match=r"close.cif: atoms 0 \(Si\) and 1 \(Si\) are 0.200 Å apart"):
+        plan_structures([("close.cif", close)], TINY)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_scheduler_refused_before_the_dataset_exists(tmp_path):
+    import socket
+
+    from rhox.engine.errors import InputError
+    from rhox.engine.generate import check_scheduler, execute
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tasks = plan_structures(_si2_variants(1), TINY)
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match=f"tcp://127.0.0.1:{port} is not reachable"):
+        execute(tasks, str(tmp_path / "x.db"), scheduler=f"tcp://127.0.0.1:{port}")
+    assert time.perf_counter() - t0 < 20  # Dask alone retried for 30 s and then printed 78 lines
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(InputError, match="tcp://HOST:PORT"):
+        check_scheduler("http://127.0.0.1:8786")
+    with socket.socket() as server:  # something listening: accepted
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_scheduler(f"tcp://127.0.0.1:{server.getsockname()[1]}")

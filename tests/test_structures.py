@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from rhox.engine.composition import CompositionError
+from rhox.engine.errors import InputError
 from rhox.engine.structures import (
     SYSTEMS, add_antisites, add_vacancies, get_system, infer_system, random_alloy, vegard_lattice_constant,
 )
@@ -67,7 +68,61 @@ def test_infer_and_unknown_system():
     assert infer_system(["Si", "Ge"]).name == "SiGe"
     assert infer_system(["Sn", "Si"]).name == "SiGeSn"
     assert infer_system(["Ni", "Cr"]).name == "CrFeCoNi"
-    with pytest.raises(CompositionError, match="no alloy system covers"):
+    with pytest.raises(InputError, match="no alloy system covers"):
         infer_system(["Si", "Fe"])
-    with pytest.raises(CompositionError, match="unknown alloy system"):
+    with pytest.raises(InputError, match="unknown alloy system"):
         get_system("GaAs")
+
+
+@pytest.mark.parametrize("system,comp,repeat,vac,anti", [
+    ("SiGeSn", "Si0.95Ge0.01Sn0.04", 1, 0, 0),   # too few sites for Ge and Sn
+    ("SiGe", "Si0.5Ge0.5", 1, 8, 0),             # every atom a vacancy
+    ("SiGe", "Si0.5Ge0.5", 1, 0, 9),             # more antisites than atoms
+    ("Al", "Al1", 1, 0, 1),                      # antisites in a one-species system
+    ("SiGe", "Si0.5Ge0.5", 0, 0, 0),             # no cell
+])
+def test_check_buildable_refuses_what_building_refuses(system, comp, repeat, vac, anti):
+    from rhox.engine.structures import add_antisites, check_buildable, get_system
+
+    with pytest.raises(InputError) as checked:
+        check_buildable(system, comp, repeat, vac, anti)
+    with pytest.raises(InputError) as built:
+        atoms = random_alloy(system, comp, repeat, seed=0)
+        atoms = add_vacancies(atoms, vac, seed=1) if vac else atoms
+        add_antisites(atoms, anti, get_system(system).elements, seed=2) if anti else None
+    assert str(checked.value) == str(built.value)
+
+
+def test_check_buildable_counts_atoms_without_building():
+    from rhox.engine.structures import check_buildable, site_count
+
+    assert site_count("SiGeSn", 2) == 64 and site_count("CrFeCoNi", (1, 2, 3)) == 24
+    assert check_buildable("SiGeSn", "Si0.5Ge0.25Sn0.25", 2, vacancies=3) == 61
+    assert len(add_vacancies(random_alloy("SiGeSn", "Si0.5Ge0.25Sn0.25", 2, seed=0), 3, seed=0)) == 61
+
+
+def test_check_distances_finds_the_closest_pair_and_periodic_images():
+    from ase import Atoms
+    from ase.build import bulk
+
+    from rhox.engine.structures import check_distances, close_pair_message, require_distances
+
+    si = bulk("Si", "diamond", a=5.43, cubic=True)
+    assert check_distances(si) is None  # bonds 2.35 Å, limit 0.5 x (1.11 + 1.11) = 1.11 Å
+    bad = si.copy()
+    bad.positions[5] = bad.positions[2] + [0.0, 0.3, 0.4]  # 0.5 Å from atom 2
+    i, j, d = check_distances(bad)
+    assert (i, j) == (2, 5) and d == pytest.approx(0.5)
+    # Across the cell boundary: atom 0 at the origin, atom 1 at 0.2 Å from its image.
+    edge = Atoms("Si2", positions=[[0, 0, 0], [5.23, 0, 0]], cell=[5.43] * 3, pbc=True)
+    assert check_distances(edge)[:2] == (0, 1) and check_distances(edge)[2] == pytest.approx(0.2)
+    # A cell vector shorter than the limit: an atom meets its own image.
+    thin = Atoms("Si", positions=[[0, 0, 0]], cell=[0.8, 5, 5], pbc=True)
+    assert check_distances(thin) == (0, 0, pytest.approx(0.8))
+    # The limit follows the radii: 1.0 Å is fine for H-H (limit 0.31 Å), not for Sn-Sn (1.39 Å).
+    pair = lambda sym: Atoms(sym, positions=[[1, 1, 1], [2, 1, 1]], cell=[8] * 3, pbc=True)
+    assert check_distances(pair("H2")) is None and check_distances(pair("Sn2"))[2] == pytest.approx(1.0)
+    with pytest.raises(InputError, match=r"x.cif: atoms 2 \(Si\) and 5 \(Si\) are 0.500 Å apart"):
+        require_distances(bad, "x.cif")
+    assert close_pair_message(si, "ok.cif") is None
+    assert "atom 0 (Si) and its own periodic image are 0.800 Å apart" in close_pair_message(thin)

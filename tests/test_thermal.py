@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from rhox.engine.composition import CompositionError
+from rhox.engine.errors import InputError
 from rhox.engine.structures import random_alloy
-from rhox.engine.thermal import einstein_rms_displacement, einstein_snapshots, md_snapshots, mean_square_displacement
+from rhox.engine.thermal import (einstein_rms_displacement, einstein_snapshots, md_snapshots,
+                                 mean_square_displacement, thermalize)
 
 
 def test_einstein_amplitude_grows_with_temperature_and_lighter_atoms():
@@ -21,8 +22,12 @@ def test_einstein_amplitude_grows_with_temperature_and_lighter_atoms():
 
 def test_negative_temperature_refused():
     a = random_alloy("SiGe", "Si0.5Ge0.5", 1, seed=0)
-    with pytest.raises(CompositionError, match="temperature must be >= 0"):
+    with pytest.raises(InputError, match="temperature must be >= 0"):
         einstein_snapshots(a, -5)
+    with pytest.raises(InputError, match="temperature must be >= 0"):
+        einstein_snapshots(a, float("nan"))
+    with pytest.raises(InputError, match="unknown thermalization method 'hot'"):
+        thermalize(a, 300, method="hot")
 
 
 @pytest.mark.slow
