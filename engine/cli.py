@@ -312,32 +312,51 @@ def predict(
     model_dir: Optional[Path] = typer.Option(None, "--model", "-m", help="Model directory (default: bundled)."),
     out_dir: Path = typer.Option(Path("prediction"), "-o", "--out", help="Output folder."),
     spacing: Optional[float] = typer.Option(None, help="Grid spacing in Å (default: the training grids')."),
-    samples: int = typer.Option(20, help="Weight samples S for the epistemic uncertainty."),
+    samples: int = typer.Option(20, help="Weight samples S for the epistemic uncertainty (>= 1)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     allow_foreign: bool = typer.Option(False, help="Predict even for species the model never saw (warns)."),
     index: int = typer.Option(-1, help="Which image of a multi-image file."),
+    formats: Optional[List[str]] = typer.Option(
+        None, "--format", help="Output format (repeatable): cube, chgcar, xsf (one file per field: density, "
+                               "σ total, σ epistemic) or vtk (all fields in one file). Default: cube and vtk."),
 ):
     """Predict density and uncertainty; write cube files (mean, σ total, σ epistemic) and a VTK file."""
     import time
 
-    from .io import write_cube, write_vtk
+    from .errors import InputError
+    from .io import get_format, write
     from .model import load_model
+    from .predict import plan_grid
     from .predict import predict as run_predict
+    from .progress import progress_reporter
     from .structures import require_periodic
     from .training import resolve_device
 
-    atoms = _read_structures([str(structure)])[index][1]
+    # Everything that can be refused is checked before the model runs, and nothing is written until the end.
+    fmts = [get_format(f) for f in dict.fromkeys(formats or ["cube", "vtk"])]
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output folder {out_dir} is an existing file, not a folder")
+    images = _read_structures([str(structure)])
+    if not -len(images) <= index < len(images):
+        raise InputError(f"structure file {structure} holds {len(images)} image(s); image index {index} does not exist")
+    atoms = images[index][1]
     require_periodic(atoms, str(structure))
     model = load_model(model_dir, resolve_device(device))
+    plan_grid(model, atoms, spacing=spacing, n_samples=samples)
     t0 = time.perf_counter()
-    fields = run_predict(model, atoms, spacing=spacing, n_samples=samples, allow_foreign=allow_foreign)
+    with progress_reporter(console, "predicting") as progress:
+        fields = run_predict(model, atoms, spacing=spacing, n_samples=samples, allow_foreign=allow_foreign,
+                             progress=progress)
     dt = time.perf_counter() - t0
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = structure.stem
-    written = [write_cube(out_dir / f"{stem}_density.cube", atoms, fields.mean),
-               write_cube(out_dir / f"{stem}_sigma_total.cube", atoms, fields.sigma_total),
-               write_cube(out_dir / f"{stem}_sigma_epistemic.cube", atoms, fields.sigma_epistemic),
-               write_vtk(out_dir / f"{stem}_fields", atoms, fields.as_dict())]
+    singles = {"density": fields.mean, "sigma_total": fields.sigma_total, "sigma_epistemic": fields.sigma_epistemic}
+    written = []
+    for fmt in fmts:
+        if fmt.multi_field:
+            written.append(write(out_dir / f"{stem}_fields{fmt.extension}", atoms, fields.as_dict(), format=fmt.name))
+        else:
+            written += [write(out_dir / f"{stem}_{name}{fmt.extension}", atoms, arr, format=fmt.name)
+                        for name, arr in singles.items()]
     out.print(f"{len(atoms)} atoms, grid {'x'.join(map(str, fields.shape))}, S={samples}: {dt:.2f} s; "
               f"∫ρ = {fields.integrate():.3f} e, mean σ = {fields.sigma_total.mean():.2e} e/Å³")
     for p in written:
