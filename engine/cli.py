@@ -16,6 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .train_config import TrainConfig
+
+_TRAIN = TrainConfig.defaults()  # the train options' defaults: one source, without importing torch
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="rhox: Bayesian neural-network electron densities of alloys, with uncertainty.")
 # Outside a terminal (pipes, logs, CI) rich would wrap at 80 columns and cut table cells.
@@ -202,37 +206,45 @@ def info(dataset: Path = typer.Argument(..., help="ASE database written by rhox 
 def train(
     dataset: Path = typer.Argument(..., help="ASE database of DFT samples (rhox generate)."),
     out_dir: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Model directory to write."),
-    epochs: int = typer.Option(80, help="Maximum epochs (early stopping usually ends sooner)."),
-    batch_size: int = typer.Option(2048, help="Grid points per mini-batch."),
-    lr: float = typer.Option(2e-3, help="Adam learning rate."),
-    hidden: str = typer.Option("96,96,48", help="Hidden layer widths."),
-    patience: int = typer.Option(8, help="Epochs without validation improvement before stopping."),
-    val_fraction: float = typer.Option(0.15, help="Fraction of configurations held out for validation."),
-    descriptor: str = typer.Option("frame", help="frame (body-attached frame) or atom (atom-centred)."),
+    epochs: int = typer.Option(_TRAIN.max_epochs, help="Maximum epochs (early stopping usually ends sooner)."),
+    batch_size: int = typer.Option(_TRAIN.batch_size, help="Grid points per mini-batch."),
+    lr: float = typer.Option(_TRAIN.learning_rate, help="Adam learning rate."),
+    hidden: str = typer.Option(",".join(map(str, _TRAIN.hidden)), help="Hidden layer widths."),
+    patience: int = typer.Option(_TRAIN.patience, help="Epochs without validation improvement before stopping."),
+    val_fraction: float = typer.Option(_TRAIN.val_fraction, help="Fraction of configurations held out for validation."),
+    descriptor: str = typer.Option(_TRAIN.descriptor["kind"], help="frame (body-attached frame) or atom (atom-centred)."),
     neighbors: Optional[int] = typer.Option(None, help="K (frame) or M per species (atom); default per kind."),
-    cutoff: float = typer.Option(6.0, help="Neighbour search radius / feature length scale, Å."),
-    seed: int = typer.Option(0, help="Seed: same seed, same model (on one machine)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    cutoff: Optional[float] = typer.Option(None, help="Neighbour search radius / feature length scale, Å "
+                                                      "(default: the descriptor's, 6 Å)."),
+    seed: int = typer.Option(_TRAIN.seed, help="Seed: same seed, same model (on one machine)."),
+    device: str = typer.Option(_TRAIN.device, help="auto | cpu | cuda"),
     parent: Optional[Path] = typer.Option(None, help="Start from this model (fine-tuning)."),
-    freeze_layers: int = typer.Option(0, help="With --parent: number of first layers kept fixed."),
-    baseline: bool = typer.Option(True, help="Also train the deterministic baseline of the same shape."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    freeze_layers: int = typer.Option(_TRAIN.freeze_layers, help="With --parent: number of first layers kept fixed."),
+    baseline: bool = typer.Option(_TRAIN.baseline, help="Also train the deterministic baseline of the same shape."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this run."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model directory (its reports too)."),
 ):
     """Train the Bayesian density model (and its deterministic baseline) on a dataset."""
     from rich.live import Live
 
-    from .training import TrainConfig, fit
+    from .errors import InputError
+    from .training import fit
 
     try:
         widths = tuple(int(h) for h in hidden.split(","))
     except ValueError:
-        fail(f"--hidden must be comma-separated integers, got {hidden!r}")
-    desc = {"kind": descriptor, "cutoff": cutoff}
-    if neighbors:
+        raise InputError(f"hidden layer widths must be comma-separated whole numbers, got {hidden!r}") from None
+    desc = {"kind": descriptor}
+    if cutoff is not None:
+        desc["cutoff"] = cutoff
+    if neighbors is not None:
         desc["n_neighbors"] = neighbors
+    # Every setting is checked here, before the dataset is read or anything is written.
     cfg = TrainConfig(hidden=widths, max_epochs=epochs, batch_size=batch_size, learning_rate=lr, patience=patience,
                       val_fraction=val_fraction, seed=seed, device=device, descriptor=desc,
                       baseline=baseline, freeze_layers=freeze_layers)
+    if not dataset.is_file():
+        raise InputError(f"dataset {dataset} does not exist")
     table = Table(title="training")
     for col in ("net", "epoch", "loss", "NLL", "val L1%", "best", "lr", "s"):
         table.add_column(col, justify="right")
@@ -248,7 +260,7 @@ def train(
 
     live = Live(table, console=console, refresh_per_second=4) if console.is_terminal else nullcontext()
     with live:
-        model = fit(dataset, out_dir, cfg, parent=parent, resume=resume, on_epoch=on_epoch,
+        model = fit(dataset, out_dir, cfg, parent=parent, resume=resume, overwrite=overwrite, on_epoch=on_epoch,
                     on_status=lambda m: console.print(m, highlight=False))
     out.print(f"model written to {out_dir} (validation L1% {model.meta['training']['best_val_l1']:.2f}, "
               f"σ scale {model.meta['sigma_scale']:.2f})")
