@@ -212,7 +212,7 @@ def _train_net(net: DensityNet, model: RhoxModel, train: list[ConfigData], val: 
                 nll = loss = gaussian_nll(mean, log_var, y[idx])
             if not bool(torch.isfinite(loss)):
                 # Nothing of a diverged run is saved: not this epoch's checkpoint, not a model.
-                raise ModelError(f"training diverged: the {tag} loss became {float(loss)} in epoch {epoch + 1} "
+                raise ModelError(f"training diverged: the {tag} loss became {float(loss.detach())} in epoch {epoch + 1} "
                                  f"(learning rate {cfg.learning_rate:g}); no model saved; try a lower learning rate")
             opt.zero_grad(set_to_none=True)
             loss.backward()
