@@ -277,12 +277,24 @@ def evaluate(
     superposition: bool = typer.Option(True, help="Compare with the superposition of atomic densities (GPAW)."),
 ):
     """Measure a model on a dataset: L1%, NRMSE%, dN, calibration, against the baselines."""
+    from .errors import InputError
     from .evaluation import evaluate as run_eval
     from .evaluation import plot_report
     from .model import load_model
+    from .progress import progress_reporter
 
+    # Refuse unusable outputs and options before any work, so that nothing stray is left behind.
+    if json_path is not None and json_path.is_dir():
+        raise InputError(f"summary file {json_path} is an existing folder; give a file name")
+    if plots is not None and plots.exists() and not plots.is_dir():
+        raise InputError(f"plot folder {plots} is an existing file; give a folder")
+    if samples < 1:
+        raise InputError(f"the number of weight samples must be at least 1, got {samples}")
+    if not dataset.is_file():
+        raise InputError(f"dataset {dataset} does not exist")
     model = load_model(model_dir)
-    report = run_eval(model, dataset, n_samples=samples, superposition=superposition)
+    with progress_reporter(console, "evaluating", "configurations") as progress:
+        report = run_eval(model, dataset, n_samples=samples, superposition=superposition, progress=progress)
     table = Table(title=f"{dataset}: {report['aggregate']['n_configurations']} configurations")
     for col in ("#", "composition", "T (K)", "L1%", "NRMSE%", "dN", "cal1", "cal2", "cal3", "mean σ"):
         table.add_column(col, justify="right")
