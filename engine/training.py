@@ -3,10 +3,17 @@
 Every grid point of every configuration is a training sample, but configurations are split
 into training and validation sets whole (never by grid point). Mini-batches are drawn across
 all training points. Each epoch ends with a validation L1% (DESIGN.md section 4, on the
-network's mean weights), a checkpoint (``checkpoint.pt`` read back with
-``torch.load(weights_only=True)``, plus ``checkpoint.json``), and early stopping when the
-validation error has not improved for ``patience`` epochs. ``resume=True`` continues from the
-checkpoint; a seed makes the whole run reproducible on one machine.
+network's mean weights), a checkpoint in ``<out>.checkpoints/`` (``checkpoint_<net>.pt`` read
+back with ``torch.load(weights_only=True)``, plus ``checkpoint_<net>.json`` recording the
+history, the dataset's hash and the run's settings), and early stopping when the validation
+error has not improved for ``patience`` epochs. ``resume=True`` continues from the checkpoint,
+and refuses one made on another dataset or with other settings; a seed makes the whole run
+reproducible on one machine.
+
+Settings are a :class:`~rhox.engine.train_config.TrainConfig` (checked when made). A run whose
+loss or validation error stops being finite, or that takes no optimiser step, raises
+:class:`~rhox.engine.errors.ModelError` and saves nothing; an existing model directory is only
+replaced when asked (``overwrite``), and then whole.
 
 Training can start from a parent model (:func:`fit` with ``parent=``): its normalisation and
 weights are reused, and the first ``freeze_layers`` layers can be frozen — the hook for
@@ -19,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -154,6 +162,11 @@ def check_resumable(ckpt_dir: Path, run: dict) -> None:
             raise ValueError("no training history")
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ModelError(f"checkpoint {state} is unreadable ({err}); start afresh without resuming") from None
+    try:
+        torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        raise ModelError(f"checkpoint {weights} is unreadable ({type(err).__name__}); "
+                         f"start afresh without resuming") from None
     if saved.get("data_hash") != run["data_hash"]:
         raise InputError(f"the checkpoint in {ckpt_dir} was made on another dataset (data hash "
                          f"{saved.get('data_hash')} there, {run['data_hash']} here)")
@@ -260,7 +273,13 @@ def _save_checkpoint(path: Path, net, opt, sched, gen, best, history, run: dict)
 
 def check_output_dir(out_dir: Path, overwrite: bool = False, resume: bool = False) -> None:
     """Refuse an output that would destroy something: a file, a folder that is not a model, or
-    (unless ``overwrite`` or ``resume``) an existing model."""
+    (unless ``overwrite`` or ``resume``) an existing model or an unfinished run's checkpoints."""
+    ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
+    if ckpt_dir.exists() and not ckpt_dir.is_dir():
+        raise InputError(f"checkpoint folder {ckpt_dir} is an existing file")
+    if ckpt_dir.is_dir() and not (overwrite or resume) and not (out_dir / keys.MODEL_CONFIG).is_file():
+        raise InputError(f"{ckpt_dir} holds the checkpoints of an unfinished run; resume it, "
+                         f"or allow overwriting to start afresh")
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
@@ -339,6 +358,10 @@ def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch
                         "parent": str(Path(parent).resolve()) if parent else None}}
     if resume:
         check_resumable(ckpt_dir, run)
+    elif ckpt_dir.is_dir():
+        # A fresh run allowed to overwrite (check_output_dir): an earlier run's checkpoints must
+        # not be mixed with this one's.
+        shutil.rmtree(ckpt_dir)
     status(f"computing descriptors for {len(samples)} configurations")
     data = featurize(samples, descriptor, device,
                      progress=lambda i, n: status(f"descriptors {i}/{n}"))

@@ -131,12 +131,17 @@ def test_resume_refuses_other_settings_dataset_or_a_corrupt_checkpoint(work, tin
     ckpt = work / "m.checkpoints"
     shutil.copytree(ckpt, work / "o.checkpoints")
     assert_refused(["train", "other.db", "--out", "o", "--resume", *FAST], work, "another dataset", "data hash")
-    # A damaged checkpoint record.
+    # A damaged checkpoint: its record, then its weights.
+    good = (ckpt / "checkpoint_bnn.json").read_text()
     (ckpt / "checkpoint_bnn.json").write_text("{not json")
     assert_refused(["train", "data.db", "--out", "m", "--resume", *FAST], work, "checkpoint", "unreadable")
+    (ckpt / "checkpoint_bnn.json").write_text(good)
+    (ckpt / "checkpoint_bnn.pt").write_bytes(b"garbage")
+    assert_refused(["train", "data.db", "--out", "m", "--resume", *FAST], work, "checkpoint", "unreadable")
+    # An unfinished run (checkpoints, no model) is neither resumed nor discarded unless asked.
+    shutil.rmtree(work / "m")
+    assert_refused(["train", "data.db", "--out", "m", *FAST], work, "unfinished run", "m.checkpoints")
     # Resuming the same run with more epochs is allowed.
-    (ckpt / "checkpoint_bnn.json").unlink()
-    shutil.rmtree(ckpt)
     _train(work, "--out", "m", "--overwrite", *FAST)
     res = _train(work, "--out", "m", "--resume", *[a if a != "2" else "3" for a in FAST])
     assert "epoch bnn  3/3" in res.stderr
