@@ -357,7 +357,7 @@ def predict(
     from .training import resolve_device
 
     # Everything that can be refused is checked before the model runs, and nothing is written until the end.
-    fmts = [get_format(f) for f in dict.fromkeys(formats or ["cube", "vtk"])]
+    fmts = list({fmt.name: fmt for fmt in map(get_format, formats or ["cube", "vtk"])}.values())
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output folder {out_dir} is an existing file, not a folder")
     images = _read_structures([str(structure)])
