@@ -160,18 +160,18 @@ class App(pn.viewable.Viewer):
                                           css_classes=["rhox-small", "rhox-model"], sizing_mode="stretch_width")
         self._system = pn.widgets.Select.from_param(pick.param.system, sizing_mode="stretch_width",
                                                     css_classes=["rhox-system"])
-        self._step = pn.widgets.Select.from_param(pick.param.step, name="Snap clicks to step",
+        self._step = pn.widgets.Select.from_param(pick.param.step, label="Snap clicks to step",
                                                   sizing_mode="stretch_width")
-        self._comp_input = pn.widgets.TextInput(name="Composition", placeholder="e.g. Si0.5Ge0.25Sn0.25 or 0.5,0.25,0.25",
+        self._comp_input = pn.widgets.TextInput(label="Composition", placeholder="e.g. Si0.5Ge0.25Sn0.25 or 0.5,0.25,0.25",
                                                 sizing_mode="stretch_width", css_classes=["rhox-comp-input"])
         pn.bind(s.select_text, self._comp_input.param.value, watch=True)
         self._picked_md = pn.pane.Markdown(pn.bind(self._picked_text, pick.param.text), css_classes=["rhox-picked"],
                                            sizing_mode="stretch_width")
-        self._auto = pn.widgets.Checkbox.from_param(self.param.predict_on_pick, name="Predict on pick")
+        self._auto = pn.widgets.Checkbox.from_param(self.param.predict_on_pick, label="Predict on pick")
 
-        self._repeat = pn.widgets.IntSlider.from_param(st.param.repeat, name="Repeat (cells per axis)", end=3,
+        self._repeat = pn.widgets.IntSlider.from_param(st.param.repeat, label="Repeat (cells per axis)", end=3,
                                                        sizing_mode="stretch_width")
-        self._temperature = pn.widgets.FloatSlider.from_param(st.param.temperature, name="Temperature (K)", step=50,
+        self._temperature = pn.widgets.FloatSlider.from_param(st.param.temperature, label="Temperature (K)", step=50,
                                                               end=1500, sizing_mode="stretch_width")
         self._seed = pn.widgets.IntInput.from_param(st.param.seed, width=100)
         self._vac = pn.widgets.IntInput.from_param(st.param.vacancies, width=100)
@@ -180,7 +180,7 @@ class App(pn.viewable.Viewer):
         # Any file (POSCARs have no extension): ASE guesses the format, a bad file is a message.
         self._upload = pn.widgets.FileInput(multiple=False, sizing_mode="stretch_width", css_classes=["rhox-upload"])
         pn.bind(self._on_upload, self._upload.param.value, watch=True)
-        self._predict = pn.widgets.Button(name="Predict density", button_type="primary", sizing_mode="stretch_width",
+        self._predict = pn.widgets.Button(label="Predict density", color="primary", sizing_mode="stretch_width",
                                           css_classes=["rhox-predict"], loading=self.param.busy)
         self._predict.on_click(lambda e: self.predict())
         self._structure_md = pn.pane.Markdown(pn.bind(lambda t: f"**Structure:** {t}" if t else "", st.param.label),
@@ -194,7 +194,7 @@ class App(pn.viewable.Viewer):
             btn = _action(jt.button, css_classes=[f"rhox-{name}"], disabled=running)
             btn.on_click(lambda e, n=name: self.run_job(n))
             self.job_buttons[name] = btn
-        self._cancel = pn.widgets.Button(name="Cancel job", button_type="danger", sizing_mode="stretch_width",
+        self._cancel = pn.widgets.Button(label="Cancel job", color="danger", sizing_mode="stretch_width",
                                          css_classes=["rhox-cancel"], disabled=pn.bind(lambda r: not r, running))
         self._cancel.on_click(lambda e: self.jobs.cancel())
         self._progress = pn.indicators.Progress(
@@ -215,7 +215,7 @@ class App(pn.viewable.Viewer):
         self._sugg_add.on_click(self._on_add_pick)
         self._sugg_remove = _action("Remove selected", width=130)
         self._sugg_remove.on_click(self._on_remove)
-        self._sugg_accept = pn.widgets.Button(name="Accept: run DFT at these", button_type="success",
+        self._sugg_accept = pn.widgets.Button(label="Accept: run DFT at these", color="success",
                                               sizing_mode="stretch_width", disabled=running)
         self._sugg_accept.on_click(lambda e: self._submit(
             lambda: dft_batch_job(s, [list(v) for v in s.map.suggested], seed=st.seed)))
@@ -445,7 +445,7 @@ def _action(label: str, **kw) -> pn.widgets.Button:
     """A secondary action button (outlined)."""
     if "width" not in kw:
         kw.setdefault("sizing_mode", "stretch_width")
-    return pn.widgets.Button(name=label, button_type="primary", button_style="outline", **kw)
+    return pn.widgets.Button(name=label, color="primary", variant="outline", **kw)
 
 
 if __name__.startswith("bokeh"):
