@@ -206,7 +206,7 @@ class App(pn.viewable.Viewer):
 
         # suggestions: accept or replace by clicks
         self._sugg = pn.widgets.MultiSelect(
-            name="Suggested compositions", size=4, sizing_mode="stretch_width",
+            label="Suggested compositions", size=4, sizing_mode="stretch_width",
             options=pn.bind(lambda v, _: [describe(x, s.elements) for x in v], s.map.param.suggested,
                             pick.param.system))
         self._sugg_replace = _action("Replace selected with pick")
@@ -445,7 +445,7 @@ def _action(label: str, **kw) -> pn.widgets.Button:
     """A secondary action button (outlined)."""
     if "width" not in kw:
         kw.setdefault("sizing_mode", "stretch_width")
-    return pn.widgets.Button(name=label, color="primary", variant="outline", **kw)
+    return pn.widgets.Button(label=label, color="primary", variant="outline", **kw)
 
 
 if __name__.startswith("bokeh"):

@@ -83,7 +83,7 @@ class SceneOptions(param.Parameterized):
     changing it redraws the scene. Nothing else to wire.
     """
 
-    iso_level = param.Number(default=0.05, bounds=(0.0, 0.1), step=0.005, label="Isosurface level (e/Å³)",
+    iso_level = param.Number(default=0.05, bounds=(0.0, 1.0), step=0.005, label="Isosurface level (e/Å³)",
                              doc="Density of the isosurface (e/Å³); its range follows the prediction")
     opacity = param.Number(default=0.6, bounds=(0.05, 1.0), step=0.05, label="Opacity",
                            doc="Opacity of the isosurface")
