@@ -387,7 +387,7 @@ class App(pn.viewable.Viewer):
     def _suggestions_card(self):
         return pn.Card(self._sugg, self._sugg_replace, pn.Row(self._sugg_add, self._sugg_remove),
                        self._sugg_accept, title="Active learning: suggestions", sizing_mode="stretch_width",
-                       collapsible=True, css_classes=["rhox-suggestions"])
+                       collapsible=True, css_classes=["card", "rhox-suggestions"])
 
     def add_panel(self, title: str, obj) -> None:
         """Add a card with ``obj`` to the main area (call before the App is shown)."""
@@ -399,13 +399,13 @@ class App(pn.viewable.Viewer):
             pn.Card(self._picker_holder, pn.pane.Markdown(LEGEND, css_classes=["rhox-small"]),
                     title="Composition picker", collapsible=False, sizing_mode="stretch_width"),
             pn.Card(self._stats, title="Prediction", collapsible=False, sizing_mode="stretch_width"),
-            self._suggestions_holder, width=520, margin=0)
+            self._suggestions_holder, width=560, margin=0)
         right = pn.Column(
             pn.Card(self.scene, self._controls_holder, title="3D density and uncertainty", collapsible=False,
-                    sizing_mode="stretch_width", css_classes=["rhox-scene-card"]),
+                    sizing_mode="stretch_width", css_classes=["card", "rhox-scene-card"]),
             pn.Card(self._loss, title="Training", collapsible=False, sizing_mode="stretch_width"),
             *[pn.Card(obj, title=title, collapsible=False, sizing_mode="stretch_width") for title, obj in self._extra],
-            sizing_mode="stretch_width", min_width=360, margin=0, styles={"flex": "1 1 560px"})
+            sizing_mode="stretch_width", min_width=360, margin=0, styles={"flex": "1 1 480px"})
         return [left, right]
 
     def main(self) -> list:

@@ -350,6 +350,20 @@ def vtk_bytes(atoms, fields: dict[Field, np.ndarray]) -> tuple[bytes, str]:
         return p.read_bytes(), p.suffix
 
 
+def colorbar_html(rng: ColourRange, role: str) -> str:
+    """A horizontal colour bar of ``rng`` (its field's colour map, lo to hi) as HTML."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    cmap = colormaps[CMAPS[rng.field]]
+    stops = ", ".join(to_hex(cmap(i / 16)) for i in range(17))
+    ticks = "".join(f"<span>{v:.3g}</span>" for v in np.linspace(rng.lo, rng.hi, 5))
+    return (f"<div style='margin:4px 8px 8px 8px;font-size:0.85em'>"
+            f"<div>{rng.field.label} ({role})</div>"
+            f"<div style='height:12px;background:linear-gradient(to right, {stops})'></div>"
+            f"<div style='display:flex;justify-content:space-between'>{ticks}</div></div>")
+
+
 class SceneView(pn.viewable.Viewer):
     """The session's 3D view: its options, a PyVista plotter mirrored into a VTK pane, and exports.
 
@@ -372,8 +386,7 @@ class SceneView(pn.viewable.Viewer):
         self._last_atoms = None
         self._paused = 0
         self._pending = (False, False)  # (changed while paused, camera reset needed)
-        self._cbar_plot = None
-        self._cbars: list = []
+        self._cbar_pane = None
         #: Idents of the threads that ran this view's VTK work (all the VTK thread's).
         self.vtk_threads: set[int] = set()
         self._placeholder = pn.pane.Markdown(
@@ -484,8 +497,9 @@ class SceneView(pn.viewable.Viewer):
         if self._plotter is None:
             self._plotter = pv.Plotter(off_screen=True, window_size=list(self._size))
             self._plotter.set_background(BACKGROUND)
-            self._vtk = ConfinedVTK(self._plotter.ren_win, width=self._size[0], height=self._size[1],
-                                    orientation_widget=False, enable_keybindings=False,
+            # Fills the width it is given (a browser window, a notebook's output area).
+            self._vtk = ConfinedVTK(self._plotter.ren_win, sizing_mode="stretch_width", min_width=300,
+                                    height=self._size[1], orientation_widget=False, enable_keybindings=False,
                                     css_classes=["rhox-scene"])
 
     def _draw(self, atoms, shown, reset: bool):
@@ -530,36 +544,18 @@ class SceneView(pn.viewable.Viewer):
         return drawn
 
     def _colorbar_pane(self, drawn: DrawnScene):
-        """Colour bars of the isosurface colour and the slice, in one Bokeh plot made once and
-        updated in place (a new plot per redraw would relayout the page each time)."""
-        from bokeh.models import ColorBar, LinearColorMapper, Plot, Range1d
-        from matplotlib import colormaps
-        from matplotlib.colors import to_hex
-
-        if self._cbar_plot is None:
-            plot = Plot(toolbar_location=None, frame_height=0, height=140, outline_line_width=0,
-                        min_border=5, x_range=Range1d(0, 1), y_range=Range1d(0, 1), sizing_mode="stretch_width")
-            self._cbars = []
-            for _ in range(2):
-                cb = ColorBar(color_mapper=LinearColorMapper(palette=["#ffffff"], low=0, high=1), title="",
-                              orientation="horizontal", location=(0, 0), background_fill_alpha=0, height=12,
-                              visible=False)
-                plot.add_layout(cb, "below")
-                self._cbars.append(cb)
-            self._cbar_plot = plot
-            self._cbar_pane = pn.pane.Bokeh(plot, sizing_mode="stretch_width")
+        """Colour bars of the isosurface colour and the slice: one HTML pane, updated in place
+        (CSS gradients: they take the width they are given, and a redraw does not relayout)."""
+        if self._cbar_pane is None:
+            self._cbar_pane = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["rhox-colorbars"])
         items = [(drawn.iso_colour, "isosurface colour"), (drawn.slice_colour, "slice")]
-        items = [(c, role) for c, role in items if c is not None]
-        for cb, item in zip(self._cbars, items + [None] * (2 - len(items))):
-            if item is None:
-                cb.visible = False
-                continue
-            rng, role = item
-            cmap = colormaps[CMAPS[rng.field]]
-            cb.color_mapper.update(palette=[to_hex(cmap(i / 255)) for i in range(256)], low=float(rng.lo),
-                                   high=float(rng.hi))
-            cb.update(title=f"{rng.field.label} ({role})", visible=True)
+        self._cbar_pane.object = "".join(colorbar_html(rng, role) for rng, role in items if rng is not None)
         return self._cbar_pane
+
+    @property
+    def colorbars(self) -> str:
+        """The colour bars' HTML as shown (empty before the first draw)."""
+        return self._cbar_pane.object if self._cbar_pane is not None else ""
 
     def close(self) -> None:
         """Free the plotter (on the VTK thread)."""

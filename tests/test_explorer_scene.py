@@ -176,6 +176,9 @@ def test_scene_view_follows_the_state_and_its_options(fields, tmp_path):
     assert view.renders == n + 1 and view.drawn.iso_points != first
     view.options.slice_field = Field.SIGMA_EPISTEMIC
     assert view.drawn.slice_field is Field.SIGMA_EPISTEMIC
+    bars = view.colorbars
+    assert "σ total (e/Å³) (isosurface colour)" in bars and "σ epistemic (e/Å³) (slice)" in bars
+    assert f"<span>{view.drawn.slice_colour.hi:.3g}</span>" in bars  # the range's ends are labelled
     # a DFT comparison arrives: the slice switches to ML − DFT
     s.set_fields(s.fields, 0.1, dft=_dft(fields, 0.95))
     assert view.options.slice_field is Field.DIFFERENCE and view.drawn.slice_field is Field.DIFFERENCE
