@@ -42,7 +42,7 @@ def test_app_opens_on_a_ready_prediction(explorer_model):
     pn.panel(app).get_root()
     app.wait()
     assert app.state.model.ready
-    assert app._model_md.object.startswith(f"**Model:** {explorer_model.name} (SiGeSn; trained on Ge, Si, Sn")
+    assert app._model_md.object.startswith(f"**Model:** model {explorer_model.name} (SiGeSn; trained on Ge, Si, Sn")
     assert app.state.pick.text == "Si0.5Ge0.25Sn0.25"  # the example composition
     assert app.state.fields is not None and app.state.fields.atoms is app.state.atoms
     assert app.scene.renders >= 1 and app.scene.drawn.iso_points > 0

@@ -210,13 +210,14 @@ def test_read_model_info_errors(tmp_path):
         read_model_info(tmp_path / "m")
 
 
-def test_model_label_names_the_bundled_model():
-    from rhox.engine.bundled import default_model_dir
+def test_model_label_names_the_model(explorer_model, monkeypatch):
+    from rhox.engine.bundled import asset_path
 
-    if not (default_model_dir() / "config.json").exists():
+    monkeypatch.setenv("RHOX_MODEL", str(explorer_model))  # the default, but not the bundled one
+    assert read_model_info(explorer_model).label().startswith(f"model {explorer_model.name} (SiGeSn; trained on ")
+    if not (asset_path("model") / "config.json").exists():
         pytest.skip("no bundled model (run `make assets`)")
-    info = read_model_info(default_model_dir())
-    assert info.label().startswith("bundled model (SiGeSn; trained on ")
+    assert read_model_info(asset_path("model")).label().startswith("bundled model (SiGeSn; trained on ")
 
 
 def test_predict_with_a_model(explorer_model, tmp_path):
