@@ -288,13 +288,21 @@ def _terminate(proc: subprocess.Popen, wait: float = 10.0) -> None:
             proc.kill()
 
 
-@atexit.register
 def terminate_children() -> None:
     """Server shutdown: no DFT child outlives the server."""
     with _CHILDREN_LOCK:
         children = list(_CHILDREN)
     for proc in children:
         _terminate(proc, wait=5.0)
+
+
+# At interpreter exit the worker pool joins its threads before `atexit` handlers run, and a
+# worker waiting for a DFT child would hold the exit up until GPAW ends: end the children first
+# (hooks registered here run before the pool's join, which was registered earlier).
+try:
+    threading._register_atexit(terminate_children)
+except (AttributeError, RuntimeError):  # pragma: no cover - other Pythons: plain atexit
+    atexit.register(terminate_children)
 
 
 def _scf_iterations(log: Path) -> int:

@@ -255,3 +255,31 @@ def test_accepted_suggestions_run_dft_into_the_session_dataset(explorer_model, e
     assert "DFT done for 1/1 suggested compositions" in s.message
     assert Dataset(s.session_dataset()).count() == before + 1
     assert Dataset(explorer_data).count() == before  # the base dataset is left alone
+
+
+def test_a_dft_child_dies_even_when_its_parent_is_killed(tmp_path):
+    """The parent-death signal: a SIGKILLed parent (no shutdown hook runs) still takes its child along."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    script = ("import subprocess, sys, time\n"
+              "from rhox.explorer.jobs import _die_with_parent\n"
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], preexec_fn=_die_with_parent)\n"
+              "print(p.pid, flush=True)\n"
+              "time.sleep(60)\n")
+    from conftest import subprocess_env
+
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        child = psutil.Process(int(parent.stdout.readline()))
+        assert child.is_running()
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        gone, alive = psutil.wait_procs([child], timeout=10)
+        assert alive == []
+    finally:
+        if parent.poll() is None:
+            parent.kill()
