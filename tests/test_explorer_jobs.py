@@ -134,7 +134,7 @@ def test_a_registered_job_type_gets_a_button_that_runs_it(tmp_path):
     register_job_type("countdown", "Count down", make, Countdown)
     try:
         app = App(model_path=tmp_path / "none", data_path=tmp_path / "none.db")
-        card = app._jobs_card()
+        card = app.jobs_card()
         assert "Count down" in [b.label for b in card.select(__import__("panel").widgets.Button)]
         app.job_settings["countdown"].start = 5
         app.job_buttons["countdown"].clicks += 1  # as a browser click does
