@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -333,20 +332,16 @@ def slice_png(atoms, fields: dict[Field, np.ndarray], opts: SceneOptions) -> byt
     return buf.getvalue()
 
 
-def cube_bytes(atoms, field: np.ndarray) -> bytes:
-    from rhox.engine.io import write_cube
+def export_bytes(atoms, fields: dict[Field, np.ndarray], format: str) -> tuple[bytes, str]:
+    """File contents and suffix of ``fields`` in one of the engine's formats (``rhox.FORMATS``).
 
-    with tempfile.TemporaryDirectory(prefix="rhox-export-") as tmp:
-        p = write_cube(Path(tmp) / "field.cube", atoms, field)
-        return p.read_bytes()
+    Written on the VTK thread: the vtk format builds VTK objects, and they stay on one thread.
+    """
+    from rhox.engine.io import to_bytes
 
-
-def vtk_bytes(atoms, fields: dict[Field, np.ndarray]) -> tuple[bytes, str]:
-    from rhox.engine.io import write_vtk
-
-    with tempfile.TemporaryDirectory(prefix="rhox-export-") as tmp:
-        p = on_vtk_thread(write_vtk, Path(tmp) / "fields", atoms, {k.value: v for k, v in fields.items()})
-        return p.read_bytes(), p.suffix
+    data = {k.value: v for k, v in fields.items()}
+    payload = next(iter(data.values())) if len(data) == 1 else data
+    return on_vtk_thread(to_bytes, atoms, payload, format)
 
 
 def colorbar_html(rng: ColourRange, role: str) -> str:
@@ -430,14 +425,14 @@ class SceneView(pn.viewable.Viewer):
         shown = self._shown()
         name = self.options.slice_field if self.options.slice_field in shown else Field.MEAN
         self.exports["cube"].filename = f"rhox_{name.value}.cube"
-        return io.BytesIO(cube_bytes(s.fields.atoms, shown[name]))
+        return io.BytesIO(export_bytes(s.fields.atoms, {name: shown[name]}, "cube")[0])
 
     def vtk_file(self) -> io.BytesIO:
         """The VTK image export of every shown field."""
         s = self.state
         if s.fields is None:
             return io.BytesIO(b"")
-        data, suffix = vtk_bytes(s.fields.atoms, self._shown())
+        data, suffix = export_bytes(s.fields.atoms, self._shown(), "vtk")
         self.exports["vtk"].filename = f"rhox_fields{suffix}"
         return io.BytesIO(data)
 

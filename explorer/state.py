@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import enum
 import importlib
-import json
 import os
 import tempfile
 import threading
@@ -50,6 +49,7 @@ from rhox.engine.composition import (
 )
 from rhox.engine.errors import InputError, ModelError, RhoxError, one_line
 from rhox.engine.keys import ENV_WORKDIR
+from rhox.engine.model_config import read_model_config
 from rhox.engine.structures import SYSTEMS, get_system, require_periodic
 
 #: Weight samples S for interactive predictions (the CLI default is 20; 10 halves the time).
@@ -171,21 +171,10 @@ class ModelInfo:
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
     """:class:`ModelInfo` of a model directory; :class:`ModelError` with the reason if unusable.
 
-    The one place the explorer reads a model's config without torch: switch its body to the
-    engine's torch-free config reader once there is one.
+    Checked by the engine's torch-free reader, so a model is judged as the CLI judges it.
     """
     path = Path(path)
-    cfg = path / keys.MODEL_CONFIG
-    if not path.is_dir():
-        raise ModelError(f"no model at {path} (set {keys.ENV_MODEL} or run `make assets`)")
-    if not cfg.exists():
-        raise ModelError(f"{path} is not a rhox model directory (no {keys.MODEL_CONFIG})")
-    try:
-        config = json.loads(cfg.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelError(f"{cfg} is not readable JSON: {err}") from err
-    if not isinstance(config, dict) or config.get("kind") != "rhox-density-bnn":
-        raise ModelError(f"{cfg} is not a rhox model config")
+    config = read_model_config(path)
     training = config.get("training") or {}
     return ModelInfo(
         path=path,

@@ -12,12 +12,11 @@ from rhox.explorer.scene import (
     SceneView,
     build_scene,
     cell_outline,
-    cube_bytes,
+    export_bytes,
     render_png,
     scene_fields,
     slice_png,
     tile_fields,
-    vtk_bytes,
 )
 from rhox.explorer.state import DFTComparison, ExplorerState, Field
 
@@ -136,12 +135,13 @@ def test_png_is_not_blank_and_fallback_works(fields):
 def test_cube_and_vtk_exports(fields, tmp_path):
     from rhox.engine.io import read_cube
 
-    data = cube_bytes(fields.atoms, fields.mean)
+    data, suffix = export_bytes(fields.atoms, {Field.MEAN: fields.mean}, "cube")
+    assert suffix == ".cube"
     p = tmp_path / "x.cube"
     p.write_bytes(data)
     atoms, rho = read_cube(p)
     np.testing.assert_allclose(rho, fields.mean, rtol=1e-4, atol=1e-8)
-    raw, suffix = vtk_bytes(fields.atoms, scene_fields(fields))
+    raw, suffix = export_bytes(fields.atoms, scene_fields(fields), "vtk")
     assert suffix == ".vti"
     q = tmp_path / f"x{suffix}"
     q.write_bytes(raw)
@@ -207,9 +207,12 @@ def test_vtk_work_runs_on_one_thread_whatever_thread_asks(fields, tmp_path):
         callers.add(threading.get_ident())
         view.options.iso_level = level
 
-    threads = [threading.Thread(target=from_another_thread, args=(lv,)) for lv in (0.3, 0.6)]
+    # Both alive at once, so their idents differ (an ident is reused once its thread has ended).
+    gate = threading.Barrier(2)
+    threads = [threading.Thread(target=lambda lv=lv: (gate.wait(), from_another_thread(lv))) for lv in (0.3, 0.6)]
     for t in threads:
         t.start()
+    for t in threads:
         t.join()
     assert len(callers) == 3 and view.renders >= 4
     assert len(view.vtk_threads) == 1  # scene building and serialisation: one thread...
