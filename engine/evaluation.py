@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import keys
 from . import metrics
 from .dft import DFTSettings, superposition_density
 from .model import RhoxModel
@@ -47,9 +48,9 @@ def evaluate(
         m["mean_sigma_epistemic"] = float(np.mean(f.sigma_epistemic))
         m["mean_sigma_aleatoric"] = float(np.mean(f.sigma_aleatoric))
         info = s.atoms.info
-        seen = info.get("realised_composition", "") in set(model.meta.get("train_compositions", []))
-        row = {"row_id": info.get("row_id"), "formula": s.atoms.get_chemical_formula(), "seen_composition": seen,
-               "composition": info.get("realised_composition", ""), "temperature": info.get("temperature"),
+        seen = info.get(keys.INFO_REALISED, "") in set(model.meta.get("train_compositions", []))
+        row = {"row_id": info.get(keys.INFO_ROW_ID), "formula": s.atoms.get_chemical_formula(), "seen_composition": seen,
+               "composition": info.get(keys.INFO_REALISED, ""), "temperature": info.get(keys.INFO_TEMPERATURE),
                "natoms": len(s.atoms), "grid": list(s.grid_shape), **m}
         if model.baseline is not None:
             fd = predict(model, s.atoms, shape=s.grid_shape, network="baseline", calibrated=False,
