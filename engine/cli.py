@@ -392,7 +392,7 @@ def predict(
     from .predict import plan_grid
     from .predict import predict as run_predict
     from .progress import progress_reporter
-    from .structures import require_periodic
+    from .structures import close_pair_message, require_periodic
     from .training import resolve_device
 
     # Everything that can be refused is checked before the model runs, and nothing is written until the end.
@@ -404,6 +404,10 @@ def predict(
         raise InputError(f"structure file {structure} holds {len(images)} image(s); image index {index} does not exist")
     atoms = images[index][1]
     require_periodic(atoms, str(structure))
+    too_close = close_pair_message(atoms, str(structure))
+    if too_close:  # a user may predict a strange structure on purpose, but must know it is one
+        console.print(f"[yellow]warning:[/] {too_close}: no training environment looks like this, so the "
+                      "prediction there is an extrapolation", highlight=False, soft_wrap=True)
     model = load_model(model_dir, resolve_device(device))
     plan_grid(model, atoms, spacing=spacing, n_samples=samples)
     t0 = time.perf_counter()

@@ -68,6 +68,23 @@ def test_cli_writes_each_format_with_the_electron_count_it_prints(tiny_model, si
     assert "predicting:" in proc.stderr and "ETA" in proc.stderr and "100%" in proc.stderr
 
 
+def test_cli_warns_about_atoms_too_close_and_still_predicts(tiny_model, sige, tmp_path):
+    from typer.testing import CliRunner
+
+    from rhox.engine.cli import app
+
+    path, _ = tiny_model
+    close = sige.copy()
+    close.positions[1] = close.positions[0] + [0.3, 0.0, 0.0]
+    write(tmp_path / "close.cif", close)
+    res = CliRunner().invoke(app, ["predict", str(tmp_path / "close.cif"), "--model", str(path), "-o",
+                                   str(tmp_path / "p"), "--samples", "2", "--format", "cube"])
+    assert res.exit_code == 0, res.output
+    warning = next(line for line in res.output.splitlines() if line.startswith("warning:"))
+    assert "atoms 0 (" in warning and "0.30" in warning and "extrapolation" in warning
+    assert (tmp_path / "p" / "close_density.cube").exists()
+
+
 def test_cli_default_output_is_three_cubes_and_a_vtk_file(tiny_model, sige, tmp_path):
     from typer.testing import CliRunner
 
