@@ -22,12 +22,13 @@ import panel as pn
 import param
 from panel.theme.fast import Fast
 
+from rhox.explorer import resources
 from rhox.explorer.jobs import JobManager, active_job, dft_batch_job, dft_job, sigma_map_job, train_job
 from rhox.explorer.scene import SceneView
 from rhox.explorer.simplex import TRI_FRAME_HEIGHT, CompositionPicker
 from rhox.explorer.state import FIELD_LABELS, STEPS, ExplorerState, describe
 
-pn.extension("vtk", notifications=False, design="native")
+resources.extension("vtk", notifications=False, design="native")  # offline, served or in Jupyter
 
 ACCENT = "#1c7ed6"
 TRI_HEIGHT = TRI_FRAME_HEIGHT + 60
