@@ -359,7 +359,7 @@ def test_explorer_notebook_in_jupyterlab_offline(lab, jupyterlab):
     assert _not_blank(img), "the 3D canvas is blank"
 
     # The kernel is the same, alive one: the notebook's variables are still there, no restart.
-    kernel_after = lab.kernel("id(app), app.state.composition_text")
+    kernel_after = lab.kernel("id(app), app.state.pick.text")
     assert kernel_after["status"] == "ok", kernel_after
     assert kernel_after["value"] == f"({kernel_before['value']}, '{picked.strip()}')", (kernel_before, kernel_after)
     kernels = _get_json(f"{jupyterlab['url']}/api/kernels")
