@@ -125,7 +125,7 @@ def _inline_stylesheet_updates():
     urls: dict[str, str | None] = {}
 
     def localise(events) -> None:
-        values = [getattr(e, "new", None) for e in events] + [getattr(e, "model", None) for e in events]
+        values = [getattr(e, "new", None) for e in events]
         for m in collect_models(*[v for v in values if v is not None]):
             if isinstance(m, ImportedStyleSheet) and m.url.startswith(("http://", "https://")):
                 if m.url not in urls:

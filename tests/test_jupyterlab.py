@@ -165,7 +165,7 @@ class LabPage:
         self.context.route("**/*", self._route)
         self.pg = self.context.new_page()
         self.pg.on("requestfailed", lambda r: self.failed.append(f"{r.url} ({r.failure})"))
-        self.pg.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.pg.on("pageerror", lambda e: self.errors.append(f"{e}\n{(e.stack or '')[:1500]}"))
         self.pg.on("console", lambda m: self.console.append((m.type, m.text)))
 
     def _route(self, route):
