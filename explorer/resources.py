@@ -145,13 +145,18 @@ def _inline_stylesheet_updates():
 def extension(*args, **kwargs) -> None:
     """``pn.extension(*args, **kwargs)``, with every resource from the installed packages.
 
-    In a notebook kernel the libraries are inlined into the output (see the module docstring);
+    In a notebook kernel the libraries are inlined into the output (see the module docstring),
+    and Panel's callbacks are run on the kernel's main thread (:mod:`rhox.explorer.kernel`);
     served, Panel's own static routes are used. The arguments are those of ``pn.extension``.
     """
     import panel as pn
 
     if in_notebook():
+        from .kernel import comms_on_main_thread, ordered_notebook_pushes
+
         _safe_indent_filter()
         _inline_stylesheet_updates()
         kwargs.setdefault("inline", True)
+        comms_on_main_thread()  # not resources, but needed at the same moment: see kernel.py
+        ordered_notebook_pushes()
     pn.extension(*args, **kwargs)

@@ -103,3 +103,154 @@ def test_notebook_updates_carry_css_not_cdn_links():
 
 def test_not_a_notebook_here():
     assert resources.in_notebook() is False
+
+
+@pytest.mark.browser
+def test_served_page_needs_nothing_from_outside(explorer_model, explorer_data, tmp_path, output_dir):
+    """`panel serve explorer/app.py` (what `rhox serve` runs): the page loads and draws with every
+    request to another host refused; none is made, none fails, no page error."""
+    import os
+    import socket
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
+
+    chromium = os.environ.get("RHOX_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run"]
+    local = {"127.0.0.1", "localhost", "::1", "[::1]"}
+    if not Path(chromium).exists():
+        pytest.skip(f"no Chromium at {chromium}")
+    root = Path(__file__).resolve().parent.parent
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, RHOX_MODEL=str(explorer_model), RHOX_DATA=str(explorer_data), RHOX_WORKDIR=str(tmp_path),
+               PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="2")
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "panel", "serve", "explorer/app.py", "--address", "127.0.0.1",
+                             "--port", str(port), "--allow-websocket-origin", f"127.0.0.1:{port}"],
+                            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    outside, failed, errors = [], [], []
+
+    def route(r):
+        parts = urlsplit(r.request.url)
+        if parts.scheme in ("http", "https", "ws", "wss") and parts.hostname not in local:
+            outside.append(r.request.url)
+            r.abort("internetdisconnected")
+        else:
+            r.continue_()
+
+    try:
+        t0 = time.time()
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/app", timeout=5)
+                break
+            except Exception:
+                assert proc.poll() is None and time.time() - t0 < 90, (tmp_path / "serve.log").read_text()[-2000:]
+                time.sleep(0.3)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=flags)
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.route("**/*", route)
+            page = context.new_page()
+            page.on("requestfailed", lambda r: failed.append(f"{r.url} ({r.failure})"))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{port}/app")
+            page.wait_for_function("() => window.Bokeh && [...Bokeh.index.query(v => v.model.name == "
+                                   "'rhox-simplex')].length > 0", timeout=90_000)
+            page.wait_for_function("() => document.querySelector('canvas') !== null || "
+                                   "[...Bokeh.index.query(v => v.model.type.includes('VTK'))].length > 0",
+                                   timeout=60_000)
+            time.sleep(2)
+            page.screenshot(path=str(output_dir / "served_offline.png"))
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    assert outside == [], outside[:10]
+    assert failed == [], failed[:10]
+    assert errors == [], errors[:5]
+
+
+def test_comm_messages_from_other_threads_run_on_the_main_thread():
+    """kernel.comms_on_main_thread: a comm message arriving on a subshell thread is handled on
+    the main thread's event loop, in order; one arriving on the main thread is handled at once."""
+    import asyncio
+    import threading
+
+    from pyviz_comms import Comm
+
+    from rhox.explorer import kernel
+
+    original = Comm._handle_msg
+    assert kernel.comms_on_main_thread() is False  # no running loop here: nothing changes
+    assert Comm._handle_msg is original
+    seen = []
+    comm = Comm(on_msg=lambda msg: seen.append((msg["n"], threading.current_thread().name)))
+
+    async def main():
+        assert kernel.comms_on_main_thread() is True
+        assert kernel.comms_on_main_thread() is True  # idempotent
+        worker = threading.Thread(target=lambda: [comm._handle_msg({"n": i}) for i in (1, 2)], name="subshell-x")
+        worker.start()
+        worker.join()
+        assert seen == []  # queued for the loop, not run on the subshell thread
+        comm._handle_msg({"n": 0})  # on the main thread: at once
+        await asyncio.sleep(0.05)
+
+    try:
+        asyncio.run(main())
+    finally:
+        Comm._handle_msg = original
+    assert seen == [(0, "MainThread"), (1, "MainThread"), (2, "MainThread")]
+
+
+def test_notebook_updates_are_sent_in_the_order_they_were_made():
+    """kernel.ordered_notebook_pushes: updates made before the view's comm opened (retried later
+    by Panel) are not overtaken by a newer one sent at once."""
+    import panel.io.notebook as nb
+    from bokeh.document import Document
+    from bokeh.models import Div
+
+    from rhox.explorer import kernel
+
+    class FakeComm:
+        def __init__(self):
+            self.out = []
+
+        def send(self, data=None, buffers=None):
+            self.out.append(data)
+
+    saved = nb.diff, nb.send
+    try:
+        kernel.ordered_notebook_pushes()
+        kernel.ordered_notebook_pushes()  # idempotent
+        assert nb.send.__wrapped__ is saved[1]
+        doc = Document()
+        div = Div(text="0")
+        doc.add_root(div)
+        doc.hold("collect")
+        msgs = []
+        for text in ("a", "b", "c"):
+            div.text = text
+            msgs.append(nb.diff(doc, binary=False))
+        comm = FakeComm()
+        nb.send(comm, msgs[2])  # made last, sent first (its elders wait for the comm)
+        nb.send(comm, msgs[1])
+        assert comm.out == []
+        nb.send(comm, msgs[0])
+        contents = [json.loads(d) for d in comm.out if d and '"events"' in d]
+        assert [c["events"][0]["new"] for c in contents] == ["a", "b", "c"]
+    finally:
+        nb.diff, nb.send = saved
