@@ -390,6 +390,8 @@ def _tour(lab: LabPage, jupyterlab: dict) -> None:
     log = jupyterlab["log"].read_text()
     assert "restarting kernel" not in log.lower() and "KernelRestarter" not in log, log[-3000:]
 
+    drawn = lab.kernel("(app.scene.drawn.iso_points, app.scene.options.iso_level, app.scene.renders)")
+    print("kernel side of the 3D view (isosurface points, level e/Å³, renders):", drawn["value"])
     print(f"cells {t_cells:.1f} s; predictions {', '.join(f'{t:.1f}' for t in times)} s")
     assert lab.outside == [], f"requests left the machine: {lab.outside[:10]}"
     assert lab.failed == [], f"failed requests: {lab.failed[:10]}"
