@@ -106,7 +106,7 @@ class App(pn.viewable.Viewer):
         # So are, to a lesser degree, the job controls and the view controls: same treatment.
         self._deferred: list[tuple[pn.Column, object]] = []
         self._picker_holder = self._defer(lambda: self.picker, "Loading the composition picker…", TRI_HEIGHT)
-        self._jobs_holder = self._defer(self._jobs_card, "", 60)
+        self._jobs_holder = self._defer(self.jobs_card, "", 60)
         self._controls_holder = self._defer(self.scene.controls, "", 200)
         self._suggestions_holder = self._defer(self._suggestions_card, "", 40)
         doc = pn.state.curdoc
@@ -157,16 +157,16 @@ class App(pn.viewable.Viewer):
     def _build_widgets(self):
         s = self.state
         pick, st, model = s.pick, s.structure, s.model
-        self._model_md = pn.pane.Markdown(pn.bind(self._model_text, model.param.status),
+        self.model_md = pn.pane.Markdown(pn.bind(self._model_text, model.param.status),
                                           css_classes=["rhox-small", "rhox-model"], sizing_mode="stretch_width")
         self._system = pn.widgets.Select.from_param(pick.param.system, sizing_mode="stretch_width",
                                                     css_classes=["rhox-system"])
         self._step = pn.widgets.Select.from_param(pick.param.step, label="Snap clicks to step",
                                                   sizing_mode="stretch_width")
-        self._comp_input = pn.widgets.TextInput(label="Composition", placeholder="e.g. Si0.5Ge0.25Sn0.25 or 0.5,0.25,0.25",
+        self.composition_input = pn.widgets.TextInput(label="Composition", placeholder="e.g. Si0.5Ge0.25Sn0.25 or 0.5,0.25,0.25",
                                                 sizing_mode="stretch_width", css_classes=["rhox-comp-input"])
-        pn.bind(s.select_text, self._comp_input.param.value, watch=True)
-        self._picked_md = pn.pane.Markdown(pn.bind(self._picked_text, pick.param.text), css_classes=["rhox-picked"],
+        pn.bind(s.select_text, self.composition_input.param.value, watch=True)
+        self.picked_md = pn.pane.Markdown(pn.bind(self._picked_text, pick.param.text), css_classes=["rhox-picked"],
                                            sizing_mode="stretch_width")
         self._auto = pn.widgets.Checkbox.from_param(self.param.predict_on_pick, label="Predict on pick")
 
@@ -179,11 +179,11 @@ class App(pn.viewable.Viewer):
         self._build = _action("Build structure", css_classes=["rhox-build"])
         self._build.on_click(lambda e: s.build_structure())
         # Any file (POSCARs have no extension): ASE guesses the format, a bad file is a message.
-        self._upload = pn.widgets.FileInput(multiple=False, sizing_mode="stretch_width", css_classes=["rhox-upload"])
-        pn.bind(self._on_upload, self._upload.param.value, watch=True)
-        self._predict = pn.widgets.Button(label="Predict density", color="primary", sizing_mode="stretch_width",
+        self.upload = pn.widgets.FileInput(multiple=False, sizing_mode="stretch_width", css_classes=["rhox-upload"])
+        pn.bind(self._on_upload, self.upload.param.value, watch=True)
+        self.predict_button = pn.widgets.Button(label="Predict density", color="primary", sizing_mode="stretch_width",
                                           css_classes=["rhox-predict"], loading=self.param.busy)
-        self._predict.on_click(lambda e: self.predict())
+        self.predict_button.on_click(lambda e: self.predict())
         self._structure_md = pn.pane.Markdown(pn.bind(lambda t: f"**Structure:** {t}" if t else "", st.param.label),
                                               css_classes=["rhox-small", "rhox-structure"], sizing_mode="stretch_width")
 
@@ -206,25 +206,25 @@ class App(pn.viewable.Viewer):
                                         sizing_mode="stretch_width")
 
         # suggestions: accept or replace by clicks
-        self._sugg = pn.widgets.MultiSelect(
+        self.suggestions = pn.widgets.MultiSelect(
             label="Suggested compositions", size=4, sizing_mode="stretch_width",
             options=pn.bind(lambda v, _: [describe(x, s.elements) for x in v], s.map.param.suggested,
                             pick.param.system))
         self._sugg_replace = _action("Replace selected with pick")
-        self._sugg_replace.on_click(self._on_replace)
+        self._sugg_replace.on_click(self.replace_suggestion)
         self._sugg_add = _action("Add pick", width=110)
-        self._sugg_add.on_click(self._on_add_pick)
+        self._sugg_add.on_click(self.add_pick_to_suggestions)
         self._sugg_remove = _action("Remove selected", width=130)
-        self._sugg_remove.on_click(self._on_remove)
+        self._sugg_remove.on_click(self.remove_suggestions)
         self._sugg_accept = pn.widgets.Button(label="Accept: run DFT at these", color="success",
                                               sizing_mode="stretch_width", disabled=running)
         self._sugg_accept.on_click(lambda e: self._submit(
             lambda: dft_batch_job(s, [list(v) for v in s.map.suggested], seed=st.seed)))
 
-        self._message = pn.pane.Alert(
+        self.message = pn.pane.Alert(
             pn.bind(lambda m: m.replace("\n", " ") or "Welcome: pick a composition on the triangle.", s.param.message),
             alert_type=s.param.message_level, sizing_mode="stretch_width", css_classes=["rhox-message"])
-        self._stats = pn.pane.Markdown(pn.bind(self._stats_text, model.param.fields, model.param.dft),
+        self.stats = pn.pane.Markdown(pn.bind(self._stats_text, model.param.fields, model.param.dft),
                                        css_classes=["rhox-stats", "rhox-small"], sizing_mode="stretch_width")
         # The loss plot is made on the first epoch (keeps the first page load light).
         self._loss = pn.Column(pn.pane.Markdown("No training run yet: the loss curve appears here, live, "
@@ -287,7 +287,7 @@ class App(pn.viewable.Viewer):
     def _on_upload(self, data):
         if data is None:
             return
-        if self.state.load_structure_bytes(data, self._upload.filename):
+        if self.state.load_structure_bytes(data, self.upload.filename):
             if self.predict_on_pick and self.state.model.info is not None:
                 self.predict()
 
@@ -333,46 +333,46 @@ class App(pn.viewable.Viewer):
             return False
         return self.jobs.submit(job)
 
-    def _on_replace(self, event=None):
+    def replace_suggestion(self, event=None):
         """Replace the (first) selected suggestion by the picked composition."""
         s = self.state
         if s.pick.picked is None:
             s.notify("Pick a composition first, then replace a suggestion with it.", "warning")
             return
         labels = [describe(v, s.elements) for v in s.map.suggested]
-        selected = set(self._sugg.value)
+        selected = set(self.suggestions.value)
         if not selected & set(labels):
             s.notify("Select the suggestion to replace in the list.", "warning")
             return
         k = next(i for i, lab in enumerate(labels) if lab in selected)
         s.map.suggested = [list(s.pick.picked) if i == k else v for i, v in enumerate(s.map.suggested)]
 
-    def _on_add_pick(self, event=None):
+    def add_pick_to_suggestions(self, event=None):
         s = self.state
         if s.pick.picked is None:
             s.notify("Pick a composition first.", "warning")
             return
         s.map.suggested = s.map.suggested + [list(s.pick.picked)]
 
-    def _on_remove(self, event=None):
+    def remove_suggestions(self, event=None):
         s = self.state
-        sel = set(self._sugg.value)
+        sel = set(self.suggestions.value)
         s.map.suggested = [v for v in s.map.suggested if describe(v, s.elements) not in sel]
 
     # --- layout -----------------------------------------------------------------------------
     def sidebar(self) -> list:
         return [
-            self._model_md,
-            pn.Card(self._system, self._step, self._comp_input, self._picked_md, self._auto,
+            self.model_md,
+            pn.Card(self._system, self._step, self.composition_input, self.picked_md, self._auto,
                     title="Composition", collapsible=False, sizing_mode="stretch_width"),
             pn.Card(self._repeat, self._temperature, pn.Row(self._seed, self._vac), self._build,
                     pn.pane.Markdown("or upload a structure file (any format ASE reads):", css_classes=["rhox-small"]),
-                    self._upload, self._predict, self._structure_md,
+                    self.upload, self.predict_button, self._structure_md,
                     title="Structure and prediction", collapsible=False, sizing_mode="stretch_width"),
             self._jobs_holder,
         ]
 
-    def _jobs_card(self):
+    def jobs_card(self):
         items = []
         for name, btn in self.job_buttons.items():
             jt = JOB_TYPES[name]
@@ -386,7 +386,7 @@ class App(pn.viewable.Viewer):
                        sizing_mode="stretch_width")
 
     def _suggestions_card(self):
-        return pn.Card(self._sugg, self._sugg_replace, pn.Row(self._sugg_add, self._sugg_remove),
+        return pn.Card(self.suggestions, self._sugg_replace, pn.Row(self._sugg_add, self._sugg_remove),
                        self._sugg_accept, title="Active learning: suggestions", sizing_mode="stretch_width",
                        collapsible=True, css_classes=["card", "rhox-suggestions"])
 
@@ -399,7 +399,7 @@ class App(pn.viewable.Viewer):
         left = pn.Column(
             pn.Card(self._picker_holder, pn.pane.Markdown(LEGEND, css_classes=["rhox-small"]),
                     title="Composition picker", collapsible=False, sizing_mode="stretch_width"),
-            pn.Card(self._stats, title="Prediction", collapsible=False, sizing_mode="stretch_width"),
+            pn.Card(self.stats, title="Prediction", collapsible=False, sizing_mode="stretch_width"),
             self._suggestions_holder, width=560, margin=0)
         right = pn.Column(
             pn.Card(self.scene, self._controls_holder, title="3D density and uncertainty", collapsible=False,
@@ -410,7 +410,7 @@ class App(pn.viewable.Viewer):
         return [left, right]
 
     def main(self) -> list:
-        return [self._message, pn.FlexBox(*self.panels(), flex_wrap="wrap", gap="10px", sizing_mode="stretch_width")]
+        return [self.message, pn.FlexBox(*self.panels(), flex_wrap="wrap", gap="10px", sizing_mode="stretch_width")]
 
     def template(self):
         """The served page: a ``FastListTemplate`` with the controls in the sidebar."""

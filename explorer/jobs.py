@@ -41,9 +41,10 @@ from pathlib import Path
 import numpy as np
 import param
 
+from rhox.engine import keys
 from rhox.engine.errors import DFTError, InputError, one_line
 
-from .state import INTERACTIVE_SAMPLES, DFTComparison, ExplorerState, describe
+from .state import INFO_COMPOSITION, INFO_SOURCE, INTERACTIVE_SAMPLES, DFTComparison, ExplorerState, describe
 from .threads import SessionThread
 
 
@@ -288,13 +289,21 @@ def _terminate(proc: subprocess.Popen, wait: float = 10.0) -> None:
             proc.kill()
 
 
-@atexit.register
 def terminate_children() -> None:
     """Server shutdown: no DFT child outlives the server."""
     with _CHILDREN_LOCK:
         children = list(_CHILDREN)
     for proc in children:
         _terminate(proc, wait=5.0)
+
+
+# At interpreter exit the worker pool joins its threads before `atexit` handlers run, and a
+# worker waiting for a DFT child would hold the exit up until GPAW ends: end the children first
+# (hooks registered here run before the pool's join, which was registered earlier).
+try:
+    threading._register_atexit(terminate_children)
+except (AttributeError, RuntimeError):  # pragma: no cover - other Pythons: plain atexit
+    atexit.register(terminate_children)
 
 
 def _scf_iterations(log: Path) -> int:
@@ -372,12 +381,13 @@ def dft_job(state: ExplorerState, settings=None, n_samples: int = INTERACTIVE_SA
                 job.report(min(0.9, n / 25), f"SCF iteration {n}")
 
         res = run_dft_child(job, atoms, dataset, system, state.workdir, scf)
-        if res.get("status") not in ("done", "skipped"):
-            raise DFTError(f"DFT {res.get('status', 'failed')}: {res.get('reason', 'no reason given')}")
+        if res.get(keys.STATUS) not in (keys.STATUS_DONE, "skipped"):
+            raise DFTError(f"DFT {res.get(keys.STATUS, keys.STATUS_FAILED)}: "
+                           f"{res.get(keys.REASON, 'no reason given')}")
         ds = Dataset(dataset, must_exist=True)
-        samples = list(ds.samples(task=res["task"]))
+        samples = list(ds.samples(task=res[keys.TASK]))
         if not samples:
-            why = [f.reason for f in ds.failures() if f.task == res["task"]]
+            why = [f.reason for f in ds.failures() if f.task == res[keys.TASK]]
             raise DFTError(f"no DFT density for this structure in {dataset}"
                            + (f" (an earlier run failed: {why[0]})" if why else ""))
         sample = samples[0]
@@ -413,17 +423,18 @@ def dft_batch_job(state: ExplorerState, compositions: list, seed: int = 0) -> Jo
         done = []
         for i, atoms in enumerate(structures):
             job.check()
-            job.report(i / len(structures), f"DFT {i + 1}/{len(structures)}: {atoms.info['composition']}")
+            job.report(i / len(structures), f"DFT {i + 1}/{len(structures)}: {atoms.info[INFO_COMPOSITION]}")
             try:
                 res = run_dft_child(job, atoms, dataset, system, state.workdir)
             except DFTError as err:
-                res = {"status": "failed", "reason": one_line(err)}
-            done.append((atoms.info["composition"], res.get("status", "failed"), res.get("reason", "")))
+                res = {keys.STATUS: keys.STATUS_FAILED, keys.REASON: one_line(err)}
+            done.append((atoms.info[INFO_COMPOSITION], res.get(keys.STATUS, keys.STATUS_FAILED),
+                         res.get(keys.REASON, "")))
         return done
 
     def finished(res):
-        ok = sum(1 for _, st, _ in res if st == "done")
-        bad = [f"{c} ({r})" for c, st, r in res if st != "done"]
+        ok = sum(1 for _, st, _ in res if st == keys.STATUS_DONE)
+        bad = [f"{c} ({r})" for c, st, r in res if st != keys.STATUS_DONE]
         state.notify(f"DFT done for {ok}/{len(res)} suggested compositions, stored in {dataset}"
                      + (f"; failed: {', '.join(bad)}" if bad else "") + ". Train to learn from them.",
                      "success" if not bad else "warning")
@@ -594,12 +605,12 @@ def _dft_main(atoms_path: str, dataset: str, system: str, out: str, log: str) ->
 
     atoms = read(atoms_path, format="json")
     try:
-        task = plan_structures([(atoms.info.get("source", "explorer"), atoms)], system_name=system)[0]
+        task = plan_structures([(atoms.info.get(INFO_SOURCE, "explorer"), atoms)], system_name=system)[0]
         res = run_task(task, dataset, txt=log)
     except KeyboardInterrupt:
         return 1
     except Exception as err:
-        res = {"status": "failed", "reason": one_line(err)}
+        res = {keys.STATUS: keys.STATUS_FAILED, keys.REASON: one_line(err)}
     tmp = Path(out).with_suffix(".tmp")
     tmp.write_text(json.dumps(res, default=str))
     os.replace(tmp, out)

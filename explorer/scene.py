@@ -16,7 +16,6 @@ is routed there too (:class:`ConfinedVTK`).
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import io
 import tempfile
 import threading
@@ -30,7 +29,7 @@ import panel as pn
 import param
 from panel.pane.vtk.vtk import VTKRenderWindowSynchronized
 
-from .state import FIELD_LABELS, ExplorerState, Field
+from .state import ExplorerState, Field
 
 CMAPS = {Field.MEAN: "viridis", Field.DFT: "viridis", Field.SIGMA_TOTAL: "plasma", Field.SIGMA_EPISTEMIC: "plasma",
          Field.SIGMA_ALEATORIC: "plasma", Field.DIFFERENCE: "RdBu_r"}

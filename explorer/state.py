@@ -38,7 +38,7 @@ import param
 from ase import Atoms
 
 from rhox.engine import keys
-from rhox.engine.bundled import default_data_path, default_model_dir
+from rhox.engine.bundled import asset_path, default_data_path, default_model_dir
 from rhox.engine.composition import (
     CompositionError,
     as_vector,
@@ -158,10 +158,10 @@ class ModelInfo:
     def name(self) -> str:
         """The model's name: its directory's name, or "bundled model" for the one rhox ships."""
         try:
-            bundled = self.path.resolve() == Path(default_model_dir()).resolve()
+            bundled = self.path.resolve() == asset_path("model").resolve()
         except OSError:
             bundled = False
-        return "bundled model" if bundled else self.path.name
+        return "bundled model" if bundled else f"model {self.path.name}"
 
     def label(self) -> str:
         l1 = f", validation L1% {self.best_val_l1:.1f}" if self.best_val_l1 is not None else ""

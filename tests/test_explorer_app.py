@@ -23,7 +23,7 @@ def _app(**kw):
 def test_app_loads_without_a_model(tmp_path):
     app = _app(model_path=tmp_path / "missing", data_path=tmp_path / "missing.db")
     assert app.state.model.status.startswith("No model: no model at")
-    assert app._model_md.object.startswith("**Model:** No model: no model at")
+    assert app.model_md.object.startswith("**Model:** No model: no model at")
     root = pn.panel(app).get_root()  # the Jupyter view
     assert root is not None
     tpl = app.template()
@@ -33,8 +33,8 @@ def test_app_loads_without_a_model(tmp_path):
     app.predict()
     app.wait()
     assert app.state.message_level == "danger"
-    assert app._message.object.startswith("No model: no model at")
-    assert app._message.alert_type == "danger"
+    assert app.message.object.startswith("No model: no model at")
+    assert app.message.alert_type == "danger"
 
 
 def test_app_opens_on_a_ready_prediction(explorer_model):
@@ -42,11 +42,11 @@ def test_app_opens_on_a_ready_prediction(explorer_model):
     pn.panel(app).get_root()
     app.wait()
     assert app.state.model.ready
-    assert app._model_md.object.startswith(f"**Model:** {explorer_model.name} (SiGeSn; trained on Ge, Si, Sn")
+    assert app.model_md.object.startswith(f"**Model:** model {explorer_model.name} (SiGeSn; trained on Ge, Si, Sn")
     assert app.state.pick.text == "Si0.5Ge0.25Sn0.25"  # the example composition
     assert app.state.fields is not None and app.state.fields.atoms is app.state.atoms
     assert app.scene.renders >= 1 and app.scene.drawn.iso_points > 0
-    assert "| ∫ρ dV (e) |" in app._stats.object
+    assert "| ∫ρ dV (e) |" in app.stats.object
 
 
 def test_two_apps_are_independent(explorer_model):
@@ -55,7 +55,7 @@ def test_two_apps_are_independent(explorer_model):
     assert a.state is not b.state and a.jobs is not b.jobs and a.scene is not b.scene
     a.state.select([1, 0, 0])
     b.state.select([0, 0, 1])
-    assert "Si1" in a._picked_md.object and "Sn1" in b._picked_md.object
+    assert "Si1" in a.picked_md.object and "Sn1" in b.picked_md.object
     a.job_settings["train"].dataset = "x"
     assert b.job_settings["train"].dataset == ""
 
@@ -63,7 +63,7 @@ def test_two_apps_are_independent(explorer_model):
 def test_typed_composition_predicts_and_the_slider_redraws(explorer_model):
     app = _app(model_path=explorer_model, open_on_example=False)
     pn.panel(app).get_root()
-    app._comp_input.value = "Si0.25Ge0.5Sn0.25"  # Enter in the box
+    app.composition_input.value = "Si0.25Ge0.5Sn0.25"  # Enter in the box
     app.wait()
     assert app.state.pick.text == "Si0.25Ge0.5Sn0.25"
     assert app.state.fields is not None, app.state.message
@@ -77,7 +77,7 @@ def test_typed_composition_predicts_and_the_slider_redraws(explorer_model):
     # a changed seed builds a new structure on the next Predict
     first = app.state.atoms
     app.state.structure.seed = 5
-    app._predict.clicks += 1
+    app.predict_button.clicks += 1
     app.wait()
     assert app.state.atoms is not first and app.state.fields.atoms is app.state.atoms
 
@@ -88,8 +88,8 @@ def test_upload_through_the_app(explorer_model):
     atoms.symbols[:4] = "Sn"
     buf = io.StringIO()
     write(buf, atoms, format="extxyz")
-    app._upload.filename = "mine.xyz"
-    app._upload.value = buf.getvalue().encode()
+    app.upload.filename = "mine.xyz"
+    app.upload.value = buf.getvalue().encode()
     app.wait()
     assert app.state.structure.label.startswith("mine.xyz")
     assert app.state.fields is not None and app.state.fields.atoms is app.state.atoms
@@ -97,26 +97,26 @@ def test_upload_through_the_app(explorer_model):
     app.predict()
     app.wait()
     assert app.state.atoms.info.get("source") == "mine.xyz"
-    app._upload.filename = "bad.cif"
-    app._upload.value = b"\x00\x01 garbage"
-    assert app._message.object.startswith("bad.cif: could not read a structure")
-    assert app._message.alert_type == "danger"
+    app.upload.filename = "bad.cif"
+    app.upload.value = b"\x00\x01 garbage"
+    assert app.message.object.startswith("bad.cif: could not read a structure")
+    assert app.message.alert_type == "danger"
 
 
 def test_suggestion_editing(tmp_path):
     app = _app(model_path=tmp_path / "none", predict_on_pick=False)
     s = app.state
     s.map.suggested = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
-    assert app._sugg.options == ["Si1", "Ge1"]
+    assert app.suggestions.options == ["Si1", "Ge1"]
     s.select([0.5, 0.5, 0.0])
-    app._sugg.value = ["Ge1"]
-    app._on_replace()
-    assert app._sugg.options == ["Si1", "Si0.5Ge0.5"]
-    app._on_add_pick()
+    app.suggestions.value = ["Ge1"]
+    app.replace_suggestion()
+    assert app.suggestions.options == ["Si1", "Si0.5Ge0.5"]
+    app.add_pick_to_suggestions()
     assert len(s.map.suggested) == 3
-    app._sugg.value = ["Si1"]
-    app._on_remove()
-    assert app._sugg.options == ["Si0.5Ge0.5", "Si0.5Ge0.5"]
+    app.suggestions.value = ["Si1"]
+    app.remove_suggestions()
+    assert app.suggestions.options == ["Si0.5Ge0.5", "Si0.5Ge0.5"]
 
 
 def test_a_new_panel_appears_in_the_main_area(tmp_path):

@@ -134,7 +134,7 @@ def test_a_registered_job_type_gets_a_button_that_runs_it(tmp_path):
     register_job_type("countdown", "Count down", make, Countdown)
     try:
         app = App(model_path=tmp_path / "none", data_path=tmp_path / "none.db")
-        card = app._jobs_card()
+        card = app.jobs_card()
         assert "Count down" in [b.label for b in card.select(__import__("panel").widgets.Button)]
         app.job_settings["countdown"].start = 5
         app.job_buttons["countdown"].clicks += 1  # as a browser click does
@@ -168,8 +168,8 @@ def test_train_job_cancel_and_bad_dataset(explorer_model, explorer_data, tmp_pat
     s = ExplorerState(model_path=explorer_model)
     jobs = JobManager(s)
     jobs.submit(train_job(s, dataset=explorer_data, max_epochs=200, fine_tune=True))
-    _wait_for(lambda: jobs.session.drain() or jobs.status_text.endswith(("configurations", "/2")) or
-              "descriptors" in jobs.status_text or "epoch" in jobs.status_text, 60)
+    # wait until fit() itself reports (descriptors, epochs): the job is past its set-up
+    _wait_for(lambda: jobs.session.drain() >= 0 and not jobs.status_text.endswith(("starting…", ".db")), 60)
     t0 = time.time()
     jobs.cancel()
     assert jobs.wait(60) == "cancelled"
@@ -255,3 +255,31 @@ def test_accepted_suggestions_run_dft_into_the_session_dataset(explorer_model, e
     assert "DFT done for 1/1 suggested compositions" in s.message
     assert Dataset(s.session_dataset()).count() == before + 1
     assert Dataset(explorer_data).count() == before  # the base dataset is left alone
+
+
+def test_a_dft_child_dies_even_when_its_parent_is_killed(tmp_path):
+    """The parent-death signal: a SIGKILLed parent (no shutdown hook runs) still takes its child along."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    script = ("import subprocess, sys, time\n"
+              "from rhox.explorer.jobs import _die_with_parent\n"
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], preexec_fn=_die_with_parent)\n"
+              "print(p.pid, flush=True)\n"
+              "time.sleep(60)\n")
+    from conftest import subprocess_env
+
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        child = psutil.Process(int(parent.stdout.readline()))
+        assert child.is_running()
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        gone, alive = psutil.wait_procs([child], timeout=10)
+        assert alive == []
+    finally:
+        if parent.poll() is None:
+            parent.kill()

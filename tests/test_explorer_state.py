@@ -210,13 +210,14 @@ def test_read_model_info_errors(tmp_path):
         read_model_info(tmp_path / "m")
 
 
-def test_model_label_names_the_bundled_model():
-    from rhox.engine.bundled import default_model_dir
+def test_model_label_names_the_model(explorer_model, monkeypatch):
+    from rhox.engine.bundled import asset_path
 
-    if not (default_model_dir() / "config.json").exists():
+    monkeypatch.setenv("RHOX_MODEL", str(explorer_model))  # the default, but not the bundled one
+    assert read_model_info(explorer_model).label().startswith(f"model {explorer_model.name} (SiGeSn; trained on ")
+    if not (asset_path("model") / "config.json").exists():
         pytest.skip("no bundled model (run `make assets`)")
-    info = read_model_info(default_model_dir())
-    assert info.label().startswith("bundled model (SiGeSn; trained on ")
+    assert read_model_info(asset_path("model")).label().startswith("bundled model (SiGeSn; trained on ")
 
 
 def test_predict_with_a_model(explorer_model, tmp_path):
@@ -229,7 +230,7 @@ def test_predict_with_a_model(explorer_model, tmp_path):
     assert f.mean.shape == f.sigma_total.shape and min(f.shape) >= 8
     summ = s.summary()
     assert summ["natoms"] == 8 and summ["S"] == 10 and summ["seconds"] > 0
-    assert summ["electrons"] == pytest.approx(f.mean.sum() * s.atoms.get_volume() / f.mean.size)
+    assert 0 < summ["sigma_epistemic_mean"] < summ["sigma_total_mean"]  # weights are distributions
     # A structure with a species the model never saw: a readable refusal.
     fe = bulk("Fe", "bcc", a=2.87, cubic=True)
     with pytest.raises(ValueError, match="cannot predict Fe: it never saw this species"):
