@@ -3,11 +3,12 @@
 - **Served** (``rhox serve``, ``panel serve explorer/app.py``): Panel's server serves every file
   from the installed packages under ``/static/`` (its default ``resources="server"`` mode);
   nothing to do here.
-- **In a notebook** (JupyterLab, Jupyter Notebook 7, VS Code): Panel either links its CDNs
-  (the default: a blank output offline) or *inlines* the libraries into the notebook output
-  (``inline=True``). We inline: it needs no server extension and no base-URL guessing, works in
-  every notebook front end, and a saved notebook still renders offline. The price is the size of
-  the output of the cell that loads the explorer (about 7 MB: Bokeh, Panel and vtk.js).
+- **In a notebook kernel**: Panel either links its CDNs (the default: a blank output offline)
+  or *inlines* the libraries into the notebook output (``inline=True``). We inline: it needs no
+  Jupyter server extension and no guess of the server's base URL, so it does not depend on the
+  front end (JupyterLab is the one tested), and a saved notebook still renders offline. The
+  price is the size of the output of the cell that loads the explorer: 5.5 MB (Bokeh, Panel and
+  vtk.js), which Panel stores twice (two MIME types) in a saved notebook.
 
 Inlining has one bug, worked around here: Panel's notebook template indents each inlined library
 with Jinja's ``indent`` filter, which splits lines with ``str.splitlines()``. That also splits at
