@@ -21,13 +21,14 @@ import param
 from panel.theme.fast import Fast
 
 from rhox.engine.errors import RhoxError, one_line
+from rhox.explorer import resources
 from rhox.explorer.jobs import JOB_TYPES, JobManager, dft_batch_job
 from rhox.explorer.scene import SceneView
 from rhox.explorer.simplex import TRI_FRAME_HEIGHT, CompositionPicker
 from rhox.explorer.state import EXAMPLE_COMPOSITION, ExplorerState, describe
 from rhox.explorer.threads import SessionThread
 
-pn.extension("vtk", notifications=False, design="native")
+resources.extension("vtk", notifications=False, design="native")  # offline, served or in Jupyter
 
 ACCENT = "#1c7ed6"
 TRI_HEIGHT = TRI_FRAME_HEIGHT + 60
