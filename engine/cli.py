@@ -89,7 +89,9 @@ def generate(
     compositions: str = typer.Option(
         "grid:4", help="grid:N | random:N | tess:L | compositions separated by ';', each written "
                        "Si0.5Ge0.3Sn0.2, {\"Si\": 0.5, \"Ge\": 0.3, \"Sn\": 0.2} or 0.5,0.3,0.2 (e.g. 'Si0.5Ge0.5;Si1')"),
-    repeat: List[int] = typer.Option([1], help="Supercell repeat of the cubic cell (repeatable)."),
+    repeat: List[str] = typer.Option(
+        ["1"], help="Supercell repeat of the cubic cell: N for NxNxN, or N1xN2xN3 for a non-cubic cell "
+                    "(e.g. 2x1x1: 8 FCC atoms, 2x2x1: 16). Repeatable for several sizes: --repeat 1 --repeat 2x1x1."),
     samples: int = typer.Option(1, help="Random configurations per composition and temperature."),
     temperature: List[float] = typer.Option([300.0], help="Temperature in K (repeatable)."),
     vacancies: List[int] = typer.Option([0], help="Vacancies per cell (repeatable; 0 = none)."),
@@ -119,7 +121,7 @@ def generate(
     from .dft import settings_for, with_settings
     from .generate import check_scheduler, execute, plan_spec, plan_structures
     from .store import Dataset, check_dataset_file
-    from .structures import get_system
+    from .structures import get_system, parse_repeat
 
     if not args:
         fail("give an alloy system (e.g. SiGeSn) or --structures FILE...")
@@ -142,7 +144,8 @@ def generate(
             fail(f"one alloy system expected, got {' '.join(args)} (use --structures for files)")
         system = get_system(args[0])
         settings = with_settings(settings_for(system.name), **changes)
-        tasks, size = plan_spec(system.name, compositions, repeat, samples, temperature, vacancies, antisites,
+        repeats = [parse_repeat(r) for r in repeat]
+        tasks, size = plan_spec(system.name, compositions, repeats, samples, temperature, vacancies, antisites,
                                 thermal, seed, settings, workers=concurrent, memory_bytes=memory, out=out_path)
     if scheduler:
         check_scheduler(scheduler)  # seconds, not Dask's long retries, and before the dataset exists
