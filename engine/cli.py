@@ -107,6 +107,9 @@ def generate(
     xc: Optional[str] = typer.Option(None, help="Exchange-correlation functional (default PBE)."),
     retry_failed: bool = typer.Option(False, help="Run again items recorded as failed."),
     dry_run: bool = typer.Option(False, help="Plan and list the items, run nothing."),
+    cache: Optional[Path] = typer.Option(
+        None, help="DFT cache (an ASE database shared by runs): a calculation found there is copied, not rerun; "
+                   "new ones are added to it."),
 ):
     """Run GPAW DFT on alloy configurations (or your structures) into a dataset.
 
@@ -131,6 +134,8 @@ def generate(
         fail(f"--mpi-ranks must be >= 1, got {mpi_ranks}")
     if out_path.exists() or out_path.is_symlink():
         check_dataset_file(out_path)  # a foreign or empty file is refused before any work
+    if cache is not None and (cache.exists() or cache.is_symlink()):
+        check_dataset_file(cache)
     changes = {k: v for k, v in dict(ecut=ecut, kpt_density=kpt_density, xc=xc).items() if v is not None}
     # Local workers share this machine's memory; a scheduler's workers are elsewhere, of unknown size.
     concurrent = 1 if scheduler else workers
@@ -173,7 +178,7 @@ def generate(
 
         def on_result(r):
             results.append(r)
-            text = f"{r['composition']} T={r['temperature']:g}K: {r['status']}"
+            text = f"{r['composition']} T={r['temperature']:g}K: {r['status']}" + (" (cache)" if r.get("cached") else "")
             if progress is not None:
                 progress.update(bar, advance=1, description=text)
             else:
@@ -182,7 +187,8 @@ def generate(
                 console.print(f"DFT {len(results)}/{len(tasks)} {elapsed:.0f} s elapsed, ETA {eta:.0f} s: {text}",
                               highlight=False, soft_wrap=True)
 
-        execute(tasks, str(out_path), workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks, on_result=on_result)
+        execute(tasks, str(out_path), workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks, on_result=on_result,
+                cache=str(cache) if cache else None)
     _print_results(results)
     n_fail = sum(r["status"] == "failed" for r in results)
     if n_fail:
