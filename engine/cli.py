@@ -1,4 +1,4 @@
-"""The ``rhox`` command: generate, info, train, evaluate, predict, serve.
+"""The ``rhox`` command: generate, info, train, evaluate, predict, learn, serve.
 
 Every command turns bad input into one line ``error: ...`` on stderr and exit code 2, and
 writes nothing in that case.
@@ -390,6 +390,105 @@ def predict(
               f"∫ρ = {fields.integrate():.3f} e, mean σ = {fields.sigma_total.mean():.2e} e/Å³")
     for p in written:
         out.print(f"wrote {p}")
+
+
+@app.command()
+@user_errors
+def learn(
+    system: Optional[str] = typer.Argument(None, help="Alloy system (SiGeSn, SiGe, CrFeCoNi); not needed with --resume."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder: data.db, log.jsonl, a model per round."),
+    strategy: Optional[str] = typer.Option(None, help="active (epistemic σ) | tessellation | random (default active)."),
+    rounds: Optional[int] = typer.Option(None, help="Rounds, round 0 (vertices + centroid) included (default 5)."),
+    batch: Optional[int] = typer.Option(None, help="Compositions picked per round after round 0 (default 3)."),
+    step: Optional[float] = typer.Option(None, help="Spacing of the candidate composition grid, 1/N (default 0.125)."),
+    repeat: Optional[str] = typer.Option(None, help="Supercell of every configuration: N or N1xN2xN3 (e.g. 2x1x1) (default 1)."),
+    samples: Optional[int] = typer.Option(None, help="Random configurations per composition and temperature (default 1)."),
+    temperature: Optional[List[float]] = typer.Option(None, help="Temperature in K (repeatable) (default 300)."),
+    thermal: Optional[str] = typer.Option(None, help="md (CHGNet Langevin MD) or einstein (fast) (default md)."),
+    test: Optional[Path] = typer.Option(None, help="Fixed test dataset of the same system (never trained on)."),
+    target_l1: Optional[float] = typer.Option(None, help="Stop when the test L1% (see --target-on) reaches this."),
+    target_on: Optional[str] = typer.Option(None, help="mean | worst: which test L1% --target-l1 applies to (default mean)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of structures, picks and training (default 0)."),
+    cache: Optional[Path] = typer.Option(None, help="DFT cache shared by runs and strategies (an ASE database)."),
+    add: Optional[List[str]] = typer.Option(None, help="Composition to run in the next round, on or off the grid "
+                                                        "(repeatable; e.g. Si0.3Ge0.7)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum training epochs per round (default 40)."),
+    hidden: Optional[str] = typer.Option(None, help="Hidden layer widths (default 64,64,32)."),
+    ecut: Optional[float] = typer.Option(None, help="Plane-wave cut-off, eV (default per system)."),
+    kpt_density: Optional[float] = typer.Option(None, help="k-points per Å⁻¹ (default per system)."),
+    xc: Optional[str] = typer.Option(None, help="Exchange-correlation functional (default PBE)."),
+    workers: int = typer.Option(1, help="Parallel DFT calculations (Dask LocalCluster when > 1)."),
+    scheduler: Optional[str] = typer.Option(None, help="Address of an existing Dask scheduler."),
+    mpi_ranks: int = typer.Option(1, help="MPI ranks per calculation."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (finished rounds are kept)."),
+):
+    """Active learning over the composition simplex (or the tessellation / random baseline).
+
+    Each round runs DFT at the picked compositions into OUT/data.db, fine-tunes the previous
+    round's model, evaluates it on --test and appends a record to OUT/log.jsonl.
+
+    Example: rhox learn SiGeSn --out runs/al --strategy active --rounds 6 --batch 2 --repeat 1 --test data/test.db
+    """
+    from .generate import check_scheduler
+    from .learn import add_compositions, prepare_run, run_learning
+
+    if workers < 1:
+        fail(f"--workers must be >= 1, got {workers}")
+    if mpi_ranks < 1:
+        fail(f"--mpi-ranks must be >= 1, got {mpi_ranks}")
+    train = {}
+    if epochs is not None:
+        train["max_epochs"] = epochs
+    if hidden is not None:
+        try:
+            train["hidden"] = [int(h) for h in hidden.split(",")]
+        except ValueError:
+            fail(f"hidden layer widths must be comma-separated integers, got {hidden!r}")
+    dft = {k: v for k, v in dict(ecut=ecut, kpt_density=kpt_density, xc=xc).items() if v is not None}
+    given = dict(system=system, strategy=strategy, rounds=rounds, batch=batch, step=step, repeat=repeat,
+                 samples=samples, temperatures=tuple(temperature) if temperature else None, thermal=thermal,
+                 test=str(test) if test else None, target_l1=target_l1, target_metric=target_on, seed=seed,
+                 cache=str(cache) if cache else None, dft=dft or None, train=train or None)
+    settings = prepare_run(out_dir, given, resume=resume)
+    if add:
+        from .composition import parse_composition
+        from .structures import check_buildable
+
+        for c in add:  # checked before anything is written
+            check_buildable(settings.system, parse_composition(c, _elements(settings.system)), settings.repeat)
+    if scheduler:
+        check_scheduler(scheduler)
+    if add:
+        add_compositions(out_dir, add, settings)
+
+    def on_result(r):
+        text = f"DFT {r['composition']} T={r['temperature']:g}K: {r['status']}" + (" (cache)" if r.get("cached") else "")
+        console.print(text, highlight=False, soft_wrap=True)
+
+    def on_epoch(r):
+        if r["epoch"] % 5 == 0 or r["epoch"] == r["max_epochs"]:
+            console.print(f"  epoch {r['epoch']}/{r['max_epochs']} val L1% {r['val_l1']:.3f} (best {r['best_val_l1']:.3f})",
+                          highlight=False)
+
+    records = run_learning(out_dir, settings, workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks,
+                           on_status=lambda m: console.print(m, highlight=False, soft_wrap=True),
+                           on_result=on_result, on_epoch=on_epoch)
+    table = Table(title=f"rhox learn {settings.system} ({settings.strategy})")
+    for col in ("round", "picked", "DFT", "DFT (s)", "test L1% mean", "worst", "cal1"):
+        table.add_column(col, justify="right")
+    for rec in records:
+        t = rec.get("test") or {}
+        table.add_row(str(rec["round"]), " ".join(p["composition"] for p in rec["picked"]), str(rec["n_dft"]),
+                      f"{rec['dft_seconds']:.0f}", f"{t['L1%_mean']:.3f}" if t else "", f"{t['L1%_worst']:.3f}" if t else "",
+                      f"{t['cal1']:.1f}" if t else "")
+    out.print(table)
+    out.print(f"log: {out_dir / 'log.jsonl'}")
+
+
+def _elements(system: str):
+    from .structures import get_system
+
+    return get_system(system).elements
 
 
 @app.command()
