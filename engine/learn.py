@@ -13,8 +13,9 @@ what they add afterwards. Later rounds pick ``batch`` compositions each:
 - ``active``: candidates are the simplex grid of spacing ``step`` (those the cell can realise,
   not yet run); each is scored by :func:`rhox.engine.active.acquisition_scores` (the previous
   model's epistemic σ over a few random configurations per composition) and the batch is taken
-  greedily by score, keeping picks of one round at least 1.5 grid steps apart so that it spreads
-  out (relaxed only when too few candidates are left);
+  greedily by score, keeping picks of one round farther apart than grid neighbours (barycentric
+  distance >= 1.5 ``step``; neighbours are √2 ``step`` apart) so that it spreads out (relaxed
+  only when too few candidates are left); every candidate's score goes into the round's record;
 - ``tessellation``: the next points of :func:`rhox.engine.composition.tessellation` in level
   order (vertices, edge midpoints, face and body centres, then finer dyadic grids), the paper's
   baseline;
@@ -56,7 +57,7 @@ PENDING_FILE = "pending.json"
 PICKED_FILE = "picked.json"
 DONE_FILE = "done.json"
 MODEL_DIR = "model"
-SPREAD_STEPS = 1.5     # picks of one round at least this many grid steps apart (barycentric distance)
+SPREAD_STEPS = 1.5     # picks of one round at least this x step apart (barycentric; grid neighbours: √2 x step)
 MAX_TESS_LEVEL = 8     # beyond 2**7 divisions no cell rhox builds can realise new points
 
 # Settings a resumed run may change; every other one is fixed when the run starts.
@@ -245,8 +246,11 @@ def spread_batch(cands: np.ndarray, scores: np.ndarray, k: int, min_distance: fl
 
 
 def pick(s: LearnSettings, round_index: int, done: Sequence[np.ndarray], model_dir: Path | None,
-         on_status: Callable[[str], None] = lambda m: None) -> list[dict]:
-    """The compositions of round ``round_index`` (>= 1) by the run's strategy: ``[{x, score, by}]``."""
+         on_status: Callable[[str], None] = lambda m: None, scored: list | None = None) -> list[dict]:
+    """The compositions of round ``round_index`` (>= 1) by the run's strategy: ``[{x, score, by}]``.
+
+    With the active strategy, every candidate's ``{x, score}`` is appended to ``scored`` if given.
+    """
     sysm = get_system(s.system)
     taken = {_key(x) for x in done}
     if s.strategy == "tessellation":
@@ -272,6 +276,8 @@ def pick(s: LearnSettings, round_index: int, done: Sequence[np.ndarray], model_d
     on_status(f"round {round_index}: scoring {len(left)} candidate compositions")
     scores = acquisition_scores(model, s.system, left, repeat=s.repeat, seed=s.seed + 1000 * round_index,
                                 **s.acquisition)
+    if scored is not None:
+        scored.extend({"x": x.tolist(), "score": None if np.isnan(v) else float(v)} for x, v in zip(left, scores))
     idx = spread_batch(left, scores, s.batch, SPREAD_STEPS * s.step - 1e-9)
     return [{"x": left[i].tolist(), "score": float(scores[i]), "by": "epistemic σ"} for i in idx]
 
@@ -436,8 +442,10 @@ def run_learning(
         t_round = time.perf_counter()
         rd.mkdir(parents=True, exist_ok=True)
         parent = round_dir(run, r - 1) / MODEL_DIR if r else None
+        scored: list = []
         if (rd / PICKED_FILE).is_file():
-            picked = json.loads((rd / PICKED_FILE).read_text())
+            saved = json.loads((rd / PICKED_FILE).read_text())
+            picked, scored = saved["picked"], saved["scores"]
         else:
             done_x = [np.asarray(p["x"]) for rec in records for p in rec["picked"]]
             pending = json.loads((run / PENDING_FILE).read_text()) if (run / PENDING_FILE).is_file() else []
@@ -448,10 +456,11 @@ def run_learning(
                 picked += [{"x": x.tolist(), "score": None, "by": "initial (vertices and centroid)"}
                            for x in initial_compositions(sysm.n_species) if _key(x) not in {_key(d) for d in done_x}]
             else:
-                picked += pick(s, r, done_x, parent, status)
+                picked += pick(s, r, done_x, parent, status, scored)
             for p in picked:
                 p["composition"] = format_composition(dict(zip(sysm.elements, p["x"])), digits=6)
-            _write_json(rd / PICKED_FILE, picked)  # before any DFT: a resumed round runs these points
+            # before any DFT: a resumed round runs these points
+            _write_json(rd / PICKED_FILE, {"picked": picked, "scores": scored})
             if (run / PENDING_FILE).is_file():
                 (run / PENDING_FILE).unlink()
         if not picked:
@@ -474,7 +483,7 @@ def run_learning(
         meta = load_model(model_dir).meta
         status(f"round {r}: evaluating on the test set" if s.test else f"round {r}: no test set")
         test = _evaluate(s, model_dir)
-        record = {"round": r, "strategy": s.strategy, "picked": picked,
+        record = {"round": r, "strategy": s.strategy, "picked": picked, "scores": scored,
                   "round_dft": {"done": sum(x["status"].startswith(("done", "exists:done")) for x in results),
                                 "failed": sum("failed" in x["status"] for x in results)},
                   **_dft_totals(db),
@@ -494,5 +503,28 @@ def run_learning(
     return records
 
 
-__all__ = ["LearnSettings", "STRATEGIES", "prepare_run", "run_learning", "add_compositions", "read_records",
+def learning_curve(records: Sequence[dict], metric: str = "mean") -> dict[str, np.ndarray]:
+    """Arrays over rounds: ``n_compositions``, ``n_dft``, ``dft_seconds`` and test ``L1%`` (``metric``
+    'mean' or 'worst'; NaN for a round without a test set), for plotting and comparing strategies."""
+    def l1(r):
+        return r["test"]["L1%_" + metric] if r.get("test") else np.nan
+
+    return {"round": np.array([r["round"] for r in records]),
+            "n_compositions": np.array([r["n_compositions"] for r in records]),
+            "n_dft": np.array([r["n_dft"] for r in records]),
+            "dft_seconds": np.array([r["dft_seconds"] for r in records], dtype=float),
+            "L1%": np.array([l1(r) for r in records], dtype=float)}
+
+
+def cost_to_reach(records: Sequence[dict], target: float, metric: str = "mean",
+                  cost: str = "n_compositions") -> float | None:
+    """The ``cost`` (``n_compositions``, ``n_dft`` or ``dft_seconds``) of the first round whose test
+    L1% (``metric``) is at or below ``target`` %, or None if no round reaches it. The ratio of two
+    strategies' costs is the reduction factor of DESIGN.md section 4."""
+    c = learning_curve(records, metric)
+    hit = np.nonzero(c["L1%"] <= target)[0]
+    return float(c[cost][hit[0]]) if len(hit) else None
+
+
+__all__ = ["learning_curve", "cost_to_reach", "LearnSettings", "STRATEGIES", "prepare_run", "run_learning", "add_compositions", "read_records",
            "candidates", "initial_compositions", "spread_batch", "pick", "check_step", "round_dir"]

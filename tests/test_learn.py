@@ -84,6 +84,19 @@ def test_random_strategy_is_seeded_and_skips_what_was_run():
         assert not any(np.allclose(x, d) for d in done)
 
 
+def test_learning_curve_and_cost_to_reach_known_answer():
+    recs = [{"round": 0, "n_compositions": 3, "n_dft": 3, "dft_seconds": 30.0, "test": {"L1%_mean": 9.0, "L1%_worst": 20.0}},
+            {"round": 1, "n_compositions": 5, "n_dft": 6, "dft_seconds": 70.0, "test": {"L1%_mean": 4.0, "L1%_worst": 9.0}},
+            {"round": 2, "n_compositions": 7, "n_dft": 9, "dft_seconds": 95.0, "test": {"L1%_mean": 3.0, "L1%_worst": 5.0}}]
+    c = learn.learning_curve(recs, "worst")
+    np.testing.assert_array_equal(c["L1%"], [20.0, 9.0, 5.0])
+    np.testing.assert_array_equal(c["n_compositions"], [3, 5, 7])
+    assert learn.cost_to_reach(recs, 4.0) == 5          # mean 4.0 <= 4.0 first at round 1
+    assert learn.cost_to_reach(recs, 9.0, "worst", "n_dft") == 6
+    assert learn.cost_to_reach(recs, 5.0, "worst", "dft_seconds") == 95.0
+    assert learn.cost_to_reach(recs, 1.0) is None
+
+
 def test_candidates_are_only_compositions_the_cell_realises():
     # CrFeCoNi on the 4-site cubic cell: eighths that leave a species without an atom are dropped,
     # the 8-site 2x1x1 cell keeps more of them.
@@ -198,6 +211,10 @@ def test_two_round_run_end_to_end(reference_run):
     (p,) = r1["picked"]
     assert p["by"] == "epistemic σ" and p["score"] > 0
     assert p["composition"] in ("Si0.75Ge0.25", "Si0.25Ge0.75")
+    # both candidates left were scored, and the pick is the higher score
+    assert sorted(tuple(c["x"]) for c in r1["scores"]) == [(0.25, 0.75), (0.75, 0.25)]
+    assert p["score"] == max(c["score"] for c in r1["scores"])
+    assert r0["scores"] == []
     for r in records:
         t = r["test"]
         assert t["n_configurations"] == 4
@@ -293,3 +310,25 @@ def test_hand_picked_composition_off_the_grid_joins_the_next_round(reference_run
     comps = {r.get(keys.COMPOSITION): r.get(keys.REALISED) for r in Dataset(run / "data.db", readonly=True).rows()}
     assert comps["Si0.3Ge0.7"] == "Si0.25Ge0.75"  # 8 sites: 2.4 Si atoms round to 2
     assert not (run / learn.PENDING_FILE).exists()
+
+
+@pytest.mark.dft
+def test_cli_learn_tessellation_run_shares_the_dft_cache(reference_run, tmp_path):
+    import subprocess
+
+    from conftest import rhox_cmd, subprocess_env
+
+    root, ref, given, ref_records = reference_run
+    args = ["learn", "SiGe", "--out", "cli", "--strategy", "tessellation", "--rounds", "2", "--batch", "1",
+            "--step", "0.25", "--test", given["test"], "--cache", given["cache"], *CLI_TINY]
+    proc = subprocess.run(rhox_cmd() + args, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    records = [json.loads(x) for x in (tmp_path / "cli" / "log.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1]
+    assert records[0]["n_cache_hits"] == 3  # round 0 is the same for every strategy: all from the cache
+    # the tessellation's next point after vertices and centroid on a segment: a quarter (level 2)
+    assert [p["by"] for p in records[1]["picked"]] == ["tessellation level 2"]
+    assert records[1]["picked"][0]["composition"] == "Si0.75Ge0.25"
+    assert "rhox learn SiGe (tessellation)" in proc.stdout and "round 1 done" in proc.stderr
