@@ -461,18 +461,38 @@ def learn(
     if add:
         add_compositions(out_dir, add, settings)
 
+    from contextlib import nullcontext
+
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    # On a terminal a bar with ETA per round's DFT; logs and pipes get one plain line per item.
+    progress = (Progress(TextColumn("[bold]{task.fields[label]}"), BarColumn(), MofNCompleteColumn(),
+                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                         TextColumn("{task.description}"), console=console)
+                if console.is_terminal else None)
+    bars: dict = {}
+
+    def on_plan(r, n):
+        if progress is not None:
+            bars["dft"] = progress.add_task("", total=n, label=f"round {r} DFT")
+
     def on_result(r):
-        text = f"DFT {r['composition']} T={r['temperature']:g}K: {r['status']}" + (" (cache)" if r.get("cached") else "")
-        console.print(text, highlight=False, soft_wrap=True)
+        text = f"{r['composition']} T={r['temperature']:g}K: {r['status']}" + (" (cache)" if r.get("cached") else "")
+        if progress is not None and "dft" in bars:
+            progress.update(bars["dft"], advance=1, description=text)
+        else:
+            console.print("DFT " + text, highlight=False, soft_wrap=True)
 
     def on_epoch(r):
         if r["epoch"] % 5 == 0 or r["epoch"] == r["max_epochs"]:
             console.print(f"  epoch {r['epoch']}/{r['max_epochs']} val L1% {r['val_l1']:.3f} (best {r['best_val_l1']:.3f})",
                           highlight=False)
 
-    records = run_learning(out_dir, settings, workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks,
-                           on_status=lambda m: console.print(m, highlight=False, soft_wrap=True),
-                           on_result=on_result, on_epoch=on_epoch)
+    with progress if progress is not None else nullcontext():
+        records = run_learning(out_dir, settings, workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks,
+                               on_status=lambda m: console.print(m, highlight=False, soft_wrap=True),
+                               on_result=on_result, on_epoch=on_epoch, on_plan=on_plan)
     table = Table(title=f"rhox learn {settings.system} ({settings.strategy})")
     for col in ("round", "picked", "DFT", "DFT (s)", "test L1% mean", "worst", "cal1"):
         table.add_column(col, justify="right")

@@ -405,11 +405,13 @@ def run_learning(
     on_status: Callable[[str], None] | None = None,
     on_result: Callable[[dict], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    on_plan: Callable[[int, int], None] | None = None,
 ) -> list[dict]:
     """Run (or resume) the rounds of ``settings`` in folder ``run``; returns every round's record.
 
     ``settings`` must come from :func:`prepare_run`. ``on_status`` gets one-line messages,
-    ``on_result`` each DFT item's summary, ``on_epoch`` each training epoch's record.
+    ``on_plan`` (round, number of DFT items) before a round's DFT, ``on_result`` each DFT item's
+    summary, ``on_epoch`` each training epoch's record.
     """
     from .generate import execute, plan
     from .store import Dataset
@@ -469,6 +471,8 @@ def run_learning(
         status(f"round {r}: DFT at {', '.join(p['composition'] for p in picked)}")
         tasks = plan(s.system, [p["x"] for p in picked], [s.repeat], s.samples, s.temperatures, (0,), 0,
                      s.thermal, s.seed, dft)
+        if on_plan:
+            on_plan(r, len(tasks))
         results = execute(tasks, str(db), workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks,
                           on_result=on_result, cache=s.cache)
         model_dir = rd / MODEL_DIR
