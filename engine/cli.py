@@ -430,7 +430,7 @@ def learn(
     Example: rhox learn SiGeSn --out runs/al --strategy active --rounds 6 --batch 2 --repeat 1 --test data/test.db
     """
     from .generate import check_scheduler
-    from .learn import add_compositions, prepare_run, run_learning
+    from .learn import prepare_run, run_learning
 
     if workers < 1:
         fail(f"--workers must be >= 1, got {workers}")
@@ -458,8 +458,6 @@ def learn(
             check_buildable(settings.system, parse_composition(c, _elements(settings.system)), settings.repeat)
     if scheduler:
         check_scheduler(scheduler)
-    if add:
-        add_compositions(out_dir, add, settings)
 
     from contextlib import nullcontext
 
@@ -492,7 +490,7 @@ def learn(
     with progress if progress is not None else nullcontext():
         records = run_learning(out_dir, settings, workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks,
                                on_status=lambda m: console.print(m, highlight=False, soft_wrap=True),
-                               on_result=on_result, on_epoch=on_epoch, on_plan=on_plan)
+                               on_result=on_result, on_epoch=on_epoch, on_plan=on_plan, add=add or ())
     table = Table(title=f"rhox learn {settings.system} ({settings.strategy})")
     for col in ("round", "picked", "DFT", "DFT (s)", "test L1% mean", "worst", "cal1"):
         table.add_column(col, justify="right")

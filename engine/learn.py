@@ -406,12 +406,14 @@ def run_learning(
     on_result: Callable[[dict], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     on_plan: Callable[[int, int], None] | None = None,
+    add: Sequence = (),
 ) -> list[dict]:
     """Run (or resume) the rounds of ``settings`` in folder ``run``; returns every round's record.
 
     ``settings`` must come from :func:`prepare_run`. ``on_status`` gets one-line messages,
     ``on_plan`` (round, number of DFT items) before a round's DFT, ``on_result`` each DFT item's
-    summary, ``on_epoch`` each training epoch's record.
+    summary, ``on_epoch`` each training epoch's record. ``add``: hand-picked compositions for the
+    next round that has not started (:func:`add_compositions`).
     """
     from .generate import execute, plan
     from .store import Dataset
@@ -422,6 +424,8 @@ def run_learning(
     s = settings
     run.mkdir(parents=True, exist_ok=True)
     _write_json(run / SETTINGS_FILE, s.to_dict())
+    if add:
+        add_compositions(run, add, s)
     db = run / DATA_FILE
     data = Dataset(db)
     cleared = data.clear_stale()
