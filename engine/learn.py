@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -483,8 +484,13 @@ def run_learning(
         t_train = time.perf_counter()
         if not _model_complete(model_dir):
             ckpt = model_dir.with_name(MODEL_DIR + ".checkpoints")
-            status(f"round {r}: training" + (f" from round {r - 1}'s model" if parent else ""))
-            fit(db, model_dir, cfg, parent=parent, resume=ckpt.is_dir(), on_epoch=on_epoch)
+            has_ckpt = ckpt.is_dir() and any(ckpt.iterdir())
+            if not has_ckpt:  # killed before the first checkpoint: what is there is ours and unfinished
+                shutil.rmtree(ckpt, ignore_errors=True)
+                shutil.rmtree(model_dir, ignore_errors=True)
+            status(f"round {r}: training" + (f" from round {r - 1}'s model" if parent else "")
+                   + (" (resumed from its checkpoint)" if has_ckpt else ""))
+            fit(db, model_dir, cfg, parent=parent, resume=has_ckpt, on_epoch=on_epoch)
         train_seconds = time.perf_counter() - t_train
         from .model import load_model
 
