@@ -412,6 +412,8 @@ def learn(
     cache: Optional[Path] = typer.Option(None, help="DFT cache shared by runs and strategies (an ASE database)."),
     add: Optional[List[str]] = typer.Option(None, help="Composition to run in the next round, on or off the grid "
                                                         "(repeatable; e.g. Si0.3Ge0.7)."),
+    score_configs: Optional[int] = typer.Option(None, help="Random configurations scored per candidate (default 2)."),
+    score_samples: Optional[int] = typer.Option(None, help="Weight samples S per scored configuration (default 10)."),
     epochs: Optional[int] = typer.Option(None, help="Maximum training epochs per round (default 40)."),
     hidden: Optional[str] = typer.Option(None, help="Hidden layer widths (default 64,64,32)."),
     ecut: Optional[float] = typer.Option(None, help="Plane-wave cut-off, eV (default per system)."),
@@ -448,7 +450,9 @@ def learn(
     given = dict(system=system, strategy=strategy, rounds=rounds, batch=batch, step=step, repeat=repeat,
                  samples=samples, temperatures=tuple(temperature) if temperature else None, thermal=thermal,
                  test=str(test) if test else None, target_l1=target_l1, target_metric=target_on, seed=seed,
-                 cache=str(cache) if cache else None, dft=dft or None, train=train or None)
+                 cache=str(cache) if cache else None, dft=dft or None, train=train or None,
+                 acquisition={k: v for k, v in dict(n_configs=score_configs, n_samples=score_samples).items()
+                              if v is not None} or None)
     settings = prepare_run(out_dir, given, resume=resume)
     if add:
         from .composition import parse_composition

@@ -61,6 +61,9 @@ MODEL_DIR = "model"
 SPREAD_STEPS = 1.5     # picks of one round at least this x step apart (barycentric; grid neighbours: √2 x step)
 MAX_TESS_LEVEL = 8     # beyond 2**7 divisions no cell rhox builds can realise new points
 
+# Scoring a candidate: 2 random configurations, 10 weight samples, a 0.45 Å grid (cheap; enough to rank).
+DEFAULT_ACQUISITION = {"n_configs": 2, "n_samples": 10, "spacing": 0.45}
+
 # Settings a resumed run may change; every other one is fixed when the run starts.
 CHANGEABLE = ("rounds", "target_l1", "target_metric")
 
@@ -94,7 +97,7 @@ class LearnSettings:
     target_metric: str = "mean"
     dft: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
-    acquisition: dict = field(default_factory=lambda: {"n_configs": 2, "n_samples": 10, "spacing": 0.45})
+    acquisition: dict = field(default_factory=lambda: dict(DEFAULT_ACQUISITION))
     eval_samples: int = 10
     cache: str | None = None
 
@@ -174,9 +177,16 @@ def check_settings_of_run(s: LearnSettings) -> LearnSettings:
     from .training import TrainConfig  # torch: only once the cheap checks have passed
 
     s.train = TrainConfig(**known_fields(TrainConfig, {**_default_train(), **s.train}, "training")).to_dict()
-    bad = set(s.acquisition) - {"n_configs", "n_samples", "spacing"}
+    bad = set(s.acquisition) - set(DEFAULT_ACQUISITION)
     if bad:
         raise InputError(f"unknown acquisition setting(s) {sorted(bad)}; known: n_configs, n_samples, spacing")
+    s.acquisition = {**DEFAULT_ACQUISITION, **s.acquisition}
+    for k, what in (("n_configs", "number of configurations scored per candidate"),
+                    ("n_samples", "number of weight samples per scored configuration")):
+        s.acquisition[k] = _positive_int(s.acquisition[k], what)
+    sp = s.acquisition["spacing"]
+    if sp is not None and not (isinstance(sp, (int, float)) and math.isfinite(sp) and sp > 0):
+        raise InputError(f"acquisition grid spacing must be a positive number of Å, got {sp!r}")
     if s.cache:
         from .store import check_dataset_file
 

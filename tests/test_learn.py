@@ -129,6 +129,7 @@ def _foreign_system_db(path: Path) -> None:
     (["--temperature", "-5"], ["temperature", "-5"]),
     (["--test", "missing.db"], ["missing.db", "does not exist"]),
     (["--test", "other.db"], ["other.db", "SiGeSn", "not SiGe"]),
+    (["--score-configs", "0"], ["configurations scored per candidate", "0"]),
     (["--add", "Si0.5Ge0.7"], ["sum to 1.2"]),
     (["--add", "Si0.02Ge0.98"], ["too few to place"]),
 ])
