@@ -1,4 +1,4 @@
-"""The ``rhox`` command: generate, info, train, evaluate, predict, serve.
+"""The ``rhox`` command: generate, info, train, evaluate, predict, learn, serve.
 
 Every command turns bad input into one line ``error: ...`` on stderr and exit code 2, and
 writes nothing in that case.
@@ -93,7 +93,9 @@ def generate(
     compositions: str = typer.Option(
         "grid:4", help="grid:N | random:N | tess:L | compositions separated by ';', each written "
                        "Si0.5Ge0.3Sn0.2, {\"Si\": 0.5, \"Ge\": 0.3, \"Sn\": 0.2} or 0.5,0.3,0.2 (e.g. 'Si0.5Ge0.5;Si1')"),
-    repeat: List[int] = typer.Option([1], help="Supercell repeat of the cubic cell (repeatable)."),
+    repeat: List[str] = typer.Option(
+        ["1"], help="Supercell repeat of the cubic cell: N for NxNxN, or N1xN2xN3 for a non-cubic cell "
+                    "(e.g. 2x1x1: 8 FCC atoms, 2x2x1: 16). Repeatable for several sizes: --repeat 1 --repeat 2x1x1."),
     samples: int = typer.Option(1, help="Random configurations per composition and temperature."),
     temperature: List[float] = typer.Option([300.0], help="Temperature in K (repeatable)."),
     vacancies: List[int] = typer.Option([0], help="Vacancies per cell (repeatable; 0 = none)."),
@@ -109,6 +111,9 @@ def generate(
     xc: Optional[str] = typer.Option(None, help="Exchange-correlation functional (default PBE)."),
     retry_failed: bool = typer.Option(False, help="Run again items recorded as failed."),
     dry_run: bool = typer.Option(False, help="Plan and list the items, run nothing."),
+    cache: Optional[Path] = typer.Option(
+        None, help="DFT cache (an ASE database shared by runs): a calculation found there is copied, not rerun; "
+                   "new ones are added to it."),
 ):
     """Run GPAW DFT on alloy configurations (or your structures) into a dataset.
 
@@ -123,7 +128,7 @@ def generate(
     from .dft import settings_for, with_settings
     from .generate import check_scheduler, execute, plan_spec, plan_structures
     from .store import Dataset, check_dataset_file
-    from .structures import get_system
+    from .structures import get_system, parse_repeat
 
     if not args:
         fail("give an alloy system (e.g. SiGeSn) or --structures FILE...")
@@ -133,6 +138,8 @@ def generate(
         fail(f"--mpi-ranks must be >= 1, got {mpi_ranks}")
     if out_path.exists() or out_path.is_symlink():
         check_dataset_file(out_path)  # a foreign or empty file is refused before any work
+    if cache is not None and (cache.exists() or cache.is_symlink()):
+        check_dataset_file(cache)
     changes = {k: v for k, v in dict(ecut=ecut, kpt_density=kpt_density, xc=xc).items() if v is not None}
     # Local workers share this machine's memory; a scheduler's workers are elsewhere, of unknown size.
     concurrent = 1 if scheduler else workers
@@ -146,7 +153,8 @@ def generate(
             fail(f"one alloy system expected, got {' '.join(args)} (use --structures for files)")
         system = get_system(args[0])
         settings = with_settings(settings_for(system.name), **changes)
-        tasks, size = plan_spec(system.name, compositions, repeat, samples, temperature, vacancies, antisites,
+        repeats = [parse_repeat(r) for r in repeat]
+        tasks, size = plan_spec(system.name, compositions, repeats, samples, temperature, vacancies, antisites,
                                 thermal, seed, settings, workers=concurrent, memory_bytes=memory, out=out_path)
     if scheduler:
         check_scheduler(scheduler)  # seconds, not Dask's long retries, and before the dataset exists
@@ -174,7 +182,7 @@ def generate(
 
         def on_result(r):
             results.append(r)
-            text = f"{r['composition']} T={r['temperature']:g}K: {r['status']}"
+            text = f"{r['composition']} T={r['temperature']:g}K: {r['status']}" + (" (cache)" if r.get("cached") else "")
             if progress is not None:
                 progress.update(bar, advance=1, description=text)
             else:
@@ -183,7 +191,8 @@ def generate(
                 console.print(f"DFT {len(results)}/{len(tasks)} {elapsed:.0f} s elapsed, ETA {eta:.0f} s: {text}",
                               highlight=False, soft_wrap=True)
 
-        execute(tasks, str(out_path), workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks, on_result=on_result)
+        execute(tasks, str(out_path), workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks, on_result=on_result,
+                cache=str(cache) if cache else None)
     _print_results(results)
     n_fail = sum(r["status"] == "failed" for r in results)
     if n_fail:
@@ -428,6 +437,127 @@ def predict(
               f"∫ρ = {fields.integrate():.3f} e, mean σ = {fields.sigma_total.mean():.2e} e/Å³")
     for p in written:
         out.print(f"wrote {p}")
+
+
+@app.command()
+@user_errors
+def learn(
+    system: Optional[str] = typer.Argument(None, help="Alloy system (SiGeSn, SiGe, CrFeCoNi); not needed with --resume."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder: data.db, log.jsonl, a model per round."),
+    strategy: Optional[str] = typer.Option(None, help="active (epistemic σ) | tessellation | random (default active)."),
+    rounds: Optional[int] = typer.Option(None, help="Rounds, round 0 (vertices + centroid) included (default 5)."),
+    batch: Optional[int] = typer.Option(None, help="Compositions picked per round after round 0 (default 3)."),
+    step: Optional[float] = typer.Option(None, help="Spacing of the candidate composition grid, 1/N (default 0.125)."),
+    repeat: Optional[str] = typer.Option(None, help="Supercell of every configuration: N or N1xN2xN3 (e.g. 2x1x1) (default 1)."),
+    samples: Optional[int] = typer.Option(None, help="Random configurations per composition and temperature (default 1)."),
+    temperature: Optional[List[float]] = typer.Option(None, help="Temperature in K (repeatable) (default 300)."),
+    thermal: Optional[str] = typer.Option(None, help="md (CHGNet Langevin MD) or einstein (fast) (default md)."),
+    test: Optional[Path] = typer.Option(None, help="Fixed test dataset of the same system (never trained on)."),
+    target_l1: Optional[float] = typer.Option(None, help="Stop when the test L1% (see --target-on) reaches this."),
+    target_on: Optional[str] = typer.Option(None, help="mean | worst: which test L1% --target-l1 applies to (default mean)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of structures, picks and training (default 0)."),
+    cache: Optional[Path] = typer.Option(None, help="DFT cache shared by runs and strategies (an ASE database)."),
+    add: Optional[List[str]] = typer.Option(None, help="Composition to run in the next round, on or off the grid "
+                                                        "(repeatable; e.g. Si0.3Ge0.7)."),
+    score_configs: Optional[int] = typer.Option(None, help="Random configurations scored per candidate (default 2)."),
+    score_samples: Optional[int] = typer.Option(None, help="Weight samples S per scored configuration (default 10)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum training epochs per round (default 40)."),
+    hidden: Optional[str] = typer.Option(None, help="Hidden layer widths (default 64,64,32)."),
+    ecut: Optional[float] = typer.Option(None, help="Plane-wave cut-off, eV (default per system)."),
+    kpt_density: Optional[float] = typer.Option(None, help="k-points per Å⁻¹ (default per system)."),
+    xc: Optional[str] = typer.Option(None, help="Exchange-correlation functional (default PBE)."),
+    workers: int = typer.Option(1, help="Parallel DFT calculations (Dask LocalCluster when > 1)."),
+    scheduler: Optional[str] = typer.Option(None, help="Address of an existing Dask scheduler."),
+    mpi_ranks: int = typer.Option(1, help="MPI ranks per calculation."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (finished rounds are kept)."),
+):
+    """Active learning over the composition simplex (or the tessellation / random baseline).
+
+    Each round runs DFT at the picked compositions into OUT/data.db, fine-tunes the previous
+    round's model, evaluates it on --test and appends a record to OUT/log.jsonl.
+
+    Example: rhox learn SiGeSn --out runs/al --strategy active --rounds 6 --batch 2 --repeat 1 --test data/test.db
+    """
+    from .generate import check_scheduler
+    from .learn import prepare_run, run_learning
+
+    if workers < 1:
+        fail(f"--workers must be >= 1, got {workers}")
+    if mpi_ranks < 1:
+        fail(f"--mpi-ranks must be >= 1, got {mpi_ranks}")
+    train = {}
+    if epochs is not None:
+        train["max_epochs"] = epochs
+    if hidden is not None:
+        try:
+            train["hidden"] = [int(h) for h in hidden.split(",")]
+        except ValueError:
+            fail(f"hidden layer widths must be comma-separated integers, got {hidden!r}")
+    dft = {k: v for k, v in dict(ecut=ecut, kpt_density=kpt_density, xc=xc).items() if v is not None}
+    given = dict(system=system, strategy=strategy, rounds=rounds, batch=batch, step=step, repeat=repeat,
+                 samples=samples, temperatures=tuple(temperature) if temperature else None, thermal=thermal,
+                 test=str(test) if test else None, target_l1=target_l1, target_metric=target_on, seed=seed,
+                 cache=str(cache) if cache else None, dft=dft or None, train=train or None,
+                 acquisition={k: v for k, v in dict(n_configs=score_configs, n_samples=score_samples).items()
+                              if v is not None} or None)
+    settings = prepare_run(out_dir, given, resume=resume)
+    if add:
+        from .composition import parse_composition
+        from .structures import check_buildable
+
+        for c in add:  # checked before anything is written
+            check_buildable(settings.system, parse_composition(c, _elements(settings.system)), settings.repeat)
+    if scheduler:
+        check_scheduler(scheduler)
+
+    from contextlib import nullcontext
+
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    # On a terminal a bar with ETA per round's DFT; logs and pipes get one plain line per item.
+    progress = (Progress(TextColumn("[bold]{task.fields[label]}"), BarColumn(), MofNCompleteColumn(),
+                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                         TextColumn("{task.description}"), console=console)
+                if console.is_terminal else None)
+    bars: dict = {}
+
+    def on_plan(r, n):
+        if progress is not None:
+            bars["dft"] = progress.add_task("", total=n, label=f"round {r} DFT")
+
+    def on_result(r):
+        text = f"{r['composition']} T={r['temperature']:g}K: {r['status']}" + (" (cache)" if r.get("cached") else "")
+        if progress is not None and "dft" in bars:
+            progress.update(bars["dft"], advance=1, description=text)
+        else:
+            console.print("DFT " + text, highlight=False, soft_wrap=True)
+
+    def on_epoch(r):
+        if r["epoch"] % 5 == 0 or r["epoch"] == r["max_epochs"]:
+            console.print(f"  epoch {r['epoch']}/{r['max_epochs']} val L1% {r['val_l1']:.3f} (best {r['best_val_l1']:.3f})",
+                          highlight=False)
+
+    with progress if progress is not None else nullcontext():
+        records = run_learning(out_dir, settings, workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks,
+                               on_status=lambda m: console.print(m, highlight=False, soft_wrap=True),
+                               on_result=on_result, on_epoch=on_epoch, on_plan=on_plan, add=add or ())
+    table = Table(title=f"rhox learn {settings.system} ({settings.strategy})")
+    for col in ("round", "picked", "DFT", "DFT (s)", "test L1% mean", "worst", "cal1"):
+        table.add_column(col, justify="right")
+    for rec in records:
+        t = rec.get("test") or {}
+        table.add_row(str(rec["round"]), " ".join(p["composition"] for p in rec["picked"]), str(rec["n_dft"]),
+                      f"{rec['dft_seconds']:.0f}", f"{t['L1%_mean']:.3f}" if t else "", f"{t['L1%_worst']:.3f}" if t else "",
+                      f"{t['cal1']:.1f}" if t else "")
+    out.print(table)
+    out.print(f"log: {out_dir / 'log.jsonl'}")
+
+
+def _elements(system: str):
+    from .structures import get_system
+
+    return get_system(system).elements
 
 
 @app.command()

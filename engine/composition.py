@@ -230,26 +230,72 @@ def random_compositions(n: int, n_species: int, seed: int | None = None) -> np.n
     return rng.dirichlet(np.ones(n_species), size=n)
 
 
-def tessellation(n_species: int, level: int) -> np.ndarray:
-    """Uniform refinement of the simplex, the active-learning baseline.
+def _dedupe(points: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+    """Rows of ``points`` not in ``known`` and not repeated, in their first-seen order."""
+    out, seen = [], {tuple(r) for r in np.round(known, 9)} if known is not None else set()
+    for row in points:
+        k = tuple(np.round(row, 9))
+        if k not in seen:
+            seen.add(k)
+            out.append(row)
+    return np.array(out, dtype=float).reshape(-1, points.shape[1])
 
-    Level 0: the vertices (pure elements); level 1 adds edge midpoints; level 2 adds face
-    centres (and for a tetrahedron the body centre at level 3). Beyond that the simplex grid
-    with ``2**(level-1)`` divisions. Returns unique compositions, shape (m, n_species).
-    """
+
+def _level_points(n_species: int, level: int) -> np.ndarray:
+    """Every point of tessellation level ``level`` (old ones included), before de-duplication."""
     eye = np.eye(n_species)
-    pts = [eye]
-    if level >= 1:
-        pts.append(np.array([(eye[i] + eye[j]) / 2 for i, j in itertools.combinations(range(n_species), 2)]))
-    if level >= 2 and n_species >= 3:
-        pts.append(np.array([eye[list(f)].mean(0) for f in itertools.combinations(range(n_species), 3)]))
-    if level >= 3 and n_species >= 4:
-        pts.append(eye.mean(0, keepdims=True))
-    if level >= 4 or (level >= 3 and n_species < 4):
-        pts.append(simplex_grid(n_species, 2 ** (level - 1)))
-    allp = np.concatenate(pts)
-    _, idx = np.unique(np.round(allp, 9), axis=0, return_index=True)
-    return allp[np.sort(idx)]
+    if level == 0:
+        return eye
+    if n_species < 3:
+        return simplex_grid(n_species, 2 ** level)  # a segment: halve every interval each level
+    if level == 1:
+        return np.array([(eye[i] + eye[j]) / 2 for i, j in itertools.combinations(range(n_species), 2)])
+    if level == 2:
+        faces = [eye[list(f)].mean(0) for d in range(3, n_species + 1)
+                 for f in itertools.combinations(range(n_species), d)]
+        return np.array(faces)
+    return simplex_grid(n_species, 2 ** (level - 1))
+
+
+def tessellation_levels(n_species: int, level: int) -> list[np.ndarray]:
+    """The points each level of :func:`tessellation` adds, for levels ``0..level``.
+
+    Element ``L`` of the list holds only the compositions that level ``L`` adds to the levels
+    before it, shape (m_L, n_species); see :func:`tessellation` for the scheme and counts.
+    """
+    if int(level) != level or level < 0:
+        raise CompositionError(f"tessellation level must be an integer >= 0, got {level}")
+    if n_species < 1:
+        raise CompositionError(f"a simplex needs at least one species, got {n_species}")
+    levels: list[np.ndarray] = []
+    known = np.zeros((0, n_species))
+    for lvl in range(int(level) + 1):
+        new = _dedupe(_level_points(n_species, lvl), known)
+        levels.append(new)
+        known = np.concatenate([known, new])
+    return levels
+
+
+def tessellation(n_species: int, level: int) -> np.ndarray:
+    """Hierarchical refinement of the simplex, the active-learning baseline (cumulative points).
+
+    The scheme, for three or more species (ternary triangle, quaternary tetrahedron):
+
+    - level 0: the vertices (pure elements);
+    - level 1: adds the edge midpoints (binary 50/50 alloys), i.e. the grid of halves;
+    - level 2: adds the centroid of every face of dimension 2 and more: the triangles' centres
+      (thirds) and, for four species, the tetrahedron's centre (quarters);
+    - level L >= 3: adds the rest of the uniform simplex grid of ``2**(L-1)`` divisions
+      (quarters at level 3, eighths at level 4, ...), which holds every earlier dyadic point.
+
+    For two species (a segment) level L is the grid of ``2**L`` divisions. Counts of points
+    (cumulative) for three species: 3, 6, 7, 16, 46, then ``C(2**(L-1)+2, 2) + 1``; for four:
+    4, 10, 15, 39, 169, then ``C(2**(L-1)+3, 3) + 4`` (the face centres, thirds, are never on a
+    dyadic grid). Each level contains the previous one, and the rows are in level order (the
+    points of level 0 first), so a strategy that walks the rows in order refines level by level.
+    :func:`tessellation_levels` gives the new points per level. Shape (m, n_species).
+    """
+    return np.concatenate(tessellation_levels(n_species, level))
 
 
 def _generator(spec: str) -> tuple[str, int] | None:
@@ -314,10 +360,13 @@ def composition_count(spec: str, n_species: int) -> int:
         return k
     if k <= 6:  # small enough to build (at most a 32-division grid)
         return len(tessellation(n_species, k))
-    # Beyond level 3 the tessellation is the dyadic grid (which holds the vertices, edge
-    # midpoints and, for four species, the body centre) plus the face centres (thirds, never on it).
-    faces = math.comb(n_species, 3) if n_species >= 3 else 0
-    return math.comb(2 ** (k - 1) + n_species - 1, n_species - 1) + faces
+    if n_species < 3:
+        return math.comb(2 ** k + n_species - 1, n_species - 1)
+    # Beyond level 2 the tessellation is the dyadic grid (which holds the vertices, edge midpoints
+    # and the quaternary's centre, quarters) plus the centres of faces whose size is not a power of
+    # two (thirds, fifths...: never on it).
+    off_grid = sum(math.comb(n_species, d) for d in range(3, n_species + 1) if d & (d - 1))
+    return math.comb(2 ** (k - 1) + n_species - 1, n_species - 1) + off_grid
 
 
 def composition_list(spec: str, elements: Sequence[str], seed: int = 0) -> list[dict[str, float]]:

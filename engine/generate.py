@@ -346,11 +346,18 @@ def check_scheduler(address: str, timeout: float = 5.0) -> None:
         raise InputError(f"Dask scheduler at {address} is not reachable ({reason})") from err
 
 
-def run_task(task: Task, db_path: str, mpi_ranks: int = 1, txt: str | None = None) -> dict:
+def run_task(task: Task, db_path: str, mpi_ranks: int = 1, txt: str | None = None,
+             cache: str | None = None) -> dict:
     """Run one work item into the dataset at ``db_path``; returns a summary dict.
 
     Skips the item when another run has it (done, failed or in progress). Exceptions from the
     DFT code are recorded as a failed row with their reason.
+
+    ``cache`` is the path of a DFT cache: a dataset shared by runs and strategies, keyed by the
+    same task key (a hash of system, composition, repeat, seed, temperature, thermal method,
+    defects and DFT settings). A finished sample found there is copied instead of running GPAW
+    (the row gets ``cached=1`` and the summary ``cached: True``); a sample computed here is
+    copied into it for the next run. Failures are not cached: a later run tries again.
     """
     ds = Dataset(db_path)
     rid = ds.reserve(task.key())
@@ -359,6 +366,16 @@ def run_task(task: Task, db_path: str, mpi_ranks: int = 1, txt: str | None = Non
     if rid is None:
         return dict(result, status="skipped")
     t0 = time.perf_counter()
+    store = _cache(cache, db_path)
+    if store is not None:
+        row = store.find_done(task.key())
+        if row is not None:
+            ds.write_copy(rid, row, {keys.CACHED: 1})
+            return dict(result, status="done", cached=True, natoms=row.natoms, realised=row.get(keys.REALISED, ""),
+                        grid="x".join(map(str, np.shape(row.data[keys.DENSITY])[-3:])),
+                        energy_per_atom=row.get("energy", np.nan) / max(row.natoms, 1),
+                        integral=row.get(keys.INTEGRAL), wall_time=time.perf_counter() - t0,
+                        dft_time=row.get(keys.WALL_TIME, 0.0))
     atoms = None
     try:
         atoms = task.structure()
@@ -375,10 +392,24 @@ def run_task(task: Task, db_path: str, mpi_ranks: int = 1, txt: str | None = Non
     kvp = task.key_value_pairs()
     kvp[keys.REALISED] = atoms.info.get(keys.INFO_REALISED, task.composition)
     ds.write_sample(rid, sample, kvp)
-    return dict(result, status="done", natoms=len(sample.atoms), grid="x".join(map(str, sample.grid_shape)),
+    if store is not None:
+        crid = store.reserve(task.key())
+        if crid is not None:  # None: another run holds it already
+            store.write_copy(crid, ds.db.get(id=rid))
+    return dict(result, status="done", cached=False, natoms=len(sample.atoms),
+                grid="x".join(map(str, sample.grid_shape)),
                 energy_per_atom=sample.energy / len(sample.atoms), integral=sample.integral,
                 realised=kvp[keys.REALISED], wall_time=time.perf_counter() - t0,
                 dft_time=sample.provenance["wall_time_s"])
+
+
+def _cache(cache: str | os.PathLike | None, db_path: str | os.PathLike) -> Dataset | None:
+    """The DFT cache dataset (created if missing), or None without one or when it is the dataset itself."""
+    if not cache:
+        return None
+    if Path(cache).resolve() == Path(db_path).resolve():
+        return None
+    return Dataset(cache)
 
 
 def execute(
@@ -388,12 +419,14 @@ def execute(
     scheduler: str | None = None,
     mpi_ranks: int = 1,
     on_result: Callable[[dict], None] | None = None,
+    cache: str | None = None,
 ) -> list[dict]:
     """Run ``tasks`` not yet in the dataset, in this process (``workers=1``) or as Dask tasks.
 
     With ``scheduler`` an existing Dask scheduler address is used; otherwise ``workers > 1``
     starts a LocalCluster of that many single-threaded worker processes (GPAW is fastest
     with one thread per process). ``on_result`` is called with each item's summary as it ends.
+    ``cache``: a DFT cache dataset shared by runs (see :func:`run_task`).
     """
     if scheduler:
         check_scheduler(scheduler)
@@ -410,7 +443,7 @@ def execute(
         return results
     if workers <= 1 and scheduler is None:
         for t in todo:
-            r = run_task(t, db_path, mpi_ranks)
+            r = run_task(t, db_path, mpi_ranks, cache=cache)
             results.append(r)
             if on_result:
                 on_result(r)
@@ -425,7 +458,7 @@ def execute(
                                dashboard_address=None, host="127.0.0.1")
         client = Client(cluster)
     try:
-        futures = {client.submit(run_task, t, db_path, mpi_ranks, key=f"dft-{t.key()}", pure=False): t for t in todo}
+        futures = {client.submit(run_task, t, db_path, mpi_ranks, None, cache, key=f"dft-{t.key()}", pure=False): t for t in todo}
         for fut in as_completed(futures):
             try:
                 r = fut.result()

@@ -22,6 +22,7 @@ INTEGRAL = "integral"          # ∫ñ dV of the stored field (electrons), as GP
 WALL_TIME = "wall_time"        # DFT wall time, s
 PID = "pid"
 HOST = "host"
+CACHED = "cached"              # 1 when the sample was copied from a DFT cache instead of computed
 
 STATUS_RUNNING = "running"
 STATUS_DONE = "done"

@@ -183,6 +183,24 @@ class Dataset:
         # update() with atoms rewrites the row (same id) in a single transaction.
         self.db.update(rid, atoms=atoms, data=data, delete_keys=[keys.PID, keys.HOST], **kvp)
 
+    def find_done(self, task: str):
+        """The finished row (with data) of work item ``task``, or None."""
+        for row in self.db.select(**{keys.TASK: task, keys.STATUS: keys.STATUS_DONE}):
+            return row
+        return None
+
+    def write_copy(self, rid: int, row, key_value_pairs: dict | None = None) -> None:
+        """Replace reservation ``rid`` by a copy of finished ``row`` of another dataset, atomically.
+
+        Structure, energy, forces, density and provenance are copied unchanged (the row's
+        ``wall_time`` stays the cost of the original calculation); ``key_value_pairs`` are added.
+        """
+        self._writable()
+        atoms = row.toatoms()  # carries the row's energy and forces as a SinglePointCalculator
+        kvp = dict(row.key_value_pairs)
+        kvp.update(_clean_kvp(key_value_pairs or {}))
+        self.db.update(rid, atoms=atoms, data=dict(row.data), delete_keys=[keys.PID, keys.HOST], **kvp)
+
     def write_failure(self, rid: int, reason: str, atoms: Atoms | None = None,
                       key_value_pairs: dict | None = None) -> None:
         """Record that work item ``rid`` failed, with its reason (kept, never silently dropped)."""

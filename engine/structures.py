@@ -112,6 +112,30 @@ def _as_repeat(repeat: int | Sequence[int]) -> tuple[int, int, int]:
     return tuple(int(r) for r in rep)  # type: ignore[return-value]
 
 
+def parse_repeat(text: str | int | Sequence[int]) -> tuple[int, int, int]:
+    """A supercell repeat as written by a user: ``'2'`` -> (2, 2, 2) (cubic), ``'2x1x1'`` -> (2, 1, 1).
+
+    Non-cubic repeats give cells between the cubic sizes: for FCC, ``2x1x1`` has 8 atoms and
+    ``2x2x1`` 16, so a quaternary gets compositions in eighths and sixteenths without a 32-atom
+    cell. An integer or a sequence of three is accepted as is. Refuses (:class:`InputError`)
+    anything else, naming the text.
+    """
+    if not isinstance(text, str):
+        return _as_repeat(text)
+    parts = [p.strip() for p in text.strip().lower().split("x")]
+    if len(parts) in (1, 3) and all(p.isdigit() for p in parts):
+        nums = [int(p) for p in parts]
+        if all(n >= 1 for n in nums):
+            return (nums[0],) * 3 if len(nums) == 1 else (nums[0], nums[1], nums[2])
+    raise InputError(f"supercell repeat must be a positive integer N (NxNxN cells) or N1xN2xN3 such as 2x1x1, "
+                     f"got {text!r}")
+
+
+def format_repeat(repeat: Sequence[int]) -> str:
+    """(2, 1, 1) -> ``'2x1x1'``, the form :func:`parse_repeat` reads and datasets store."""
+    return "x".join(str(int(r)) for r in _as_repeat(repeat))
+
+
 def atom_counts(composition: Mapping[str, float], n_sites: int) -> dict[str, int]:
     """Whole numbers of atoms per species closest to ``composition`` on ``n_sites`` sites.
 

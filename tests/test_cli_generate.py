@@ -133,3 +133,47 @@ def test_readme_composition_forms_are_the_ones_tested():
     sentence = next(ln for ln in text.splitlines() if ln.startswith("Compositions can be written"))
     assert re.findall(r"`([^`]+)`", sentence) == ["Si0.5Ge0.3Sn0.2", '{"Si": 0.5, "Ge": 0.3, "Sn": 0.2}',
                                                    "0.5,0.3,0.2"]
+
+
+# --- non-cubic repeats (issue 9, item 4) ------------------------------------------------------
+
+@pytest.mark.parametrize("repeats,expected", [
+    (["2"], ["2x2x2"]),                        # a bare N still means NxNxN
+    (["1", "2"], ["1x1x1", "2x2x2"]),          # repeated: several sizes
+    (["2x1x1"], ["2x1x1"]),
+    (["2x2x1", "1"], ["2x2x1", "1x1x1"]),
+])
+def test_repeat_forms_from_the_cli(tmp_path, repeats, expected):
+    args = ["generate", "CrFeCoNi", "--compositions", "Cr0.25Fe0.25Co0.25Ni0.25", "--thermal", "einstein"]
+    for r in repeats:
+        args += ["--repeat", r]
+    lines = _dry_run(args, tmp_path)
+    assert [ln.split()[3] for ln in lines] == [f"repeat={e}" for e in expected]
+
+
+def test_eighths_need_a_non_cubic_cell(tmp_path):
+    # Three eighths: on the 4-site cubic FCC cell (half an atom each) one species gets no atom;
+    # the 8-site 2x1x1 cell holds one of each.
+    spec = "Cr0.125Fe0.125Co0.125Ni0.625"
+    lines = _dry_run(["generate", "CrFeCoNi", "--compositions", spec, "--thermal", "einstein",
+                      "--repeat", "2x1x1"], tmp_path)
+    assert len(lines) == 1 and "repeat=2x1x1" in lines[0]
+    res = runner.invoke(app, ["generate", "CrFeCoNi", "--compositions", spec, "--thermal", "einstein",
+                              "--repeat", "1", "--dry-run", "--out", str(tmp_path / "x.db")])
+    assert res.exit_code == 2 and "too few to place" in " ".join(res.output.split())
+
+
+@pytest.mark.parametrize("bad", ["2x1", "0x1x1", "2x1x1x1", "two", "-1", "2.5"])
+def test_bad_repeat_refused(tmp_path, bad):
+    from conftest import assert_refused
+
+    line = assert_refused(["generate", "SiGe", "--compositions", "Si0.5Ge0.5", "--repeat", bad, "--out", "x.db"],
+                          tmp_path, "repeat", "N1xN2xN3")
+    assert repr(bad) in line
+
+
+def test_help_documents_the_non_cubic_repeat():
+    import typer
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["generate"].params}
+    assert "2x1x1" in params["repeat"].help and "NxNxN" in params["repeat"].help

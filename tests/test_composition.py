@@ -50,7 +50,7 @@ def test_grid_tessellation_and_snap():
     assert len(simplex_grid(4, 2)) == 10
     t0, t1, t2 = (tessellation(3, k) for k in (0, 1, 2))
     assert (len(t0), len(t1), len(t2)) == (3, 6, 7)
-    assert len(tessellation(4, 3)) == 4 + 6 + 4 + 1
+    assert len(tessellation(4, 2)) == 4 + 6 + 4 + 1  # vertices, edge midpoints, face and body centres
     s = snap_to_grid([0.33, 0.33, 0.34], 0.1)
     assert np.isclose(s.sum(), 1) and np.allclose(s * 10, np.round(s * 10))
     assert len(composition_list("grid:4", ELS)) == 15

@@ -333,3 +333,65 @@ def test_unreachable_scheduler_refused_before_the_dataset_exists(tmp_path):
         server.bind(("127.0.0.1", 0))
         server.listen()
         check_scheduler(f"tcp://127.0.0.1:{server.getsockname()[1]}")
+
+
+# --- the DFT cache shared by runs and strategies (issue 9, item 3) ----------------------------
+
+def _same_sample(row_a, row_b):
+    from rhox.engine import keys
+
+    np.testing.assert_array_equal(row_a.data[keys.DENSITY], row_b.data[keys.DENSITY])
+    assert row_a.data[keys.PROVENANCE] == row_b.data[keys.PROVENANCE]
+    assert row_a.energy == row_b.energy
+    np.testing.assert_array_equal(row_a.forces, row_b.forces)
+    np.testing.assert_array_equal(row_a.positions, row_b.positions)
+    np.testing.assert_array_equal(row_a.numbers, row_b.numbers)
+    np.testing.assert_array_equal(row_a.cell, row_b.cell)
+    for k in (keys.TASK, keys.INTEGRAL, keys.WALL_TIME, keys.REALISED, keys.COMPOSITION, keys.TEMPERATURE):
+        assert row_a.get(k) == row_b.get(k), k
+
+
+@pytest.mark.dft
+def test_dft_cache_returns_the_stored_result_instead_of_recomputing(tmp_path, monkeypatch):
+    import rhox.engine.generate as gen
+    from rhox.engine import keys
+
+    cache = tmp_path / "cache.db"
+    # Generated alloy items (thermal snapshot, seed, settings all in the key), tiny DFT.
+    tasks = gen.plan("SiGe", ["Si0.5Ge0.5"], [(1, 1, 1)], samples=1, temperatures=[300.0], thermal="einstein",
+                     seed=4, settings=TINY)
+    first = gen.run_task(tasks[0], str(tmp_path / "a.db"), cache=str(cache))
+    assert first["status"] == "done" and first["cached"] is False
+    stored = Dataset(cache).find_done(tasks[0].key())
+    assert stored is not None  # the computed sample went into the cache
+
+    def no_dft(*args, **kwargs):
+        raise AssertionError("GPAW must not run: the cache holds this calculation")
+
+    monkeypatch.setattr(gen, "run_dft", no_dft)
+    monkeypatch.setattr(gen, "run_dft_mpi", no_dft)
+    # The same structure planned again (another run, another strategy) is copied, not recomputed.
+    again = gen.plan("SiGe", ["Si0.5Ge0.5"], [(1, 1, 1)], samples=1, temperatures=[300.0], thermal="einstein",
+                     seed=4, settings=TINY)
+    assert again[0].key() == tasks[0].key()
+    hit = gen.run_task(again[0], str(tmp_path / "b.db"), cache=str(cache))
+    assert hit["status"] == "done" and hit["cached"] is True
+    row_a = Dataset(tmp_path / "a.db").find_done(tasks[0].key())
+    row_b = Dataset(tmp_path / "b.db").find_done(tasks[0].key())
+    _same_sample(row_a, row_b)
+    assert row_b.get(keys.CACHED) == 1 and row_a.get(keys.CACHED) is None
+    # the copy reads back as the same DensitySample a training run sees
+    from rhox.engine.store import row_to_sample
+
+    sa, sb = row_to_sample(row_a), row_to_sample(row_b)
+    np.testing.assert_array_equal(sa.density, sb.density)
+    assert sa.energy == sb.energy and sa.integral == sb.integral and sa.magmom == sb.magmom
+    # a different structure (another seed) is not in the cache: it would need GPAW, which fails here
+    other = gen.plan("SiGe", ["Si0.5Ge0.5"], [(1, 1, 1)], samples=1, temperatures=[300.0], thermal="einstein",
+                     seed=5, settings=TINY)
+    with pytest.raises(AssertionError, match="must not run"):
+        gen.run_task(other[0], str(tmp_path / "c.db"), cache=str(cache))
+    # execute() passes the cache on: a third dataset fills from it without GPAW
+    res = gen.execute(again, str(tmp_path / "d.db"), cache=str(cache))
+    assert [r["status"] for r in res] == ["done"] and res[0]["cached"] is True
+    assert Dataset(cache).count() == 1  # the cache holds the calculation once

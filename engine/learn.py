@@ -1,0 +1,554 @@
+"""The active-learning loop over the composition simplex, and its baselines, in one run folder.
+
+A run (``rhox learn SYSTEM --out RUN``) repeats rounds. Each round picks compositions, runs DFT
+on configurations drawn there into ``RUN/data.db`` (through :func:`rhox.engine.generate.execute`,
+with an optional DFT cache shared by runs and strategies), fine-tunes the previous round's model
+on all the data so far (:func:`rhox.engine.training.fit` with ``parent=``), evaluates it on a
+fixed test dataset, and appends one record to ``RUN/log.jsonl``.
+
+Round 0 is the same for every strategy: the simplex vertices (pure elements) plus its centroid,
+the fewest points that span the simplex and probe its middle, so that strategies differ only in
+what they add afterwards. Later rounds pick ``batch`` compositions each:
+
+- ``active``: candidates are the simplex grid of spacing ``step`` (those the cell can realise,
+  not yet run); each is scored by :func:`rhox.engine.active.acquisition_scores` (the previous
+  model's epistemic σ over a few random configurations per composition) and the batch is taken
+  greedily by score, keeping picks of one round farther apart than grid neighbours (barycentric
+  distance >= 1.5 ``step``; neighbours are √2 ``step`` apart) so that it spreads out (relaxed
+  only when too few candidates are left); every candidate's score goes into the round's record;
+- ``tessellation``: the next points of :func:`rhox.engine.composition.tessellation` in level
+  order (vertices, edge midpoints, face and body centres, then finer dyadic grids), the paper's
+  baseline;
+- ``random``: candidates of the same grid drawn uniformly (seeded).
+
+Compositions added by hand (:func:`add_compositions`, on the grid or off it) are taken first in
+the next round that has not started, on top of the batch.
+
+Everything a run needs is in ``RUN/``: ``settings.json``, ``data.db``, per round
+``round-NNN/picked.json`` (written before any DFT, so a resumed round runs the same points),
+``round-NNN/model/`` and ``round-NNN/done.json`` (the round's record, written atomically last).
+A run killed at any moment resumes with ``resume=True``: finished rounds are never recomputed,
+finished DFT is skipped (the dataset's task keys), training continues from its checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import keys
+from .composition import (format_composition, parse_composition, simplex_grid, tessellation_levels)
+from .dft import DFTSettings, check_settings, settings_for
+from .errors import DatasetError, InputError, known_fields
+from .structures import check_buildable, format_repeat, get_system, parse_repeat
+from .thermal import check_temperature
+
+STRATEGIES = ("active", "tessellation", "random")
+SETTINGS_FILE = "settings.json"
+DATA_FILE = "data.db"
+LOG_FILE = "log.jsonl"
+PENDING_FILE = "pending.json"
+PICKED_FILE = "picked.json"
+DONE_FILE = "done.json"
+MODEL_DIR = "model"
+SPREAD_STEPS = 1.5     # picks of one round at least this x step apart (barycentric; grid neighbours: √2 x step)
+MAX_TESS_LEVEL = 8     # beyond 2**7 divisions no cell rhox builds can realise new points
+
+# Scoring a candidate: 2 random configurations, 10 weight samples, a 0.45 Å grid (cheap; enough to rank).
+DEFAULT_ACQUISITION = {"n_configs": 2, "n_samples": 10, "spacing": 0.45}
+
+# Settings a resumed run may change; every other one is fixed when the run starts.
+CHANGEABLE = ("rounds", "target_l1", "target_metric")
+
+
+@dataclass
+class LearnSettings:
+    """Everything that defines a learning run (stored in ``RUN/settings.json``).
+
+    ``step`` is the candidate lattice spacing (a fraction that divides 1, e.g. 0.125);
+    ``repeat`` the supercell of every DFT configuration; ``samples`` configurations per
+    composition and temperature (K); ``rounds`` counts round 0; ``target_l1`` (%) stops the run
+    once the test set's mean (or, with ``target_metric='worst'``, worst) L1% is at or below it.
+    ``dft`` and ``train`` are :class:`~rhox.engine.dft.DFTSettings` and
+    :class:`~rhox.engine.training.TrainConfig` as dicts (empty: the system's defaults);
+    ``acquisition`` the keywords of :func:`~rhox.engine.active.acquisition_scores`
+    (``n_configs``, ``n_samples``, ``spacing`` in Å); ``cache`` the path of a DFT cache dataset.
+    """
+
+    system: str
+    strategy: str = "active"
+    rounds: int = 5
+    batch: int = 3
+    step: float = 0.125
+    repeat: tuple = (1, 1, 1)
+    samples: int = 1
+    temperatures: tuple = (300.0,)
+    thermal: str = "md"
+    seed: int = 0
+    test: str | None = None
+    target_l1: float | None = None
+    target_metric: str = "mean"
+    dft: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    acquisition: dict = field(default_factory=lambda: dict(DEFAULT_ACQUISITION))
+    eval_samples: int = 10
+    cache: str | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["repeat"] = list(self.repeat)
+        d["temperatures"] = list(self.temperatures)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LearnSettings":
+        d = known_fields(cls, d, "learning run")
+        return cls(**d)
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+def _positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or int(value) != value or value < 1:
+        raise InputError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_step(step: float) -> int:
+    """The number of divisions ``1/step``; refuses a step that does not divide 1."""
+    try:
+        s = float(step)
+    except (TypeError, ValueError):
+        raise InputError(f"candidate step must be a number such as 0.125, got {step!r}") from None
+    if not math.isfinite(s) or s <= 0 or s > 1:
+        raise InputError(f"candidate step must be in (0, 1], got {step!r}")
+    n = round(1 / s)
+    if abs(n * s - 1) > 1e-6:
+        raise InputError(f"candidate step {step:g} does not divide 1 (use 1/N, e.g. 0.25 or 0.125)")
+    return n
+
+
+def _test_systems(path: str) -> set[str]:
+    from .store import open_readonly
+
+    ds = open_readonly(path)
+    found = {str(row.get(keys.SYSTEM)) for row in ds.db.select(**{keys.STATUS: keys.STATUS_DONE},
+                                                                include_data=False)}
+    if not found:
+        raise DatasetError(f"test dataset {path} has no finished samples")
+    return found
+
+
+def check_settings_of_run(s: LearnSettings) -> LearnSettings:
+    """``s`` with every value checked and normalised; :class:`InputError` names the bad one.
+
+    Nothing is written; the test dataset is only read.
+    """
+    system = get_system(s.system)
+    s.system = system.name
+    if s.strategy not in STRATEGIES:
+        raise InputError(f"unknown learning strategy {s.strategy!r}; use one of {', '.join(STRATEGIES)}")
+    s.rounds = _positive_int(s.rounds, "number of rounds")
+    s.batch = _positive_int(s.batch, "batch size (compositions per round)")
+    s.samples = _positive_int(s.samples, "number of configurations per composition")
+    s.eval_samples = _positive_int(s.eval_samples, "number of weight samples for evaluation")
+    check_step(s.step)
+    s.repeat = parse_repeat(s.repeat if not isinstance(s.repeat, list) else tuple(s.repeat))
+    if not s.temperatures:
+        raise InputError("give at least one temperature")
+    s.temperatures = tuple(check_temperature(t) for t in s.temperatures)
+    if s.thermal not in ("md", "einstein"):
+        raise InputError(f"unknown thermalization method {s.thermal!r}; use 'md' or 'einstein'")
+    if s.target_metric not in ("mean", "worst"):
+        raise InputError(f"target metric must be 'mean' or 'worst', got {s.target_metric!r}")
+    if s.target_l1 is not None:
+        if not (isinstance(s.target_l1, (int, float)) and math.isfinite(s.target_l1) and s.target_l1 > 0):
+            raise InputError(f"target L1% must be a positive number, got {s.target_l1!r}")
+        if not s.test:
+            raise InputError("a target L1% needs a test dataset to measure it on")
+    s.dft = check_settings(DFTSettings.from_dict({**settings_for(system.name).to_dict(), **s.dft})).to_dict()
+    from .training import TrainConfig  # torch: only once the cheap checks have passed
+
+    s.train = TrainConfig(**known_fields(TrainConfig, {**_default_train(), **s.train}, "training")).to_dict()
+    bad = set(s.acquisition) - set(DEFAULT_ACQUISITION)
+    if bad:
+        raise InputError(f"unknown acquisition setting(s) {sorted(bad)}; known: n_configs, n_samples, spacing")
+    s.acquisition = {**DEFAULT_ACQUISITION, **s.acquisition}
+    for k, what in (("n_configs", "number of configurations scored per candidate"),
+                    ("n_samples", "number of weight samples per scored configuration")):
+        s.acquisition[k] = _positive_int(s.acquisition[k], what)
+    sp = s.acquisition["spacing"]
+    if sp is not None and not (isinstance(sp, (int, float)) and math.isfinite(sp) and sp > 0):
+        raise InputError(f"acquisition grid spacing must be a positive number of Å, got {sp!r}")
+    if s.cache:
+        from .store import check_dataset_file
+
+        if Path(s.cache).exists():
+            check_dataset_file(s.cache)  # a foreign or empty file is refused, untouched
+        s.cache = str(Path(s.cache).resolve())  # the run may be resumed from another folder
+    if s.test:
+        if not Path(s.test).is_file():
+            raise InputError(f"test dataset {s.test} does not exist")
+        s.test = str(Path(s.test).resolve())
+        found = _test_systems(s.test)
+        if found != {system.name}:
+            raise InputError(f"test dataset {s.test} holds {', '.join(sorted(found))} samples, not {system.name}")
+    if not candidates(s).size:
+        raise InputError(f"no composition of the grid of step {s.step:g} fits a cell of repeat "
+                         f"{format_repeat(s.repeat)}")
+    return s
+
+
+def _default_train() -> dict:
+    # Fine-tuning rounds retrain on all data so far from the parent's weights: a modest budget.
+    return {"hidden": (64, 64, 32), "max_epochs": 40, "patience": 6, "baseline": False, "val_fraction": 0.2}
+
+
+# --- candidates and picks ----------------------------------------------------------------------
+
+def _buildable(s: LearnSettings, x: np.ndarray) -> bool:
+    try:
+        check_buildable(s.system, x, s.repeat)
+    except InputError:
+        return False
+    return True
+
+
+def candidates(s: LearnSettings) -> np.ndarray:
+    """The grid of spacing ``step`` restricted to compositions the cell realises (every species present)."""
+    sysm = get_system(s.system)
+    grid = simplex_grid(sysm.n_species, check_step(s.step))
+    return np.array([x for x in grid if _buildable(s, x)]).reshape(-1, sysm.n_species)
+
+
+def initial_compositions(n_species: int) -> np.ndarray:
+    """Round 0: the vertices (pure elements) and the centroid of the simplex."""
+    return np.concatenate([np.eye(n_species), np.full((1, n_species), 1.0 / n_species)])
+
+
+def _key(x) -> tuple:
+    return tuple(np.round(np.asarray(x, dtype=float), 6))
+
+
+def spread_batch(cands: np.ndarray, scores: np.ndarray, k: int, min_distance: float) -> list[int]:
+    """Indices of ``k`` candidates taken greedily by descending score, each at least
+    ``min_distance`` (barycentric, Euclidean) from those taken before; if fewer than ``k``
+    qualify, the best remaining ones fill the batch. NaN scores (unbuildable) are never taken."""
+    order = [i for i in np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable") if not np.isnan(scores[i])]
+    chosen: list[int] = []
+    for i in order:
+        if all(np.linalg.norm(cands[i] - cands[j]) >= min_distance for j in chosen):
+            chosen.append(int(i))
+        if len(chosen) == k:
+            return chosen
+    for i in order:
+        if len(chosen) == k:
+            break
+        if i not in chosen:
+            chosen.append(int(i))
+    return chosen
+
+
+def pick(s: LearnSettings, round_index: int, done: Sequence[np.ndarray], model_dir: Path | None,
+         on_status: Callable[[str], None] = lambda m: None, scored: list | None = None) -> list[dict]:
+    """The compositions of round ``round_index`` (>= 1) by the run's strategy: ``[{x, score, by}]``.
+
+    With the active strategy, every candidate's ``{x, score}`` is appended to ``scored`` if given.
+    """
+    sysm = get_system(s.system)
+    taken = {_key(x) for x in done}
+    if s.strategy == "tessellation":
+        out = []
+        for level, pts in enumerate(tessellation_levels(sysm.n_species, MAX_TESS_LEVEL)):
+            for x in pts:
+                if _key(x) not in taken and _buildable(s, x):
+                    out.append({"x": x.tolist(), "score": None, "by": f"tessellation level {level}"})
+                    if len(out) == s.batch:
+                        return out
+        return out
+    left = np.array([x for x in candidates(s) if _key(x) not in taken]).reshape(-1, sysm.n_species)
+    if not len(left):
+        return []
+    if s.strategy == "random":
+        rng = np.random.default_rng([s.seed, round_index])
+        idx = rng.choice(len(left), size=min(s.batch, len(left)), replace=False)
+        return [{"x": left[i].tolist(), "score": None, "by": "random"} for i in idx]
+    from .active import acquisition_scores
+    from .model import load_model
+
+    model = load_model(model_dir)
+    on_status(f"round {round_index}: scoring {len(left)} candidate compositions")
+    scores = acquisition_scores(model, s.system, left, repeat=s.repeat, seed=s.seed + 1000 * round_index,
+                                **s.acquisition)
+    if scored is not None:
+        scored.extend({"x": x.tolist(), "score": None if np.isnan(v) else float(v)} for x, v in zip(left, scores))
+    idx = spread_batch(left, scores, s.batch, SPREAD_STEPS * s.step - 1e-9)
+    return [{"x": left[i].tolist(), "score": float(scores[i]), "by": "epistemic σ"} for i in idx]
+
+
+# --- the run folder ------------------------------------------------------------------------------
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def round_dir(run: Path, r: int) -> Path:
+    return Path(run) / f"round-{r:03d}"
+
+
+def prepare_run(run: str | os.PathLike, given: dict, resume: bool = False) -> LearnSettings:
+    """Check the options and return the run's settings; nothing is written here.
+
+    A new run needs ``given['system']`` and a folder that is absent or empty. With ``resume``
+    the stored settings are used, updated by those ``given`` that may change
+    (:data:`CHANGEABLE`); a fixed one given with another value is refused.
+    """
+    run = Path(run)
+    stored_path = run / SETTINGS_FILE
+    if resume:
+        if not stored_path.is_file():
+            raise InputError(f"{run} holds no learning run to resume (no {SETTINGS_FILE})")
+        try:
+            stored = LearnSettings.from_dict(json.loads(stored_path.read_text()))
+        except (json.JSONDecodeError, TypeError) as err:
+            raise InputError(f"{stored_path} is not a learning run's settings: {err}") from err
+        base = stored.to_dict()
+        for k, v in given.items():
+            if v is None or k in CHANGEABLE:
+                continue
+            if isinstance(v, dict) and isinstance(base.get(k), dict):
+                v = {**base[k], **v}  # a few DFT or training settings given: the rest as stored
+            mine = check_settings_of_run(LearnSettings.from_dict({**base, k: v})).to_dict()[k]
+            if mine != base[k]:
+                raise InputError(f"the run in {run} was started with {k} = {base[k]!r}, not {v!r}; "
+                                 f"only {', '.join(CHANGEABLE)} can change on resume")
+        base.update({k: v for k, v in given.items() if k in CHANGEABLE and v is not None})
+        return check_settings_of_run(LearnSettings.from_dict(base))
+    if run.exists() and (not run.is_dir() or any(run.iterdir())):
+        raise InputError(f"{run} already exists and is not empty; resume it or choose another folder")
+    if not given.get("system"):
+        raise InputError("give the alloy system of the run")
+    return check_settings_of_run(LearnSettings.from_dict({k: v for k, v in given.items() if v is not None}))
+
+
+def add_compositions(run: str | os.PathLike, compositions: Sequence, s: LearnSettings) -> list[list[float]]:
+    """Queue hand-picked compositions (any form :func:`parse_composition` reads, on the grid or
+    off it) for the next round of ``run`` that has not started; returns the queue."""
+    sysm = get_system(s.system)
+    run = Path(run)
+    queue = json.loads((run / PENDING_FILE).read_text()) if (run / PENDING_FILE).is_file() else []
+    for c in compositions:
+        x = [float(v) for v in parse_composition(c, sysm.elements).values()]
+        check_buildable(sysm, x, s.repeat)
+        if _key(x) not in {_key(q) for q in queue}:
+            queue.append(x)
+    run.mkdir(parents=True, exist_ok=True)
+    _write_json(run / PENDING_FILE, queue)
+    return queue
+
+
+def read_records(run: str | os.PathLike) -> list[dict]:
+    """The records of the finished rounds, in order (what ``log.jsonl`` holds)."""
+    out = []
+    for d in sorted(Path(run).glob("round-*")):
+        if (d / DONE_FILE).is_file():
+            out.append(json.loads((d / DONE_FILE).read_text()))
+    return out
+
+
+def _write_log(run: Path, records: list[dict]) -> None:
+    tmp = run / f".{LOG_FILE}.{os.getpid()}.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, run / LOG_FILE)
+
+
+def _reached(s: LearnSettings, record: dict) -> bool:
+    test = record.get("test")
+    if s.target_l1 is None or not test:
+        return False
+    return test["L1%_" + s.target_metric] <= s.target_l1
+
+
+def _dft_totals(db: Path) -> dict:
+    from .store import Dataset
+
+    ds = Dataset(db, readonly=True)
+    rows = list(ds.db.select(include_data=False))
+    done = [r for r in rows if r.get(keys.STATUS) == keys.STATUS_DONE]
+    return {"n_dft": len(done), "n_failed": sum(r.get(keys.STATUS) == keys.STATUS_FAILED for r in rows),
+            "n_cache_hits": sum(bool(r.get(keys.CACHED)) for r in done),
+            "dft_seconds": float(sum(r.get(keys.WALL_TIME, 0.0) for r in done)),
+            "n_compositions": len({r.get(keys.COMPOSITION) for r in done})}
+
+
+def _evaluate(s: LearnSettings, model_dir: Path) -> dict | None:
+    if not s.test:
+        return None
+    from .evaluation import evaluate
+    from .model import load_model
+
+    rep = evaluate(load_model(model_dir), s.test, n_samples=s.eval_samples, superposition=False)
+    a = rep["aggregate"]
+    return {"L1%_mean": a["L1%"], "L1%_worst": a["L1%_max"], "NRMSE%": a["NRMSE%"],
+            "cal1": a["cal1"], "cal2": a["cal2"], "cal3": a["cal3"],
+            "rank_corr_sigma_L1": a["rank_corr_sigma_L1"], "n_configurations": a["n_configurations"]}
+
+
+def _model_complete(d: Path) -> bool:
+    return (d / keys.MODEL_CONFIG).is_file() and (d / keys.MODEL_WEIGHTS).is_file()
+
+
+def run_learning(
+    run: str | os.PathLike,
+    settings: LearnSettings,
+    workers: int = 1,
+    scheduler: str | None = None,
+    mpi_ranks: int = 1,
+    on_status: Callable[[str], None] | None = None,
+    on_result: Callable[[dict], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_plan: Callable[[int, int], None] | None = None,
+    add: Sequence = (),
+) -> list[dict]:
+    """Run (or resume) the rounds of ``settings`` in folder ``run``; returns every round's record.
+
+    ``settings`` must come from :func:`prepare_run`. ``on_status`` gets one-line messages,
+    ``on_plan`` (round, number of DFT items) before a round's DFT, ``on_result`` each DFT item's
+    summary, ``on_epoch`` each training epoch's record. ``add``: hand-picked compositions for the
+    next round that has not started (:func:`add_compositions`).
+    """
+    from .generate import execute, plan
+    from .store import Dataset
+    from .training import TrainConfig, fit
+
+    status = on_status or (lambda m: None)
+    run = Path(run)
+    s = settings
+    run.mkdir(parents=True, exist_ok=True)
+    _write_json(run / SETTINGS_FILE, s.to_dict())
+    if add:
+        add_compositions(run, add, s)
+    db = run / DATA_FILE
+    data = Dataset(db)
+    cleared = data.clear_stale()
+    if cleared:
+        status(f"resuming: cleared {cleared} unfinished DFT item(s) of an earlier run")
+    sysm = get_system(s.system)
+    records = read_records(run)
+    _write_log(run, records)
+    dft = DFTSettings.from_dict(s.dft)
+    cfg_dict = dict(s.train)
+    cfg_dict["hidden"] = tuple(cfg_dict["hidden"])
+    cfg = TrainConfig(**cfg_dict)
+    for r in range(s.rounds):
+        rd = round_dir(run, r)
+        if (rd / DONE_FILE).is_file():
+            continue
+        if records and _reached(s, records[-1]):
+            status(f"target L1% {s.target_l1:g} reached in round {records[-1]['round']}")
+            break
+        t_round = time.perf_counter()
+        rd.mkdir(parents=True, exist_ok=True)
+        parent = round_dir(run, r - 1) / MODEL_DIR if r else None
+        scored: list = []
+        if (rd / PICKED_FILE).is_file():
+            saved = json.loads((rd / PICKED_FILE).read_text())
+            picked, scored = saved["picked"], saved["scores"]
+        else:
+            done_x = [np.asarray(p["x"]) for rec in records for p in rec["picked"]]
+            pending = json.loads((run / PENDING_FILE).read_text()) if (run / PENDING_FILE).is_file() else []
+            picked = [{"x": list(map(float, x)), "score": None, "by": "user"} for x in pending
+                      if _key(x) not in {_key(d) for d in done_x}]
+            done_x += [np.asarray(p["x"]) for p in picked]
+            if r == 0:
+                picked += [{"x": x.tolist(), "score": None, "by": "initial (vertices and centroid)"}
+                           for x in initial_compositions(sysm.n_species) if _key(x) not in {_key(d) for d in done_x}]
+            else:
+                picked += pick(s, r, done_x, parent, status, scored)
+            for p in picked:
+                p["composition"] = format_composition(dict(zip(sysm.elements, p["x"])), digits=6)
+            # before any DFT: a resumed round runs these points
+            _write_json(rd / PICKED_FILE, {"picked": picked, "scores": scored})
+            if (run / PENDING_FILE).is_file():
+                (run / PENDING_FILE).unlink()
+        if not picked:
+            status(f"round {r}: no composition left to pick; the run ends")
+            break
+        status(f"round {r}: DFT at {', '.join(p['composition'] for p in picked)}")
+        tasks = plan(s.system, [p["x"] for p in picked], [s.repeat], s.samples, s.temperatures, (0,), 0,
+                     s.thermal, s.seed, dft)
+        if on_plan:
+            on_plan(r, len(tasks))
+        results = execute(tasks, str(db), workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks,
+                          on_result=on_result, cache=s.cache)
+        model_dir = rd / MODEL_DIR
+        t_train = time.perf_counter()
+        if not _model_complete(model_dir):
+            ckpt = model_dir.with_name(MODEL_DIR + ".checkpoints")
+            has_ckpt = ckpt.is_dir() and any(ckpt.iterdir())
+            if not has_ckpt:  # killed before the first checkpoint: what is there is ours and unfinished
+                shutil.rmtree(ckpt, ignore_errors=True)
+                shutil.rmtree(model_dir, ignore_errors=True)
+            status(f"round {r}: training" + (f" from round {r - 1}'s model" if parent else "")
+                   + (" (resumed from its checkpoint)" if has_ckpt else ""))
+            fit(db, model_dir, cfg, parent=parent, resume=has_ckpt, on_epoch=on_epoch)
+        train_seconds = time.perf_counter() - t_train
+        from .model import load_model
+
+        meta = load_model(model_dir).meta
+        status(f"round {r}: evaluating on the test set" if s.test else f"round {r}: no test set")
+        test = _evaluate(s, model_dir)
+        record = {"round": r, "strategy": s.strategy, "picked": picked, "scores": scored,
+                  "round_dft": {"done": sum(x["status"].startswith(("done", "exists:done")) for x in results),
+                                "failed": sum("failed" in x["status"] for x in results)},
+                  **_dft_totals(db),
+                  "validation_L1%": float(meta["training"]["best_val_l1"]), "sigma_scale": float(meta["sigma_scale"]),
+                  "test": test, "train_seconds": train_seconds, "round_seconds": time.perf_counter() - t_round}
+        record["target_reached"] = _reached(s, record)
+        _write_json(rd / DONE_FILE, record)  # the round is finished only once this exists
+        records.append(record)
+        _write_log(run, records)
+        msg = f"round {r} done: {record['n_dft']} DFT calculations, {record['dft_seconds']:.0f} s of DFT"
+        if test:
+            msg += f", test L1% mean {test['L1%_mean']:.2f}, worst {test['L1%_worst']:.2f}"
+        status(msg)
+        if record["target_reached"]:
+            status(f"target L1% {s.target_l1:g} ({s.target_metric}) reached")
+            break
+    return records
+
+
+def learning_curve(records: Sequence[dict], metric: str = "mean") -> dict[str, np.ndarray]:
+    """Arrays over rounds: ``n_compositions``, ``n_dft``, ``dft_seconds`` and test ``L1%`` (``metric``
+    'mean' or 'worst'; NaN for a round without a test set), for plotting and comparing strategies."""
+    def l1(r):
+        return r["test"]["L1%_" + metric] if r.get("test") else np.nan
+
+    return {"round": np.array([r["round"] for r in records]),
+            "n_compositions": np.array([r["n_compositions"] for r in records]),
+            "n_dft": np.array([r["n_dft"] for r in records]),
+            "dft_seconds": np.array([r["dft_seconds"] for r in records], dtype=float),
+            "L1%": np.array([l1(r) for r in records], dtype=float)}
+
+
+def cost_to_reach(records: Sequence[dict], target: float, metric: str = "mean",
+                  cost: str = "n_compositions") -> float | None:
+    """The ``cost`` (``n_compositions``, ``n_dft`` or ``dft_seconds``) of the first round whose test
+    L1% (``metric``) is at or below ``target`` %, or None if no round reaches it. The ratio of two
+    strategies' costs is the reduction factor of DESIGN.md section 4."""
+    c = learning_curve(records, metric)
+    hit = np.nonzero(c["L1%"] <= target)[0]
+    return float(c[cost][hit[0]]) if len(hit) else None
+
+
+__all__ = ["learning_curve", "cost_to_reach", "LearnSettings", "STRATEGIES", "prepare_run", "run_learning", "add_compositions", "read_records",
+           "candidates", "initial_compositions", "spread_batch", "pick", "check_step", "round_dir"]
