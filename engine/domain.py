@@ -3,10 +3,11 @@
 Recorded in a model's ``config.json`` at training time (:func:`training_domain`) and compared
 with a new structure by :mod:`rhox.engine.trust`. Torch-free.
 
-- *Nearest-neighbour distances* (Å): for every atom, the distance to its nearest other atom
-  (periodic images included), filed under the pair of species of the two atoms (``"Ge-Si"``,
-  symbols sorted). The domain holds, per pair, the smallest and largest such distance over all
-  training configurations. Compression, tension and foreign bonding show up here first.
+- *Nearest-neighbour distances* (Å): for every atom, the distances to the atoms of its first
+  shell (periodic images included): those closer than (1 + :data:`SHELL`) times its nearest
+  neighbour's distance. Each is filed under the pair of species of the two atoms (``"Ge-Si"``,
+  symbols sorted); the domain holds, per pair, the smallest and largest over all training
+  configurations. Compression, tension and foreign bonding show up here first.
 - *Compositions*: atomic fractions; the distance between two compositions is half the L1
   distance of their fractions, i.e. the fraction of atoms that would have to change species.
 """
@@ -20,10 +21,12 @@ from ase import Atoms
 from . import keys
 
 MAX_SEARCH = 20.0  # Å: beyond this an atom has no neighbour worth the name (a gas, not a solid)
+SHELL = 0.15       # first shell: neighbours within 15 % of an atom's nearest (diamond's 2nd shell is at +63 %, FCC's +41 %)
 
 
-def nearest_neighbours(atoms: Atoms) -> list[tuple[int, int, float]]:
-    """``(i, j, d)`` for every atom i: its nearest other atom j (or periodic image) at d Å."""
+def first_shell(atoms: Atoms) -> list[tuple[int, int, float]]:
+    """``(i, j, d)`` for every atom i and each neighbour j (or periodic image of one) in its first
+    shell: closer than (1 + :data:`SHELL`) × i's nearest-neighbour distance d_min(i), Å."""
     from ase.neighborlist import neighbor_list
 
     n = len(atoms)
@@ -32,14 +35,15 @@ def nearest_neighbours(atoms: Atoms) -> list[tuple[int, int, float]]:
     cutoff = 3.5
     while True:
         i, j, d = neighbor_list("ijd", atoms, cutoff)
-        best = np.full(n, np.inf)
-        partner = np.full(n, -1)
-        order = np.argsort(d)[::-1]  # the last write for each i is its smallest distance
-        best[i[order]] = d[order]
-        partner[i[order]] = j[order]
-        if np.all(np.isfinite(best)) or cutoff >= MAX_SEARCH:
-            return [(a, int(partner[a]), float(best[a])) for a in range(n) if partner[a] >= 0]
-        cutoff = min(2 * cutoff, MAX_SEARCH)
+        dmin = np.full(n, np.inf)
+        np.minimum.at(dmin, i, d)
+        found = np.isfinite(dmin)
+        if (found.all() and (1 + SHELL) * dmin.max() <= cutoff) or cutoff >= MAX_SEARCH:
+            keep = found[i] & (d <= (1 + SHELL) * np.where(found, dmin, 0)[i])
+            return [(int(a), int(b), float(x)) for a, b, x in zip(i[keep], j[keep], d[keep])]
+        # Grow the search until every atom has a neighbour and every first shell fits inside it.
+        need = (1 + SHELL) * float(dmin[found].max()) + 0.01 if found.any() else 0.0
+        cutoff = min(max(cutoff if found.all() else 2 * cutoff, need), MAX_SEARCH)
 
 
 def pair_key(a: str, b: str) -> str:
@@ -47,11 +51,11 @@ def pair_key(a: str, b: str) -> str:
 
 
 def neighbour_ranges(structures: Iterable[Atoms]) -> dict[str, list[float]]:
-    """``{"Ge-Si": [min, max], ...}``: nearest-neighbour distance range (Å) per species pair."""
+    """``{"Ge-Si": [min, max], ...}``: first-shell distance range (Å) per species pair."""
     out: dict[str, list[float]] = {}
     for atoms in structures:
         sym = atoms.get_chemical_symbols()
-        for i, j, d in nearest_neighbours(atoms):
+        for i, j, d in first_shell(atoms):
             k = pair_key(sym[i], sym[j])
             lo, hi = out.get(k, [np.inf, -np.inf])
             out[k] = [min(lo, d), max(hi, d)]

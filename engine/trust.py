@@ -148,12 +148,8 @@ def model_domain(model) -> dict:
         if not p.is_file():
             continue
         try:
-            ds = Dataset(p, readonly=True)
-            structures = []
-            for row in ds.db.select(status="done", include_data=False):
-                a = row.toatoms()
-                a.info["temperature"] = row.get("temperature")
-                structures.append(a)
+            # The same structures (and atoms.info) training reads, so the domain comes out the same.
+            structures = [s.atoms for s in Dataset(p, readonly=True).samples()]
         except Exception:  # unreadable candidate: try the next
             continue
         if structures:
