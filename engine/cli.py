@@ -268,7 +268,7 @@ def _model_info(directory: Path) -> None:
         out.print(f"σ scale (fitted on validation data): {config['sigma_scale']:.3f}", highlight=False)
     comps = config.get("train_compositions") or []
     if comps:
-        out.print(f"training compositions ({len(comps)}): {', '.join(comps)}", highlight=False)
+        out.print(f"training compositions ({len(comps)}): {', '.join(comps)}", highlight=False, soft_wrap=True)
     for line in describe(config, directory):
         out.print(line, highlight=False, soft_wrap=True)
 
