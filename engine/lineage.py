@@ -178,6 +178,8 @@ def describe(config: dict, directory: str | os.PathLike | None = None) -> list[s
                          f"{d.get('n_configurations')} configurations, DFT {human_cpu_time(d.get('dft_cpu_seconds'))}"
                          + (f", {d['rows_without_time']} rows without a recorded time" if d.get("rows_without_time") else "")
                          + ")")
+    if lineage.get("derived"):
+        lines.append("(lineage derived from the training record: this model was saved before lineages were recorded)")
     lines.append(f"total DFT cost behind this model: {human_cpu_time(total_cost(lineage))} "
                  f"[{COST_COUNTED}]")
     return lines
