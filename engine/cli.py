@@ -217,12 +217,17 @@ def _print_results(results: list[dict]) -> None:
 
 @app.command()
 @user_errors
-def info(dataset: Path = typer.Argument(..., help="ASE database written by rhox generate.")):
-    """Summarise a dataset: samples, compositions, sizes, temperatures, failures, DFT time."""
+def info(dataset: Path = typer.Argument(..., metavar="DATASET | MODEL_DIR",
+                                        help="ASE database written by rhox generate, or a model directory.")):
+    """Summarise a dataset (samples, compositions, sizes, temperatures, failures, DFT time) or a
+    model directory (training, lineage and the total DFT cost behind it)."""
     import numpy as np
 
     from .store import Dataset
 
+    if dataset.is_dir():
+        _model_info(dataset)
+        return
     ds = Dataset(dataset, readonly=True)  # info never writes, not even to a foreign file
     rows = ds.summary()
     n_fail = ds.count("failed")
@@ -247,6 +252,34 @@ def info(dataset: Path = typer.Argument(..., help="ASE database written by rhox 
             out.print(f"... and {len(rows) - 200} more")
     for f in ds.failures():
         out.print(f"[red]failed[/] {f.key_value_pairs.get('composition')} T={f.key_value_pairs.get('temperature')}: {f.reason}")
+
+
+def _model_info(directory: Path) -> None:
+    """Print a model directory's summary: what it is, what it was trained on, its lineage and DFT cost."""
+    from .lineage import describe
+    from .model_config import read_model_config
+
+    config = read_model_config(directory)  # torch-free; refuses a folder that is not a model
+    training = config.get("training") or {}
+    net, desc = config["network"], config["descriptor"]
+    out.print(f"[bold]{directory}[/]: rhox model of {config.get('system') or 'an alloy'} "
+              f"({', '.join(config['species'])})", highlight=False)
+    out.print(f"descriptor: {desc.get('kind')} (neighbours {desc.get('n_neighbors')}, cut-off {desc.get('cutoff')} Å); "
+              f"network: {net.get('n_in')} -> {' -> '.join(map(str, net.get('hidden', [])))} "
+              f"({'Bayesian' if net.get('bayesian', True) else 'deterministic'}); "
+              f"baseline: {'yes' if config.get('baseline_network') else 'no'}", highlight=False)
+    if training:
+        val = training.get("best_val_l1")
+        out.print(f"training: {training.get('n_configurations')} configurations, {training.get('train_points')} "
+                  f"grid points; validation L1% {val:.2f}" if isinstance(val, (int, float)) else
+                  f"training: {training.get('n_configurations')} configurations", highlight=False)
+    if config.get("sigma_scale") is not None:
+        out.print(f"σ scale (fitted on validation data): {config['sigma_scale']:.3f}", highlight=False)
+    comps = config.get("train_compositions") or []
+    if comps:
+        out.print(f"training compositions ({len(comps)}): {', '.join(comps)}", highlight=False, soft_wrap=True)
+    for line in describe(config, directory):
+        out.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -310,8 +343,12 @@ def train(
     with live:
         model = fit(dataset, out_dir, cfg, parent=parent, resume=resume, overwrite=overwrite, on_epoch=on_epoch,
                     on_status=lambda m: console.print(m, highlight=False))
+    from .lineage import COST_COUNTED, human_cpu_time
+
     out.print(f"model written to {out_dir} (validation L1% {model.meta['training']['best_val_l1']:.2f}, "
               f"σ scale {model.meta['sigma_scale']:.2f})")
+    out.print(f"total DFT cost behind this model: {human_cpu_time(model.meta['lineage']['dft_cpu_seconds_total'])} "
+              f"[{COST_COUNTED}]", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -391,6 +428,8 @@ def predict(
     formats: Optional[List[str]] = typer.Option(
         None, "--format", help="Output format (repeatable): cube, chgcar, xsf (one file per field: density, "
                                "σ total, σ epistemic) or vtk (all fields in one file). Default: cube and vtk."),
+    report: bool = typer.Option(False, "--report", help="Also print and write (STEM_report.json) the trust "
+                                                        "report: σ summary, training domain, recommendation."),
 ):
     """Predict density and uncertainty; write cube files (mean, σ total, σ epistemic) and a VTK file."""
     import time
@@ -413,10 +452,16 @@ def predict(
         raise InputError(f"structure file {structure} holds {len(images)} image(s); image index {index} does not exist")
     atoms = images[index][1]
     require_periodic(atoms, str(structure))
+<<<<<<< HEAD
     too_close = close_pair_message(atoms, str(structure))
     if too_close:  # a user may predict a strange structure on purpose, but must know it is one
         console.print(f"[yellow]warning:[/] {too_close}: no training environment looks like this, so the "
                       "prediction there is an extrapolation", highlight=False, soft_wrap=True)
+=======
+    report_path = out_dir / f"{structure.stem}_report.json"
+    if report and report_path.is_dir():
+        raise InputError(f"report file {report_path} is an existing folder")
+>>>>>>> wt-i
     model = load_model(model_dir, resolve_device(device))
     plan_grid(model, atoms, spacing=spacing, n_samples=samples)
     t0 = time.perf_counter()
@@ -435,6 +480,13 @@ def predict(
                         for name, arr in singles.items()]
     out.print(f"{len(atoms)} atoms, grid {'x'.join(map(str, fields.shape))}, S={samples}: {dt:.2f} s; "
               f"∫ρ = {fields.integrate():.3f} e, mean σ = {fields.sigma_total.mean():.2e} e/Å³")
+    if report:
+        from .trust import trust_report, write_report
+
+        summary = trust_report(model, atoms, fields, name=images[index][0])
+        for line in summary.lines():
+            out.print(line, highlight=False, soft_wrap=True)
+        written.append(write_report(summary, report_path))
     for p in written:
         out.print(f"wrote {p}")
 

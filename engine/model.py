@@ -1,7 +1,8 @@
 """A trained rhox model and its directory format (DESIGN.md section 3).
 
 A model directory holds ``config.json`` (architecture, descriptor settings, normalisation,
-species, grid spacing, training-data hash, versions, training history) and
+species, grid spacing, training-data hash, versions, training history, lineage and DFT cost,
+training domain) and
 ``weights.safetensors`` (the BNN's parameters under ``bnn.``, the deterministic baseline's
 under ``det.``). Loading never executes code from the files: safetensors and JSON only; the config is checked by
 :func:`rhox.engine.model_config.read_model_config` and weights holding NaN or inf are refused.
@@ -48,6 +49,7 @@ class RhoxModel:
     system: str = ""
     baseline: DensityNet | None = None
     meta: dict = field(default_factory=dict)
+    directory: Path | None = None  # where it was loaded from (not saved): finds its training data again
 
     def to(self, device: str | torch.device) -> "RhoxModel":
         self.net.to(device)
@@ -154,7 +156,7 @@ def load_model(directory: str | os.PathLike | None = None, device: str | torch.d
     model = RhoxModel(net=net, descriptor=descriptor, x_mean=x_mean, x_std=x_std, y_mean=float(y_mean),
                       y_std=float(y_std), species=tuple(config["species"]),
                       grid_spacing=float(config["grid_spacing"]), system=config.get("system", ""),
-                      baseline=baseline, meta=meta)
+                      baseline=baseline, meta=meta, directory=directory)
     net.eval()
     if baseline is not None:
         baseline.eval()

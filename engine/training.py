@@ -15,9 +15,11 @@ loss or validation error stops being finite, or that takes no optimiser step, ra
 :class:`~rhox.engine.errors.ModelError` and saves nothing; an existing model directory is only
 replaced when asked (``overwrite``), and then whole.
 
-Training can start from a parent model (:func:`fit` with ``parent=``): its normalisation and
-weights are reused, and the first ``freeze_layers`` layers can be frozen — the hook for
-transfer learning across cell sizes.
+Training can start from a parent model (:func:`fit` with ``parent=``): its descriptor,
+normalisation and weights are reused, and the first ``freeze_layers`` layers can be frozen — the
+hook for transfer learning across cell sizes. The saved config records the model's lineage
+(parent, datasets and their hashes, DFT cost: :mod:`rhox.engine.lineage`) and its training
+domain (species-pair neighbour distances, temperatures: :mod:`rhox.engine.domain`).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import keys, metrics
+from . import domain, keys, lineage, metrics
 from .bnn import DensityNet, NetConfig, gaussian_nll, loss_fn, predict_with_uncertainty
 from .descriptors import DescriptorCalculator, DescriptorSettings
 from .dft import DensitySample
@@ -340,6 +342,8 @@ def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch
     samples = load_samples(dataset)
     train_idx, val_idx = split_configurations(len(samples), cfg.val_fraction, cfg.seed)
     parent_model = load_model(parent, device) if parent else None
+    # The parent's own record, kept before its meta is replaced by this run's (lineage.record).
+    parent_config = dict(parent_model.meta, system=parent_model.system) if parent_model is not None else None
     if parent_model is not None:
         descriptor = parent_model.descriptor
         n_layers = len(parent_model.net.layers)
@@ -417,7 +421,10 @@ def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch
         "sigma_scale": scale,
         "train_compositions": sorted({str(s.atoms.info.get("realised_composition", s.atoms.get_chemical_formula()))
                                       for s in samples}),
+        "domain": domain.training_domain([s.atoms for s in samples]),
+        "lineage": lineage.record(dataset, run["data_hash"], samples, parent, parent_config),
     }
     save_model(model, out_dir)
-    status(f"saved model to {out_dir} (validation L1% {model.meta['training']['best_val_l1']:.2f}, σ scale {scale:.2f})")
+    status(f"saved model to {out_dir} (validation L1% {model.meta['training']['best_val_l1']:.2f}, σ scale {scale:.2f}; "
+           f"DFT cost behind it {lineage.human_cpu_time(model.meta['lineage']['dft_cpu_seconds_total'])})")
     return model

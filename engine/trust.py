@@ -1,0 +1,268 @@
+"""The trust report: what a user needs to know before relying on one prediction.
+
+:func:`trust_report` turns ``(model, atoms, fields)`` into a :class:`TrustReport`, the same
+summary for the CLI (``rhox predict STRUCTURE --report``) and the explorer:
+
+- **σ** (electrons/Å³): mean and maximum of σ_total and σ_epistemic over the cell, and the same
+  relative to the local predicted density ρ̂ (σ/ρ̂, a fraction) where ρ̂ is above
+  :data:`DENSITY_FLOOR` of its maximum (elsewhere the relative σ of an almost empty region
+  means nothing).
+- **Uncertain fraction**: the fraction of those points where σ_total > :data:`SIGMA_THRESHOLD`
+  × ρ̂ (5 % of the local density).
+- **Where the largest σ_total sits**: its position (Å) and the nearest atoms with distances.
+- **Training domain**: species; composition (distance to the nearest training composition, see
+  :mod:`rhox.engine.domain`); temperature when the structure says it (``atoms.info``);
+  nearest-neighbour distances per species pair against the training range, with a
+  :data:`NEIGHBOUR_TOLERANCE` margin; descriptor-space novelty (not yet available: see
+  :func:`novelty_check`).
+- **Recommendation**: ``trust`` when every domain check passes and the uncertain fraction is at
+  most :data:`MAX_UNCERTAIN_FRACTION`; otherwise ``check with DFT``, with the reasons.
+
+The training domain comes from the model's ``config.json`` (``domain``, written at training
+time); for an older model without it, it is computed once from its training dataset, opened
+read-only (:func:`model_domain`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from . import domain as dom
+from .errors import InputError
+
+DENSITY_FLOOR = 0.01          # fraction of max ρ̂: below it a point counts as empty space
+SIGMA_THRESHOLD = 0.05        # σ_total above this fraction of ρ̂ marks a point as uncertain
+MAX_UNCERTAIN_FRACTION = 0.05  # more uncertain points than this (fraction of the occupied cell): check with DFT
+NEIGHBOUR_TOLERANCE = 0.02    # fractional margin around the training nearest-neighbour range
+TEMPERATURE_MARGIN = 50.0     # K around the training temperatures
+N_NEAREST_ATOMS = 3
+
+TRUST = "trust"
+CHECK = "check with DFT"
+
+
+@dataclass
+class DomainCheck:
+    """One training-domain check: ``inside`` is True, False, or None (not known / not available)."""
+
+    name: str
+    inside: bool | None
+    detail: str
+    values: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrustReport:
+    """The trust summary of one prediction (σ in electrons/Å³, relative σ as fractions, lengths in Å)."""
+
+    structure: str
+    n_atoms: int
+    grid_shape: tuple[int, int, int]
+    sigma: dict             # {"total"|"epistemic": {"mean", "max", "mean_relative", "max_relative"}}
+    uncertain_fraction: float
+    threshold: str          # the rule behind uncertain_fraction, in words
+    max_sigma: dict         # {"value", "position", "nearest_atoms": [{"index", "symbol", "distance"}]}
+    domain: list[DomainCheck]
+    recommendation: str     # TRUST or CHECK
+    reasons: list[str]
+
+    @property
+    def inside_domain(self) -> bool:
+        return all(c.inside is not False for c in self.domain)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["grid_shape"] = list(self.grid_shape)
+        d["inside_domain"] = self.inside_domain
+        return _finite_or_none(d)
+
+    def lines(self) -> list[str]:
+        """The report as plain lines (the CLI prints these; numbers as in the JSON, rounded)."""
+        t, e = self.sigma["total"], self.sigma["epistemic"]
+        m = self.max_sigma
+        near = ", ".join(f"{a['symbol']}{a['index']} {a['distance']:.3f} Å" for a in m["nearest_atoms"])
+        out = [f"trust report for {self.structure} ({self.n_atoms} atoms, grid {'x'.join(map(str, self.grid_shape))})",
+               f"σ total: mean {t['mean']:.3e}, max {t['max']:.3e} e/Å³; relative to ρ: mean "
+               f"{100 * t['mean_relative']:.2f} %, max {100 * t['max_relative']:.2f} %",
+               f"σ epistemic: mean {e['mean']:.3e}, max {e['max']:.3e} e/Å³; relative to ρ: mean "
+               f"{100 * e['mean_relative']:.2f} %, max {100 * e['max_relative']:.2f} %",
+               f"uncertain fraction: {100 * self.uncertain_fraction:.2f} % of the cell ({self.threshold})",
+               f"largest σ total {m['value']:.3e} e/Å³ at ({', '.join(f'{x:.3f}' for x in m['position'])}) Å, "
+               f"nearest atoms: {near}"]
+        for c in self.domain:
+            mark = {True: "inside", False: "OUTSIDE", None: "n/a"}[c.inside]
+            out.append(f"{c.name}: {mark}: {c.detail}")
+        out.append(f"recommendation: {self.recommendation}" + (f" ({'; '.join(self.reasons)})" if self.reasons else ""))
+        return out
+
+
+def _finite_or_none(obj):
+    """NaN and inf -> None, so that the JSON is standard (json.dumps would write NaN)."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _sigma_stats(sigma: np.ndarray, rho: np.ndarray, mask: np.ndarray) -> dict:
+    rel = sigma[mask] / rho[mask]
+    return {"mean": float(sigma.mean()), "max": float(sigma.max()),
+            "mean_relative": float(rel.mean()) if rel.size else math.nan,
+            "max_relative": float(rel.max()) if rel.size else math.nan}
+
+
+def _max_sigma(atoms: Atoms, sigma: np.ndarray) -> dict:
+    from ase.geometry import get_distances
+
+    idx = np.unravel_index(int(np.argmax(sigma)), sigma.shape)
+    frac = np.array(idx, dtype=float) / np.array(sigma.shape)
+    pos = frac @ atoms.cell.array
+    _, d = get_distances(pos[None], atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    d = d[0]
+    order = np.argsort(d)[:N_NEAREST_ATOMS]
+    sym = atoms.get_chemical_symbols()
+    return {"value": float(sigma[idx]), "position": [float(x) for x in pos], "grid_index": [int(i) for i in idx],
+            "nearest_atoms": [{"index": int(i), "symbol": sym[i], "distance": float(d[i])} for i in order]}
+
+
+def model_domain(model) -> dict:
+    """The model's training domain (``config.json`` ``domain``), computed once from its training
+    dataset (read-only) for a model trained before it was recorded; ``{}`` when neither exists."""
+    if isinstance(model.meta.get("domain"), dict):
+        return model.meta["domain"]
+    from .lineage import training_dataset_path
+    from .store import Dataset
+
+    training = model.meta.get("training") or {}
+    directory = getattr(model, "directory", None)
+    for p in training_dataset_path(training.get("dataset"), directory):
+        if not p.is_file():
+            continue
+        try:
+            # The same structures (and atoms.info) training reads, so the domain comes out the same.
+            structures = [s.atoms for s in Dataset(p, readonly=True).samples()]
+        except Exception:  # unreadable candidate: try the next
+            continue
+        if structures:
+            model.meta["domain"] = dom.training_domain(structures)  # cached in memory only, never written
+            return model.meta["domain"]
+    return {}
+
+
+def species_check(model, atoms: Atoms) -> DomainCheck:
+    foreign = sorted(set(atoms.get_chemical_symbols()) - set(model.species))
+    if foreign:
+        return DomainCheck("species", False, f"{', '.join(foreign)} never seen in training "
+                                             f"(trained on {', '.join(model.species)})", {"foreign": foreign})
+    return DomainCheck("species", True, f"all seen in training ({', '.join(model.species)})", {"foreign": []})
+
+
+def composition_check(model, atoms: Atoms) -> DomainCheck:
+    train = list(model.meta.get("train_compositions") or [])
+    comp = dom.fractions(atoms)
+    text = "".join(f"{s}{comp[s]:.3g}" for s in sorted(comp))
+    if not train:
+        return DomainCheck("composition", None, f"{text}: the model records no training compositions")
+    nearest, dist = dom.nearest_composition(comp, train)
+    tol = dom.composition_spacing(train)
+    inside = dist <= tol + 1e-9
+    return DomainCheck("composition", inside,
+                       f"{text}: nearest training composition {nearest} at distance {dist:.3f} "
+                       f"({'within' if inside else 'beyond'} the training spacing {tol:.3f})",
+                       {"composition": comp, "nearest": nearest, "distance": dist, "tolerance": tol})
+
+
+def temperature_check(atoms: Atoms, domain: dict) -> DomainCheck:
+    t = atoms.info.get("temperature")
+    temps = domain.get("temperatures") or []
+    if t is None:
+        return DomainCheck("temperature", None, "not known for this structure"
+                           + (f" (training: {min(temps):g}-{max(temps):g} K)" if temps else ""))
+    if not temps:
+        return DomainCheck("temperature", None, f"{float(t):g} K; the model records no training temperatures")
+    lo, hi = min(temps) - TEMPERATURE_MARGIN, max(temps) + TEMPERATURE_MARGIN
+    inside = lo <= float(t) <= hi
+    return DomainCheck("temperature", inside, f"{float(t):g} K, training {min(temps):g}-{max(temps):g} K "
+                                              f"(± {TEMPERATURE_MARGIN:g} K)", {"temperature": float(t), "training": temps})
+
+
+def neighbour_check(atoms: Atoms, domain: dict) -> DomainCheck:
+    train = domain.get("neighbour_distances") or {}
+    here = dom.neighbour_ranges([atoms])
+    if not train:
+        return DomainCheck("neighbour distances", None, "the model records no training neighbour distances",
+                           {"structure": here})
+    bad = []
+    for pair, (lo, hi) in here.items():
+        if pair not in train:
+            bad.append(f"{pair} {lo:.3f}-{hi:.3f} Å, never nearest neighbours in training")
+            continue
+        tlo, thi = train[pair]
+        if lo < tlo * (1 - NEIGHBOUR_TOLERANCE):
+            bad.append(f"{pair} down to {lo:.3f} Å, below the training minimum {tlo:.3f} Å")
+        if hi > thi * (1 + NEIGHBOUR_TOLERANCE):
+            bad.append(f"{pair} up to {hi:.3f} Å, above the training maximum {thi:.3f} Å")
+    values = {"structure": here, "training": {k: train[k] for k in sorted(train)}, "tolerance": NEIGHBOUR_TOLERANCE}
+    if bad:
+        return DomainCheck("neighbour distances", False, "; ".join(bad), values)
+    return DomainCheck("neighbour distances", True, ", ".join(
+        f"{p} {lo:.3f}-{hi:.3f} Å (training {train[p][0]:.3f}-{train[p][1]:.3f})" for p, (lo, hi) in here.items()), values)
+
+
+def novelty_check(model, atoms: Atoms, fields) -> DomainCheck:
+    """Descriptor-space novelty: the seam for ``rhox.engine.novelty`` (not yet in rhox).
+
+    When a novelty score exists for ``model``, compare it here with its training range and
+    return ``inside`` True/False; until then every model gets "not available".
+    """
+    return DomainCheck("descriptor novelty", None, "not available for this model")
+
+
+def trust_report(model, atoms: Atoms, fields, name: str = "structure") -> TrustReport:
+    """The :class:`TrustReport` of a prediction ``fields`` (:class:`~rhox.engine.predict.DensityFields`)
+    made by ``model`` for ``atoms``; ``name`` labels the structure."""
+    rho = np.asarray(fields.mean, dtype=np.float64)
+    st = np.asarray(fields.sigma_total, dtype=np.float64)
+    se = np.asarray(fields.sigma_epistemic, dtype=np.float64)
+    if rho.shape != st.shape or rho.shape != se.shape or rho.ndim != 3 or rho.size == 0:
+        raise InputError(f"the fields of {name} do not share one 3-D grid (mean {rho.shape}, "
+                         f"σ total {st.shape}, σ epistemic {se.shape})")
+    if len(atoms) == 0:
+        raise InputError(f"{name} holds no atoms")
+    mask = rho > DENSITY_FLOOR * rho.max()
+    sigma = {"total": _sigma_stats(st, rho, mask), "epistemic": _sigma_stats(se, rho, mask)}
+    uncertain = float(np.mean(st[mask] > SIGMA_THRESHOLD * rho[mask])) if mask.any() else 1.0
+    threshold = (f"σ total > {100 * SIGMA_THRESHOLD:g} % of ρ, over the points where ρ > "
+                 f"{100 * DENSITY_FLOOR:g} % of its maximum")
+    domain = model_domain(model)
+    checks = [species_check(model, atoms), composition_check(model, atoms), temperature_check(atoms, domain),
+              neighbour_check(atoms, domain), novelty_check(model, atoms, fields)]
+    reasons = [f"{c.name} outside the training domain: {c.detail}" for c in checks if c.inside is False]
+    if uncertain > MAX_UNCERTAIN_FRACTION:
+        reasons.append(f"{100 * uncertain:.1f} % of the cell is uncertain ({threshold}), more than "
+                       f"{100 * MAX_UNCERTAIN_FRACTION:g} %")
+    return TrustReport(structure=name, n_atoms=len(atoms), grid_shape=tuple(int(n) for n in rho.shape),
+                       sigma=sigma, uncertain_fraction=uncertain, threshold=threshold,
+                       max_sigma=_max_sigma(atoms, st), domain=checks,
+                       recommendation=CHECK if reasons else TRUST, reasons=reasons)
+
+
+def write_report(report: TrustReport, path: str | os.PathLike) -> Path:
+    """Write ``report`` as JSON to ``path`` atomically (tmp + rename); returns the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"report file {path} is an existing folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report.to_dict(), indent=1, allow_nan=False))
+    os.replace(tmp, path)
+    return path
