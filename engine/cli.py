@@ -452,16 +452,13 @@ def predict(
         raise InputError(f"structure file {structure} holds {len(images)} image(s); image index {index} does not exist")
     atoms = images[index][1]
     require_periodic(atoms, str(structure))
-<<<<<<< HEAD
     too_close = close_pair_message(atoms, str(structure))
     if too_close:  # a user may predict a strange structure on purpose, but must know it is one
         console.print(f"[yellow]warning:[/] {too_close}: no training environment looks like this, so the "
                       "prediction there is an extrapolation", highlight=False, soft_wrap=True)
-=======
     report_path = out_dir / f"{structure.stem}_report.json"
     if report and report_path.is_dir():
         raise InputError(f"report file {report_path} is an existing folder")
->>>>>>> wt-i
     model = load_model(model_dir, resolve_device(device))
     plan_grid(model, atoms, spacing=spacing, n_samples=samples)
     t0 = time.perf_counter()
