@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import typer
 from rich.console import Console
@@ -51,6 +51,7 @@ def _read_structures(files: List[str]):
 
     from ase.io import read
 
+    from .build import read_format
     from .errors import InputError
 
     out_list = []
@@ -67,7 +68,7 @@ def _read_structures(files: List[str]):
                     else "a device or socket")
             raise InputError(f"structure file {f} is {kind}, not a regular file")
         try:
-            images = read(str(p), index=":")
+            images = read(str(p), index=":", format=read_format(p))  # LAMMPS data: ASE has no suffix
         except Exception as err:  # ASE raises many types (even a bare AssertionError) for malformed files
             detail = " ".join(str(err).split())
             raise InputError(f"cannot read structure file {f} as {p.suffix.lstrip('.') or 'a structure'}: "
@@ -381,6 +382,48 @@ def predict(
               f"∫ρ = {fields.integrate():.3f} e, mean σ = {fields.sigma_total.mean():.2e} e/Å³")
     for p in written:
         out.print(f"wrote {p}")
+
+
+@app.command()
+@user_errors
+def build(
+    system: str = typer.Argument(..., metavar="SYSTEM", help="Alloy system (SiGeSn, SiGe, CrFeCoNi, Al)."),
+    composition: str = typer.Option(..., help="Composition, e.g. Si0.5Ge0.3Sn0.2 or 0.5,0.3,0.2."),
+    repeat: Tuple[int, int, int] = typer.Option(..., metavar="NX NY NZ",
+                                               help="Repeats of the conventional cubic cell along a, b, c."),
+    vacancies: int = typer.Option(0, help="Atoms removed at random."),
+    temperature: float = typer.Option(0.0, help="Temperature in K of the thermal displacements (0: none)."),
+    thermal: str = typer.Option("einstein", help="Thermal sampler: einstein (harmonic; fast at any size)."),
+    seed: int = typer.Option(0, help="Seed; same seed, same structure."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="File to write: .xyz/.extxyz or LAMMPS data (.lmp, .data)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="extxyz or lammps-data (default: from the suffix)."),
+):
+    """Build a random alloy supercell of any size (a million atoms in seconds) and write it.
+
+    Example: rhox build SiGeSn --composition Si0.4Ge0.3Sn0.3 --repeat 50 50 50 --temperature 300 -o big.lmp
+    """
+    import time
+
+    from .build import build_alloy, check_memory, composition_counts, format_for, write_structure
+    from .structures import check_buildable, get_system
+
+    file_format = format_for(out_path, fmt)
+    n_atoms = check_buildable(get_system(system), composition, repeat, vacancies)
+    check_memory(n_atoms, file_format)
+    if out_path.is_dir():
+        fail(f"output {out_path} is a folder; give a file name")
+    if not out_path.parent.is_dir():
+        fail(f"output folder {out_path.parent} does not exist")
+    t0 = time.perf_counter()
+    atoms = build_alloy(system, composition, repeat, vacancies=vacancies, temperature=temperature,
+                        thermal=thermal, seed=seed)
+    t1 = time.perf_counter()
+    write_structure(out_path, atoms, file_format)
+    t2 = time.perf_counter()
+    counts = ", ".join(f"{el} {n:,}" for el, n in composition_counts(atoms).items())
+    out.print(f"{len(atoms):,} atoms ({counts}), cell {' x '.join(f'{x:.2f}' for x in atoms.cell.lengths())} Å: "
+              f"built in {t1 - t0:.2f} s, written in {t2 - t1:.2f} s to {out_path} ({file_format})",
+              highlight=False, soft_wrap=True)
 
 
 @app.command()
