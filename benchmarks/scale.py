@@ -9,7 +9,9 @@ spacing (first, middle and last tile: the first one's halo holds periodic images
 ``halo`` (BlockedDescriptorCalculator: each tile's tree holds only its halo) and ``whole`` (the
 DescriptorCalculator of before: one image set of the whole structure). The whole grid is not
 computed: its time is the measured points/s extrapolated to the grid's point count (stated as
-such). Writes benchmarks/results/scale.json.
+such). Each case runs with 1 and with 2 torch threads (``--threads``): on a shared 2-core machine
+two threads that fight other processes for the cores can be several times slower than one.
+Writes benchmarks/results/scale.json.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def one(n_atoms: float, method: str, n_blocks: int, block: int, spacing: float |
     from rhox.engine.descriptors import BlockedDescriptorCalculator, DescriptorCalculator, DescriptorSettings
     from rhox.engine.grid import grid_points, grid_shape_for_spacing, iter_blocks
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("RHOX_BENCH_THREADS", "2")))
     config = json.loads((default_model_dir() / "config.json").read_text())
     settings = DescriptorSettings.from_dict(config["descriptor"])
     spacing = spacing or float(config["grid_spacing"])
@@ -123,6 +125,8 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, default=None, help="grid spacing, Å (default: the model's)")
     ap.add_argument("--whole-up-to", type=float, default=1e5,
                     help="also measure the whole-structure search up to this many atoms")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                    help="torch threads per case (on a busy machine one thread can beat two)")
     ap.add_argument("--no-build", action="store_true", help="skip timing rhox build")
     ap.add_argument("--one", nargs=2, metavar=("ATOMS", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -137,15 +141,17 @@ def main() -> None:
         for r in results["build"]:
             print(f"build {r['atoms']:>9,} atoms {r['format']}: {r['wall_s']:.1f} s, peak {r['peak_rss_MB']:.0f} MB")
     for n in args.atoms:
-        for method in ("halo", "whole"):
+        for method, threads in ((m, t) for m in ("halo", "whole") for t in args.threads):
             if method == "whole" and n > args.whole_up_to:
                 continue
             cmd = [sys.executable, __file__, "--one", str(n), method, "--blocks", str(args.blocks),
                    "--block", str(args.block)] + (["--spacing", str(args.spacing)] if args.spacing else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            env = dict(os.environ, RHOX_BENCH_THREADS=str(threads))
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
             r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r["load_average"] = os.getloadavg()[0]
             results["cases"].append(r)
-            print(f"{r['atoms']:>9,} atoms {method:5s}: setup {r['setup_s']:.2f} s, {r['points_per_s']:,.0f} points/s, "
+            print(f"{r['atoms']:>9,} atoms {method:5s} {threads} thread(s): setup {r['setup_s']:.2f} s, {r['points_per_s']:,.0f} points/s, "
                   f"peak RSS {r['peak_rss_MB']:.0f} MB (structure alone {r['rss_after_structure_MB']:.0f} MB); "
                   f"grid {'x'.join(map(str, r['grid']))} would take {r['whole_grid_s_extrapolated'] / 3600:.2f} h")
     results["machine"]["load_average_at_end"] = os.getloadavg()

@@ -34,6 +34,12 @@ radius grows by half until they do, so the K nearest are always returned. Equal 
 (high-symmetry points of perfect lattices) are ordered canonically, so that even there the
 descriptors stay invariant (see :class:`PeriodicNeighbourSearch`).
 
+Big structures (domain decomposition): :class:`BlockedDescriptorCalculator` searches, for each
+block of points, only the atoms within the search radius of the block's box, periodic images
+included (:class:`HaloNeighbourSearch`, atoms found through a cell list of fractional
+coordinates); the halo grows with the search radius exactly as the whole image set does, so the
+descriptors are bit for bit those of :class:`DescriptorCalculator`, and memory follows the block.
+
 The search runs in float64 numpy/scipy on the CPU; the geometry (frames, projections, cosines)
 runs in torch, in float64, on ``device``, and is cast to ``dtype`` at the end.
 """
