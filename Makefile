@@ -63,7 +63,7 @@ assets: install
 	  --temperature 300 --temperature 900 --thermal md --seed 1 --workers 2 --out assets/sigesn_train.db
 	$(VENV)/bin/rhox generate SiGeSn --compositions random:8 --repeat 1 --samples 1 \
 	  --temperature 600 --thermal md --seed 2 --workers 2 --out assets/sigesn_test.db
-	$(VENV)/bin/rhox train assets/sigesn_train.db --out assets/model --seed 0
+	$(VENV)/bin/rhox train assets/sigesn_train.db --out assets/model --seed 0 --overwrite
 	$(VENV)/bin/rhox evaluate assets/sigesn_test.db --model assets/model --json assets/model/evaluation.json
 
 bench: install-test

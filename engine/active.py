@@ -2,7 +2,7 @@
 
 The score of a candidate composition is the model's mean epistemic σ (electrons/Å³) over the
 grid points of random configurations drawn at that composition: where more DFT data would
-teach the model most. The full loop (DFT at the best candidates, retrain, repeat) and the
+teach the model most. :func:`acquisition_scores` is also the explorer's σ map (any σ field). The full loop (DFT at the best candidates, retrain, repeat) and the
 tessellation baseline build on these functions.
 """
 from __future__ import annotations
@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .composition import simplex_grid
+from .errors import InputError
 from .model import RhoxModel
-from .predict import predict
+from .predict import FIELD_NAMES, predict
 from .structures import get_system, random_alloy
 
 
@@ -27,12 +28,21 @@ def acquisition_scores(
     spacing: float | None = 0.45,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    field: str = "sigma_epistemic",
+    calibrated: bool = False,
 ) -> np.ndarray:
-    """Mean epistemic σ (e/Å³) for each composition (rows of barycentric vectors).
+    """Mean predicted σ (e/Å³) at each composition (rows of barycentric vectors): the σ map.
 
-    ``spacing`` (Å) sets a coarse grid for speed; None uses the model's training spacing.
-    Compositions too dilute for the cell (no whole atom of a species) score NaN.
+    For each composition, ``n_configs`` random ``repeat``-cells (seeds ``seed + 7919 c + i``) are
+    predicted on a grid of ``spacing`` Å (None: the model's training spacing) with ``n_samples``
+    weight samples, and ``field`` (``sigma_epistemic``, the acquisition score; or
+    ``sigma_total`` / ``sigma_aleatoric``) is averaged over all their grid points; ``calibrated``
+    applies the model's σ scale. Compositions too dilute for the cell (no whole atom of a
+    species) score NaN. ``progress(done, total)`` is called after each composition; a caller may
+    raise from it to cancel (the explorer's jobs do).
     """
+    if field not in FIELD_NAMES or field == "mean":
+        raise InputError(f"the σ map needs one of the σ fields {FIELD_NAMES[1:]}, got {field!r}")
     sysm = get_system(system)
     scores = np.full(len(compositions), np.nan)
     for i, x in enumerate(np.asarray(compositions, dtype=float)):
@@ -42,8 +52,8 @@ def acquisition_scores(
                 atoms = random_alloy(sysm, x, repeat, seed=seed + 7919 * c + i)
             except ValueError:
                 break
-            f = predict(model, atoms, spacing=spacing, n_samples=n_samples, calibrated=False, allow_foreign=True)
-            vals.append(float(np.mean(f.sigma_epistemic)))
+            f = predict(model, atoms, spacing=spacing, n_samples=n_samples, calibrated=calibrated, allow_foreign=True)
+            vals.append(float(np.mean(getattr(f, field))))
         if vals:
             scores[i] = float(np.mean(vals))
         if progress:

@@ -27,6 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .errors import InputError, known_fields
+from .model_config import check_widths
+
 LOGVAR_MIN, LOGVAR_MAX = -14.0, 4.0  # keep the predicted noise in a trainable range
 
 
@@ -77,7 +80,11 @@ class BayesLinear(nn.Module):
 
 @dataclass(frozen=True)
 class NetConfig:
-    """Architecture: input length, hidden widths, activation, prior and posterior initial σ."""
+    """Architecture: input length, hidden widths, activation, prior and posterior initial σ.
+
+    Checked on creation (:class:`InputError`): widths between 1 and
+    :data:`~rhox.engine.model_config.MAX_WIDTH`, finite positive σ's.
+    """
 
     n_in: int
     hidden: tuple[int, ...] = (96, 96, 48)
@@ -85,14 +92,29 @@ class NetConfig:
     prior_sigma: float = 1.0
     init_sigma: float = 1e-3
 
+    def __post_init__(self) -> None:
+        try:
+            n_in, hidden = check_widths(self.n_in, self.hidden)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+        object.__setattr__(self, "n_in", n_in)
+        object.__setattr__(self, "hidden", hidden)
+        if not isinstance(self.bayesian, bool):
+            raise InputError(f"network bayesian must be true or false, got {self.bayesian!r}")
+        for name in ("prior_sigma", "init_sigma"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                raise InputError(f"network {name} must be a finite positive number, got {v!r}")
+            object.__setattr__(self, name, float(v))
+
     def to_dict(self) -> dict:
         return {"n_in": self.n_in, "hidden": list(self.hidden), "bayesian": self.bayesian,
                 "prior_sigma": self.prior_sigma, "init_sigma": self.init_sigma}
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetConfig":
-        return cls(int(d["n_in"]), tuple(int(h) for h in d["hidden"]), bool(d["bayesian"]),
-                   float(d["prior_sigma"]), float(d["init_sigma"]))
+        """The inverse of :meth:`to_dict`; unknown keys are refused (:func:`~rhox.engine.errors.known_fields`)."""
+        return cls(**known_fields(cls, d, "network"))
 
 
 class DensityNet(nn.Module):

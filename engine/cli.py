@@ -16,6 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .train_config import TrainConfig
+
+_TRAIN = TrainConfig.defaults()  # the train options' defaults: one source, without importing torch
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="rhox: Bayesian neural-network electron densities of alloys, with uncertainty.")
 # Outside a terminal (pipes, logs, CI) rich would wrap at 80 columns and cut table cells.
@@ -242,37 +246,45 @@ def info(dataset: Path = typer.Argument(..., help="ASE database written by rhox 
 def train(
     dataset: Path = typer.Argument(..., help="ASE database of DFT samples (rhox generate)."),
     out_dir: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Model directory to write."),
-    epochs: int = typer.Option(80, help="Maximum epochs (early stopping usually ends sooner)."),
-    batch_size: int = typer.Option(2048, help="Grid points per mini-batch."),
-    lr: float = typer.Option(2e-3, help="Adam learning rate."),
-    hidden: str = typer.Option("96,96,48", help="Hidden layer widths."),
-    patience: int = typer.Option(8, help="Epochs without validation improvement before stopping."),
-    val_fraction: float = typer.Option(0.15, help="Fraction of configurations held out for validation."),
-    descriptor: str = typer.Option("frame", help="frame (body-attached frame) or atom (atom-centred)."),
+    epochs: int = typer.Option(_TRAIN.max_epochs, help="Maximum epochs (early stopping usually ends sooner)."),
+    batch_size: int = typer.Option(_TRAIN.batch_size, help="Grid points per mini-batch."),
+    lr: float = typer.Option(_TRAIN.learning_rate, help="Adam learning rate."),
+    hidden: str = typer.Option(",".join(map(str, _TRAIN.hidden)), help="Hidden layer widths."),
+    patience: int = typer.Option(_TRAIN.patience, help="Epochs without validation improvement before stopping."),
+    val_fraction: float = typer.Option(_TRAIN.val_fraction, help="Fraction of configurations held out for validation."),
+    descriptor: str = typer.Option(_TRAIN.descriptor["kind"], help="frame (body-attached frame) or atom (atom-centred)."),
     neighbors: Optional[int] = typer.Option(None, help="K (frame) or M per species (atom); default per kind."),
-    cutoff: float = typer.Option(6.0, help="Neighbour search radius / feature length scale, Å."),
-    seed: int = typer.Option(0, help="Seed: same seed, same model (on one machine)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    cutoff: Optional[float] = typer.Option(None, help="Neighbour search radius / feature length scale, Å "
+                                                      "(default: the descriptor's, 6 Å)."),
+    seed: int = typer.Option(_TRAIN.seed, help="Seed: same seed, same model (on one machine)."),
+    device: str = typer.Option(_TRAIN.device, help="auto | cpu | cuda"),
     parent: Optional[Path] = typer.Option(None, help="Start from this model (fine-tuning)."),
-    freeze_layers: int = typer.Option(0, help="With --parent: number of first layers kept fixed."),
-    baseline: bool = typer.Option(True, help="Also train the deterministic baseline of the same shape."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    freeze_layers: int = typer.Option(_TRAIN.freeze_layers, help="With --parent: number of first layers kept fixed."),
+    baseline: bool = typer.Option(_TRAIN.baseline, help="Also train the deterministic baseline of the same shape."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this run."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model directory (its reports too)."),
 ):
     """Train the Bayesian density model (and its deterministic baseline) on a dataset."""
     from rich.live import Live
 
-    from .training import TrainConfig, fit
+    from .errors import InputError
+    from .training import fit
 
     try:
         widths = tuple(int(h) for h in hidden.split(","))
     except ValueError:
-        fail(f"--hidden must be comma-separated integers, got {hidden!r}")
-    desc = {"kind": descriptor, "cutoff": cutoff}
-    if neighbors:
+        raise InputError(f"hidden layer widths must be comma-separated whole numbers, got {hidden!r}") from None
+    desc = {"kind": descriptor}
+    if cutoff is not None:
+        desc["cutoff"] = cutoff
+    if neighbors is not None:
         desc["n_neighbors"] = neighbors
+    # Every setting is checked here, before the dataset is read or anything is written.
     cfg = TrainConfig(hidden=widths, max_epochs=epochs, batch_size=batch_size, learning_rate=lr, patience=patience,
                       val_fraction=val_fraction, seed=seed, device=device, descriptor=desc,
                       baseline=baseline, freeze_layers=freeze_layers)
+    if not dataset.is_file():
+        raise InputError(f"dataset {dataset} does not exist")
     table = Table(title="training")
     for col in ("net", "epoch", "loss", "NLL", "val L1%", "best", "lr", "s"):
         table.add_column(col, justify="right")
@@ -288,7 +300,7 @@ def train(
 
     live = Live(table, console=console, refresh_per_second=4) if console.is_terminal else nullcontext()
     with live:
-        model = fit(dataset, out_dir, cfg, parent=parent, resume=resume, on_epoch=on_epoch,
+        model = fit(dataset, out_dir, cfg, parent=parent, resume=resume, overwrite=overwrite, on_epoch=on_epoch,
                     on_status=lambda m: console.print(m, highlight=False))
     out.print(f"model written to {out_dir} (validation L1% {model.meta['training']['best_val_l1']:.2f}, "
               f"σ scale {model.meta['sigma_scale']:.2f})")
@@ -305,12 +317,24 @@ def evaluate(
     superposition: bool = typer.Option(True, help="Compare with the superposition of atomic densities (GPAW)."),
 ):
     """Measure a model on a dataset: L1%, NRMSE%, dN, calibration, against the baselines."""
+    from .errors import InputError
     from .evaluation import evaluate as run_eval
     from .evaluation import plot_report
     from .model import load_model
+    from .progress import progress_reporter
 
+    # Refuse unusable outputs and options before any work, so that nothing stray is left behind.
+    if json_path is not None and json_path.is_dir():
+        raise InputError(f"summary file {json_path} is an existing folder; give a file name")
+    if plots is not None and plots.exists() and not plots.is_dir():
+        raise InputError(f"plot folder {plots} is an existing file; give a folder")
+    if samples < 1:
+        raise InputError(f"the number of weight samples must be at least 1, got {samples}")
+    if not dataset.is_file():
+        raise InputError(f"dataset {dataset} does not exist")
     model = load_model(model_dir)
-    report = run_eval(model, dataset, n_samples=samples, superposition=superposition)
+    with progress_reporter(console, "evaluating", "configurations") as progress:
+        report = run_eval(model, dataset, n_samples=samples, superposition=superposition, progress=progress)
     table = Table(title=f"{dataset}: {report['aggregate']['n_configurations']} configurations")
     for col in ("#", "composition", "T (K)", "L1%", "NRMSE%", "dN", "cal1", "cal2", "cal3", "mean σ"):
         table.add_column(col, justify="right")
@@ -352,32 +376,51 @@ def predict(
     model_dir: Optional[Path] = typer.Option(None, "--model", "-m", help="Model directory (default: bundled)."),
     out_dir: Path = typer.Option(Path("prediction"), "-o", "--out", help="Output folder."),
     spacing: Optional[float] = typer.Option(None, help="Grid spacing in Å (default: the training grids')."),
-    samples: int = typer.Option(20, help="Weight samples S for the epistemic uncertainty."),
+    samples: int = typer.Option(20, help="Weight samples S for the epistemic uncertainty (>= 1)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     allow_foreign: bool = typer.Option(False, help="Predict even for species the model never saw (warns)."),
     index: int = typer.Option(-1, help="Which image of a multi-image file."),
+    formats: Optional[List[str]] = typer.Option(
+        None, "--format", help="Output format (repeatable): cube, chgcar, xsf (one file per field: density, "
+                               "σ total, σ epistemic) or vtk (all fields in one file). Default: cube and vtk."),
 ):
     """Predict density and uncertainty; write cube files (mean, σ total, σ epistemic) and a VTK file."""
     import time
 
-    from .io import write_cube, write_vtk
+    from .errors import InputError
+    from .io import get_format, write
     from .model import load_model
+    from .predict import plan_grid
     from .predict import predict as run_predict
+    from .progress import progress_reporter
     from .structures import require_periodic
     from .training import resolve_device
 
-    atoms = _read_structures([str(structure)])[index][1]
+    # Everything that can be refused is checked before the model runs, and nothing is written until the end.
+    fmts = list({fmt.name: fmt for fmt in map(get_format, formats or ["cube", "vtk"])}.values())
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output folder {out_dir} is an existing file, not a folder")
+    images = _read_structures([str(structure)])
+    if not -len(images) <= index < len(images):
+        raise InputError(f"structure file {structure} holds {len(images)} image(s); image index {index} does not exist")
+    atoms = images[index][1]
     require_periodic(atoms, str(structure))
     model = load_model(model_dir, resolve_device(device))
+    plan_grid(model, atoms, spacing=spacing, n_samples=samples)
     t0 = time.perf_counter()
-    fields = run_predict(model, atoms, spacing=spacing, n_samples=samples, allow_foreign=allow_foreign)
+    with progress_reporter(console, "predicting") as progress:
+        fields = run_predict(model, atoms, spacing=spacing, n_samples=samples, allow_foreign=allow_foreign,
+                             progress=progress)
     dt = time.perf_counter() - t0
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = structure.stem
-    written = [write_cube(out_dir / f"{stem}_density.cube", atoms, fields.mean),
-               write_cube(out_dir / f"{stem}_sigma_total.cube", atoms, fields.sigma_total),
-               write_cube(out_dir / f"{stem}_sigma_epistemic.cube", atoms, fields.sigma_epistemic),
-               write_vtk(out_dir / f"{stem}_fields", atoms, fields.as_dict())]
+    singles = {"density": fields.mean, "sigma_total": fields.sigma_total, "sigma_epistemic": fields.sigma_epistemic}
+    written = []
+    for fmt in fmts:
+        if fmt.multi_field:
+            written.append(write(out_dir / f"{stem}_fields{fmt.extension}", atoms, fields.as_dict(), format=fmt.name))
+        else:
+            written += [write(out_dir / f"{stem}_{name}{fmt.extension}", atoms, arr, format=fmt.name)
+                        for name, arr in singles.items()]
     out.print(f"{len(atoms)} atoms, grid {'x'.join(map(str, fields.shape))}, S={samples}: {dt:.2f} s; "
               f"∫ρ = {fields.integrate():.3f} e, mean σ = {fields.sigma_total.mean():.2e} e/Å³")
     for p in written:

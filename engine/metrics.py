@@ -10,9 +10,16 @@ import numpy as np
 NOMINAL = {1: 68.27, 2: 95.45, 3: 99.73}  # % of a Gaussian within kσ
 
 
+def l1_sums(pred: np.ndarray, rho: np.ndarray) -> tuple[float, float]:
+    """``(Σ|ρ̂ − ρ|, Σ|ρ|)``: the two sums of L1%, to pool it over several configurations."""
+    pred, rho = np.asarray(pred, dtype=np.float64), np.asarray(rho, dtype=np.float64)
+    return float(np.sum(np.abs(pred - rho))), float(np.sum(np.abs(rho)))
+
+
 def l1_percent(pred: np.ndarray, rho: np.ndarray) -> float:
-    """``L1%`` = 100 · Σ|ρ̂ − ρ| / Σ|ρ|."""
-    return float(100 * np.sum(np.abs(pred - rho)) / np.sum(np.abs(rho)))
+    """``L1%`` = 100 · Σ|ρ̂ − ρ| / Σ|ρ| (pooled over configurations: sum :func:`l1_sums` first)."""
+    err, norm = l1_sums(pred, rho)
+    return 100 * err / norm
 
 
 def nrmse_percent(pred: np.ndarray, rho: np.ndarray) -> float:

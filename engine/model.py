@@ -3,8 +3,10 @@
 A model directory holds ``config.json`` (architecture, descriptor settings, normalisation,
 species, grid spacing, training-data hash, versions, training history) and
 ``weights.safetensors`` (the BNN's parameters under ``bnn.``, the deterministic baseline's
-under ``det.``). Loading never executes code from the files: safetensors and JSON only.
-Saving is atomic: the directory is written beside the target and renamed into place.
+under ``det.``). Loading never executes code from the files: safetensors and JSON only; the config is checked by
+:func:`rhox.engine.model_config.read_model_config` and weights holding NaN or inf are refused.
+Saving is atomic: the directory is written beside the target and renamed into place, replacing
+the old directory whole (so no evaluation report of older weights survives beside new ones).
 """
 from __future__ import annotations
 
@@ -20,11 +22,10 @@ import torch
 
 from . import keys
 from .bundled import default_model_dir
-from .errors import ModelError  # noqa: F401  (re-exported)
 from .bnn import DensityNet, NetConfig
 from .descriptors import DescriptorSettings
-
-FORMAT_VERSION = 1
+from .errors import ModelError  # noqa: F401  (re-exported)
+from .model_config import FORMAT_VERSION, MODEL_KIND, read_model_config
 
 
 @dataclass
@@ -72,13 +73,14 @@ def save_model(model: RhoxModel, directory: str | os.PathLike) -> Path:
     import gpaw  # noqa: F401  (version recorded when available)
 
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"bnn.{k}": v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
     if model.baseline is not None:
         tensors.update({f"det.{k}": v.detach().cpu().contiguous() for k, v in model.baseline.state_dict().items()})
+    _check_finite(tensors, "the model to save")
+    directory.parent.mkdir(parents=True, exist_ok=True)
     config = {
         "format_version": FORMAT_VERSION,
-        "kind": "rhox-density-bnn",
+        "kind": MODEL_KIND,
         "system": model.system,
         "species": list(model.species),
         "descriptor": model.descriptor.to_dict(),
@@ -95,11 +97,8 @@ def save_model(model: RhoxModel, directory: str | os.PathLike) -> Path:
     try:
         save_file(tensors, str(tmp / keys.MODEL_WEIGHTS))
         (tmp / keys.MODEL_CONFIG).write_text(json.dumps(config, indent=1))
-        # Keep anything else the user or `rhox evaluate` put in the directory (plots, reports).
         if directory.exists():
-            for item in directory.iterdir():
-                if item.name not in (keys.MODEL_WEIGHTS, keys.MODEL_CONFIG) and not (tmp / item.name).exists():
-                    shutil.move(str(item), tmp / item.name)
+            # Replace the whole directory: reports and plots of the old weights must not survive.
             old = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             directory.rename(old)
@@ -119,24 +118,13 @@ def load_model(directory: str | os.PathLike | None = None, device: str | torch.d
     from safetensors.torch import load_file
 
     directory = Path(directory) if directory is not None else default_model_dir()
-    if not directory.is_dir():
-        raise ModelError(f"model directory {directory} does not exist")
+    config = read_model_config(directory)
     cfg_path, w_path = directory / keys.MODEL_CONFIG, directory / keys.MODEL_WEIGHTS
-    for p in (cfg_path, w_path):
-        if not p.exists():
-            raise ModelError(f"model directory {directory} has no {p.name}")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelError(f"{cfg_path} is not valid JSON: {err}") from err
-    if config.get("kind") != "rhox-density-bnn":
-        raise ModelError(f"{cfg_path} is not a rhox model config (kind={config.get('kind')!r})")
-    if int(config.get("format_version", -1)) > FORMAT_VERSION:
-        raise ModelError(f"{directory} uses model format {config['format_version']}; this rhox reads up to {FORMAT_VERSION}")
     try:
         tensors = load_file(str(w_path))
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelError(f"{w_path} is not a readable safetensors file: {err}") from err
+    _check_finite(tensors, str(w_path))
     try:
         descriptor = DescriptorSettings.from_dict(config["descriptor"])
         net = DensityNet(NetConfig.from_dict(config["network"]))
@@ -147,21 +135,38 @@ def load_model(directory: str | os.PathLike | None = None, device: str | torch.d
             _load_state(baseline, tensors, "det.", w_path)
         norm = config["normalisation"]
         x_mean, x_std = np.asarray(norm["x_mean"], dtype=np.float32), np.asarray(norm["x_std"], dtype=np.float32)
+    except ModelError:
+        raise
     except (KeyError, TypeError, ValueError) as err:
-        raise ModelError(f"{cfg_path} is incomplete or inconsistent: {type(err).__name__}: {err}") from err
+        # ValueError includes InputError from the settings' own checks (unknown keys, bad widths).
+        what = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+        raise ModelError(f"{cfg_path} is incomplete or inconsistent: {what}") from err
+    y_mean, y_std = norm.get("y_mean"), norm.get("y_std")
+    if not (np.all(np.isfinite(x_mean)) and np.all(np.isfinite(x_std)) and np.all(x_std > 0)
+            and isinstance(y_mean, (int, float)) and isinstance(y_std, (int, float))
+            and np.isfinite(y_mean) and np.isfinite(y_std) and y_std > 0):
+        raise ModelError(f"{cfg_path}: the normalisation holds non-finite or non-positive scales")
     if len(x_mean) != descriptor.length or net.config.n_in != descriptor.length:
         raise ModelError(f"{directory}: descriptor length {descriptor.length} does not match the network input "
                          f"{net.config.n_in} / normalisation {len(x_mean)}")
     meta = {k: v for k, v in config.items()
             if k not in ("descriptor", "network", "baseline_network", "normalisation", "species", "grid_spacing", "system")}
-    model = RhoxModel(net=net, descriptor=descriptor, x_mean=x_mean, x_std=x_std, y_mean=float(norm["y_mean"]),
-                      y_std=float(norm["y_std"]), species=tuple(config["species"]),
+    model = RhoxModel(net=net, descriptor=descriptor, x_mean=x_mean, x_std=x_std, y_mean=float(y_mean),
+                      y_std=float(y_std), species=tuple(config["species"]),
                       grid_spacing=float(config["grid_spacing"]), system=config.get("system", ""),
                       baseline=baseline, meta=meta)
     net.eval()
     if baseline is not None:
         baseline.eval()
     return model.to(device)
+
+
+def _check_finite(tensors: dict, where: str) -> None:
+    """Refuse weights holding NaN or inf: they would predict NaN everywhere, silently."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ModelError(f"{where}: weights hold NaN or inf values ({', '.join(bad[:3])}"
+                         f"{' ...' if len(bad) > 3 else ''})")
 
 
 def _load_state(net: DensityNet, tensors: dict, prefix: str, path: Path) -> None:

@@ -8,6 +8,8 @@ stream itself (for writing huge fields to chunked storage).
 """
 from __future__ import annotations
 
+import math
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,9 +20,13 @@ from ase import Atoms
 
 from .bnn import predict_with_uncertainty
 from .descriptors import DescriptorCalculator
+from .errors import InputError, ModelError
 from .grid import grid_points, grid_shape_for_spacing, iter_blocks
-from .model import ModelError, RhoxModel
+from .model import RhoxModel
 from .structures import require_periodic
+
+FIELD_NAMES = ("mean", "sigma_total", "sigma_epistemic", "sigma_aleatoric")
+BYTES_PER_POINT = 4 * len(FIELD_NAMES)  # the four float32 fields held in memory
 
 
 @dataclass
@@ -70,6 +76,46 @@ def check_species(model: RhoxModel, atoms: Atoms, allow_foreign: bool = False) -
                   stacklevel=2)
 
 
+def _memory_bytes() -> int | None:
+    """Physical memory of this machine in bytes, or None where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def plan_grid(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int] | None = None,
+              spacing: float | None = None, n_samples: int = 20,
+              max_bytes: int | None = None) -> tuple[int, int, int]:
+    """The grid a prediction will use, after checking that the request makes sense and fits.
+
+    ``spacing`` (Å) must be finite and positive (None: the model's training spacing); ``n_samples``
+    at least 1. The four predicted fields take ``16 bytes`` per grid point; a grid needing more
+    than ``max_bytes`` (default: half of this machine's memory) is refused with its size and the
+    memory it would need, before any work. :class:`InputError` otherwise.
+    """
+    if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
+        raise InputError(f"the number of weight samples must be a whole number >= 1, got {n_samples}")
+    if shape is None:
+        if spacing is not None and not (math.isfinite(spacing) and spacing > 0):
+            raise InputError(f"grid spacing must be a finite positive length in Å, got {spacing}")
+        shape = grid_shape_for_spacing(atoms.cell.array, spacing if spacing is not None else model.grid_spacing)
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise InputError(f"grid shape must be three positive integers, got {shape}")
+    points = math.prod(shape)
+    need = points * BYTES_PER_POINT
+    if max_bytes is None:
+        mem = _memory_bytes()
+        max_bytes = mem // 2 if mem else 64 * 2**30
+    if need > max_bytes:
+        h = f"grid spacing {spacing:g} Å gives" if spacing is not None else "the grid is"
+        raise InputError(f"{h} a {'x'.join(map(str, shape))} grid ({points:.2e} points) needing about "
+                         f"{need / 2**30:.3g} GiB for the predicted fields, more than the {max_bytes / 2**30:.3g} GiB "
+                         f"allowed here; use a coarser spacing (the model's is {model.grid_spacing:.3g} Å)")
+    return shape  # type: ignore[return-value]
+
+
 def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], n_samples: int = 20,
                    block: tuple[int, int, int] = (24, 24, 24), seed: int = 0, network: str = "bnn",
                    calibrated: bool = True) -> Iterator[tuple[tuple[slice, slice, slice], dict[str, np.ndarray]]]:
@@ -115,13 +161,13 @@ def predict(
     """Density and uncertainty of ``atoms`` on a grid.
 
     The grid is ``shape`` when given, else the one with ``spacing`` Å (default: the training
-    grids' spacing). ``n_samples`` = S weight samples for the epistemic part.
+    grids' spacing), checked by :func:`plan_grid`. ``n_samples`` = S weight samples for the
+    epistemic part. ``progress(done, total)`` is called after each block. A prediction holding
+    NaN or inf raises :class:`ModelError`.
     """
     check_species(model, atoms, allow_foreign)
-    if shape is None:
-        shape = grid_shape_for_spacing(atoms.cell.array, spacing or model.grid_spacing)
-    shape = tuple(int(n) for n in shape)
-    fields = {k: np.empty(shape, dtype=np.float32) for k in ("mean", "sigma_total", "sigma_epistemic", "sigma_aleatoric")}
+    shape = plan_grid(model, atoms, shape, spacing, n_samples)
+    fields = {k: np.empty(shape, dtype=np.float32) for k in FIELD_NAMES}
     tiles = list(iter_blocks(shape, (24, 24, 24)))
     done = 0
     with torch.no_grad():
@@ -131,5 +177,11 @@ def predict(
             done += 1
             if progress:
                 progress(done, len(tiles))
+    for k, v in fields.items():
+        # A broken model (or input) must never pass for a prediction: NaN would integrate to ∫ρ = nan.
+        bad = int(np.count_nonzero(~np.isfinite(v)))
+        if bad:
+            raise ModelError(f"the prediction holds {bad} non-finite values (NaN or inf) in {k}: "
+                             f"the model's weights or normalisation are broken")
     return DensityFields(atoms=atoms, n_samples=n_samples if network == "bnn" else 1, calibrated=calibrated,
                          sigma_scale=float(model.meta.get("sigma_scale", 1.0)) if calibrated else 1.0, **fields)

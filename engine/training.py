@@ -3,10 +3,17 @@
 Every grid point of every configuration is a training sample, but configurations are split
 into training and validation sets whole (never by grid point). Mini-batches are drawn across
 all training points. Each epoch ends with a validation L1% (DESIGN.md section 4, on the
-network's mean weights), a checkpoint (``checkpoint.pt`` read back with
-``torch.load(weights_only=True)``, plus ``checkpoint.json``), and early stopping when the
-validation error has not improved for ``patience`` epochs. ``resume=True`` continues from the
-checkpoint; a seed makes the whole run reproducible on one machine.
+network's mean weights), a checkpoint in ``<out>.checkpoints/`` (``checkpoint_<net>.pt`` read
+back with ``torch.load(weights_only=True)``, plus ``checkpoint_<net>.json`` recording the
+history, the dataset's hash and the run's settings), and early stopping when the validation
+error has not improved for ``patience`` epochs. ``resume=True`` continues from the checkpoint,
+and refuses one made on another dataset or with other settings; a seed makes the whole run
+reproducible on one machine.
+
+Settings are a :class:`~rhox.engine.train_config.TrainConfig` (checked when made). A run whose
+loss or validation error stops being finite, or that takes no optimiser step, raises
+:class:`~rhox.engine.errors.ModelError` and saves nothing; an existing model directory is only
+replaced when asked (``overwrite``), and then whole.
 
 Training can start from a parent model (:func:`fit` with ``parent=``): its normalisation and
 weights are reused, and the first ``freeze_layers`` layers can be frozen — the hook for
@@ -19,48 +26,24 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import keys
-from .bnn import DensityNet, NetConfig, loss_fn, predict_with_uncertainty
+from . import keys, metrics
+from .bnn import DensityNet, NetConfig, gaussian_nll, loss_fn, predict_with_uncertainty
 from .descriptors import DescriptorCalculator, DescriptorSettings
 from .dft import DensitySample
+from .errors import DatasetError, InputError, ModelError
 from .grid import grid_points
-from .model import ModelError, RhoxModel, load_model, save_model
-from .store import Dataset, DatasetError
-
-
-@dataclass
-class TrainConfig:
-    """Training settings. Defaults train a good SiGeSn model on 2 CPU cores in a few minutes."""
-
-    hidden: tuple[int, ...] = (96, 96, 48)
-    max_epochs: int = 80
-    batch_size: int = 2048
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.0
-    patience: int = 8
-    val_fraction: float = 0.15
-    seed: int = 0
-    prior_sigma: float = 1.0
-    init_sigma: float = 1e-3
-    kl_weight: float = 1.0
-    baseline: bool = True          # also train the deterministic network of the same shape
-    baseline_epochs: int | None = None
-    freeze_layers: int = 0         # with a parent model: layers kept fixed
-    device: str = "auto"
-    descriptor: dict = field(default_factory=lambda: {"kind": "frame"})
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+from .model import RhoxModel, load_model, save_model
+from .store import Dataset
+from .train_config import TrainConfig  # noqa: F401  (re-exported: the settings live torch-free)
 
 
 @dataclass
@@ -76,10 +59,10 @@ def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise InputError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError("--device cuda asked for, but no CUDA GPU is available here (use auto or cpu)")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ModelError(f"unknown device {device!r}: use auto, cpu or cuda")
+        raise InputError(f"device {device} asked for, but no CUDA GPU is available here (use auto or cpu)")
     return torch.device(device)
 
 
@@ -135,21 +118,16 @@ def data_hash(samples: Sequence[DensitySample]) -> str:
     return h.hexdigest()[:16]
 
 
-def _l1_percent(pred: torch.Tensor, target: torch.Tensor) -> float:
-    return float(100 * torch.sum(torch.abs(pred - target)) / torch.sum(torch.abs(target)))
-
-
 @torch.no_grad()
 def validation_l1(net: DensityNet, data: Sequence[ConfigData], model: RhoxModel) -> float:
-    """L1% over validation configurations, with the network's mean weights."""
-    num = den = 0.0
+    """L1% pooled over validation configurations (:func:`metrics.l1_sums`), with the network's mean weights."""
+    err = norm = 0.0
     net.eval()
     for c in data:
         m, _ = net(model.standardize(c.x), sample=False)
-        pred = m * model.y_std + model.y_mean
-        num += float(torch.sum(torch.abs(pred - c.y)))
-        den += float(torch.sum(torch.abs(c.y)))
-    return 100 * num / den
+        e, n = metrics.l1_sums((m * model.y_std + model.y_mean).cpu().numpy(), c.y.cpu().numpy())
+        err, norm = err + e, norm + n
+    return 100 * err / norm
 
 
 @torch.no_grad()
@@ -168,30 +146,71 @@ def calibration_scale(model: RhoxModel, data: Sequence[ConfigData], n_samples: i
     return float(torch.quantile(z[: 2_000_000], 0.683))
 
 
+def _checkpoint_paths(ckpt_dir: Path, tag: str) -> tuple[Path, Path]:
+    return ckpt_dir / f"checkpoint_{tag}.pt", ckpt_dir / f"checkpoint_{tag}.json"
+
+
+def check_resumable(ckpt_dir: Path, run: dict) -> None:
+    """Refuse to resume from ``ckpt_dir`` unless its checkpoint belongs to this run.
+
+    ``run`` holds ``data_hash`` (of the dataset) and ``settings`` (:meth:`TrainConfig.resume_key`
+    plus the resolved descriptor and the parent). A missing checkpoint, an unreadable one, another
+    dataset or other settings each raise :class:`InputError` saying what differs.
+    """
+    weights, state = _checkpoint_paths(ckpt_dir, "bnn")
+    if not (weights.is_file() and state.is_file()):
+        raise InputError(f"nothing to resume: no checkpoint in {ckpt_dir}")
+    try:
+        saved = json.loads(state.read_text())
+        if not isinstance(saved, dict) or not isinstance(saved.get("history"), list):
+            raise ValueError("no training history")
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelError(f"checkpoint {state} is unreadable ({err}); start afresh without resuming") from None
+    try:
+        torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        raise ModelError(f"checkpoint {weights} is unreadable ({type(err).__name__}); "
+                         f"start afresh without resuming") from None
+    if saved.get("data_hash") != run["data_hash"]:
+        raise InputError(f"the checkpoint in {ckpt_dir} was made on another dataset (data hash "
+                         f"{saved.get('data_hash')} there, {run['data_hash']} here)")
+    before, now = saved.get("settings") or {}, run["settings"]
+    differ = [f"{k} {before.get(k)!r} there, {now.get(k)!r} here" for k in sorted(set(before) | set(now))
+              if before.get(k) != now.get(k)]
+    if differ:
+        raise InputError(f"the checkpoint in {ckpt_dir} was made with other settings: {'; '.join(differ)}")
+
+
 def _train_net(net: DensityNet, model: RhoxModel, train: list[ConfigData], val: list[ConfigData],
-               cfg: TrainConfig, max_epochs: int, ckpt_dir: Path | None, tag: str, resume: bool,
+               cfg: TrainConfig, max_epochs: int, ckpt_dir: Path | None, tag: str, resume: bool, run: dict,
                on_epoch: Callable[[dict], None] | None, should_stop: Callable[[], bool] | None) -> list[dict]:
     device = model.device
     x = torch.cat([model.standardize(c.x) for c in train])
     y = (torch.cat([c.y for c in train]) - model.y_mean) / model.y_std
     n = len(y)
     params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        raise InputError("every layer is frozen: nothing left to train")
     opt = torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, cfg.patience // 3))
     gen = torch.Generator().manual_seed(cfg.seed + (0 if net.bayesian else 1))
     history: list[dict] = []
     best = {"val_l1": math.inf, "epoch": -1, "state": copy.deepcopy(net.state_dict())}
     start_epoch = 0
-    ckpt = ckpt_dir / f"checkpoint_{tag}.pt" if ckpt_dir else None
+    ckpt, ckpt_json = _checkpoint_paths(ckpt_dir, tag) if ckpt_dir else (None, None)
     if resume and ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
-        best = {"val_l1": float(state["best_val"]), "epoch": int(state["best_epoch"]), "state": state["best_state"]}
-        history = json.loads((ckpt_dir / f"checkpoint_{tag}.json").read_text())["history"]
+        try:
+            state = torch.load(ckpt, map_location=device, weights_only=True)
+            net.load_state_dict(state["net"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            gen.set_state(state["gen"])
+            torch.set_rng_state(state["torch_rng"])
+            best = {"val_l1": float(state["best_val"]), "epoch": int(state["best_epoch"]), "state": state["best_state"]}
+            history = json.loads(ckpt_json.read_text())["history"]
+        except Exception as err:  # torch raises many types for a damaged file; none may pass as a resume
+            raise ModelError(f"checkpoint {ckpt} is unreadable or does not fit this network "
+                             f"({type(err).__name__}); start afresh without resuming") from None
         start_epoch = len(history)
     for epoch in range(start_epoch, max_epochs):
         if epoch - best["epoch"] > cfg.patience and best["epoch"] >= 0:
@@ -207,8 +226,11 @@ def _train_net(net: DensityNet, model: RhoxModel, train: list[ConfigData], val: 
                 loss, nll = loss_fn(net, x[idx], y[idx], n / cfg.kl_weight)
             else:
                 mean, log_var = net(x[idx])
-                nll = 0.5 * torch.mean(log_var + (y[idx] - mean) ** 2 * torch.exp(-log_var))
-                loss = nll
+                nll = loss = gaussian_nll(mean, log_var, y[idx])
+            if not bool(torch.isfinite(loss)):
+                # Nothing of a diverged run is saved: not this epoch's checkpoint, not a model.
+                raise ModelError(f"training diverged: the {tag} loss became {float(loss.detach())} in epoch {epoch + 1} "
+                                 f"(learning rate {cfg.learning_rate:g}); no model saved; try a lower learning rate")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -217,7 +239,12 @@ def _train_net(net: DensityNet, model: RhoxModel, train: list[ConfigData], val: 
             batches += 1
             if should_stop and should_stop():
                 break
+        if batches == 0:
+            raise ModelError(f"training took no optimiser step ({n} training points); no model saved")
         val_l1 = validation_l1(net, val, model)
+        if not math.isfinite(val_l1):
+            raise ModelError(f"training diverged: the validation L1% became {val_l1} in epoch {epoch + 1}; "
+                             f"no model saved; try a lower learning rate")
         sched.step(val_l1)
         rec = {"network": tag, "epoch": epoch + 1, "loss": tot_loss / max(batches, 1), "nll": tot_nll / max(batches, 1),
                "val_l1": val_l1, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
@@ -225,7 +252,7 @@ def _train_net(net: DensityNet, model: RhoxModel, train: list[ConfigData], val: 
         if val_l1 < best["val_l1"]:
             best = {"val_l1": val_l1, "epoch": epoch, "state": copy.deepcopy(net.state_dict())}
         if ckpt is not None:
-            _save_checkpoint(ckpt, net, opt, sched, gen, best, history)
+            _save_checkpoint(ckpt, net, opt, sched, gen, best, history, run)
         if on_epoch:
             on_epoch(dict(rec, best_val_l1=best["val_l1"], max_epochs=max_epochs))
         if should_stop and should_stop():
@@ -234,7 +261,9 @@ def _train_net(net: DensityNet, model: RhoxModel, train: list[ConfigData], val: 
     return history
 
 
-def _save_checkpoint(path: Path, net, opt, sched, gen, best, history) -> None:
+def _save_checkpoint(path: Path, net, opt, sched, gen, best, history, run: dict) -> None:
+    """Weights and optimiser state (torch, read back weights-only) and the run's record (JSON), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # made on the first checkpoint: a refused run leaves none
     state = {"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
              "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "best_val": best["val_l1"],
              "best_epoch": best["epoch"], "best_state": best["state"]}
@@ -242,8 +271,31 @@ def _save_checkpoint(path: Path, net, opt, sched, gen, best, history) -> None:
     torch.save(state, tmp)
     os.replace(tmp, path)
     jtmp = path.with_suffix(".json.tmp")
-    jtmp.write_text(json.dumps({"history": history}))
+    jtmp.write_text(json.dumps({"history": history, **run}))
     os.replace(jtmp, path.with_suffix(".json"))
+
+
+def check_output_dir(out_dir: Path, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse an output that would destroy something: a file, a folder that is not a model, or
+    (unless ``overwrite`` or ``resume``) an existing model or an unfinished run's checkpoints."""
+    ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
+    if ckpt_dir.exists() and not ckpt_dir.is_dir():
+        raise InputError(f"checkpoint folder {ckpt_dir} is an existing file")
+    if ckpt_dir.is_dir() and not (overwrite or resume) and not (out_dir / keys.MODEL_CONFIG).is_file():
+        raise InputError(f"{ckpt_dir} holds the checkpoints of an unfinished run; resume it, "
+                         f"or allow overwriting to start afresh")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise InputError(f"model output {out_dir} is an existing file, not a directory")
+    if not any(out_dir.iterdir()):
+        return
+    if not (out_dir / keys.MODEL_CONFIG).is_file():
+        raise InputError(f"model output {out_dir} is a folder holding other files, not a rhox model; "
+                         f"choose a new directory")
+    if not (overwrite or resume):
+        raise InputError(f"model directory {out_dir} already holds a model; choose another directory "
+                         f"or allow overwriting it")
 
 
 def fit(
@@ -255,39 +307,65 @@ def fit(
     on_epoch: Callable[[dict], None] | None = None,
     on_status: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    overwrite: bool = False,
 ) -> RhoxModel:
     """Train a model on ``dataset`` and save it to ``out_dir``; returns the model.
 
     ``on_epoch`` receives each epoch's record (loss, validation L1%, ...); ``should_stop``
     is polled between mini-batches (a GUI's Cancel); a stopped run saves the best model so far.
+    ``out_dir`` must be new (or empty) unless ``overwrite`` (or ``resume``): the old model
+    directory is then replaced whole, its evaluation reports and plots included. ``resume``
+    continues from the checkpoint in ``<out_dir>.checkpoints``, refusing one of another dataset
+    or other settings. A run whose loss is not finite, or that took no optimiser step, raises
+    :class:`ModelError` and saves no model.
     """
     cfg = config or TrainConfig()
     threads = torch.get_num_threads()
     # Training uses every core; the caller's setting (an app predicting on one thread) comes back after.
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     try:
-        return _fit(dataset, out_dir, cfg, parent, resume, on_epoch, on_status, should_stop)
+        return _fit(dataset, out_dir, cfg, parent, resume, overwrite, on_epoch, on_status, should_stop)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, on_epoch, on_status, should_stop) -> RhoxModel:
+def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch, on_status, should_stop) -> RhoxModel:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     device = resolve_device(cfg.device)
     out_dir = Path(out_dir)
+    ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
+    check_output_dir(out_dir, overwrite, resume)
     status = on_status or (lambda msg: None)
     samples = load_samples(dataset)
     train_idx, val_idx = split_configurations(len(samples), cfg.val_fraction, cfg.seed)
     parent_model = load_model(parent, device) if parent else None
     if parent_model is not None:
         descriptor = parent_model.descriptor
+        n_layers = len(parent_model.net.layers)
+        if cfg.freeze_layers >= n_layers:
+            raise InputError(f"the parent model has {n_layers} layers: at most {n_layers - 1} can be frozen, "
+                             f"got {cfg.freeze_layers}")
     else:
+        if cfg.freeze_layers:
+            raise InputError("freezing layers needs a parent model to fine-tune")
         ddict = dict(cfg.descriptor)
         species = sorted({s for smp in samples for s in smp.atoms.get_chemical_symbols()})
         if ddict.get("kind") == "atom" and not ddict.get("species"):
             ddict["species"] = species
-        descriptor = DescriptorSettings.from_dict(ddict)
+        try:
+            descriptor = DescriptorSettings.from_dict(ddict)
+        except ValueError as err:
+            raise InputError(f"descriptor settings: {str(err).splitlines()[0]}") from None
+    run = {"data_hash": data_hash(samples),
+           "settings": {**cfg.resume_key(), "descriptor": descriptor.to_dict(),
+                        "parent": str(Path(parent).resolve()) if parent else None}}
+    if resume:
+        check_resumable(ckpt_dir, run)
+    elif ckpt_dir.is_dir():
+        # A fresh run allowed to overwrite (check_output_dir): an earlier run's checkpoints must
+        # not be mixed with this one's.
+        shutil.rmtree(ckpt_dir)
     status(f"computing descriptors for {len(samples)} configurations")
     data = featurize(samples, descriptor, device,
                      progress=lambda i, n: status(f"descriptors {i}/{n}"))
@@ -310,24 +388,25 @@ def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, on_epoch, on_status
                           y_std=float(yt.std()), species=species, grid_spacing=grid_spacing(samples))
         del xt, yt
     model.system = model.system or str(samples[0].atoms.info.get("system", ""))
-    ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     status(f"training BNN on {len(train)} configurations ({sum(len(c.y) for c in train)} grid points), "
            f"validating on {len(val)}")
-    history = _train_net(net, model, train, val, cfg, cfg.max_epochs, ckpt_dir, "bnn", resume, on_epoch, should_stop)
+    history = _train_net(net, model, train, val, cfg, cfg.max_epochs, ckpt_dir, "bnn", resume, run, on_epoch,
+                         should_stop)
     stopped = bool(should_stop and should_stop())
     if cfg.baseline and not stopped:
         status("training the deterministic baseline")
         base = (copy.deepcopy(parent_model.baseline) if parent_model is not None and parent_model.baseline is not None
                 else DensityNet(NetConfig(descriptor.length, tuple(cfg.hidden), False)).to(device))
         history += _train_net(base, model, train, val, cfg, cfg.baseline_epochs or cfg.max_epochs, ckpt_dir,
-                              "det", resume, on_epoch, should_stop)
+                              "det", resume, run, on_epoch, should_stop)
         model.baseline = base
     model.net.eval()
     scale = calibration_scale(model, val, seed=cfg.seed)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ModelError(f"the calibration scale of σ came out as {scale}; no model saved")
     model.meta = {
         "training": {
-            "dataset": str(dataset), "data_hash": data_hash(samples), "n_configurations": len(samples),
+            "dataset": str(dataset), "data_hash": run["data_hash"], "n_configurations": len(samples),
             "train_rows": [int(samples[i].atoms.info.get("row_id", i)) for i in train_idx],
             "validation_rows": [int(samples[i].atoms.info.get("row_id", i)) for i in val_idx],
             "train_points": int(sum(len(c.y) for c in train)), "config": cfg.to_dict(),

@@ -1,74 +1,161 @@
 """3D views of a predicted density: PyVista scenes shown in Panel's VTK pane (vtk.js in the browser).
 
-A scene holds, as asked by the session's state: the density isosurface at a level (its colour the
-local σ, the uncertainty map), a slice plane of ρ, σ, the DFT density or the ML − DFT difference
-with a colour bar, the atoms as spheres and the cell outline, all repeated periodically 1-3
-times along each axis. :func:`build_scene` does the drawing on any ``pyvista.Plotter`` (also off
-screen, for PNG export and tests); :class:`SceneView` keeps one plotter per session and pushes
-it to the browser.
+A scene shows, as its :class:`SceneOptions` ask: the density isosurface at a level (its colour
+the local σ, the uncertainty map), a slice plane of ρ, σ, the DFT density or the ML − DFT
+difference with a colour bar, the atoms as spheres and the cell outline, all repeated
+periodically 1-3 times along each axis. :func:`build_scene` draws on any ``pyvista.Plotter``
+(also off screen, for PNG export and tests); :class:`SceneView` keeps one plotter per session,
+owns the view options and their widgets, and pushes the scene to the browser.
 
-Everything VTK runs on the thread that serves the session (VTK render windows are not
-thread-safe); worker threads only compute numpy fields.
+VTK objects must be created, changed, serialised and rendered on one thread (a VTK render
+window is not thread-safe; under ipykernel 7 Panel callbacks run on changing subshell
+threads). So every VTK call of this module runs on :data:`VTK_EXECUTOR`'s single thread, through
+:func:`on_vtk_thread`, whatever thread asks for it; Panel's serialisation of the render window
+is routed there too (:class:`ConfinedVTK`).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import panel as pn
 import param
+from panel.pane.vtk.vtk import VTKRenderWindowSynchronized
 
-from .state import FIELD_LABELS, ExplorerState
+from .state import ExplorerState, Field
 
-CMAPS = {"mean": "viridis", "dft": "viridis", "sigma_total": "plasma", "sigma_epistemic": "plasma",
-         "sigma_aleatoric": "plasma", "difference": "RdBu_r"}
+CMAPS = {Field.MEAN: "viridis", Field.DFT: "viridis", Field.SIGMA_TOTAL: "plasma", Field.SIGMA_EPISTEMIC: "plasma",
+         Field.SIGMA_ALEATORIC: "plasma", Field.DIFFERENCE: "RdBu_r"}
 ISO_COLOR = "#74c0fc"
 BACKGROUND = "white"
 
+# --- the VTK thread ---------------------------------------------------------------------------
+
+#: The one thread that runs VTK for every session of the process.
+VTK_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rhox-vtk")
+_VTK_IDENT: list[int] = []
+
+
+def _vtk_ident() -> int:
+    if not _VTK_IDENT:
+        _VTK_IDENT.append(VTK_EXECUTOR.submit(threading.get_ident).result())
+    return _VTK_IDENT[0]
+
+
+def on_vtk_thread(fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)`` run on the VTK thread (directly if this is it); returns its result."""
+    if threading.get_ident() == _vtk_ident():
+        return fn(*args, **kwargs)
+    return VTK_EXECUTOR.submit(fn, *args, **kwargs).result()
+
+
+class ConfinedVTK(VTKRenderWindowSynchronized):
+    """Panel's synchronised VTK pane, with its render-window serialisation on the VTK thread."""
+
+    def _serialize_ren_win(self, *args, **kwargs):
+        return on_vtk_thread(super()._serialize_ren_win, *args, **kwargs)
+
+    def _update_color_mappers(self):
+        return on_vtk_thread(super()._update_color_mappers)
+
+
+# --- what a scene shows -----------------------------------------------------------------------
+
+ISO_COLOURS = {"uniform colour": None, "σ total": Field.SIGMA_TOTAL, "σ epistemic": Field.SIGMA_EPISTEMIC,
+               "σ aleatoric": Field.SIGMA_ALEATORIC}
+SLICE_FIELDS = {f.label: f for f in (Field.MEAN, Field.SIGMA_TOTAL, Field.SIGMA_EPISTEMIC, Field.SIGMA_ALEATORIC,
+                                     Field.DFT, Field.DIFFERENCE)}
+
+
+class SceneOptions(param.Parameterized):
+    """What a scene shows: the 3D view's options (each one a widget in :meth:`SceneView.controls`).
+
+    To add a view option: add a parameter here (with ``doc``), read it in :func:`build_scene`
+    (or in a builder passed to :class:`SceneView`); its widget appears in the view controls and
+    changing it redraws the scene. Nothing else to wire.
+    """
+
+    iso_level = param.Number(default=0.05, bounds=(0.0, 1.0), step=0.005, label="Isosurface level (e/Å³)",
+                             doc="Density of the isosurface (e/Å³); its range follows the prediction")
+    opacity = param.Number(default=0.6, bounds=(0.05, 1.0), step=0.05, label="Opacity",
+                           doc="Opacity of the isosurface")
+    iso_color = param.Selector(default=Field.SIGMA_TOTAL, objects=ISO_COLOURS, allow_None=True,
+                               label="Isosurface colour",
+                               doc="Field that colours the isosurface (the uncertainty map); None: one colour")
+    slice_field = param.Selector(default=Field.MEAN, objects=SLICE_FIELDS, label="Slice shows",
+                                 doc="Field shown on the slice plane")
+    slice_axis = param.Selector(default="z", objects=["x", "y", "z"], label="Slice normal",
+                                doc="Cartesian axis normal to the slice plane")
+    slice_position = param.Number(default=0.5, bounds=(0.0, 1.0), step=0.02, label="Slice position",
+                                  doc="Position of the slice along its normal, as a fraction of the cell")
+    periodic = param.Integer(default=1, bounds=(1, 3), label="Periodic images per axis",
+                             doc="Copies of the cell shown along each axis")
+    show_iso = param.Boolean(default=True, label="isosurface", doc="Show the isosurface")
+    show_slice = param.Boolean(default=True, label="slice", doc="Show the slice plane")
+    show_atoms = param.Boolean(default=True, label="atoms", doc="Show the atoms (the cell outline always shows)")
+
+    def values(self) -> dict:
+        """The options as a plain dict (name -> value)."""
+        return {k: v for k, v in self.param.values().items() if k != "name"}
+
+    def fit_to(self, fields) -> None:
+        """Adapt the isosurface range and level to a new density (1st percentile to max; level at
+        the 85th percentile, where the bonds show)."""
+        rho = fields.mean
+        lo, hi = round(float(np.percentile(rho, 1)), 4), round(float(np.max(rho)), 4)
+        hi = max(hi, lo + 1e-3)
+        self.param.iso_level.bounds = (lo, hi)
+        self.param.iso_level.step = max((hi - lo) / 200, 1e-4)
+        self.iso_level = min(max(round(float(np.percentile(rho, 85)), 4), lo), hi)
+
 
 @dataclass
-class SceneOptions:
-    """What a scene shows; mirrors the view parameters of :class:`ExplorerState`."""
+class ColourRange:
+    """The colour range of one field in a drawn scene (e/Å³)."""
 
-    iso_level: float = 0.05
-    opacity: float = 0.6
-    iso_color: str = "sigma_total"  # "uniform" or a σ field name
-    show_iso: bool = True
-    show_slice: bool = True
-    show_atoms: bool = True
-    slice_field: str = "mean"
-    slice_axis: str = "z"
-    slice_position: float = 0.5
-    periodic: int = 1
-
-    @classmethod
-    def from_state(cls, state: ExplorerState) -> "SceneOptions":
-        return cls(**{k: getattr(state, k) for k in cls.__dataclass_fields__})
+    field: Field
+    lo: float
+    hi: float
 
 
-def scene_fields(fields, dft: dict | None = None) -> dict[str, np.ndarray]:
-    """Arrays a scene can show: the prediction's fields, plus ``dft`` and ``difference`` when a DFT
-    density on the same grid is known."""
+@dataclass
+class DrawnScene:
+    """What :func:`build_scene` drew."""
+
+    iso_points: int = 0
+    iso_level: float = 0.0
+    slice_field: Field | None = None
+    iso_colour: ColourRange | None = None
+    slice_colour: ColourRange | None = None
+    build_s: float = 0.0
+    push_s: float = 0.0
+    threads: set = field(default_factory=set)
+
+
+def scene_fields(fields, dft=None) -> dict[Field, np.ndarray]:
+    """Arrays a scene can show: the prediction's fields, plus ``DFT`` and ``DIFFERENCE`` when a
+    DFT density on the same grid is known (``dft``: a :class:`~rhox.explorer.state.DFTComparison`)."""
     if fields is None:
         return {}
-    out = {k: np.asarray(v) for k, v in fields.as_dict().items()}
+    out = {Field(k): np.asarray(v) for k, v in fields.as_dict().items()}
     if dft is not None:
-        rho = np.asarray(dft.get("density"))
-        if rho.shape == out["mean"].shape:
-            out["dft"] = rho.astype(np.float32)
-            out["difference"] = (out["mean"] - rho).astype(np.float32)
+        rho = np.asarray(dft.density)
+        if rho.shape == out[Field.MEAN].shape:
+            out[Field.DFT] = rho.astype(np.float32)
+            out[Field.DIFFERENCE] = (out[Field.MEAN] - rho).astype(np.float32)
     return out
 
 
-def tile_fields(fields: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+def tile_fields(fields: dict, n: int) -> dict:
     """Periodic images: each field repeated ``n`` times along each axis."""
     return {k: np.tile(v, (n, n, n)) for k, v in fields.items()} if n > 1 else fields
-
-
 def cell_outline(cell: np.ndarray):
     """The 12 edges of the cell parallelepiped as a ``pyvista.PolyData`` of lines."""
     import pyvista as pv
@@ -125,68 +212,69 @@ def slice_origin(bounds, axis: str, position: float) -> tuple[float, float, floa
     return tuple(float(v) for v in origin)
 
 
-def field_clim(name: str, arr: np.ndarray) -> tuple[float, float]:
+def field_clim(name: Field, arr: np.ndarray) -> tuple[float, float]:
     """Colour range of a field: full range for densities; robust (1st-99.5th percentile) for σ,
     whose few extreme points near nuclei would otherwise leave the rest one colour; symmetric
     about zero for the ML − DFT difference."""
     arr = np.asarray(arr)
-    if name == "difference":
+    if name is Field.DIFFERENCE:
         m = float(np.percentile(np.abs(arr), 99.5)) or 1e-6
         return (-m, m)
-    if name.startswith("sigma"):
+    if name.is_sigma:
         lo, hi = (float(v) for v in np.percentile(arr, [1, 99.5]))
     else:
         lo, hi = float(np.min(arr)), float(np.max(arr))
     return (lo, hi if hi > lo else lo + 1e-9)
 
 
-def build_scene(plotter, atoms, fields: dict[str, np.ndarray], opts: SceneOptions, reset_camera: bool = True) -> dict:
+def build_scene(plotter, atoms, fields: dict[Field, np.ndarray], opts: SceneOptions,
+                reset_camera: bool = True) -> DrawnScene:
     """Draw ``atoms`` and ``fields`` (e/Å³ on the grid of ``atoms.cell``) on ``plotter``.
 
-    Returns what was drawn: ``{"iso_points", "iso_level", "slice_field", "clims"}``.
+    Call it on the VTK thread (:func:`on_vtk_thread`). Returns what was drawn.
     """
     from rhox.engine.io import to_pyvista
 
+    drawn = DrawnScene(iso_level=opts.iso_level, threads={threading.get_ident()})
     plotter.clear_actors() if hasattr(plotter, "clear_actors") else plotter.clear()
     plotter.set_background(BACKGROUND)
-    info: dict = {"iso_points": 0, "iso_level": opts.iso_level, "slice_field": None, "clims": {}}
     n = max(1, int(opts.periodic))
     big = atoms.repeat(n) if n > 1 else atoms
     if fields:
-        grid = to_pyvista(big, tile_fields(fields, n))
-        if opts.show_iso and "mean" in fields:
-            iso = grid.contour([opts.iso_level], scalars="mean")
-            info["iso_points"] = int(iso.n_points)
+        grid = to_pyvista(big, {k.value: v for k, v in tile_fields(fields, n).items()})
+        if opts.show_iso and Field.MEAN in fields:
+            iso = grid.contour([opts.iso_level], scalars=Field.MEAN.value)
+            drawn.iso_points = int(iso.n_points)
             if iso.n_points:
                 color_by = opts.iso_color if opts.iso_color in fields else None
                 if color_by:
                     iso = iso.sample(grid)
-                    clim = field_clim(color_by, iso.point_data[color_by])  # the values on the surface
-                    plotter.add_mesh(iso, scalars=color_by, cmap=CMAPS.get(color_by, "plasma"), clim=clim,
+                    clim = field_clim(color_by, iso.point_data[color_by.value])  # the values on the surface
+                    plotter.add_mesh(iso, scalars=color_by.value, cmap=CMAPS[color_by], clim=clim,
                                      opacity=opts.opacity, show_scalar_bar=False, smooth_shading=True,
                                      name="isosurface")
-                    info["clims"][color_by] = clim
+                    drawn.iso_colour = ColourRange(color_by, *clim)
                 else:
                     plotter.add_mesh(iso, color=ISO_COLOR, opacity=opts.opacity, smooth_shading=True,
                                      name="isosurface")
         if opts.show_slice:
-            name = opts.slice_field if opts.slice_field in fields else "mean"
+            name = opts.slice_field if opts.slice_field in fields else Field.MEAN
             if name in fields:
                 sl = grid.slice(normal=opts.slice_axis, origin=slice_origin(grid.bounds, opts.slice_axis,
                                                                             opts.slice_position))
                 if sl.n_points:
-                    sl.point_data.set_array(sl.point_data[name], FIELD_LABELS.get(name, name))
+                    sl.point_data.set_array(sl.point_data[name.value], name.label)
                     clim = field_clim(name, fields[name])
-                    plotter.add_mesh(sl, scalars=FIELD_LABELS.get(name, name), cmap=CMAPS.get(name, "viridis"),
-                                     clim=clim, show_scalar_bar=False, name="slice")
-                    info["slice_field"] = name
-                    info["clims"][FIELD_LABELS.get(name, name)] = clim
+                    plotter.add_mesh(sl, scalars=name.label, cmap=CMAPS[name], clim=clim, show_scalar_bar=False,
+                                     name="slice")
+                    drawn.slice_field = name
+                    drawn.slice_colour = ColourRange(name, *clim)
     plotter.add_mesh(structure_mesh(big, opts.show_atoms), scalars="rgb", rgb=True, line_width=2,
                      smooth_shading=True, name="structure")
     if reset_camera:
         plotter.view_isometric()
         plotter.reset_camera()
-    return info
+    return drawn
 
 
 def camera_state(plotter) -> dict:
@@ -198,20 +286,21 @@ def camera_state(plotter) -> dict:
             "clippingRange": list(cam.GetClippingRange())}
 
 
-def render_png(atoms, fields: dict[str, np.ndarray], opts: SceneOptions, size=(800, 600)) -> tuple[bytes, str]:
-    """A PNG of the scene: an off-screen VTK render, or (if that fails) a matplotlib slice plot.
-
-    Returns ``(png bytes, how)`` with ``how`` in {"vtk", "matplotlib"}.
-    """
-    try:
+def render_png(atoms, fields: dict[Field, np.ndarray], opts: SceneOptions, size=(800, 600)) -> tuple[bytes, str]:
+    """A PNG of the scene: an off-screen VTK render (on the VTK thread), or (if that fails) a
+    matplotlib slice plot. Returns ``(png bytes, how)`` with ``how`` in {"vtk", "matplotlib"}."""
+    def vtk_render():
         import pyvista as pv
 
         pl = pv.Plotter(off_screen=True, window_size=list(size))
         try:
             build_scene(pl, atoms, fields, opts)
-            img = pl.screenshot(return_img=True)
+            return pl.screenshot(return_img=True)
         finally:
             pl.close()
+
+    try:
+        img = on_vtk_thread(vtk_render)
         from PIL import Image
 
         buf = io.BytesIO()
@@ -221,22 +310,22 @@ def render_png(atoms, fields: dict[str, np.ndarray], opts: SceneOptions, size=(8
         return slice_png(atoms, fields, opts), "matplotlib"
 
 
-def slice_png(atoms, fields: dict[str, np.ndarray], opts: SceneOptions) -> bytes:
+def slice_png(atoms, fields: dict[Field, np.ndarray], opts: SceneOptions) -> bytes:
     """Fallback PNG: the slice field in the plane through the chosen axis, with a colour bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    name = opts.slice_field if opts.slice_field in fields else "mean"
+    name = opts.slice_field if opts.slice_field in fields else Field.MEAN
     arr = fields[name]
     i = "xyz".index(opts.slice_axis)
     k = int(round(opts.slice_position * (arr.shape[i] - 1)))
     plane = np.take(arr, k, axis=i)
     fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
     lo, hi = field_clim(name, arr)
-    im = ax.imshow(plane.T, origin="lower", cmap=CMAPS.get(name, "viridis"), vmin=lo, vmax=hi)
-    fig.colorbar(im, ax=ax, label=FIELD_LABELS.get(name, name))
+    im = ax.imshow(plane.T, origin="lower", cmap=CMAPS[name], vmin=lo, vmax=hi)
+    fig.colorbar(im, ax=ax, label=name.label)
     ax.set_title(f"{atoms.get_chemical_formula()}: {opts.slice_axis} = {opts.slice_position:.2f} (fractional)")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
@@ -252,178 +341,266 @@ def cube_bytes(atoms, field: np.ndarray) -> bytes:
         return p.read_bytes()
 
 
-def vtk_bytes(atoms, fields: dict[str, np.ndarray]) -> tuple[bytes, str]:
+def vtk_bytes(atoms, fields: dict[Field, np.ndarray]) -> tuple[bytes, str]:
     from rhox.engine.io import write_vtk
 
     with tempfile.TemporaryDirectory(prefix="rhox-export-") as tmp:
-        p = write_vtk(Path(tmp) / "fields", atoms, fields)
+        p = on_vtk_thread(write_vtk, Path(tmp) / "fields", atoms, {k.value: v for k, v in fields.items()})
         return p.read_bytes(), p.suffix
 
 
+def colorbar_html(rng: ColourRange, role: str) -> str:
+    """A horizontal colour bar of ``rng`` (its field's colour map, lo to hi) as HTML."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    cmap = colormaps[CMAPS[rng.field]]
+    stops = ", ".join(to_hex(cmap(i / 16)) for i in range(17))
+    ticks = "".join(f"<span>{v:.3g}</span>" for v in np.linspace(rng.lo, rng.hi, 5))
+    return (f"<div style='margin:4px 8px 8px 8px;font-size:0.85em'>"
+            f"<div>{rng.field.label} ({role})</div>"
+            f"<div style='height:12px;background:linear-gradient(to right, {stops})'></div>"
+            f"<div style='display:flex;justify-content:space-between'>{ticks}</div></div>")
+
+
 class SceneView(pn.viewable.Viewer):
-    """The session's 3D view: a PyVista plotter mirrored into a ``pn.pane.VTK``, plus exports."""
+    """The session's 3D view: its options, a PyVista plotter mirrored into a VTK pane, and exports.
 
-    state = param.ClassSelector(class_=ExplorerState)
-    renders = param.Integer(default=0, doc="How many times the scene was pushed (for tests)")
-    last_info = param.Dict(default={})
+    It follows the state's structure and prediction, and its own :attr:`options`: any change
+    redraws (on the VTK thread). ``builder`` draws the scene (default :func:`build_scene`).
+    """
 
-    _WATCHED = ["structure", "fields", "dft", "iso_level", "opacity", "iso_color", "slice_field", "slice_axis",
-                "slice_position", "show_iso", "show_slice", "show_atoms", "periodic"]
+    state = param.ClassSelector(class_=ExplorerState, doc="The session's state (structure and prediction)")
+    options = param.ClassSelector(class_=SceneOptions, doc="What the scene shows")
+    renders = param.Integer(default=0, doc="How many times the scene was pushed to the browser")
+    drawn = param.ClassSelector(class_=DrawnScene, default=None, allow_None=True, doc="What the last push drew")
 
-    def __init__(self, state: ExplorerState, width: int = 620, height: int = 520, **params):
-        super().__init__(state=state, **params)
+    def __init__(self, state: ExplorerState, width: int = 620, height: int = 520, options: SceneOptions | None = None,
+                 builder: Callable = build_scene, **params):
+        super().__init__(state=state, options=options or SceneOptions(), **params)
         self._size = (width, height)
+        self._builder = builder
         self._plotter = None
         self._vtk = None
-        self._last_structure = None
-        self._paused = False
-        self._pending = (False, False)
-        self._cbar_plot = None
-        self._cbars: list = []  # (changed while paused, camera reset needed)
+        self._last_atoms = None
+        self._paused = 0
+        self._pending = (False, False)  # (changed while paused, camera reset needed)
+        self._cbar_pane = None
+        #: Idents of the threads that ran this view's VTK work (all the VTK thread's).
+        self.vtk_threads: set[int] = set()
         self._placeholder = pn.pane.Markdown(
             "### 3D view\nPick a composition, then **Build** and **Predict** (or upload a structure).",
-            width=width, height=120)
+            sizing_mode="stretch_width", height=120)
         self._colorbars = pn.Column(sizing_mode="stretch_width")
-        self._holder = pn.Column(self._placeholder, width=width)
-        self._downloads = self._make_downloads()
-        state.param.watch(self._on_change, self._WATCHED)
+        self._holder = pn.Column(self._placeholder, sizing_mode="stretch_width")
+        self.exports = self._make_downloads()
+        state.structure.param.watch(self._on_change, ["atoms"])
+        state.model.param.watch(self._on_prediction, ["fields", "dft"])
+        self.options.param.watch(self._on_change, [p for p in self.options.param if p != "name"])
 
     # --- exports ------------------------------------------------------------------------
-    def _make_downloads(self):
-        png = pn.widgets.FileDownload(callback=self._png, filename="rhox_scene.png", label="PNG",
+    def _make_downloads(self) -> dict[str, pn.widgets.FileDownload]:
+        png = pn.widgets.FileDownload(callback=self.png, filename="rhox_scene.png", label="PNG",
                                       width=90, disabled=True)
-        cube = pn.widgets.FileDownload(callback=self._cube, filename="rhox_density.cube", label="cube",
+        cube = pn.widgets.FileDownload(callback=self.cube, filename="rhox_density.cube", label="cube",
                                        width=90, disabled=True)
-        vtk = pn.widgets.FileDownload(callback=self._vtk_file, filename="rhox_fields.vti", label="VTK",
+        vtk = pn.widgets.FileDownload(callback=self.vtk_file, filename="rhox_fields.vti", label="VTK",
                                       width=90, disabled=True)
         return {"png": png, "cube": cube, "vtk": vtk}
 
-    def _png(self):
+    def _shown(self) -> dict[Field, np.ndarray]:
+        return scene_fields(self.state.model.fields, self.state.model.dft)
+
+    def png(self) -> io.BytesIO:
+        """The PNG export of the current scene."""
         s = self.state
-        if s.structure is None:
+        atoms = s.fields.atoms if s.fields is not None else s.atoms
+        if atoms is None:
             return io.BytesIO(b"")
-        data, how = render_png(s.structure, scene_fields(s.fields, s.dft), SceneOptions.from_state(s))
+        data, how = render_png(atoms, self._shown(), self.options)
         if how != "vtk":
             s.notify("Off-screen VTK rendering is not available here: the PNG is a matplotlib slice plot.", "warning")
         return io.BytesIO(data)
 
-    def _cube(self):
+    def cube(self) -> io.BytesIO:
+        """The cube export of the field on the slice (e/Bohr³ in the file)."""
         s = self.state
         if s.fields is None:
             return io.BytesIO(b"")
-        name = s.slice_field if s.slice_field in scene_fields(s.fields, s.dft) else "mean"
-        self._downloads["cube"].filename = f"rhox_{name}.cube"
-        return io.BytesIO(cube_bytes(s.fields.atoms, scene_fields(s.fields, s.dft)[name]))
+        shown = self._shown()
+        name = self.options.slice_field if self.options.slice_field in shown else Field.MEAN
+        self.exports["cube"].filename = f"rhox_{name.value}.cube"
+        return io.BytesIO(cube_bytes(s.fields.atoms, shown[name]))
 
-    def _vtk_file(self):
+    def vtk_file(self) -> io.BytesIO:
+        """The VTK image export of every shown field."""
         s = self.state
         if s.fields is None:
             return io.BytesIO(b"")
-        data, suffix = vtk_bytes(s.fields.atoms, scene_fields(s.fields, s.dft))
-        self._downloads["vtk"].filename = f"rhox_fields{suffix}"
+        data, suffix = vtk_bytes(s.fields.atoms, self._shown())
+        self.exports["vtk"].filename = f"rhox_fields{suffix}"
         return io.BytesIO(data)
 
-    # --- scene --------------------------------------------------------------------------
-    def _ensure_pane(self):
-        if self._plotter is None:
-            import pyvista as pv
-
-            self._plotter = pv.Plotter(off_screen=True, window_size=list(self._size))
-            self._plotter.set_background(BACKGROUND)
-            self._vtk = pn.pane.VTK(self._plotter.ren_win, width=self._size[0], height=self._size[1],
-                                    orientation_widget=False, enable_keybindings=False,
-                                    css_classes=["rhox-scene"])
-            self._holder.objects = [self._vtk, self._colorbars]
-        return self._plotter
+    # --- reacting -------------------------------------------------------------------------
+    def _on_prediction(self, *events):
+        """A new prediction: fit the iso range to it; a new DFT comparison: show the difference."""
+        names = {e.name for e in events}
+        with self.held():
+            m = self.state.model
+            if "fields" in names and m.fields is not None:
+                self.options.fit_to(m.fields)
+            if "dft" in names and m.dft is not None and self.options.slice_field not in (Field.DIFFERENCE, Field.DFT):
+                self.options.slice_field = Field.DIFFERENCE
+            self._on_change(*events)
 
     def _on_change(self, *events):
-        reset = any(e.name in ("structure", "periodic") for e in events)
+        reset = any(e.name in ("atoms", "periodic") for e in events)
         if self._paused:
             self._pending = (True, self._pending[1] or reset)
             return
         self.refresh(reset_camera=reset)
 
+    def held(self):
+        """Context manager: changes inside it redraw once, at its end."""
+        view = self
+
+        class _Held:
+            def __enter__(self):
+                view.pause()
+
+            def __exit__(self, *exc):
+                view.resume()
+
+        return _Held()
+
     def pause(self) -> None:
         """Hold redraws (e.g. between building a structure and its prediction): one push, not two."""
-        self._paused = True
+        self._paused += 1
 
     def resume(self) -> None:
         """Redraw once if anything changed while paused."""
-        self._paused = False
+        self._paused = max(0, self._paused - 1)
+        if self._paused:
+            return
         dirty, reset = self._pending
         self._pending = (False, False)
         if dirty:
             self.refresh(reset_camera=reset)
 
-    def refresh(self, reset_camera: bool = False) -> dict:
-        """Redraw from the state and push to the browser; returns what was drawn."""
+    # --- drawing --------------------------------------------------------------------------
+    def _ensure_pane(self) -> None:
+        """The plotter and its pane, made on the VTK thread."""
+        import pyvista as pv
+
+        self.vtk_threads.add(threading.get_ident())
+        if self._plotter is None:
+            self._plotter = pv.Plotter(off_screen=True, window_size=list(self._size))
+            self._plotter.set_background(BACKGROUND)
+            # Fills the width it is given (a browser window, a notebook's output area).
+            self._vtk = ConfinedVTK(self._plotter.ren_win, sizing_mode="stretch_width", min_width=300,
+                                    height=self._size[1], orientation_widget=False, enable_keybindings=False,
+                                    css_classes=["rhox-scene"])
+
+    def _draw(self, atoms, shown, reset: bool):
+        """VTK thread: build the scene; returns (drawn, camera or None)."""
+        self._ensure_pane()
+        drawn = self._builder(self._plotter, atoms, shown, self.options, reset_camera=reset)
+        drawn.threads.add(threading.get_ident())
+        self.vtk_threads |= drawn.threads
+        return drawn, (camera_state(self._plotter) if reset else None)
+
+    def refresh(self, reset_camera: bool = False) -> DrawnScene | None:
+        """Redraw from the state and the options and push to the browser; returns what was drawn."""
         s = self.state
-        atoms = s.fields.atoms if s.fields is not None else s.structure
-        for w in self._downloads.values():
+        atoms = s.fields.atoms if s.fields is not None else s.atoms
+        for w in self.exports.values():
             w.disabled = s.fields is None
-        self._downloads["png"].disabled = atoms is None
+        self.exports["png"].disabled = atoms is None
         if atoms is None:
             self._holder.objects = [self._placeholder]
-            return {}
-        pl = self._ensure_pane()
-        if self._holder.objects[0] is not self._vtk:
-            self._holder.objects = [self._vtk, self._colorbars]
-        first = self._last_structure is not atoms
-        self._last_structure = atoms
+            return None
+        reset = reset_camera or self._last_atoms is not atoms
+        self._last_atoms = atoms
         t0 = time.perf_counter()
         try:
-            info = build_scene(pl, atoms, scene_fields(s.fields, s.dft), SceneOptions.from_state(s),
-                               reset_camera=reset_camera or first)
+            drawn, camera = on_vtk_thread(self._draw, atoms, self._shown(), reset)
         except Exception as err:  # a VTK failure must not break the page
             s.notify(f"could not draw the scene: {type(err).__name__}: {err}", "danger")
-            return {}
-        if reset_camera or first:
+            return None
+        if camera is not None:
             # vtk.js keeps the browser's camera unless told: hand it the freshly reset one.
-            self._vtk.camera = camera_state(pl)
+            self._vtk.camera = camera
         t1 = time.perf_counter()
-        self._vtk.synchronize()
-        info["build_s"], info["push_s"] = t1 - t0, time.perf_counter() - t1
-        pane = self._colorbar_pane(info)
+        if self._holder.objects[0] is not self._vtk:
+            self._holder.objects = [self._vtk, self._colorbars]  # serialised on the VTK thread
+        else:
+            self._vtk.synchronize()
+        drawn.build_s, drawn.push_s = t1 - t0, time.perf_counter() - t1
+        pane = self._colorbar_pane(drawn)
         if not self._colorbars.objects:
             self._colorbars.objects = [pane]
-        self.last_info = info
-        self.renders += 1
-        return info
+        self.param.update(drawn=drawn, renders=self.renders + 1)
+        return drawn
 
-    def _colorbar_pane(self, info: dict):
-        """Colour bars of the isosurface colour and the slice, in one Bokeh plot made once and
-        updated in place (a new plot per redraw would relayout the page each time)."""
-        from bokeh.models import ColorBar, LinearColorMapper, Plot, Range1d
-        from matplotlib import colormaps
-        from matplotlib.colors import to_hex
-
-        if self._cbar_plot is None:
-            plot = Plot(toolbar_location=None, frame_height=0, height=140, width=self._size[0], outline_line_width=0,
-                        min_border=5, x_range=Range1d(0, 1), y_range=Range1d(0, 1))
-            self._cbars = []
-            for _ in range(2):
-                cb = ColorBar(color_mapper=LinearColorMapper(palette=["#ffffff"], low=0, high=1), title="",
-                              orientation="horizontal", location=(0, 0), background_fill_alpha=0, height=12,
-                              visible=False)
-                plot.add_layout(cb, "below")
-                self._cbars.append(cb)
-            self._cbar_plot = plot
-            self._cbar_pane = pn.pane.Bokeh(plot)
-        items = list(info["clims"].items())[:2]
-        for cb, item in zip(self._cbars, items + [None] * (2 - len(items))):
-            if item is None:
-                cb.visible = False
-                continue
-            name, (lo, hi) = item
-            key = next((k for k, lab in FIELD_LABELS.items() if lab == name), name)
-            cmap = colormaps[CMAPS.get(key, "viridis")]
-            title = FIELD_LABELS.get(name, name) + (" (isosurface colour)" if key == name else " (slice)")
-            cb.color_mapper.update(palette=[to_hex(cmap(i / 255)) for i in range(256)], low=float(lo), high=float(hi))
-            cb.update(title=title, visible=True)
+    def _colorbar_pane(self, drawn: DrawnScene):
+        """Colour bars of the isosurface colour and the slice: one HTML pane, updated in place
+        (CSS gradients: they take the width they are given, and a redraw does not relayout)."""
+        if self._cbar_pane is None:
+            self._cbar_pane = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["rhox-colorbars"])
+        items = [(drawn.iso_colour, "isosurface colour"), (drawn.slice_colour, "slice")]
+        self._cbar_pane.object = "".join(colorbar_html(rng, role) for rng, role in items if rng is not None)
         return self._cbar_pane
 
-    def downloads(self):
-        return pn.Row(*self._downloads.values())
+    @property
+    def colorbars(self) -> str:
+        """The colour bars' HTML as shown (empty before the first draw)."""
+        return self._cbar_pane.object if self._cbar_pane is not None else ""
+
+    def close(self) -> None:
+        """Free the plotter (on the VTK thread)."""
+        pl, self._plotter = self._plotter, None
+        if pl is not None:
+            on_vtk_thread(pl.close)
+
+    # --- widgets --------------------------------------------------------------------------
+    #: Widgets of the known options (others get Panel's default widget from their parameter).
+    WIDGETS = {
+        "iso_level": dict(type=pn.widgets.FloatSlider, sizing_mode="stretch_width", css_classes=["rhox-iso"]),
+        "opacity": dict(type=pn.widgets.FloatSlider, sizing_mode="stretch_width"),
+        "iso_color": dict(type=pn.widgets.Select, width=150),
+        "slice_field": dict(type=pn.widgets.Select, width=170, css_classes=["rhox-slice-field"]),
+        "slice_axis": dict(type=pn.widgets.RadioButtonGroup, width=120),
+        "slice_position": dict(type=pn.widgets.FloatSlider, sizing_mode="stretch_width"),
+        "periodic": dict(type=pn.widgets.IntSlider, sizing_mode="stretch_width"),
+        "show_iso": dict(type=pn.widgets.Checkbox), "show_slice": dict(type=pn.widgets.Checkbox),
+        "show_atoms": dict(type=pn.widgets.Checkbox),
+    }
+
+    def widget(self, name: str) -> pn.widgets.Widget:
+        """The widget bound to option ``name`` (made once)."""
+        if not hasattr(self, "_widgets"):
+            self._widgets: dict[str, pn.widgets.Widget] = {}
+        if name not in self._widgets:
+            spec = dict(self.WIDGETS.get(name, {}))
+            kind = spec.pop("type", None)
+            p = self.options.param[name]
+            self._widgets[name] = (kind.from_param(p, **spec) if kind else
+                                   pn.Param(p, show_name=False)[0])
+        return self._widgets[name]
+
+    def controls(self) -> pn.Column:
+        """The view's controls: one widget per option, and the export buttons."""
+        w = self.widget
+        known = [n for n in self.WIDGETS if n in self.options.param]
+        extra = [n for n in self.options.param if n not in self.WIDGETS and n != "name"]
+        return pn.Column(
+            pn.FlexBox(w("iso_level"), w("opacity"), w("iso_color"), w("slice_field"),
+                       pn.Column(pn.pane.Markdown("Slice normal", margin=(0, 10)), w("slice_axis")),
+                       w("slice_position"), w("periodic"), sizing_mode="stretch_width"),
+            pn.FlexBox(*[w(n) for n in known if n.startswith("show_")], *[w(n) for n in extra],
+                       pn.pane.Markdown("Export:", margin=(12, 5, 0, 20)), *self.exports.values(),
+                       sizing_mode="stretch_width"),
+            sizing_mode="stretch_width", css_classes=["rhox-view-controls"])
 
     def __panel__(self):
         return self._holder

@@ -300,17 +300,17 @@ def tetra_opts(name: str = "rhox-tetra"):
 class TernaryPicker(pn.viewable.Viewer):
     """Ternary triangle bound to an :class:`ExplorerState`; a click picks a composition."""
 
-    state = param.ClassSelector(class_=ExplorerState)
+    state = param.ClassSelector(class_=ExplorerState, doc="The session's state")
 
     def __init__(self, state: ExplorerState, **params):
         super().__init__(state=state, **params)
         hv = _hv()
         # Two dynamic parts: the picked point alone (redrawn on every click: cheap) and the rest.
-        self._stream = hv.streams.Params(
-            state, ["system", "step", "candidates", "scores", "suggested", "train_compositions", "score_label"])
-        self._pick_stream = hv.streams.Params(state, ["picked"])
+        self._stream = hv.streams.Params(state.pick, ["system", "step"])
+        self._map_stream = hv.streams.Params(state.map, ["candidates", "scores", "suggested", "train", "score_label"])
+        self._pick_stream = hv.streams.Params(state.pick, ["picked"])
         self._anchor = tap_anchor()
-        self._dmap = hv.DynamicMap(self._draw, streams=[self._stream])
+        self._dmap = hv.DynamicMap(self._draw, streams=[self._stream, self._map_stream])
         self._pick_dmap = hv.DynamicMap(self._draw_pick, streams=[self._pick_stream])
         self._tap = hv.streams.Tap(source=self._anchor, x=None, y=None)
         self._tap.add_subscriber(self._on_tap)
@@ -319,21 +319,24 @@ class TernaryPicker(pn.viewable.Viewer):
         self._pane = pn.pane.HoloViews(plot, linked_axes=False)
 
     def _draw(self, **kw):
-        s = self.state
+        s, m = self.state.pick, self.state.map
         if s.n_species != 3:
             return ternary_layers(["A", "B", "C"], s.step, picked=False)
-        return ternary_layers(s.elements, s.step, s.train_compositions, s.candidates, s.scores, s.suggested,
-                              False, s.score_label)
+        return ternary_layers(s.elements, s.step, m.train, m.candidates, m.scores, m.suggested, False, m.score_label)
 
     def _draw_pick(self, **kw):
-        s = self.state
+        s = self.state.pick
         return pick_layers(s.elements if s.n_species == 3 else ["A", "B", "C"],
                            s.picked if s.n_species == 3 else None)
+
+    def click(self, x: float, y: float) -> None:
+        """A click at drawing coordinates ``(x, y)``, as the browser's tap sends it."""
+        self._tap.event(x=x, y=y)
 
     def _on_tap(self, x=None, y=None):
         if x is None or y is None:
             return
-        self.state.pick_cartesian(float(x), float(y))
+        self.state.select_cartesian(float(x), float(y))
 
     def __panel__(self):
         return self._pane
@@ -342,32 +345,35 @@ class TernaryPicker(pn.viewable.Viewer):
 class QuaternaryPicker(pn.viewable.Viewer):
     """Tetrahedron (rotatable projection) and a ternary slice at a fixed fourth fraction; both pick."""
 
-    state = param.ClassSelector(class_=ExplorerState)
-    azimuth = param.Number(default=20.0, bounds=(-180, 180))
-    elevation = param.Number(default=-20.0, bounds=(-90, 90))
+    state = param.ClassSelector(class_=ExplorerState, doc="The session's state")
+    azimuth = param.Number(default=20.0, bounds=(-180, 180), doc="Rotation of the tetrahedron about z (degrees)")
+    elevation = param.Number(default=-20.0, bounds=(-90, 90), doc="Tilt of the tetrahedron (degrees)")
 
     def __init__(self, state: ExplorerState, **params):
         super().__init__(state=state, **params)
         hv = _hv()
-        common = ["system", "step", "picked", "candidates", "scores", "suggested", "train_compositions",
-                  "score_label"]
+        pick, mp = state.pick, state.map
+        map_params = ["candidates", "scores", "suggested", "train", "score_label"]
         self._slice_anchor = tap_anchor()
-        self._slice_stream = hv.streams.Params(state, common + ["fixed_element", "fixed_fraction"])
-        self._slice = hv.DynamicMap(self._draw_slice, streams=[self._slice_stream])
+        self._slice_stream = hv.streams.Params(pick, ["system", "step", "picked", "fixed_element", "fixed_fraction"])
+        self._slice_map_stream = hv.streams.Params(mp, map_params)
+        self._slice = hv.DynamicMap(self._draw_slice, streams=[self._slice_stream, self._slice_map_stream])
         self._slice_tap = hv.streams.Tap(source=self._slice_anchor, x=None, y=None)
         self._slice_tap.add_subscriber(self._on_slice_tap)
         self._tetra_anchor = tap_anchor()
-        self._tetra_stream = hv.streams.Params(state, common)
+        self._tetra_stream = hv.streams.Params(pick, ["system", "step", "picked"])
+        self._tetra_map_stream = hv.streams.Params(mp, map_params)
         self._view_stream = hv.streams.Params(self, ["azimuth", "elevation"])
-        self._tetra = hv.DynamicMap(self._draw_tetra, streams=[self._tetra_stream, self._view_stream])
+        self._tetra = hv.DynamicMap(self._draw_tetra,
+                                    streams=[self._tetra_stream, self._tetra_map_stream, self._view_stream])
         self._tetra_tap = hv.streams.Tap(source=self._tetra_anchor, x=None, y=None)
         self._tetra_tap.add_subscriber(self._on_tetra_tap)
-        self._fixed = pn.widgets.Select.from_param(state.param.fixed_element, label="fixed species",
-                                                   options=list(state.elements), width=110)
-        self._fraction = pn.widgets.FloatSlider.from_param(state.param.fixed_fraction, label="its fraction",
-                                                           start=0.0, end=max(0.0, 1 - state.step), step=state.step,
+        self._fixed = pn.widgets.Select.from_param(pick.param.fixed_element, label="fixed species",
+                                                   options=list(pick.elements), width=110)
+        self._fraction = pn.widgets.FloatSlider.from_param(pick.param.fixed_fraction, label="its fraction",
+                                                           start=0.0, end=max(0.0, 1 - pick.step), step=pick.step,
                                                            width=200)
-        state.param.watch(self._on_system, ["system", "step"])
+        pick.param.watch(self._on_system, ["system", "step"])
         self._tetra_pane = pn.pane.HoloViews((self._tetra_anchor * self._tetra).opts(tetra_opts()),
                                              linked_axes=False)
         self._slice_pane = pn.pane.HoloViews(
@@ -375,30 +381,30 @@ class QuaternaryPicker(pn.viewable.Viewer):
             linked_axes=False)
 
     def _on_system(self, *events):
-        self._fixed.options = list(self.state.elements)
-        self._fraction.step = self.state.step
-        self._fraction.end = max(0.0, 1 - self.state.step)
+        pick = self.state.pick
+        self._fixed.options = list(pick.elements)
+        self._fraction.param.update(step=pick.step, end=max(0.0, 1 - pick.step))
 
     def grid_vectors(self) -> np.ndarray:
-        s = self.state
-        if s.candidates is not None and len(s.candidates) and np.asarray(s.candidates).shape[1] == 4:
-            return np.asarray(s.candidates)
-        return simplex_grid(4, max(1, int(round(1 / max(s.step, 0.125)))))
+        m = self.state.map
+        if m.candidates is not None and len(m.candidates) and np.asarray(m.candidates).shape[1] == 4:
+            return np.asarray(m.candidates)
+        return simplex_grid(4, max(1, int(round(1 / max(self.state.pick.step, 0.125)))))
 
     def _draw_tetra(self, **kw):
-        s = self.state
+        s, m = self.state.pick, self.state.map
         if s.n_species != 4:
             return tetra_layers(("A", "B", "C", "D"), self.azimuth, self.elevation, np.zeros((0, 4)))
         g = self.grid_vectors()
-        scores = s.scores if (s.candidates is not None and len(s.candidates) == len(g)) else None
-        return tetra_layers(s.elements, self.azimuth, self.elevation, g, s.train_compositions, scores,
-                            s.suggested, s.picked, s.score_label)
+        scores = m.scores if (m.candidates is not None and len(m.candidates) == len(g)) else None
+        return tetra_layers(s.elements, self.azimuth, self.elevation, g, m.train, scores, m.suggested, s.picked,
+                            m.score_label)
 
     def _draw_slice(self, **kw):
-        s = self.state
+        s, m = self.state.pick, self.state.map
         if s.n_species != 4:
             return ternary_layers(["A", "B", "C"], s.step)
-        free, k = s.slice_elements()
+        free, k = self.state.slice_elements()
         tol = min(s.step / 2, 0.02)
 
         def on_slice(v):
@@ -406,19 +412,19 @@ class QuaternaryPicker(pn.viewable.Viewer):
                 return None, None
             return slice_vectors(np.asarray(v, dtype=float).reshape(-1, 4), k, s.fixed_fraction, tol)
 
-        _, train = on_slice(s.train_compositions)
+        _, train = on_slice(m.train)
         cand, scores = None, None
-        if s.candidates is not None and len(s.candidates):
-            mask, cand = on_slice(s.candidates)
-            scores = None if s.scores is None else np.asarray(s.scores)[mask]
-        _, sugg = on_slice(s.suggested)
+        if m.candidates is not None and len(m.candidates):
+            mask, cand = on_slice(m.candidates)
+            scores = None if m.scores is None else np.asarray(m.scores)[mask]
+        _, sugg = on_slice(m.suggested)
         _, pick = on_slice([s.picked] if s.picked is not None else None)
-        return ternary_layers(free, s.step, train, cand, scores, sugg, pick, s.score_label,
+        return ternary_layers(free, s.step, train, cand, scores, sugg, pick, m.score_label,
                               names=self._slice_names(k))
 
     def _slice_names(self, k: int):
         """Hover text of a point on the slice: its full quaternary composition."""
-        s = self.state
+        s = self.state.pick
 
         def name(t):
             full = np.insert(np.asarray(t, dtype=float) * (1 - s.fixed_fraction), k, s.fixed_fraction)
@@ -426,10 +432,18 @@ class QuaternaryPicker(pn.viewable.Viewer):
 
         return name
 
+    def click_slice(self, x: float, y: float) -> None:
+        """A click on the slice triangle at drawing coordinates ``(x, y)``."""
+        self._slice_tap.event(x=x, y=y)
+
+    def click_tetrahedron(self, x: float, y: float) -> None:
+        """A click on the projected tetrahedron at drawing coordinates ``(x, y)``."""
+        self._tetra_tap.event(x=x, y=y)
+
     def _on_slice_tap(self, x=None, y=None):
         if x is None or y is None or self.state.n_species != 4:
             return
-        self.state.pick_slice_cartesian(float(x), float(y))
+        self.state.select_slice_cartesian(float(x), float(y))
 
     def _on_tetra_tap(self, x=None, y=None):
         if x is None or y is None or self.state.n_species != 4:
@@ -440,14 +454,14 @@ class QuaternaryPicker(pn.viewable.Viewer):
             self.state.notify("no grid point near that click in the tetrahedron; click on a dot "
                               "(or use the slice)", "warning")
             return
-        self.state.pick(g[idx])
+        self.state.select(g[idx])
 
     def __panel__(self):
         rot = pn.Row(pn.widgets.FloatSlider.from_param(self.param.azimuth, width=160),
                      pn.widgets.FloatSlider.from_param(self.param.elevation, width=160))
-        slice_title = pn.pane.Markdown(f"Slice at a fixed fraction of one species (step {self.state.step:g})",
+        slice_title = pn.pane.Markdown(f"Slice at a fixed fraction of one species (step {self.state.pick.step:g})",
                                        css_classes=["rhox-small"])
-        return pn.Column(
+        return pn.FlexBox(
             pn.Column(self._tetra_pane, rot),
             pn.Column(slice_title, self._slice_pane, pn.Row(self._fixed, self._fraction)),
         )
@@ -456,14 +470,14 @@ class QuaternaryPicker(pn.viewable.Viewer):
 class CompositionPicker(pn.viewable.Viewer):
     """The picker that fits the session's system: triangle for 3 species, tetrahedron + slice for 4."""
 
-    state = param.ClassSelector(class_=ExplorerState)
+    state = param.ClassSelector(class_=ExplorerState, doc="The session's state")
 
     def __init__(self, state: ExplorerState, **params):
         super().__init__(state=state, **params)
         self._ternary = None
         self._quaternary = None
         self._holder = pn.Column(sizing_mode="stretch_width")
-        state.param.watch(lambda e: self._refresh(), ["system"])
+        state.pick.param.watch(lambda e: self._refresh(), ["system"])
         self._refresh()
 
     @property
@@ -482,7 +496,7 @@ class CompositionPicker(pn.viewable.Viewer):
                 self._ternary = TernaryPicker(self.state)
             view = self._ternary
         else:
-            view = pn.pane.Markdown(f"{self.state.system} has {n} species: type the composition "
+            view = pn.pane.Markdown(f"{self.state.pick.system} has {n} species: type the composition "
                                     "in the box (e.g. `Si0.5Ge0.5`).")
         self._view = view
         self._holder.objects = [view]

@@ -1,17 +1,30 @@
-"""Session state of the explorer, as typed ``param.Parameterized`` objects.
+"""Session state of the explorer, as small typed ``param.Parameterized`` sub-states.
 
-One :class:`ExplorerState` per browser session (or per ``App()`` in Jupyter): nothing here is
-module-level mutable state, so two sessions never see each other's picks, structures or jobs.
-The only thing shared between sessions is :func:`load_model_cached`, a read-only cache of
-models loaded from disk (a fine-tuned model is a new directory, so a cached model is never
-changed in place).
+One :class:`ExplorerState` per browser session (or per ``App()`` in Jupyter) holds:
+
+- :class:`CompositionPick` (``state.pick``): the alloy system, the picked composition, the snap step;
+- :class:`SimplexMap` (``state.map``): what the picker draws besides the pick (training
+  compositions, scored candidates, suggestions for the next DFT round);
+- :class:`StructureState` (``state.structure``): how a structure is built, and the structure itself;
+- :class:`ModelState` (``state.model``): the model, and its prediction (and DFT comparison) of the
+  current structure.
+
+View options belong to their view (``SceneOptions`` in :mod:`rhox.explorer.scene`) and job
+progress to the session's ``JobManager`` (:mod:`rhox.explorer.jobs`). Nothing here is
+module-level mutable state, except :func:`load_model_cached`, a read-only cache of models loaded
+from disk (a fine-tuned model is a new directory, so a cached model is never changed in place).
 
 Every user action that can fail (a typed composition, an uploaded file, a prediction) goes
-through a method here that turns the library's errors into one readable line in
-:attr:`ExplorerState.message` instead of raising, so the page never shows a traceback.
+through a method here that turns rhox's errors into one line in :attr:`ExplorerState.message`
+(``rhox.engine.errors.one_line``) instead of raising, so the page never shows a traceback.
+Parameters are only set on the session's thread (see :mod:`rhox.explorer.threads`): the methods
+that run on workers (:meth:`ExplorerState.compute_prediction`, :meth:`ExplorerState.load_model`)
+take and return plain data.
 """
 from __future__ import annotations
 
+import enum
+import importlib
 import json
 import os
 import tempfile
@@ -22,7 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import param
+from ase import Atoms
 
+from rhox.engine import keys
+from rhox.engine.bundled import asset_path, default_data_path, default_model_dir
 from rhox.engine.composition import (
     CompositionError,
     as_vector,
@@ -32,26 +48,61 @@ from rhox.engine.composition import (
     parse_composition,
     snap_to_grid,
 )
-from rhox.engine.errors import InputError, one_line
-from rhox.engine.structures import SYSTEMS, get_system, require_periodic
-
-from rhox.engine.bundled import default_data_path, default_model_dir  # noqa: F401
+from rhox.engine.errors import InputError, ModelError, RhoxError, one_line
 from rhox.engine.keys import ENV_WORKDIR
+from rhox.engine.structures import SYSTEMS, get_system, require_periodic
 
 #: Weight samples S for interactive predictions (the CLI default is 20; 10 halves the time).
 INTERACTIVE_SAMPLES = 10
-#: Fields a prediction offers for slices and colouring, with their labels.
-FIELD_LABELS = {
-    "mean": "ρ mean (e/Å³)",
-    "sigma_total": "σ total (e/Å³)",
-    "sigma_epistemic": "σ epistemic (e/Å³)",
-    "sigma_aleatoric": "σ aleatoric (e/Å³)",
-    "difference": "ML − DFT (e/Å³)",
-    "dft": "ρ DFT (e/Å³)",
-}
 #: Alloy systems the picker offers (2 to 4 species).
 PICKABLE_SYSTEMS = [name for name, s in SYSTEMS.items() if 2 <= s.n_species <= 4]
 STEPS = [0.5, 0.25, 0.125, 0.1, 0.0625, 0.05, 0.025]
+#: The composition the explorer opens on (predicted as soon as the model is ready).
+EXAMPLE_COMPOSITION = {3: [0.5, 0.25, 0.25], 4: [0.25, 0.25, 0.25, 0.25], 2: [0.5, 0.5]}
+
+# ``atoms.info`` keys the explorer reads or writes. Those with a dataset column use its name in
+# engine/keys.py; ``realised_composition`` is what engine.structures writes (no keys.py name yet).
+INFO_SYSTEM = keys.SYSTEM
+INFO_COMPOSITION = keys.COMPOSITION
+INFO_REALISED = "realised_composition"
+INFO_SOURCE = keys.SOURCE
+
+
+class Field(str, enum.Enum):
+    """A field the explorer can show: the prediction's four, and two more once DFT is known."""
+
+    MEAN = "mean"
+    SIGMA_TOTAL = "sigma_total"
+    SIGMA_EPISTEMIC = "sigma_epistemic"
+    SIGMA_ALEATORIC = "sigma_aleatoric"
+    DIFFERENCE = "difference"
+    DFT = "dft"
+
+    @property
+    def label(self) -> str:
+        """Its label with units, as shown on widgets and colour bars."""
+        return FIELD_LABELS[self]
+
+    @property
+    def is_sigma(self) -> bool:
+        return self.value.startswith("sigma")
+
+
+FIELD_LABELS = {
+    Field.MEAN: "ρ mean (e/Å³)",
+    Field.SIGMA_TOTAL: "σ total (e/Å³)",
+    Field.SIGMA_EPISTEMIC: "σ epistemic (e/Å³)",
+    Field.SIGMA_ALEATORIC: "σ aleatoric (e/Å³)",
+    Field.DIFFERENCE: "ML − DFT (e/Å³)",
+    Field.DFT: "ρ DFT (e/Å³)",
+}
+
+
+class Origin(str, enum.Enum):
+    """Where the current structure came from: built from the controls, or uploaded."""
+
+    BUILT = "built"
+    UPLOADED = "uploaded"
 
 
 def session_workdir() -> Path:
@@ -60,6 +111,29 @@ def session_workdir() -> Path:
     if base:
         Path(base).mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="rhox-session-", dir=base or None))
+
+
+class LazyInstance(param.Parameter):
+    """A parameter holding an instance of a class named by its dotted path (or None).
+
+    Like ``param.ClassSelector``, but the class is imported on the first value set, so that
+    importing the explorer does not import torch (``DensityFields`` lives in a torch module).
+    """
+
+    __slots__ = ["class_path"]
+
+    def __init__(self, class_path: str, default=None, **params):
+        self.class_path = class_path
+        super().__init__(default=default, allow_None=True, **params)
+
+    def _validate(self, val):
+        super()._validate(val)
+        if val is None:
+            return
+        module, name = self.class_path.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+        if not isinstance(val, cls):
+            raise ValueError(f"{self.name} must be a {self.class_path}, not {type(val).__name__}")
 
 
 # --- model information without torch ---------------------------------------------------------
@@ -75,30 +149,43 @@ class ModelInfo:
     path: Path
     system: str
     species: tuple[str, ...]
-    grid_spacing: float
+    grid_spacing: float  # Å
     train_compositions: list[str] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
     best_val_l1: float | None = None
 
+    @property
+    def name(self) -> str:
+        """The model's name: its directory's name, or "bundled model" for the one rhox ships."""
+        try:
+            bundled = self.path.resolve() == asset_path("model").resolve()
+        except OSError:
+            bundled = False
+        return "bundled model" if bundled else f"model {self.path.name}"
+
     def label(self) -> str:
         l1 = f", validation L1% {self.best_val_l1:.1f}" if self.best_val_l1 is not None else ""
-        return f"{self.path.name} ({self.system or '?'}; trained on {', '.join(self.species)}{l1})"
+        return f"{self.name} ({self.system or '?'}; trained on {', '.join(self.species)}{l1})"
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
-    """:class:`ModelInfo` of a model directory; ``ValueError`` with a readable reason if unusable."""
+    """:class:`ModelInfo` of a model directory; :class:`ModelError` with the reason if unusable.
+
+    The one place the explorer reads a model's config without torch: switch its body to the
+    engine's torch-free config reader once there is one.
+    """
     path = Path(path)
-    cfg = path / "config.json"
+    cfg = path / keys.MODEL_CONFIG
     if not path.is_dir():
-        raise ValueError(f"no model at {path} (set RHOX_MODEL or run `make assets`)")
+        raise ModelError(f"no model at {path} (set {keys.ENV_MODEL} or run `make assets`)")
     if not cfg.exists():
-        raise ValueError(f"{path} is not a rhox model directory (no config.json)")
+        raise ModelError(f"{path} is not a rhox model directory (no {keys.MODEL_CONFIG})")
     try:
         config = json.loads(cfg.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{cfg} is not readable JSON: {err}") from err
-    if config.get("kind") != "rhox-density-bnn":
-        raise ValueError(f"{cfg} is not a rhox model config")
+        raise ModelError(f"{cfg} is not readable JSON: {err}") from err
+    if not isinstance(config, dict) or config.get("kind") != "rhox-density-bnn":
+        raise ModelError(f"{cfg} is not a rhox model config")
     training = config.get("training") or {}
     return ModelInfo(
         path=path,
@@ -135,7 +222,7 @@ def load_model_cached(path: str | os.PathLike):
     from rhox.engine.model import load_model
 
     path = Path(path).resolve()
-    cfg = path / "config.json"
+    cfg = path / keys.MODEL_CONFIG
     key = (str(path), cfg.stat().st_mtime if cfg.exists() else 0.0)
     with _MODEL_LOCK:
         model = _MODEL_CACHE.get(key)
@@ -163,78 +250,28 @@ def describe(vec, elements, digits: int = 4) -> str:
     return format_composition(dict(zip(elements, np.asarray(vec, dtype=float).tolist())), digits=digits)
 
 
-# --- the session state ---------------------------------------------------------------------------
+@dataclass
+class DFTComparison:
+    """DFT of the current structure next to the ML prediction on the same grid."""
 
-class ExplorerState(param.Parameterized):
-    """Everything one session has picked, built, predicted and is running."""
+    density: np.ndarray  # e/Å³, on the prediction's grid
+    l1: float  # L1% of the ML mean against it (rhox.engine.metrics.l1_percent)
+    energy: float | None = None  # eV
 
-    # what is picked
+
+# --- the sub-states ------------------------------------------------------------------------------
+
+class CompositionPick(param.Parameterized):
+    """The alloy system and the composition picked in it."""
+
     system = param.Selector(default="SiGeSn", objects=PICKABLE_SYSTEMS, doc="Alloy system")
     picked = param.List(default=None, allow_None=True, item_type=float,
-                        doc="Picked composition: barycentric vector in the order of the system's species")
-    composition_text = param.String(default="", doc="The picked composition as text")
-    step = param.Selector(default=0.125, objects=STEPS, doc="Grid step that clicks snap to")
+                        doc="Picked composition: fractions in the order of the system's species (sum 1)")
+    text = param.String(default="", doc="The picked composition as text, e.g. 'Si0.5Ge0.25Sn0.25'")
+    step = param.Selector(default=0.125, objects=STEPS, doc="Grid step (fraction) that clicks snap to")
     fixed_element = param.String(default="", doc="Quaternary slice: the species held fixed")
     fixed_fraction = param.Number(default=0.25, bounds=(0.0, 1.0), doc="Quaternary slice: its fraction")
 
-    # structure
-    repeat = param.Integer(default=1, bounds=(1, 4), doc="Supercell repeat of the conventional cell")
-    temperature = param.Number(default=300.0, bounds=(0.0, 3000.0), doc="K (Einstein displacements)")
-    seed = param.Integer(default=0, bounds=(0, None))
-    vacancies = param.Integer(default=0, bounds=(0, None))
-    structure = param.Parameter(default=None, doc="ase.Atoms of the current structure")
-    structure_label = param.String(default="")
-
-    # prediction and DFT
-    fields = param.Parameter(default=None, doc="engine.predict.DensityFields of the current structure")
-    predict_seconds = param.Number(default=None, allow_None=True)
-    dft = param.Parameter(default=None, doc="{'density','ml_mean','atoms',...} for the current structure")
-
-    # view
-    iso_level = param.Number(default=0.05, bounds=(0.0, None), doc="Isosurface level (e/Å³)")
-    iso_range = param.Range(default=(0.0, 0.1))
-    opacity = param.Number(default=0.6, bounds=(0.05, 1.0))
-    iso_color = param.Selector(default="sigma_total", objects=["uniform", "sigma_total", "sigma_epistemic",
-                                                                  "sigma_aleatoric"])
-    slice_field = param.Selector(default="mean", objects=["mean", "sigma_total", "sigma_epistemic",
-                                                          "sigma_aleatoric", "difference", "dft"])
-    slice_axis = param.Selector(default="z", objects=["x", "y", "z"])
-    slice_position = param.Number(default=0.5, bounds=(0.0, 1.0))
-    show_iso = param.Boolean(default=True)
-    show_slice = param.Boolean(default=True)
-    show_atoms = param.Boolean(default=True)
-    periodic = param.Integer(default=1, bounds=(1, 3), doc="Periodic images shown along each axis")
-
-    # model, dataset, active learning
-    model_path = param.String(default="")
-    data_path = param.String(default="")
-    model_status = param.String(default="")
-    model_ready = param.Boolean(default=False)
-    train_compositions = param.Array(default=np.zeros((0, 3)))
-    candidates = param.Array(default=None, allow_None=True, doc="Candidate compositions (m, n)")
-    scores = param.Array(default=None, allow_None=True, doc="Their acquisition scores")
-    score_label = param.String(default="acquisition score (mean epistemic σ, e/Å³)")
-    suggested = param.List(default=[], doc="Suggested compositions for the next DFT round")
-
-    # messages
-    message = param.String(default="")
-    message_level = param.Selector(default="info", objects=["info", "success", "warning", "danger"])
-
-    def __init__(self, model_path: str | os.PathLike | None = None, data_path: str | os.PathLike | None = None,
-                 load_model: bool = True, **params):
-        super().__init__(**params)
-        self.model_path = str(model_path or default_model_dir())
-        self.data_path = str(data_path or default_data_path())
-        self.model_info: ModelInfo | None = None
-        self._model = None
-        self._model_lock = threading.Lock()
-        self._workdir: Path | None = None
-        self._sync_elements()
-        self.read_model_info()
-        if load_model and self.model_info is not None:
-            threading.Thread(target=self._load_model_quietly, daemon=True, name="rhox-model-load").start()
-
-    # --- system and model --------------------------------------------------------------
     @property
     def elements(self) -> tuple[str, ...]:
         return get_system(self.system).elements
@@ -243,74 +280,154 @@ class ExplorerState(param.Parameterized):
     def n_species(self) -> int:
         return len(self.elements)
 
-    @param.depends("system", watch=True)
-    def _sync_elements(self) -> None:
-        els = self.elements
-        if self.fixed_element not in els:
-            self.fixed_element = els[-1]
-        self.picked = None
-        self.composition_text = ""
-        self.candidates = None
-        self.scores = None
-        self.suggested = []
-        self.structure = None
-        self.structure_label = ""
-        self.fields = None
-        self.dft = None
-        self._refresh_train_compositions()
 
-    def _refresh_train_compositions(self) -> None:
-        texts = self.model_info.train_compositions if getattr(self, "model_info", None) else []
-        self.train_compositions = compositions_to_vectors(texts, self.elements)
+class SimplexMap(param.Parameterized):
+    """What the composition picker draws besides the pick."""
+
+    train = param.Array(default=np.zeros((0, 3)), doc="Training compositions of the model, (m, n) fractions")
+    candidates = param.Array(default=None, allow_None=True, doc="Scored compositions, (m, n) fractions")
+    scores = param.Array(default=None, allow_None=True, doc="Their scores (e/Å³), (m,)")
+    score_label = param.String(default="acquisition score (mean epistemic σ, e/Å³)",
+                               doc="What the scores are, with units (colour bar title)")
+    suggested = param.List(default=[], doc="Compositions suggested for the next DFT round (lists of fractions)")
+
+
+class StructureState(param.Parameterized):
+    """How the structure is built, and the current structure."""
+
+    repeat = param.Integer(default=1, bounds=(1, 4), doc="Supercell repeat of the conventional cell per axis")
+    temperature = param.Number(default=300.0, bounds=(0.0, 3000.0),
+                               doc="Temperature (K) of the Einstein-model thermal displacements")
+    seed = param.Integer(default=0, bounds=(0, None), doc="Seed of the random configuration")
+    vacancies = param.Integer(default=0, bounds=(0, None), doc="Vacancies to make")
+    atoms = param.ClassSelector(class_=Atoms, default=None, allow_None=True, doc="The current structure")
+    label = param.String(default="", doc="One line describing the current structure")
+    origin = param.Selector(default=Origin.BUILT, objects=list(Origin), doc="Built from the controls, or uploaded")
+    built_from = param.Tuple(default=None, allow_None=True, length=6,
+                             doc="(system, composition, repeat, temperature, seed, vacancies) it was built from")
+
+    def recipe(self, pick: CompositionPick) -> tuple:
+        """What a built structure depends on: a different recipe needs a new structure."""
+        return (pick.system, tuple(pick.picked or ()), self.repeat, self.temperature, self.seed, self.vacancies)
+
+
+class ModelState(param.Parameterized):
+    """The model, and its prediction of the current structure."""
+
+    path = param.String(default="", doc="Model directory")
+    data_path = param.String(default="", doc="Base dataset (DFT results go to a per-session copy)")
+    info = param.ClassSelector(class_=ModelInfo, default=None, allow_None=True,
+                               doc="The model's config, read without torch")
+    status = param.String(default="", doc="One line on the model: loading, ready, or why it cannot be used")
+    ready = param.Boolean(default=False, doc="The network is loaded")
+    fields = LazyInstance("rhox.engine.predict.DensityFields", doc="Prediction of the current structure (e/Å³)")
+    seconds = param.Number(default=None, allow_None=True, doc="Wall time (s) of that prediction")
+    dft = param.ClassSelector(class_=DFTComparison, default=None, allow_None=True,
+                              doc="DFT of the current structure on the prediction's grid")
+
+
+# --- the session state ---------------------------------------------------------------------------
+
+class ExplorerState(param.Parameterized):
+    """Everything one session has picked, built and predicted, with the methods that change it."""
+
+    pick = param.ClassSelector(class_=CompositionPick, doc="The system and the picked composition")
+    map = param.ClassSelector(class_=SimplexMap, doc="Training compositions, scores and suggestions on the simplex")
+    structure = param.ClassSelector(class_=StructureState, doc="The structure and how it is built")
+    model = param.ClassSelector(class_=ModelState, doc="The model and its prediction")
+    message = param.String(default="", doc="The last message to the user (one line)")
+    message_level = param.Selector(default="info", objects=["info", "success", "warning", "danger"],
+                                   doc="How the message is shown")
+
+    def __init__(self, model_path: str | os.PathLike | None = None, data_path: str | os.PathLike | None = None,
+                 **params):
+        super().__init__(pick=CompositionPick(), map=SimplexMap(), structure=StructureState(),
+                         model=ModelState(path=str(model_path or default_model_dir()),
+                                          data_path=str(data_path or default_data_path())), **params)
+        self._model = None
+        self._model_lock = threading.Lock()
+        self._workdir: Path | None = None
+        self.pick.param.watch(lambda e: self._on_system(), ["system"])
+        self._on_system()
+        self.read_model_info()
+
+    # --- system and model --------------------------------------------------------------
+    @property
+    def elements(self) -> tuple[str, ...]:
+        return self.pick.elements
+
+    @property
+    def n_species(self) -> int:
+        return self.pick.n_species
+
+    @property
+    def atoms(self) -> Atoms | None:
+        """The current structure (``state.structure.atoms``)."""
+        return self.structure.atoms
+
+    @property
+    def fields(self):
+        """The current prediction (``state.model.fields``)."""
+        return self.model.fields
+
+    def _on_system(self) -> None:
+        els = self.elements
+        if self.pick.fixed_element not in els:
+            self.pick.fixed_element = els[-1]
+        self.pick.param.update(picked=None, text="")
+        self.map.param.update(candidates=None, scores=None, suggested=[], train=self._train_vectors())
+        self.structure.param.update(atoms=None, label="", built_from=None)
+        self.model.param.update(fields=None, dft=None, seconds=None)
+
+    def _train_vectors(self) -> np.ndarray:
+        info = self.model.info
+        return compositions_to_vectors(info.train_compositions if info else [], self.elements)
 
     def read_model_info(self) -> None:
         """Read the model's config (fast) and pick its system; a missing model is a message, not an error."""
         try:
-            info = read_model_info(self.model_path)
-        except ValueError as err:
-            self.model_info = None
-            self.model_status = f"No model: {err}. Picking and building structures work; prediction does not."
-            self.notify(self.model_status, "warning")
+            info = read_model_info(self.model.path)
+        except ModelError as err:
+            self.model.param.update(info=None, ready=False,
+                                    status=f"No model: {one_line(err)}. Picking and building structures work; "
+                                           "prediction does not.")
+            self.notify(self.model.status, "warning")
             return
-        self.model_info = info
-        self.model_status = f"Model {info.label()}: loading…"
-        if info.system in PICKABLE_SYSTEMS and info.system != self.system:
-            self.system = info.system
+        self.model.param.update(info=info, ready=False, status=f"{info.label()}: loading…")
+        if info.system in PICKABLE_SYSTEMS and info.system != self.pick.system:
+            self.pick.system = info.system
         else:
-            self._refresh_train_compositions()
+            self.map.train = self._train_vectors()
 
-    def _load_model_quietly(self) -> None:
-        try:
-            self.get_model()
-        except Exception:  # reported through model_status
-            pass
-
-    def get_model(self):
-        """The loaded model (loads it on first use); raises ``ValueError`` with a readable reason."""
+    def load_model(self):
+        """The loaded network (loads it on first use; any thread). Raises :class:`ModelError`."""
         with self._model_lock:
             if self._model is not None:
                 return self._model
-            if self.model_info is None:
-                raise ValueError(self.model_status or "no model loaded")
+            info = self.model.info
+            if info is None:
+                raise ModelError(self.model.status or "no model loaded")
             try:
-                model = load_model_cached(self.model_info.path)
+                model = load_model_cached(info.path)
             except Exception as err:  # ModelError, OSError, ...: one readable line
-                self.model_status = f"Model {self.model_info.path} cannot be used: {err}"
-                self.model_ready = False
-                raise ValueError(self.model_status) from err
+                raise ModelError(f"model {info.path} cannot be used: {one_line(err)}") from err
             self._model = model
-            self.model_status = f"Model {self.model_info.label()}: ready"
-            self.model_ready = True
             return model
 
+    def model_loaded(self, result) -> None:
+        """Session thread: show the outcome of :meth:`load_model` (the model or its error)."""
+        info = self.model.info
+        if isinstance(result, BaseException):
+            self.model.param.update(ready=False, status=one_line(result))
+        elif info is not None:
+            self.model.param.update(ready=True, status=f"{info.label()}: ready")
+
     def set_model(self, path: str | os.PathLike) -> None:
-        """Switch to the model in ``path`` (e.g. after fine-tuning)."""
+        """Switch to the model in ``path`` (e.g. after fine-tuning); it loads on first use."""
         with self._model_lock:
             self._model = None
-        self.model_ready = False
-        self.model_path = str(path)
+        self.model.path = str(path)
         self.read_model_info()
-        self._load_model_quietly()
 
     @property
     def workdir(self) -> Path:
@@ -324,58 +441,59 @@ class ExplorerState(param.Parameterized):
 
         target = self.workdir / "session.db"
         if not target.exists():
-            src = Path(self.data_path)
+            src = Path(self.model.data_path)
             if src.is_file():
                 shutil.copyfile(src, target)
         return target
 
     # --- messages ---------------------------------------------------------------------
     def notify(self, text: str, level: str = "info") -> None:
-        self.message_level = level
-        self.message = text
+        self.param.update(message_level=level, message=text)
 
     # --- picking ------------------------------------------------------------------------
-    def pick(self, vec, snap: bool = True) -> bool:
-        """Pick the composition ``vec`` (barycentric), snapped to :attr:`step`; False if off the simplex."""
+    def select(self, vec, snap: bool = True) -> bool:
+        """Pick the composition ``vec`` (fractions), snapped to the step; False if off the simplex."""
         x = np.asarray(vec, dtype=float).ravel()
         if len(x) != self.n_species:
-            self.notify(f"a composition of {self.system} has {self.n_species} fractions, got {len(x)}", "danger")
+            self.notify(f"a composition of {self.pick.system} has {self.n_species} fractions, got {len(x)}",
+                        "danger")
             return False
         if np.any(x < -1e-6) or abs(x.sum() - 1) > 1e-6:
-            self.notify(f"({', '.join(f'{v:.3g}' for v in x)}) is off the {self.system} composition simplex: "
+            self.notify(f"({', '.join(f'{v:.3g}' for v in x)}) is off the {self.pick.system} composition simplex: "
                         "fractions must be ≥ 0 and add up to 1", "warning")
             return False
         if snap:
-            x = snap_to_grid(x, self.step)
+            x = snap_to_grid(x, self.pick.step)
         x = np.clip(x, 0, 1)
         text = describe(x, self.elements)
         self.notify(f"Picked {text}", "info")
         # One batch: watchers of `picked` (e.g. predict on pick) see the text already set.
-        self.param.update(composition_text=text, picked=[float(v) for v in x])
+        self.pick.param.update(text=text, picked=[float(v) for v in x])
         return True
 
-    def pick_cartesian(self, x: float, y: float, tolerance: float = 0.04) -> bool:
+    def select_cartesian(self, x: float, y: float, tolerance: float = 0.04) -> bool:
         """Pick from a click at drawing coordinates ``(x, y)`` of the ternary triangle.
 
         Clicks slightly outside the triangle (within ``tolerance`` in barycentric units) are
         pulled onto its edge; clicks further away say so.
         """
         if self.n_species != 3:
-            return self.pick_slice_cartesian(x, y, tolerance)
+            return self.select_slice_cartesian(x, y, tolerance)
         lam = cartesian_to_barycentric([x, y], 3)[0]
         if np.min(lam) < -tolerance:
-            self.notify(f"the click at ({x:.2f}, {y:.2f}) is outside the {'-'.join(self.elements)} triangle", "warning")
+            self.notify(f"the click at ({x:.2f}, {y:.2f}) is outside the {'-'.join(self.elements)} triangle",
+                        "warning")
             return False
         lam = np.clip(lam, 0, None)
-        return self.pick(lam / lam.sum())
+        return self.select(lam / lam.sum())
 
     def slice_elements(self) -> tuple[list[str], int]:
         """Quaternary slice: the three free species and the index of the fixed one."""
         els = list(self.elements)
-        k = els.index(self.fixed_element) if self.fixed_element in els else len(els) - 1
+        k = els.index(self.pick.fixed_element) if self.pick.fixed_element in els else len(els) - 1
         return [e for i, e in enumerate(els) if i != k], k
 
-    def pick_slice_cartesian(self, x: float, y: float, tolerance: float = 0.04) -> bool:
+    def select_slice_cartesian(self, x: float, y: float, tolerance: float = 0.04) -> bool:
         """Pick from a click on the quaternary slice triangle (the fixed species at its fraction)."""
         free, k = self.slice_elements()
         lam = cartesian_to_barycentric([x, y], 3)[0]
@@ -383,12 +501,12 @@ class ExplorerState(param.Parameterized):
             self.notify(f"the click at ({x:.2f}, {y:.2f}) is outside the {'-'.join(free)} slice", "warning")
             return False
         lam = np.clip(lam, 0, None)
-        lam = lam / lam.sum() * (1 - self.fixed_fraction)
+        lam = lam / lam.sum() * (1 - self.pick.fixed_fraction)
         vec = list(lam)
-        vec.insert(k, self.fixed_fraction)
-        return self.pick(vec)
+        vec.insert(k, self.pick.fixed_fraction)
+        return self.select(vec)
 
-    def set_composition_text(self, text: str) -> bool:
+    def select_text(self, text: str) -> bool:
         """Pick a typed composition ('Si0.5Ge0.25Sn0.25', '0.5,0.25,0.25', JSON); a bad one is a message."""
         text = (text or "").strip()
         if not text:
@@ -396,12 +514,13 @@ class ExplorerState(param.Parameterized):
         try:
             comp = parse_composition(text, self.elements)
         except CompositionError as err:
-            self.notify(f"{err}", "warning")
+            self.notify(one_line(err), "warning")
             return False
-        return self.pick(as_vector(comp, self.elements), snap=False)
+        return self.select(as_vector(comp, self.elements), snap=False)
 
     def picked_cartesian(self):
-        return None if self.picked is None else barycentric_to_cartesian(np.array(self.picked))
+        p = self.pick.picked
+        return None if p is None else barycentric_to_cartesian(np.array(p))
 
     # --- structures -----------------------------------------------------------------------
     def build_structure(self) -> bool:
@@ -409,27 +528,38 @@ class ExplorerState(param.Parameterized):
         from rhox.engine.structures import add_vacancies, random_alloy
         from rhox.engine.thermal import einstein_snapshots
 
-        if self.picked is None:
+        st, pick = self.structure, self.pick
+        if pick.picked is None:
             self.notify("Pick a composition first (click the triangle or type one).", "warning")
             return False
         try:
-            atoms = random_alloy(self.system, self.picked, self.repeat, seed=self.seed)
-            if self.vacancies:
-                atoms = add_vacancies(atoms, self.vacancies, seed=self.seed + 1)
-            if self.temperature > 0:
-                atoms = einstein_snapshots(atoms, self.temperature, n=1, seed=self.seed + 2)[0]
-        except (CompositionError, ValueError) as err:
-            self.notify(str(err), "warning")
+            atoms = random_alloy(pick.system, pick.picked, st.repeat, seed=st.seed)
+            if st.vacancies:
+                atoms = add_vacancies(atoms, st.vacancies, seed=st.seed + 1)
+            if st.temperature > 0:
+                atoms = einstein_snapshots(atoms, st.temperature, n=1, seed=st.seed + 2)[0]
+        except (RhoxError, ValueError) as err:
+            self.notify(one_line(err), "warning")
             return False
-        label = (f"{atoms.info.get('realised_composition', atoms.get_chemical_formula())}: {len(atoms)} atoms, "
-                 f"repeat {self.repeat}, {self.temperature:g} K, seed {self.seed}"
-                 + (f", {self.vacancies} vacancies" if self.vacancies else ""))
-        self.set_structure(atoms, label)
+        label = (f"{atoms.info.get(INFO_REALISED, atoms.get_chemical_formula())}: {len(atoms)} atoms, "
+                 f"repeat {st.repeat}, {st.temperature:g} K, seed {st.seed}"
+                 + (f", {st.vacancies} vacancies" if st.vacancies else ""))
+        self.set_structure(atoms, label, Origin.BUILT)
         return True
 
-    def set_structure(self, atoms, label: str) -> None:
-        # One batch: views watching several of these redraw once.
-        self.param.update(fields=None, dft=None, predict_seconds=None, structure=atoms, structure_label=label)
+    def ensure_structure(self) -> bool:
+        """Keep an uploaded structure, or one built from the current recipe; else build one."""
+        st = self.structure
+        if st.atoms is not None and (st.origin is Origin.UPLOADED or st.built_from == st.recipe(self.pick)):
+            return True
+        return self.build_structure()
+
+    def set_structure(self, atoms: Atoms, label: str, origin: Origin = Origin.BUILT) -> None:
+        # One batch per sub-state: views watching several of these redraw once.
+        self.model.param.update(fields=None, dft=None, seconds=None)
+        self.structure.param.update(
+            atoms=atoms, label=label, origin=origin,
+            built_from=self.structure.recipe(self.pick) if origin is Origin.BUILT else None)
         self.notify(f"Structure: {label}", "info")
 
     def load_structure_bytes(self, data: bytes | None, filename: str | None) -> bool:
@@ -464,82 +594,74 @@ class ExplorerState(param.Parameterized):
         syms = atoms.get_chemical_symbols()
         foreign = sorted(set(syms) - set(self.elements))
         if foreign:
-            self.notify(f"{name}: species {', '.join(foreign)} do not belong to {self.system} "
+            self.notify(f"{name}: species {', '.join(foreign)} do not belong to {self.pick.system} "
                         f"({', '.join(self.elements)}); the model cannot predict this structure", "danger")
             return False
         comp = {el: syms.count(el) / len(syms) for el in self.elements}
-        atoms.info.update(system=self.system, composition=format_composition(comp),
-                          realised_composition=format_composition(comp), source=name)
+        atoms.info.update({INFO_SYSTEM: self.pick.system, INFO_COMPOSITION: format_composition(comp),
+                           INFO_REALISED: format_composition(comp), INFO_SOURCE: name})
         atoms.calc = None
-        self.picked = [float(comp[e]) for e in self.elements]
-        self.composition_text = describe(self.picked, self.elements)
-        self.set_structure(atoms, f"{name}: {atoms.get_chemical_formula()} ({len(atoms)} atoms)")
+        picked = [float(comp[e]) for e in self.elements]
+        self.pick.param.update(text=describe(picked, self.elements), picked=picked)
+        self.set_structure(atoms, f"{name}: {atoms.get_chemical_formula()} ({len(atoms)} atoms)", Origin.UPLOADED)
         return True
 
     # --- prediction --------------------------------------------------------------------------
     def compute_prediction(self, atoms=None, n_samples: int = INTERACTIVE_SAMPLES, shape=None):
         """Predict the fields of ``atoms`` (default: the current structure). Returns (fields, seconds).
 
-        Raises ``ValueError`` with a readable reason (no model, foreign species...). Safe to
-        call from a worker thread: it does not touch the state.
+        Raises a :class:`RhoxError` with a readable reason (no model, foreign species...). Runs on
+        a worker: it reads the state but never sets a parameter.
         """
-        from rhox.engine.model import ModelError
         from rhox.engine.predict import predict
 
-        atoms = atoms if atoms is not None else self.structure
+        atoms = atoms if atoms is not None else self.structure.atoms
         if atoms is None:
-            raise ValueError("Build or upload a structure first.")
-        model = self.get_model()
+            raise InputError("Build or upload a structure first.")
+        model = self.load_model()
         interactive_threads()
         t0 = time.perf_counter()
         foreign = sorted(set(atoms.get_chemical_symbols()) - set(model.species))
         if foreign:
-            raise ValueError(
-                f"The model ({self.model_info.system if self.model_info else '?'}, trained on "
+            info = self.model.info
+            raise InputError(
+                f"The model ({info.system if info else '?'}, trained on "
                 f"{', '.join(model.species)}) cannot predict {', '.join(foreign)}: it never saw "
                 f"{'this species' if len(foreign) == 1 else 'these species'}. Load a model that did "
                 "(rhox serve --model DIR), or compute DFT for such structures and train on them.")
-        try:
-            fields = predict(model, atoms, shape=shape, n_samples=n_samples)
-        except ModelError as err:
-            raise ValueError(str(err)) from err
+        fields = predict(model, atoms, shape=shape, n_samples=n_samples)
         return fields, time.perf_counter() - t0
 
-    def set_fields(self, fields, seconds: float | None = None) -> None:
-        """Show predicted ``fields``: adapt the iso range and level to the new density."""
-        rho = fields.mean
-        lo, hi = float(np.percentile(rho, 1)), float(np.max(rho))
-        level = float(np.percentile(rho, 85))
-        self.param.update(iso_range=(round(lo, 4), round(hi, 4)), iso_level=round(level, 4), predict_seconds=seconds,
-                          fields=fields)
+    def set_fields(self, fields, seconds: float | None = None, dft: DFTComparison | None = None) -> None:
+        """Show predicted ``fields`` (and a DFT comparison on their grid)."""
+        self.model.param.update(seconds=seconds, fields=fields, dft=dft)
         n = fields.integrate()
         self.notify(f"Predicted {fields.shape[0]}×{fields.shape[1]}×{fields.shape[2]} grid in "
-                    f"{seconds:.2f} s (S={fields.n_samples}): ∫ρ = {n:.2f} e, mean σ = "
+                    f"{seconds or 0:.2f} s (S={fields.n_samples}): ∫ρ = {n:.2f} e, mean σ = "
                     f"{float(np.mean(fields.sigma_total)):.2e} e/Å³", "success")
 
     def predict_now(self, n_samples: int = INTERACTIVE_SAMPLES) -> bool:
-        """Predict the current structure in this thread; errors become the message. True on success."""
-        if self.structure is None and self.picked is not None:
-            if not self.build_structure():
-                return False
+        """Build if needed and predict in this thread (scripts); errors become the message."""
+        if not self.ensure_structure():
+            return False
         try:
             fields, seconds = self.compute_prediction(n_samples=n_samples)
-        except ValueError as err:
-            self.notify(str(err), "danger")
+        except (RhoxError, ValueError) as err:
+            self.notify(one_line(err), "danger")
             return False
         self.set_fields(fields, seconds)
         return True
 
     def summary(self) -> dict:
         """Numbers of the current prediction, for the stats table and for tests."""
-        if self.fields is None:
+        f = self.model.fields
+        if f is None:
             return {}
-        f = self.fields
         out = {"grid": "×".join(map(str, f.shape)), "natoms": len(f.atoms), "electrons": f.integrate(),
                "rho_max": float(f.mean.max()), "sigma_total_mean": float(f.sigma_total.mean()),
                "sigma_epistemic_mean": float(f.sigma_epistemic.mean()),
                "sigma_aleatoric_mean": float(f.sigma_aleatoric.mean()), "S": f.n_samples,
-               "seconds": self.predict_seconds}
-        if self.dft is not None:
-            out["L1%"] = self.dft.get("l1")
+               "seconds": self.model.seconds}
+        if self.model.dft is not None:
+            out["L1%"] = self.model.dft.l1
         return out

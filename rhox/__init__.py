@@ -6,7 +6,9 @@ The public API, in ASE's manner (a few names; the modules stay importable for mo
     atoms = rhox.random_alloy("SiGeSn", "Si0.5Ge0.25Sn0.25", repeat=1, seed=0)
     model = rhox.load_model()                 # the bundled SiGeSn model
     fields = rhox.predict(model, atoms)       # mean, σ total/epistemic/aleatoric, electrons/Å³
-    rhox.write(fields, "density.cube")        # formats: rhox.FORMATS
+    rhox.write("density.cube", atoms, fields.mean)        # format from the extension: rhox.FORMATS
+    rhox.write("fields.vti", atoms, fields.as_dict())     # vtk holds every field in one file
+    atoms, rho = rhox.read("density.cube")                # back in electrons/Å³
     rhox.App()                                # the explorer, in a notebook cell
 
 Layout: ``rhox.engine`` is the science (installed from the checkout's ``engine/``),

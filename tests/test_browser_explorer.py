@@ -35,6 +35,37 @@ JS_DATA_TO_PAGE = """([name, x, y]) => {
   const r = v.canvas_view.el.getBoundingClientRect();
   return [r.left + v.frame.x_scale.compute(x), r.top + v.frame.y_scale.compute(y)];
 }"""
+# Page rectangles of every Panel card (through shadow roots), and the page's scroll width.
+JS_CARDS = """() => {
+  const cards = [];
+  const walk = (n) => {
+    if (n.nodeType !== 1) return;
+    if (n.classList && n.classList.contains('card')) {
+      const r = n.getBoundingClientRect();
+      const root = n.shadowRoot || n;
+      const header = root.querySelector('.card-header, .card-button') || root.firstElementChild;
+      const text = (x) => { if (!x) return ''; if (x.nodeType === 3) return x.textContent;
+        let t = ''; if (x.shadowRoot) for (const c of x.shadowRoot.childNodes) t += text(c);
+        if (x.nodeName === 'STYLE') return ''; for (const c of x.childNodes) t += text(c); return t; };
+      const title = text(header).replace(/\\s+/g, ' ');
+      if (r.width > 0) cards.push({title: title.trim(), left: r.left, right: r.right});
+    }
+    if (n.shadowRoot) for (const c of n.shadowRoot.children) walk(c);
+    for (const c of n.children) walk(c);
+  };
+  walk(document.body);
+  let scroll = 0, scroller = '';
+  const all = (root) => { for (const el of root.querySelectorAll('*')) {
+    // (a slider's handle track overhangs by design)
+    if (el.scrollWidth > el.clientWidth + 1 && !String(el.className).startsWith('noUi') &&
+        getComputedStyle(el).overflowX !== 'hidden' &&
+        getComputedStyle(el).overflowX !== 'clip' && el.scrollWidth - el.clientWidth > scroll) {
+      scroll = el.scrollWidth - el.clientWidth; scroller = el.className || el.nodeName; }
+    if (el.shadowRoot) all(el.shadowRoot); } };
+  all(document);
+  return {cards, width: window.innerWidth, pageScroll: document.scrollingElement.scrollWidth - window.innerWidth,
+          innerScroll: scroll, scroller: String(scroller)};
+}"""
 # Text of an element and everything below it, through shadow roots, without <style>.
 JS_DEEP_TEXT = """(root) => {
   const out = [];
@@ -104,8 +135,8 @@ def browser(server):
 class Page:
     """One browser session of the app, with helpers a test reads like a user's steps."""
 
-    def __init__(self, browser, server, output_dir):
-        self.pg = browser.new_page(viewport={"width": 1600, "height": 1050})
+    def __init__(self, browser, server, output_dir, width: int = 1600):
+        self.pg = browser.new_page(viewport={"width": width, "height": 1050})
         self.console: list[tuple[str, str]] = []
         self.pg.on("console", lambda m: self.console.append((m.type, m.text)))
         self.pg.on("pageerror", lambda e: self.console.append(("pageerror", str(e))))
@@ -114,6 +145,9 @@ class Page:
         self.pg.wait_for_function("() => window.Bokeh && [...Bokeh.index.query(v => v.model.name == 'rhox-simplex')]"
                                   ".length > 0", timeout=90_000)
         self.wait_text(".rhox-model", "ready", timeout=90)
+        # The page opens on a ready prediction of the example composition.
+        self.wait_text(".rhox-stats", "∫ρ dV", timeout=90)
+        self.pg.wait_for_selector(".rhox-scene canvas", timeout=30_000)
 
     # --- reading --------------------------------------------------------------------
     def text(self, selector: str | None = None) -> str:
@@ -194,6 +228,9 @@ def _not_blank(img: np.ndarray) -> bool:
 
 def test_page_loads_without_errors_and_click_picks(page):
     assert "rhox explorer" in page.text()
+    assert "Model: model tiny (SiGeSn; trained on" in page.text(".rhox-model")  # not "Model model (..."
+    assert "Picked: Si0.5Ge0.25Sn0.25" in page.text(".rhox-picked")  # opened on the example
+    assert _not_blank(page.scene_pixels()), "the first view has no 3D scene"
     page.shot("explorer_start.png")
     assert page.errors() == []
     # the Si corner (a click just inside it snaps to pure Si)...
@@ -298,7 +335,39 @@ def test_two_sessions_do_not_share_picks(browser, server, output_dir):
         a.click_composition([0.95, 0.025, 0.025])
         a.wait_text(".rhox-picked", "Si1")
         time.sleep(0.5)
-        assert "(nothing yet)" in b.text(".rhox-picked")
+        assert "Si0.5Ge0.25Sn0.25" in b.text(".rhox-picked")  # b keeps its own (the example)
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("width", [1200, 1280, 1500, 1920])
+def test_layout_fits_the_window(browser, server, output_dir, width):
+    page = Page(browser, server, output_dir, width=width)
+    try:
+        time.sleep(1.0)
+        got = page.pg.evaluate(JS_CARDS)
+        titles = {c["title"] for c in got["cards"]}
+        assert {"Composition picker", "3D density and uncertainty", "Jobs"} <= titles, titles
+        outside = [c for c in got["cards"] if c["left"] < -1 or c["right"] > got["width"] + 1]
+        assert outside == [], f"cards cut off at {width} px: {outside}"
+        assert got["pageScroll"] <= 0 and got["innerScroll"] <= 1, got
+        page.shot(f"explorer_width_{width}.png")
+        assert page.errors() == []
+    finally:
+        page.close()
+
+
+def test_typing_a_composition_and_enter_predicts_without_page_errors(page):
+    before = page.scene_pixels()
+    page.type_into(".rhox-comp-input", "Si0.25Ge0.25Sn0.5")
+    page.wait_text(".rhox-picked", "Si0.25Ge0.25Sn0.5")
+    page.wait_text(".rhox-message", "Predicted", timeout=60)
+    after = _wait_scene_change(page, before)
+    assert _not_blank(after)
+    page.type_into(".rhox-comp-input", "Si0.5Ge0.5")
+    page.wait_text(".rhox-picked", "Si0.5Ge0.5")
+    page.wait_text(".rhox-message", "Predicted", timeout=60)
+    time.sleep(1.0)
+    page.shot("explorer_typed.png")
+    assert page.errors() == []

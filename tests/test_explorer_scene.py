@@ -19,12 +19,13 @@ from rhox.explorer.scene import (
     tile_fields,
     vtk_bytes,
 )
+from rhox.explorer.state import DFTComparison, ExplorerState, Field
 
 pv = pytest.importorskip("pyvista")
 
 
 class _Fields:
-    """A stand-in for engine.predict.DensityFields with analytic fields."""
+    """Analytic fields in the shape of engine.predict.DensityFields (made into one by ``_fields``)."""
 
     def __init__(self, atoms, shape=(12, 12, 12)):
         self.atoms = atoms
@@ -40,6 +41,8 @@ class _Fields:
         self.sigma_aleatoric = np.full(shape, 0.02, np.float32)
         self.sigma_total = np.sqrt(self.sigma_epistemic**2 + self.sigma_aleatoric**2)
         self.n_samples = 10
+        self.calibrated = False
+        self.sigma_scale = 1.0
 
     @property
     def shape(self):
@@ -64,12 +67,16 @@ def _plotter():
     return pv.Plotter(off_screen=True, window_size=(300, 240))
 
 
+def _dft(fields, factor):
+    return DFTComparison(density=fields.mean * factor, l1=0.0)
+
+
 def test_scene_fields_adds_dft_and_difference(fields):
-    d = scene_fields(fields, {"density": fields.mean * 0.9})
-    assert set(d) == {"mean", "sigma_total", "sigma_epistemic", "sigma_aleatoric", "dft", "difference"}
-    np.testing.assert_allclose(d["difference"], 0.1 * fields.mean, rtol=1e-5, atol=1e-6)
+    d = scene_fields(fields, _dft(fields, 0.9))
+    assert set(d) == set(Field)
+    np.testing.assert_allclose(d[Field.DIFFERENCE], 0.1 * fields.mean, rtol=1e-5, atol=1e-6)
     # a DFT density on another grid is not mixed in
-    assert "difference" not in scene_fields(fields, {"density": np.zeros((5, 5, 5))})
+    assert Field.DIFFERENCE not in scene_fields(fields, DFTComparison(np.zeros((5, 5, 5)), 0.0))
     assert scene_fields(None) == {}
 
 
@@ -78,36 +85,40 @@ def test_isosurface_follows_the_level(fields):
     f = scene_fields(fields)
     lo = build_scene(pl, fields.atoms, f, SceneOptions(iso_level=0.2))
     hi = build_scene(pl, fields.atoms, f, SceneOptions(iso_level=0.8))
-    assert lo["iso_points"] > 0 and hi["iso_points"] > 0
-    assert lo["iso_points"] != hi["iso_points"]
-    assert "sigma_total" in lo["clims"]  # coloured by σ: the uncertainty map
-    none = build_scene(pl, fields.atoms, f, SceneOptions(iso_level=1e6))
-    assert none["iso_points"] == 0  # a level above the maximum: no surface, no error
+    assert lo.iso_points > hi.iso_points > 0  # a higher level: a smaller surface around the atoms
+    assert lo.iso_colour.field is Field.SIGMA_TOTAL  # coloured by σ: the uncertainty map
+    above = SceneOptions()
+    above.param.iso_level.bounds = (0.0, 1e9)
+    above.iso_level = 1e6
+    none = build_scene(pl, fields.atoms, f, above)
+    assert none.iso_points == 0  # a level above the maximum: no surface, no error
     pl.close()
 
 
 @pytest.mark.parametrize("axis", ["x", "y", "z"])
 def test_slice_shows_the_chosen_field(fields, axis):
     pl = _plotter()
-    f = scene_fields(fields, {"density": fields.mean * 1.1})
-    info = build_scene(pl, fields.atoms, f, SceneOptions(slice_field="difference", slice_axis=axis,
-                                                         slice_position=0.0, iso_color="uniform"))
-    assert info["slice_field"] == "difference"
-    lo, hi = info["clims"]["ML − DFT (e/Å³)"]
-    assert lo == pytest.approx(-hi)  # symmetric colour range around zero
-    assert "sigma_total" not in info["clims"]
+    f = scene_fields(fields, _dft(fields, 1.1))
+    drawn = build_scene(pl, fields.atoms, f, SceneOptions(slice_field=Field.DIFFERENCE, slice_axis=axis,
+                                                          slice_position=0.0, iso_color=None))
+    assert drawn.slice_field is Field.DIFFERENCE
+    rng = drawn.slice_colour
+    assert rng.field is Field.DIFFERENCE and rng.lo == pytest.approx(-rng.hi)  # symmetric about zero
+    expect = np.percentile(np.abs(f[Field.DIFFERENCE]), 99.5)
+    assert rng.hi == pytest.approx(expect, rel=1e-5)
+    assert drawn.iso_colour is None  # one colour asked for
     pl.close()
 
 
 def test_periodic_images_and_outline(fields):
     tiled = tile_fields(scene_fields(fields), 2)
-    assert tiled["mean"].shape == (24, 24, 24)
+    assert tiled[Field.MEAN].shape == (24, 24, 24)
     outline = cell_outline(fields.atoms.cell.array)
     assert outline.n_points == 8 and outline.n_lines == 12
     pl = _plotter()
     one = build_scene(pl, fields.atoms, scene_fields(fields), SceneOptions(iso_level=0.5, periodic=1))
     two = build_scene(pl, fields.atoms, scene_fields(fields), SceneOptions(iso_level=0.5, periodic=2))
-    assert two["iso_points"] > 4 * one["iso_points"]
+    assert two.iso_points > 4 * one.iso_points
     pl.close()
 
 
@@ -118,8 +129,8 @@ def test_png_is_not_blank_and_fallback_works(fields):
     img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     assert img.shape[:2] == (240, 320)
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 20, how
-    fallback = slice_png(fields.atoms, scene_fields(fields), SceneOptions())
-    assert fallback[:8] == b"\x89PNG\r\n\x1a\n"
+    fallback = np.asarray(Image.open(io.BytesIO(slice_png(fields.atoms, scene_fields(fields), SceneOptions()))))
+    assert fallback.ndim == 3 and len(np.unique(fallback.reshape(-1, fallback.shape[-1]), axis=0)) > 20
 
 
 def test_cube_and_vtk_exports(fields, tmp_path):
@@ -131,31 +142,100 @@ def test_cube_and_vtk_exports(fields, tmp_path):
     atoms, rho = read_cube(p)
     np.testing.assert_allclose(rho, fields.mean, rtol=1e-4, atol=1e-8)
     raw, suffix = vtk_bytes(fields.atoms, scene_fields(fields))
-    assert suffix == ".vti" and len(raw) > 1000
+    assert suffix == ".vti"
     q = tmp_path / f"x{suffix}"
     q.write_bytes(raw)
     grid = pv.read(q)
-    assert {"mean", "sigma_total"} <= set(grid.point_data.keys())
+    closed = np.asarray(grid.point_data["mean"]).reshape(grid.dimensions, order="F")  # periodic point included
+    np.testing.assert_allclose(closed[:12, :12, :12], fields.mean, rtol=1e-6)
+    np.testing.assert_allclose(closed[12], closed[0], rtol=1e-6)
 
 
-def test_scene_view_follows_the_state(fields, tmp_path):
-    from rhox.explorer.state import ExplorerState
+def _fields(analytic):
+    from rhox.engine.predict import DensityFields
 
-    s = ExplorerState(model_path=tmp_path / "none", load_model=False)
+    a = analytic
+    return DensityFields(a.atoms, a.mean, a.sigma_total, a.sigma_epistemic, a.sigma_aleatoric, a.n_samples,
+                         calibrated=False)
+
+
+def test_scene_view_follows_the_state_and_its_options(fields, tmp_path):
+    s = ExplorerState(model_path=tmp_path / "none")
     view = SceneView(s, width=300, height=240)
-    assert view.refresh() == {}
+    assert view.refresh() is None
     s.set_structure(fields.atoms, "test")
-    assert view.renders == 1 and view.last_info["iso_points"] == 0  # atoms and cell only
-    s.set_fields(fields, 0.1)
-    n = view.renders
-    first = view.last_info["iso_points"]
-    s.iso_level = 0.9 * s.iso_range[1]
-    assert view.renders == n + 1
-    assert view.last_info["iso_points"] != first
-    s.slice_field = "sigma_epistemic"
-    assert view.last_info["slice_field"] == "sigma_epistemic"
+    assert view.renders == 1 and view.drawn.iso_points == 0  # atoms and cell only
+    s.set_fields(_fields(fields), 0.1)
+    # the iso range follows the new density: 1st percentile to its maximum
+    lo, hi = view.options.param.iso_level.bounds
+    assert lo == pytest.approx(np.percentile(fields.mean, 1), abs=1e-4) and hi == pytest.approx(fields.mean.max(), abs=1e-4)
+    assert view.widget("iso_level").start == lo and view.widget("iso_level").end == hi
+    n, first = view.renders, view.drawn.iso_points
+    view.widget("iso_level").value = 0.9 * hi  # the slider drives the scene
+    assert view.options.iso_level == 0.9 * hi
+    assert view.renders == n + 1 and view.drawn.iso_points != first
+    view.options.slice_field = Field.SIGMA_EPISTEMIC
+    assert view.drawn.slice_field is Field.SIGMA_EPISTEMIC
+    bars = view.colorbars
+    assert "σ total (e/Å³) (isosurface colour)" in bars and "σ epistemic (e/Å³) (slice)" in bars
+    assert f"<span>{view.drawn.slice_colour.hi:.3g}</span>" in bars  # the range's ends are labelled
+    # a DFT comparison arrives: the slice switches to ML − DFT
+    s.set_fields(s.fields, 0.1, dft=_dft(fields, 0.95))
+    assert view.options.slice_field is Field.DIFFERENCE and view.drawn.slice_field is Field.DIFFERENCE
     # exports are live once there are fields
-    assert not view._downloads["cube"].disabled
-    assert view._cube().getvalue()[:10]
-    assert view._vtk_file().getvalue()
-    assert view._png().getvalue()[:4] == b"\x89PNG"
+    assert not view.exports["cube"].disabled
+    assert view.exports["cube"].filename == "rhox_density.cube"
+    assert view.cube().getvalue()[:10] and view.exports["cube"].filename == "rhox_difference.cube"
+    assert view.vtk_file().getvalue()[:5] == b"<?xml"
+    assert view.png().getvalue()[:4] == b"\x89PNG"
+
+
+def test_vtk_work_runs_on_one_thread_whatever_thread_asks(fields, tmp_path):
+    import threading
+
+    import panel as pn
+
+    s = ExplorerState(model_path=tmp_path / "none")
+    view = SceneView(s, width=300, height=240)
+    pn.panel(view).get_root()  # the pane is serialised too
+    s.set_structure(fields.atoms, "test")
+    s.set_fields(_fields(fields), 0.1)
+    pn.panel(view).get_root()
+    callers = {threading.get_ident()}
+
+    def from_another_thread(level):
+        callers.add(threading.get_ident())
+        view.options.iso_level = level
+
+    threads = [threading.Thread(target=from_another_thread, args=(lv,)) for lv in (0.3, 0.6)]
+    for t in threads:
+        t.start()
+        t.join()
+    assert len(callers) == 3 and view.renders >= 4
+    assert len(view.vtk_threads) == 1  # scene building and serialisation: one thread...
+    assert not view.vtk_threads & callers  # ... which is none of the callers'
+
+
+def test_a_new_view_option_gets_a_widget_and_acts(fields, tmp_path):
+    """The documented way to add a view option: a parameter on SceneOptions, read by the builder."""
+    import panel as pn
+    import param
+
+    class WithOutline(SceneOptions):
+        show_cell = param.Boolean(default=True, doc="Show the structure (atoms and cell outline)")
+
+    def builder(plotter, atoms, shown, opts, reset_camera=True):
+        drawn = build_scene(plotter, atoms, shown, opts, reset_camera)
+        if not opts.show_cell:
+            plotter.remove_actor("structure")
+        drawn.iso_level = len(plotter.actors)  # what the test reads back
+        return drawn
+
+    s = ExplorerState(model_path=tmp_path / "none")
+    view = SceneView(s, width=300, height=240, options=WithOutline(), builder=builder)
+    s.set_structure(fields.atoms, "test")
+    assert view.drawn.iso_level == 1  # the structure actor
+    checkbox = [w for w in view.controls().select(pn.widgets.Checkbox) if w.name == "Show cell"]
+    assert len(checkbox) == 1
+    checkbox[0].value = False
+    assert view.drawn.iso_level == 0

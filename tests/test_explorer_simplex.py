@@ -22,7 +22,7 @@ from rhox.explorer.state import ExplorerState
 
 @pytest.fixture
 def state(tmp_path):
-    return ExplorerState(model_path=tmp_path / "none", load_model=False)
+    return ExplorerState(model_path=tmp_path / "none")
 
 
 def test_grid_lines_are_lines_of_constant_fraction():
@@ -86,42 +86,53 @@ def test_ternary_picker_tap_picks_and_renders(state):
     root = pn.panel(picker).get_root()
     assert root is not None
     x, y = barycentric_to_cartesian(np.array([0.5, 0.25, 0.25]))
-    picker._tap.event(x=float(x), y=float(y))
-    assert state.composition_text == "Si0.5Ge0.25Sn0.25"
-    picker._tap.event(x=1.2, y=0.95)
+    picker.click(float(x), float(y))
+    assert state.pick.text == "Si0.5Ge0.25Sn0.25"
+    picker.click(1.2, 0.95)
     assert "outside" in state.message
-    assert state.composition_text == "Si0.5Ge0.25Sn0.25"
+    assert state.pick.text == "Si0.5Ge0.25Sn0.25"
 
 
 def test_quaternary_picker_both_views_pick(state):
-    state.system = "CrFeCoNi"
+    state.pick.system = "CrFeCoNi"
     picker = CompositionPicker(state)
     q = picker.view
     assert isinstance(q, QuaternaryPicker)
     pn.panel(q).get_root()
     # slice: Ni fixed at 0.25, click the centre of the Cr-Fe-Co triangle
-    state.fixed_element = "Ni"
-    state.fixed_fraction = 0.25
+    state.pick.fixed_element = "Ni"
+    state.pick.fixed_fraction = 0.25
     cx, cy = barycentric_to_cartesian(np.array([1 / 3, 1 / 3, 1 / 3]))
-    q._slice_tap.event(x=float(cx), y=float(cy))
-    assert state.picked[3] == pytest.approx(0.25)
-    assert sum(state.picked) == pytest.approx(1.0)
+    q.click_slice(float(cx), float(cy))
+    assert state.pick.picked[3] == pytest.approx(0.25)
+    assert sum(state.pick.picked) == pytest.approx(1.0)
     # tetrahedron: click where the Co vertex is drawn
     xyd = project_tetrahedron(np.eye(4), q.azimuth, q.elevation)
-    q._tetra_tap.event(x=float(xyd[2, 0]), y=float(xyd[2, 1]))
-    assert state.composition_text == "Co1"
-    q._tetra_tap.event(x=5.0, y=5.0)
+    q.click_tetrahedron(float(xyd[2, 0]), float(xyd[2, 1]))
+    assert state.pick.text == "Co1"
+    q.click_tetrahedron(5.0, 5.0)
     assert "no grid point" in state.message
-    # the tetrahedron layers build with scores
+
+
+def test_tetrahedron_layers_show_scores_and_the_pick():
+    import holoviews as hv
+
     g = simplex_grid(4, 2)
-    tetra_layers(state.elements, 10, -40, g, scores=np.arange(len(g), dtype=float), picked=[0.25] * 4)
+    scores = np.arange(len(g), dtype=float)
+    ov = tetra_layers(("Cr", "Fe", "Co", "Ni"), 10, -40, g, scores=scores, picked=[0.25] * 4)
+    scored = [el for el in ov if isinstance(el, hv.Points) and len(el) == len(g) and len(el.vdims) > 1]
+    assert scored, "no layer with one point per grid composition and its score"
+    assert sorted(scored[0].dimension_values(scored[0].vdims[-1])) == pytest.approx(sorted(scores))
+    labels = {t for el in ov if isinstance(el, hv.Labels) for t in el.dimension_values("text")}
+    assert {"Cr", "Fe", "Co", "Ni"} <= labels
 
 
 def test_picker_follows_the_system(state):
     picker = CompositionPicker(state)
     assert isinstance(picker.view, TernaryPicker)
-    state.system = "CrFeCoNi"
+    state.pick.system = "CrFeCoNi"
     assert isinstance(picker.view, QuaternaryPicker)
-    state.system = "SiGe"
+    state.pick.system = "SiGe"
     assert isinstance(picker.view, pn.pane.Markdown)
-    assert state.set_composition_text("Si0.5Ge0.5")
+    assert state.select_text("Si0.5Ge0.5")
+    assert state.pick.picked == pytest.approx([0.5, 0.5])

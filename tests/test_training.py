@@ -155,8 +155,25 @@ def test_cli_predict_and_evaluate(tiny_model, tiny_dataset, tmp_path):
                               str(tmp_path / "e" / "eval.json"), "--samples", "5"])
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "e" / "eval.json").read_text())
-    for key in ("L1%", "NRMSE%", "dN", "cal1", "cal2", "cal3", "rank_corr_sigma_L1"):
-        assert key in rep["aggregate"]
+    # Each configuration's figures are the metrics of its own prediction against its DFT density...
+    from rhox.engine import metrics
+    from rhox.engine.training import load_samples
+
+    samples = {s.atoms.info.get("row_id"): s for s in load_samples(tiny_dataset)}
+    for row in rep["configurations"][:2]:
+        s = samples[row["row_id"]]
+        f = predict(model, s.atoms, shape=s.grid_shape, n_samples=5)
+        rho = s.total_density.astype(np.float32)
+        expect = metrics.configuration_metrics(f.mean, rho, f.sigma_total)
+        for key in ("L1%", "NRMSE%", "dN", "cal1", "cal2", "cal3", "mean_sigma"):
+            assert row[key] == pytest.approx(expect[key], rel=1e-5, abs=1e-9), key
+    # ...and the aggregate L1% is their mean, the rank correlation theirs.
+    agg = rep["aggregate"]
+    assert agg["n_configurations"] == len(samples) == len(rep["configurations"])
+    assert agg["L1%"] == pytest.approx(np.mean([r["L1%"] for r in rep["configurations"]]))
+    assert agg["rank_corr_sigma_L1"] == pytest.approx(metrics.rank_correlation(
+        [r["mean_sigma"] for r in rep["configurations"]], [r["L1%"] for r in rep["configurations"]]))
+    assert 0 <= agg["cal1"] <= agg["cal2"] <= agg["cal3"] <= 100
     assert set(rep["baselines"]) == {"deterministic", "superposition"}
     assert (tmp_path / "e" / "calibration.png").stat().st_size > 5000
     assert (tmp_path / "e" / "error_vs_uncertainty.png").exists()

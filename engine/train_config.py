@@ -1,0 +1,129 @@
+"""Training settings, checked on creation; torch-free so that the CLI takes its defaults from here.
+
+:class:`TrainConfig` is the one source of the training defaults (the ``rhox train`` options read
+them) and the one place where a training setting is judged: a bad value raises
+:class:`~rhox.engine.errors.InputError` naming the setting and the value, before anything is
+computed or written.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from types import SimpleNamespace
+
+from .errors import InputError, known_fields
+from .model_config import check_widths
+
+DEVICES = ("auto", "cpu", "cuda")
+# Settings that may change when a run is resumed (how long to go on, and where); any other
+# difference means the checkpoint belongs to another run.
+RESUMABLE_CHANGES = ("max_epochs", "patience", "device", "baseline", "baseline_epochs")
+
+
+def _whole(v, name: str, low: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v):
+        raise InputError(f"{name} must be a whole number, got {v!r}")
+    if int(v) < low:
+        raise InputError(f"{name} must be at least {low}, got {int(v)}")
+    return int(v)
+
+
+def _positive(v, name: str, zero_ok: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (v == 0 and not zero_ok):
+        raise InputError(f"{name} must be a finite {'non-negative' if zero_ok else 'positive'} number, got {v!r}")
+    return float(v)
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. Defaults train a good SiGeSn model on 2 CPU cores in a few minutes.
+
+    hidden: widths of the hidden layers. max_epochs, batch_size (grid points per mini-batch),
+    learning_rate (Adam), weight_decay, patience (epochs without validation improvement before
+    stopping), val_fraction (of configurations held out, in (0, 1)), seed, prior_sigma and
+    init_sigma (of the Bayesian weights), kl_weight, baseline (also train the deterministic
+    network), baseline_epochs (None: max_epochs), freeze_layers (with a parent model: first
+    layers kept fixed), device (auto, cpu, cuda or cuda:N), descriptor (settings of
+    :class:`~rhox.engine.descriptors.DescriptorSettings`; cutoff in Å).
+    """
+
+    hidden: tuple[int, ...] = (96, 96, 48)
+    max_epochs: int = 80
+    batch_size: int = 2048
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0
+    patience: int = 8
+    val_fraction: float = 0.15
+    seed: int = 0
+    prior_sigma: float = 1.0
+    init_sigma: float = 1e-3
+    kl_weight: float = 1.0
+    baseline: bool = True          # also train the deterministic network of the same shape
+    baseline_epochs: int | None = None
+    freeze_layers: int = 0         # with a parent model: layers kept fixed
+    device: str = "auto"
+    descriptor: dict = field(default_factory=lambda: {"kind": "frame"})
+
+    def __post_init__(self) -> None:
+        try:
+            _, hidden = check_widths(1, self.hidden, "hidden")
+        except ValueError as err:
+            raise InputError(str(err)) from None
+        if not hidden:
+            raise InputError("hidden must list at least one layer width")
+        self.hidden = hidden
+        self.max_epochs = _whole(self.max_epochs, "the number of epochs", 1)
+        self.batch_size = _whole(self.batch_size, "the batch size", 1)
+        self.learning_rate = _positive(self.learning_rate, "the learning rate")
+        self.weight_decay = _positive(self.weight_decay, "the weight decay", zero_ok=True)
+        self.patience = _whole(self.patience, "patience", 0)
+        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) \
+                or not 0 < self.val_fraction < 1:
+            raise InputError(f"the validation fraction must lie strictly between 0 and 1, got {self.val_fraction!r}")
+        self.seed = _whole(self.seed, "the seed", 0)
+        self.prior_sigma = _positive(self.prior_sigma, "the prior σ")
+        self.init_sigma = _positive(self.init_sigma, "the initial posterior σ")
+        self.kl_weight = _positive(self.kl_weight, "the KL weight")
+        if self.baseline_epochs is not None:
+            self.baseline_epochs = _whole(self.baseline_epochs, "the number of baseline epochs", 1)
+        self.freeze_layers = _whole(self.freeze_layers, "the number of frozen layers", 0)
+        if self.freeze_layers > len(self.hidden):
+            raise InputError(f"the number of frozen layers must leave at least the output layer to train: "
+                             f"at most {len(self.hidden)} here, got {self.freeze_layers}")
+        dev = str(self.device)
+        if dev not in DEVICES and not (dev.startswith("cuda:") and dev[5:].isdigit()):
+            raise InputError(f"unknown device {dev!r}: use auto, cpu, cuda or cuda:N")
+        self.descriptor = self._checked_descriptor(self.descriptor)
+
+    @staticmethod
+    def _checked_descriptor(d) -> dict:
+        if not isinstance(d, dict):
+            raise InputError(f"descriptor settings must be a mapping, got {type(d).__name__}")
+        from .descriptors import DescriptorSettings  # torch: only when a config is made
+
+        d = known_fields(DescriptorSettings, d, "descriptor")
+        probe = dict(d)
+        if probe.get("kind") == "atom" and not probe.get("species"):
+            probe["species"] = ("Si",)  # filled from the dataset when training; only the rest is checked here
+        try:
+            DescriptorSettings(**probe)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"descriptor settings: {str(err).splitlines()[0]}") from None
+        return d
+
+    @classmethod
+    def defaults(cls) -> "SimpleNamespace":
+        """The default of every setting, as attributes, without creating (and checking) a config."""
+        out = {}
+        for f in fields(cls):
+            out[f.name] = f.default_factory() if f.default_factory is not MISSING else f.default
+        return SimpleNamespace(**out)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    def resume_key(self) -> dict:
+        """The settings a checkpoint must share with a run that resumes it."""
+        return {k: v for k, v in self.to_dict().items() if k not in RESUMABLE_CHANGES}
