@@ -383,8 +383,13 @@ def predict(
     formats: Optional[List[str]] = typer.Option(
         None, "--format", help="Output format (repeatable): cube, chgcar, xsf (one file per field: density, "
                                "σ total, σ epistemic) or vtk (all fields in one file). Default: cube and vtk."),
+    resume: bool = typer.Option(False, "--resume", help="With --out RESULT.zarr: continue an interrupted run."),
 ):
-    """Predict density and uncertainty; write cube files (mean, σ total, σ epistemic) and a VTK file."""
+    """Predict density and uncertainty; write cube files (mean, σ total, σ epistemic) and a VTK file.
+
+    With --out RESULT.zarr the fields stream block by block into a chunked zarr store instead (any
+    size: memory stays bounded), and a killed run continues with --resume.
+    """
     import time
 
     from .errors import InputError
@@ -406,6 +411,11 @@ def predict(
     atoms = images[index][1]
     require_periodic(atoms, str(structure))
     model = load_model(model_dir, resolve_device(device))
+    if out_dir.suffix == ".zarr":
+        _predict_zarr(model, atoms, out_dir, spacing, samples, allow_foreign, resume, formats)
+        return
+    if resume:
+        raise InputError("--resume continues a streamed prediction: give --out RESULT.zarr")
     plan_grid(model, atoms, spacing=spacing, n_samples=samples)
     t0 = time.perf_counter()
     with progress_reporter(console, "predicting") as progress:
@@ -467,6 +477,28 @@ def build(
     out.print(f"{len(atoms):,} atoms ({counts}), cell {' x '.join(f'{x:.2f}' for x in atoms.cell.lengths())} Å: "
               f"built in {t1 - t0:.2f} s, written in {t2 - t1:.2f} s to {out_path} ({file_format})",
               highlight=False, soft_wrap=True)
+
+
+def _predict_zarr(model, atoms, store: Path, spacing, samples, allow_foreign, resume, formats) -> None:
+    """``rhox predict ... --out RESULT.zarr``: the streamed prediction, with progress and ETA."""
+    import time
+
+    from .errors import InputError
+    from .progress import progress_reporter
+    from .stream import predict_to_zarr
+
+    if formats:
+        raise InputError("--format applies to folder outputs; a .zarr store holds all four fields")
+    t0 = time.perf_counter()
+    with progress_reporter(console, "predicting") as progress:
+        summary = predict_to_zarr(model, atoms, store, spacing=spacing, n_samples=samples, resume=resume,
+                                  allow_foreign=allow_foreign, progress=progress)
+    dt = time.perf_counter() - t0
+    again = f" ({summary.blocks_resumed} found done)" if summary.blocks_resumed else ""
+    out.print(f"{len(atoms)} atoms, grid {'x'.join(map(str, summary.shape))}, S={samples}: "
+              f"{summary.n_blocks} blocks{again} in {dt:.2f} s; ∫ρ = {summary.integral:.3f} e, "
+              f"mean σ = {summary.mean_sigma:.2e} e/Å³")
+    out.print(f"wrote {store}")
 
 
 @app.command()
