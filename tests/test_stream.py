@@ -120,3 +120,48 @@ def test_cli_predict_to_zarr_and_resume(tiny_model, sige, tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert f"({ref.n_blocks} found done)" in proc.stdout
+
+
+def test_cli_killed_run_resumes_to_the_uninterrupted_result(tiny_model, sige, tmp_path):
+    """A real kill (SIGKILL, no clean-up) in the middle of a run, then --resume."""
+    import signal
+    import subprocess
+    import time
+
+    from ase.io import write
+
+    from conftest import rhox_cmd, subprocess_env
+
+    model_dir, _ = tiny_model
+    write(tmp_path / "sige.xyz", sige)
+    base = ["predict", "sige.xyz", "--model", str(model_dir), "--samples", "3", "--spacing", "0.1"]  # 8 blocks
+
+    def run(out, *extra):
+        proc = subprocess.run(rhox_cmd() + base + ["--out", out, *extra], cwd=tmp_path, env=subprocess_env(),
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    run("full.zarr")
+    proc = subprocess.Popen(rhox_cmd() + base + ["--out", "cut.zarr"], cwd=tmp_path, env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    record = tmp_path / "cut.zarr" / keys.STREAM_PROGRESS
+    deadline = time.monotonic() + 300
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            done = json.loads(record.read_text())["blocks_done"]
+        except (OSError, ValueError):
+            done = 0
+        if done >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert 2 <= json.loads(record.read_text())["blocks_done"] < 8
+    stdout = run("cut.zarr", "--resume")
+    assert "found done" in stdout
+    a, b = read_zarr_fields(tmp_path / "full.zarr"), read_zarr_fields(tmp_path / "cut.zarr")
+    for name in FIELD_NAMES:
+        assert np.array_equal(a[name], b[name]), name
