@@ -98,6 +98,45 @@ def one(n_atoms: float, method: str, n_blocks: int, block: int, spacing: float |
     }
 
 
+def one_predict(n_atoms: float, n_samples: int, n_blocks: int, block: int, spacing: float | None) -> dict:
+    """Time the whole prediction (halo descriptors + network, S weight samples) on a few blocks."""
+    import numpy as np
+    import torch
+
+    from rhox.engine.build import build_alloy
+    from rhox.engine.grid import grid_shape_for_spacing, iter_blocks
+    from rhox.engine.model import load_model
+    from rhox.engine.predict import predict_blocks
+
+    torch.set_num_threads(int(os.environ.get("RHOX_BENCH_THREADS", "2")))
+    model = load_model()
+    spacing = spacing or model.grid_spacing
+    rep = repeat_for(n_atoms)
+    atoms = build_alloy("SiGeSn", COMPOSITION, (rep,) * 3, temperature=300.0, seed=0)
+    rss_structure = rss_mb()
+    shape = grid_shape_for_spacing(atoms.cell.array, spacing)
+    n_tiles = sum(1 for _ in iter_blocks(shape, (block,) * 3))
+    times, points = [], 0
+    with torch.no_grad():
+        # From the middle of the grid: one untimed block (weight sets drawn, thread pools up), then
+        # n_blocks timed ones in a row, as a long run streams them.
+        stream = predict_blocks(model, atoms, shape, n_samples, (block,) * 3, skip=n_tiles // 2)
+        next(stream)
+        for _ in range(n_blocks):
+            t0 = time.perf_counter()
+            tile, vals = next(stream)
+            times.append(time.perf_counter() - t0)
+            points += vals["mean"].size
+            assert np.isfinite(vals["mean"]).all()
+    rate = points / sum(times)
+    total = int(np.prod(shape))
+    return {"atoms": len(atoms), "repeat": rep, "method": f"predict S={n_samples}", "n_samples": n_samples,
+            "spacing_A": spacing, "grid": list(shape), "grid_points": total, "block": block,
+            "blocks_timed": n_blocks, "points_timed": points, "block_s": times, "points_per_s": rate,
+            "whole_grid_s_extrapolated": total / rate, "rss_after_structure_MB": rss_structure,
+            "peak_rss_MB": peak_mb(), "threads": torch.get_num_threads()}
+
+
 def build_timing(n_atoms: float, out_dir: Path) -> dict:
     """Wall time and peak RSS of ``rhox build`` writing ``n_atoms`` atoms as extxyz and LAMMPS data."""
     rows = []
@@ -128,10 +167,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                     help="torch threads per case (on a busy machine one thread can beat two)")
     ap.add_argument("--no-build", action="store_true", help="skip timing rhox build")
+    ap.add_argument("--predict", type=int, nargs="*", default=None, metavar="S",
+                    help="time the whole prediction (network included) with these S instead of descriptors only")
     ap.add_argument("--one", nargs=2, metavar=("ATOMS", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(float(args.one[0]), args.one[1], args.blocks, args.block, args.spacing)))
+        n, method = float(args.one[0]), args.one[1]
+        if method.startswith("predict"):
+            print(json.dumps(one_predict(n, int(method.split(":")[1]), args.blocks, args.block, args.spacing)))
+        else:
+            print(json.dumps(one(n, method, args.blocks, args.block, args.spacing)))
         return
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "load_average_at_start": os.getloadavg()},
@@ -140,8 +185,9 @@ def main() -> None:
         results.update(build_timing(max(args.atoms), HERE / "results"))
         for r in results["build"]:
             print(f"build {r['atoms']:>9,} atoms {r['format']}: {r['wall_s']:.1f} s, peak {r['peak_rss_MB']:.0f} MB")
+    methods = ("halo", "whole") if args.predict is None else tuple(f"predict:{s}" for s in (args.predict or [20, 1]))
     for n in args.atoms:
-        for method, threads in ((m, t) for m in ("halo", "whole") for t in args.threads):
+        for method, threads in ((m, t) for m in methods for t in args.threads):
             if method == "whole" and n > args.whole_up_to:
                 continue
             cmd = [sys.executable, __file__, "--one", str(n), method, "--blocks", str(args.blocks),
@@ -151,11 +197,11 @@ def main() -> None:
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             r["load_average"] = os.getloadavg()[0]
             results["cases"].append(r)
-            print(f"{r['atoms']:>9,} atoms {method:5s} {threads} thread(s): setup {r['setup_s']:.2f} s, {r['points_per_s']:,.0f} points/s, "
+            print(f"{r['atoms']:>9,} atoms {r['method']:5s} {threads} thread(s): {r['points_per_s']:,.0f} points/s, "
                   f"peak RSS {r['peak_rss_MB']:.0f} MB (structure alone {r['rss_after_structure_MB']:.0f} MB); "
                   f"grid {'x'.join(map(str, r['grid']))} would take {r['whole_grid_s_extrapolated'] / 3600:.2f} h")
     results["machine"]["load_average_at_end"] = os.getloadavg()
-    out = HERE / "results" / "scale.json"
+    out = HERE / "results" / ("scale.json" if args.predict is None else "scale_predict.json")
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))
     os.replace(tmp, out)

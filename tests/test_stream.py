@@ -165,3 +165,12 @@ def test_cli_killed_run_resumes_to_the_uninterrupted_result(tiny_model, sige, tm
     a, b = read_zarr_fields(tmp_path / "full.zarr"), read_zarr_fields(tmp_path / "cut.zarr")
     for name in FIELD_NAMES:
         assert np.array_equal(a[name], b[name]), name
+
+
+def test_store_larger_than_the_free_disk_is_refused_before_any_write(tiny_model, sige, tmp_path, monkeypatch):
+    _, model = tiny_model
+    monkeypatch.setattr("rhox.engine.stream._free_bytes", lambda path: 10_000)
+    # 24³ points x 4 float32 fields = 221,184 bytes > 10,000 free.
+    with pytest.raises(InputError, match="24x24x24 grid"):
+        predict_to_zarr(model, sige, tmp_path / "r.zarr", shape=(24, 24, 24), n_samples=2)
+    assert list(tmp_path.iterdir()) == []
