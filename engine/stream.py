@@ -168,8 +168,8 @@ def predict_to_zarr(
     done0 = int(record["blocks_done"])
     sums = np.array([record["sum_mean"], record["sum_sigma_total"]], dtype=np.float64)
     done = done0
-    if progress:
-        progress(done, len(tiles))
+    if progress and done:
+        progress(done, len(tiles))  # a resumed run shows where it starts
     with torch.no_grad():
         for tile, vals in predict_blocks(model, atoms, shape, n_samples, block, seed, network, calibrated,
                                          skip=done0):
