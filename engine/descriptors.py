@@ -34,6 +34,12 @@ radius grows by half until they do, so the K nearest are always returned. Equal 
 (high-symmetry points of perfect lattices) are ordered canonically, so that even there the
 descriptors stay invariant (see :class:`PeriodicNeighbourSearch`).
 
+Big structures (domain decomposition): :class:`BlockedDescriptorCalculator` searches, for each
+block of points, only the atoms within the search radius of the block's box, periodic images
+included (:class:`HaloNeighbourSearch`, atoms found through a cell list of fractional
+coordinates); the halo grows with the search radius exactly as the whole image set does, so the
+descriptors are bit for bit those of :class:`DescriptorCalculator`, and memory follows the block.
+
 The search runs in float64 numpy/scipy on the CPU; the geometry (frames, projections, cosines)
 runs in torch, in float64, on ``device``, and is cast to ``dtype`` at the end.
 """
@@ -236,7 +242,7 @@ class PeriodicNeighbourSearch:
         positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
         if len(positions) == 0:
             raise ValueError("no atoms to search")
-        frac = positions @ self.inverse
+        frac = _product(positions, self.inverse)
         self._frac = frac - np.floor(frac)
         self._numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
         self._indices = np.arange(len(positions)) if indices is None else np.asarray(indices)
@@ -249,23 +255,11 @@ class PeriodicNeighbourSearch:
     def _image_set(self, radius: float) -> _ImageSet:
         if self._images is not None and self._images.radius >= radius:
             return self._images
-        # Points live in [0, 1) fractional; an image atom matters if it lies within `radius` of
-        # the cell, i.e. its fractional coordinate c is within radius / plane_spacing_c of
-        # [0, 1]. The 1e-6 slack covers points that wrap to exactly 1.0 by round-off.
-        pad = radius / self._plane + 1e-6
-        reps = [np.arange(-math.ceil(p), math.ceil(p) + 1) for p in pad]
-        shifts = np.stack(np.meshgrid(*reps, indexing="ij"), -1).reshape(-1, 3)
-        # One translation at a time, so a big cell never holds all 27+ copies at once.
-        parts_frac, parts_atom, parts_shift = [], [], []
-        for shift in shifts:
-            frac = self._frac + shift
-            keep = np.flatnonzero(np.all((frac >= -pad) & (frac <= 1 + pad), axis=1))
-            parts_frac.append(frac[keep])
-            parts_atom.append(keep)
-            parts_shift.append(np.broadcast_to(shift, (keep.size, 3)))
-        atom = np.concatenate(parts_atom)
-        shift = np.concatenate(parts_shift)
-        positions = np.concatenate(parts_frac) @ self.cell
+        # An image atom matters if it lies within `radius` of a point, i.e. its fractional
+        # coordinate c is within radius / plane_spacing_c of the points' box. The 1e-6 slack
+        # covers points that wrap to exactly 1.0 by round-off.
+        frac, atom, shift = self._images_within(radius / self._plane + 1e-6)
+        positions = _product(frac, self.cell)
         self._images = _ImageSet(
             radius=radius,
             tree=cKDTree(positions),
@@ -276,10 +270,30 @@ class PeriodicNeighbourSearch:
         )
         return self._images
 
+    def _images_within(self, pad: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fractional coordinates, atom numbers (rows of the structure) and integer lattice
+        translations of every image whose fractional coordinates lie within ``pad`` (per axis)
+        of the cell [0, 1]³, where the points live."""
+        reps = [np.arange(-math.ceil(p), math.ceil(p) + 1) for p in pad]
+        shifts = np.stack(np.meshgrid(*reps, indexing="ij"), -1).reshape(-1, 3)
+        # One translation at a time, so a big cell never holds all 27+ copies at once.
+        parts_frac, parts_atom, parts_shift = [], [], []
+        for shift in shifts:
+            frac = self._frac + shift
+            keep = np.flatnonzero(np.all((frac >= -pad) & (frac <= 1 + pad), axis=1))
+            parts_frac.append(frac[keep])
+            parts_atom.append(keep)
+            parts_shift.append(np.broadcast_to(shift, (keep.size, 3)))
+        return np.concatenate(parts_frac), np.concatenate(parts_atom), np.concatenate(parts_shift)
+
     def wrap(self, points: np.ndarray) -> np.ndarray:
         """Points (Å) moved into the cell by lattice translations."""
-        frac = np.asarray(points, dtype=np.float64).reshape(-1, 3) @ self.inverse
-        return (frac - np.floor(frac)) @ self.cell
+        return _product(self.wrap_fractional(points), self.cell)
+
+    def wrap_fractional(self, points: np.ndarray) -> np.ndarray:
+        """Fractional coordinates in [0, 1) of the points (Å) moved into the cell."""
+        frac = _product(np.asarray(points, dtype=np.float64).reshape(-1, 3), self.inverse)
+        return frac - np.floor(frac)
 
     def query(self, points: np.ndarray, k: int) -> Neighbours:
         """The k nearest atoms (over all images) of each point (P, 3) Å."""
@@ -357,6 +371,101 @@ class PeriodicNeighbourSearch:
 
 
 _TIE_BATCH = 2048  # rows per batch in tie-breaking: its arrays grow with the square of C
+
+
+def _product(a: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """``a @ m`` for (n, 3) rows and a 3x3 matrix, elementwise in a fixed order.
+
+    A BLAS matmul may pick kernels (and so round the last bit differently) by array size and
+    alignment; this gives each row the same numbers whatever array it sits in, which is what
+    makes a block's descriptors equal, bit for bit, to the whole structure's.
+    """
+    return a[:, 0:1] * m[0] + a[:, 1:2] * m[1] + a[:, 2:3] * m[2]
+
+
+# --------------------------------------------------------------------------------------------
+# Domain decomposition: the neighbour search of one block of points sees only its halo
+# --------------------------------------------------------------------------------------------
+
+
+class _CellList:
+    """Atoms binned by wrapped fractional coordinates, to find those near a box in O(box) time.
+
+    frac: (n, 3) in [0, 1). bin_width: Å (about one or two atoms per bin at alloy densities).
+    """
+
+    def __init__(self, frac: np.ndarray, plane: np.ndarray, bin_width: float = 3.0):
+        self.frac = frac
+        self.n_bins = np.maximum(1, np.floor(plane / bin_width)).astype(np.int64)
+        b = np.minimum((frac * self.n_bins).astype(np.int64), self.n_bins - 1)
+        flat = (b[:, 0] * self.n_bins[1] + b[:, 1]) * self.n_bins[2] + b[:, 2]
+        self.order = np.argsort(flat, kind="stable")
+        counts = np.bincount(flat, minlength=int(np.prod(self.n_bins)))
+        self.start = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        self.count = counts
+
+    def within(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fractional coordinates, atom rows and integer translations of every periodic image
+        with all three fractional coordinates in [lo, hi] (unwrapped; may span several cells)."""
+        axes_bin, axes_shift = [], []
+        for c in range(3):
+            u = np.arange(math.floor(lo[c] * self.n_bins[c]), math.floor(hi[c] * self.n_bins[c]) + 1)
+            axes_bin.append(u % self.n_bins[c])
+            axes_shift.append(u // self.n_bins[c])  # each unwrapped bin is one (bin, translation)
+        bx, by, bz = np.meshgrid(*axes_bin, indexing="ij")
+        sx, sy, sz = np.meshgrid(*axes_shift, indexing="ij")
+        flat = ((bx * self.n_bins[1] + by) * self.n_bins[2] + bz).reshape(-1)
+        shifts = np.stack((sx, sy, sz), -1).reshape(-1, 3)
+        counts = self.count[flat]
+        box = np.repeat(np.arange(flat.size), counts)
+        offset = np.arange(box.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        atom = self.order[self.start[flat][box] + offset]
+        shift = shifts[box]
+        frac = self.frac[atom] + shift
+        keep = np.all((frac >= lo) & (frac <= hi), axis=1)
+        return frac[keep], atom[keep], shift[keep]
+
+
+class _BoxSearch(PeriodicNeighbourSearch):
+    """The search of one block: its image set holds only the atoms near the block's box of
+    points (the halo), grown with the search radius exactly as the whole structure's is."""
+
+    def __init__(self, parent: HaloNeighbourSearch, lo: np.ndarray, hi: np.ndarray):
+        # Shares the parent's arrays (no copy, nothing per atom): only the image set is new.
+        self.cell, self.inverse = parent.cell, parent.inverse
+        self._frac, self._numbers, self._indices = parent._frac, parent._numbers, parent._indices
+        self._plane, self._density, self._start_radius = parent._plane, parent._density, parent._start_radius
+        self._images = None
+        self._cells, self._lo, self._hi = parent._cells, lo, hi
+
+    def _images_within(self, pad):
+        return self._cells.within(self._lo - pad, self._hi + pad)
+
+
+class HaloNeighbourSearch(PeriodicNeighbourSearch):
+    """:class:`PeriodicNeighbourSearch` by domain decomposition: each query builds its k-d tree
+    from only the atoms (periodic images included) within the search radius of the query
+    points' fractional box, so memory follows the block of points, not the structure.
+
+    Results are identical, bit for bit, to the whole structure's search: the same start radius
+    (from the whole structure's density), the same growth rule (the halo grows with the radius),
+    the same image coordinates and tie-break keys. Query compact blocks of points (a tile of
+    :func:`engine.grid.iter_blocks`): a scattered set of points has the whole cell as its box.
+    """
+
+    def __init__(self, cell, positions, numbers, indices=None, radius: float = 6.0, bin_width: float = 3.0):
+        super().__init__(cell, positions, numbers, indices, radius)
+        self._cells = _CellList(self._frac, self._plane, bin_width)
+
+    def query(self, points: np.ndarray, k: int) -> Neighbours:
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        if len(points) == 0:
+            return super().query(points, k)
+        frac = self.wrap_fractional(points)
+        box = _BoxSearch(self, frac.min(0), frac.max(0))
+        found = box.query(points, k)
+        self.last_image_count = len(box._images.positions)  # what the block's tree held (diagnostics)
+        return found
 
 
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -544,10 +653,13 @@ class DescriptorCalculator:
         cell, pos, numbers = atoms.cell.array, atoms.positions, atoms.numbers
         if settings.kind == "frame":
             # Look up each element once, not each atom (cells may hold millions of atoms).
+            # Per atom only the row of its element in a small table (8 bytes per atom, not 8 per
+            # attribute), so that a million-atom structure costs little here.
             elements, inverse = np.unique(numbers, return_inverse=True)
             table = species_attributes(elements, settings.attributes)
-            self._attributes = torch.as_tensor(table[inverse], dtype=torch.float64, device=self.device)
-            self._search = PeriodicNeighbourSearch(cell, pos, numbers, radius=settings.cutoff)
+            self._table = torch.as_tensor(table, dtype=torch.float64, device=self.device)
+            self._element = torch.as_tensor(inverse.reshape(-1), device=self.device)
+            self._search = self._make_search(cell, pos, numbers, None)
         else:
             symbols = atoms.get_chemical_symbols()
             extra = sorted(set(symbols) - set(settings.species))
@@ -560,10 +672,13 @@ class DescriptorCalculator:
             for s in settings.species:
                 mine = np.flatnonzero(np.asarray(symbols) == s)
                 self._searches.append(
-                    PeriodicNeighbourSearch(cell, pos[mine], numbers[mine], mine, radius=settings.cutoff)
+                    self._make_search(cell, pos[mine], numbers[mine], mine)
                     if mine.size
                     else None  # absent species: its block stays 0
                 )
+
+    def _make_search(self, cell, positions, numbers, indices) -> PeriodicNeighbourSearch:
+        return PeriodicNeighbourSearch(cell, positions, numbers, indices, radius=self.settings.cutoff)
 
     def __call__(self, points) -> torch.Tensor:
         if isinstance(points, torch.Tensor):
@@ -584,8 +699,8 @@ class DescriptorCalculator:
         if s.kind == "frame":
             nb = self._search.query(points, k)
             idx = torch.as_tensor(nb.indices, device=self.device)
-            return _frame_features(self._tensor(nb.vectors), self._tensor(nb.distances), self._attributes[idx],
-                                   s.radial)
+            return _frame_features(self._tensor(nb.vectors), self._tensor(nb.distances),
+                                   self._table[self._element[idx]], s.radial)
         blocks = []
         for search in self._searches:
             if search is None:
@@ -594,6 +709,37 @@ class DescriptorCalculator:
                 nb = search.query(points, k)
                 blocks.append(_species_features(self._tensor(nb.vectors), self._tensor(nb.distances), s.cutoff))
         return torch.cat(blocks, dim=1)
+
+
+class BlockedDescriptorCalculator(DescriptorCalculator):
+    """:class:`DescriptorCalculator` by domain decomposition, for structures of any size.
+
+    Each call (each chunk of ``settings.chunk_size`` points) searches only the atoms within the
+    search radius of its points' box, periodic images included (:class:`HaloNeighbourSearch`),
+    so memory is set by the block of points, not by the structure: call it on the tiles of
+    :func:`engine.grid.iter_blocks`. The descriptors are exactly (``torch.equal``) those of
+    :class:`DescriptorCalculator`, tie-breaking included. Structures below ``min_atoms`` atoms
+    (where one image set of the whole cell is small and cheaper than a tree per block) use the
+    whole-structure search.
+    """
+
+    MIN_ATOMS = 20_000
+
+    def __init__(self, atoms: Atoms, settings: DescriptorSettings, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, min_atoms: int | None = None):
+        self.min_atoms = self.MIN_ATOMS if min_atoms is None else int(min_atoms)
+        self._n_atoms = len(atoms)
+        super().__init__(atoms, settings, device, dtype)
+
+    @property
+    def uses_halos(self) -> bool:
+        """Whether blocks search their halos (True) or the whole structure's image set."""
+        return self._n_atoms >= self.min_atoms
+
+    def _make_search(self, cell, positions, numbers, indices) -> PeriodicNeighbourSearch:
+        if not self.uses_halos:
+            return super()._make_search(cell, positions, numbers, indices)
+        return HaloNeighbourSearch(cell, positions, numbers, indices, radius=self.settings.cutoff)
 
 
 def compute_descriptors(

@@ -80,8 +80,10 @@ def iter_blocks(shape: Shape3, block: Shape3 = (32, 32, 32)) -> Iterator[Block3]
 
     Each tile holds at most ``bx*by*bz`` points, so streaming a field of any size tile by tile
     (``field[tile]``, ``grid_points(cell, shape, tile)``) needs bounded memory. Tiles at the far
-    edges are smaller when the block does not divide the shape. Descriptors need no halo: the
-    neighbour search always sees the whole periodic structure.
+    edges are smaller when the block does not divide the shape. For big structures pass each
+    tile's points to a :class:`engine.descriptors.BlockedDescriptorCalculator`: its neighbour
+    search then holds only the tile's halo (the atoms within the search radius of the tile,
+    periodic images included), with exactly the whole structure's results.
     """
     shape = _shape3(shape)
     block = _shape3(block)

@@ -19,7 +19,7 @@ import torch
 from ase import Atoms
 
 from .bnn import predict_with_uncertainty
-from .descriptors import DescriptorCalculator
+from .descriptors import BlockedDescriptorCalculator
 from .errors import InputError, ModelError
 from .grid import grid_points, grid_shape_for_spacing, iter_blocks
 from .model import RhoxModel
@@ -118,10 +118,15 @@ def plan_grid(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int] | None
 
 def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], n_samples: int = 20,
                    block: tuple[int, int, int] = (24, 24, 24), seed: int = 0, network: str = "bnn",
-                   calibrated: bool = True) -> Iterator[tuple[tuple[slice, slice, slice], dict[str, np.ndarray]]]:
+                   calibrated: bool = True, skip: int = 0,
+                   ) -> Iterator[tuple[tuple[slice, slice, slice], dict[str, np.ndarray]]]:
     """Yield ``(block slices, fields of that block)`` over the grid of ``shape``.
 
-    ``network="baseline"`` uses the deterministic network (its σ is aleatoric only).
+    ``network="baseline"`` uses the deterministic network (its σ is aleatoric only). ``skip``
+    leaves out the first blocks (of :func:`engine.grid.iter_blocks` order; a resumed run): the
+    weight sets are drawn all the same, so every block gets the numbers of a full run. Each
+    block's descriptors search only the atoms near it (halos, for big structures), with the
+    numbers of the whole-structure search.
     """
     net = model.net if network == "bnn" else model.baseline
     if net is None:
@@ -129,9 +134,11 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
     require_periodic(atoms)
     net.eval()
     weight_sets = net.sample_weight_sets(n_samples, seed)
-    calc = DescriptorCalculator(atoms, model.descriptor, device=model.device)
+    calc = BlockedDescriptorCalculator(atoms, model.descriptor, device=model.device)
     scale = float(model.meta.get("sigma_scale", 1.0)) if calibrated else 1.0
-    for tile in iter_blocks(shape, block):
+    for i, tile in enumerate(iter_blocks(shape, block)):
+        if i < skip:
+            continue
         pts = grid_points(atoms.cell.array, shape, tile)
         x = model.standardize(calc(pts))
         p = predict_with_uncertainty(net, x, weight_sets)
