@@ -33,9 +33,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CHROMIUM = os.environ.get("RHOX_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+sys.path.insert(0, str(ROOT / "tests"))  # the browser set-up the browser tests use
+from browser_support import CHROMIUM, FLAGS, stop_process  # noqa: E402
 TRIANGLE_READY = "() => window.Bokeh && [...Bokeh.index.query(v => v.model.name == 'rhox-simplex')].length > 0"
 DATA_TO_PAGE = """([x, y]) => {
   const v = [...Bokeh.index.query(v => v.model.name == 'rhox-simplex')][0];
@@ -138,12 +137,7 @@ def wait_listening(port: int, proc, timeout: float = 120.0) -> None:
 
 
 def stop(proc, log):
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_process(proc, log)
 
 
 def main() -> int:
@@ -185,7 +179,6 @@ def main() -> int:
                     wait_text(page, "rhox-model", "ready", timeout=120)
                     wait_text(page, "rhox-stats", "∫ρ dV", timeout=120)  # the example's prediction
                     time.sleep(1.0)
-                    before = None
                     for k in range(args.clicks):
                         comp = COMPOSITIONS[k % len(COMPOSITIONS)]
                         x, y = comp[1] + 0.5 * comp[2], comp[2] * math.sqrt(3) / 2

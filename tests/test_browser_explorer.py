@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from browser_support import CHROMIUM, FLAGS, JS_DEEP_TEXT, stop_process
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("RHOX_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 # Bokeh figure of the picker -> page pixels of a data point.
 JS_DATA_TO_PAGE = """([name, x, y]) => {
@@ -66,18 +64,6 @@ JS_CARDS = """() => {
   return {cards, width: window.innerWidth, pageScroll: document.scrollingElement.scrollWidth - window.innerWidth,
           innerScroll: scroll, scroller: String(scroller)};
 }"""
-# Text of an element and everything below it, through shadow roots, without <style>.
-JS_DEEP_TEXT = """(root) => {
-  const out = [];
-  const walk = (n) => {
-    if (n.nodeType === 3) { out.push(n.textContent); return; }
-    if (n.nodeName === 'STYLE' || n.nodeName === 'SCRIPT') return;
-    if (n.shadowRoot) walk(n.shadowRoot);
-    for (const c of n.childNodes || []) walk(c);
-  };
-  walk(root || document.body);
-  return out.join(' ').replace(/\\s+/g, ' ');
-}"""
 
 
 def _free_port() -> int:
@@ -114,12 +100,7 @@ def server(explorer_model, explorer_data, tmp_path_factory):
                 pytest.fail(f"panel serve did not start: {(work / 'serve.log').read_text()[-2000:]}")
             time.sleep(0.2)
     yield {"url": url, "log": work / "serve.log"}
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_process(proc, log)
 
 
 @pytest.fixture(scope="module")

@@ -120,9 +120,9 @@ def test_served_page_needs_nothing_from_outside(explorer_model, explorer_data, t
     pytest.importorskip("playwright.sync_api")
     from playwright.sync_api import sync_playwright
 
-    chromium = os.environ.get("RHOX_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run"]
+    from browser_support import CHROMIUM as chromium
+    from browser_support import FLAGS as flags
+    from browser_support import stop_process
     local = {"127.0.0.1", "localhost", "::1", "[::1]"}
     if not Path(chromium).exists():
         pytest.skip(f"no Chromium at {chromium}")
@@ -172,12 +172,7 @@ def test_served_page_needs_nothing_from_outside(explorer_model, explorer_data, t
             page.screenshot(path=str(output_dir / "served_offline.png"))
             browser.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_process(proc, log)
     assert outside == [], outside[:10]
     assert failed == [], failed[:10]
     assert errors == [], errors[:5]

@@ -29,13 +29,12 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
+from browser_support import CHROMIUM, FLAGS, JS_DEEP_TEXT
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "examples" / "explorer.ipynb"
-CHROMIUM = os.environ.get("RHOX_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 #: A browser window a notebook user might have; the output area is then ~1200 px wide.
 VIEWPORT = {"width": 1600, "height": 1100}
@@ -44,18 +43,6 @@ VIEWPORT = {"width": 1600, "height": 1100}
 # Consecutive ones differ, and the first differs from the notebook's last pick.
 COMPOSITIONS = ["Si0.25Ge0.5Sn0.25", "Si0.25Ge0.25Sn0.5", "Si0.75Ge0.25", "Ge0.5Sn0.5", "Si0.5Ge0.25Sn0.25"]
 
-# Text of an element and everything below it, through shadow roots, without <style>/<script>.
-JS_DEEP_TEXT = """(root) => {
-  const out = [];
-  const walk = (n) => {
-    if (n.nodeType === 3) { out.push(n.textContent); return; }
-    if (n.nodeName === 'STYLE' || n.nodeName === 'SCRIPT') return;
-    if (n.shadowRoot) walk(n.shadowRoot);
-    for (const c of n.childNodes || []) walk(c);
-  };
-  walk(root || document.body);
-  return out.join(' ').replace(/\\s+/g, ' ');
-}"""
 
 # Evaluates an expression in the notebook's kernel (through JupyterLab's own connection to it).
 JS_KERNEL_EVAL = """async (expr) => {

@@ -49,7 +49,7 @@ def test_stopping_the_server_stops_its_dft_child(tmp_path):
     pytest.importorskip("playwright.sync_api")
     from playwright.sync_api import sync_playwright
 
-    from test_browser_explorer import CHROMIUM, FLAGS
+    from browser_support import CHROMIUM, FLAGS
 
     port = _free_port()
     work = tmp_path / "sessions"

@@ -1,9 +1,7 @@
 """The dataset: atomic writes, resume after a kill, concurrent workers, corrupt files."""
 import multiprocessing as mp
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
