@@ -623,6 +623,7 @@ def _elements(system: str):
 
 
 @app.command()
+@user_errors
 def build(
     system: str = typer.Argument(..., metavar="SYSTEM", help="Alloy system (SiGeSn, SiGe, CrFeCoNi, Al)."),
     composition: str = typer.Option(..., help="Composition, e.g. Si0.5Ge0.3Sn0.2 or 0.5,0.3,0.2."),

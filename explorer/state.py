@@ -174,6 +174,8 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
     Checked by the engine's torch-free reader, so a model is judged as the CLI judges it.
     """
     path = Path(path)
+    if not path.is_dir():  # the explorer's user may not know where models come from: say it
+        raise ModelError(f"no model at {path} (set {keys.ENV_MODEL} or run `make assets`)")
     config = read_model_config(path)
     training = config.get("training") or {}
     return ModelInfo(

@@ -202,8 +202,11 @@ def test_read_model_info_errors(tmp_path):
     with pytest.raises(ModelError, match="no model"):
         read_model_info(tmp_path / "missing")
     (tmp_path / "m").mkdir()
+    with pytest.raises(ModelError, match="has no config.json"):
+        read_model_info(tmp_path / "m")
     (tmp_path / "m" / "config.json").write_text("{not json")
-    with pytest.raises(ModelError, match="not readable JSON"):
+    (tmp_path / "m" / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(ModelError, match="not valid JSON"):
         read_model_info(tmp_path / "m")
     (tmp_path / "m" / "config.json").write_text("[1, 2]")
     with pytest.raises(ModelError, match="not a rhox model config"):
