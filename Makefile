@@ -67,7 +67,7 @@ assets: install
 	$(VENV)/bin/rhox evaluate assets/sigesn_test.db --model assets/model --json assets/model/evaluation.json
 
 # DFT datasets of the transfer-learning study (hours of GPAW on 2 cores; resumable, see
-# benchmarks/data/README.md). STAGES picks a subset, e.g. make data-transfer STAGES=sige-small.
+# benchmarks/data/README.md). STAGES picks stages or single datasets, e.g. make data-transfer STAGES="sige-small al_small_train".
 data-transfer: install
 	RHOX="$(abspath $(VENV))/bin/rhox" WORKERS=$(or $(WORKERS),1) nice -n 19 bash benchmarks/transfer_data.sh $(STAGES)
 
