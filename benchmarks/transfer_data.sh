@@ -18,8 +18,13 @@ cd "$(dirname "$0")/.."
 RHOX=${RHOX:-rhox}
 WORKERS=${WORKERS:-1}
 D=benchmarks/data
+# One thread per process: GPAW runs serial anyway, and CHGNet's MD (torch) slowed down 5-10x on a
+# shared 2-core machine when its threads competed with other work.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-gen() { $RHOX generate "$@" --workers "$WORKERS"; }
+# CPU time of each run (MD + DFT + start-up, all processes) goes to stderr after it, for the README.
+TIMEFORMAT="rhox generate: %U s user + %S s system CPU, %R s wall"
+gen() { time $RHOX generate "$@" --workers "$WORKERS"; }
 
 # --- SiGe, diamond; 8-atom cells (repeat 1) at 2x2x2 k-points, 64-atom cells (repeat 2) at Γ ---
 sige_small_train() {
