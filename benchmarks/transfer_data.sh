@@ -42,9 +42,11 @@ sige_small_0K_train() {
     --temperature 0 --seed 102 --out $D/sige_small_0K_train.db
 }
 sige_small_test() {
-  # Held-out small thermalized cells at random compositions, at a temperature between the two.
-  gen SiGe --compositions random:6 --repeat 1 --samples 1 --temperature 600 \
-    --thermal md --seed 103 --out $D/sige_small_test.db
+  # Held-out small thermalized cells, at a temperature between the two and at the four
+  # compositions an 8-atom cell can hold that are not in training (x = 1/8, 3/8, 5/8, 7/8;
+  # random compositions would mostly be refused: 8 sites cannot hold Si0.95Ge0.05).
+  gen SiGe --compositions 'Si0.875Ge0.125;Si0.625Ge0.375;Si0.375Ge0.625;Si0.125Ge0.875' \
+    --repeat 1 --samples 1 --temperature 600 --thermal md --seed 103 --out $D/sige_small_test.db
 }
 sige_large_finetune() {
   gen SiGe --compositions random:4 --repeat 2 --samples 1 --temperature 600 \
