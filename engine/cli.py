@@ -328,12 +328,19 @@ def train(
     if not dataset.is_file():
         raise InputError(f"dataset {dataset} does not exist")
     table = Table(title="training")
-    for col in ("net", "epoch", "loss", "NLL", "val L1%", "best", "lr", "s"):
+    for col in ("net", "epoch", "loss", "NLL", "val L1%", "best", "lr", "s", "ETA ≤"):
         table.add_column(col, justify="right")
+    epoch_seconds: dict[str, list[float]] = {}
 
     def on_epoch(r):
+        # ETA of this network at the mean epoch time so far: an upper bound, since early stopping
+        # (patience) usually ends training before max_epochs.
+        took = epoch_seconds.setdefault(r["network"], [])
+        took.append(r["seconds"])
+        eta = (r["max_epochs"] - r["epoch"]) * sum(took) / len(took)
         cells = (r["network"], f"{r['epoch']}/{r['max_epochs']}", f"{r['loss']:.4f}", f"{r['nll']:.4f}",
-                 f"{r['val_l1']:.3f}", f"{r['best_val_l1']:.3f}", f"{r['lr']:.1e}", f"{r['seconds']:.1f}")
+                 f"{r['val_l1']:.3f}", f"{r['best_val_l1']:.3f}", f"{r['lr']:.1e}", f"{r['seconds']:.1f}",
+                 f"{eta:.0f} s")
         table.add_row(*cells)
         if not console.is_terminal:  # logs and pipes get one line per epoch instead of a live table
             console.print("epoch " + "  ".join(cells), highlight=False)

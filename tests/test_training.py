@@ -177,3 +177,13 @@ def test_cli_predict_and_evaluate(tiny_model, tiny_dataset, tmp_path):
     assert set(rep["baselines"]) == {"deterministic", "superposition"}
     assert (tmp_path / "e" / "calibration.png").stat().st_size > 5000
     assert (tmp_path / "e" / "error_vs_uncertainty.png").exists()
+
+
+def test_cli_train_prints_each_epoch_with_an_eta_outside_a_terminal(tiny_dataset, tmp_path):
+    res = runner.invoke(app, ["train", str(tiny_dataset), "--out", str(tmp_path / "m"), "--epochs", "3",
+                              "--patience", "10", "--hidden", "16,16", "--no-baseline"])
+    assert res.exit_code == 0, res.output
+    lines = [ln.split() for ln in res.output.splitlines() if ln.startswith("epoch ")]
+    assert [ln[2] for ln in lines] == ["1/3", "2/3", "3/3"]
+    etas = [float(ln[-2]) for ln in lines]  # "... <seconds> <eta> s"
+    assert all(ln[-1] == "s" for ln in lines) and etas[-1] == 0 and etas[0] > 0, lines
