@@ -45,16 +45,16 @@ SETS = {"test": asset_path("sigesn_test.db"), "strain": HERE / "data" / "sigesn_
         "vacancy": HERE / "data" / "sigesn_ood_vacancy.db", "large": HERE / "data" / "sigesn_ood_large.db"}
 # One budget for every method (the machine is 2 shared cores): epochs, patience, batch size,
 # and a random eighth of each training configuration's grid points (validation keeps them all).
-BUDGET = {"max_epochs": 15, "patience": 4, "batch_size": 4096, "baseline": False}
+BUDGET = {"max_epochs": 15, "patience": 4, "batch_size": 1024, "baseline": False}
 POINT_FRACTION = 1 / 8
 # Method name -> TrainConfig changes, and whether the novelty inflation is applied on top.
 METHODS = {
     "default": ({}, False),
     "default+novelty": ({}, True),
+    "kl_per_configuration": ({"kl_per": "configuration"}, False),
     "ensemble_3": ({"members": 3}, False),
     "ensemble_3+novelty": ({"members": 3}, True),
     "kl_correlation_volume": ({"kl_weight": 30.0}, False),
-    "kl_per_configuration": ({"kl_per": "configuration"}, False),
 }
 N_SAMPLES = 12  # weight sets per prediction (split over the members of an ensemble)
 

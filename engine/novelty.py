@@ -119,7 +119,7 @@ def _fit_gamma(novelty: np.ndarray, z: np.ndarray, n_bins: int) -> float:
     nv = np.array([np.median(novelty[b]) for b in bins])
     q = np.array([np.quantile(z[b], 0.683) for b in bins])
     ok = (nv > 0) & (q > 0)
-    if ok.sum() < 2:
+    if ok.sum() < 2 or np.ptp(np.log(nv[ok])) < 1e-9:  # no spread of novelty: nothing to fit a slope on
         return 0.0
     slope = np.polyfit(np.log(nv[ok]), np.log(q[ok]), 1)[0]
     return float(max(0.0, slope))

@@ -177,3 +177,13 @@ def test_cli_predict_and_evaluate(tiny_model, tiny_dataset, tmp_path):
     assert set(rep["baselines"]) == {"deterministic", "superposition"}
     assert (tmp_path / "e" / "calibration.png").stat().st_size > 5000
     assert (tmp_path / "e" / "error_vs_uncertainty.png").exists()
+
+
+def test_train_config_uncertainty_options_checked():
+    cfg = TrainConfig(kl_per="configuration", members=3, novelty=True)
+    assert (cfg.kl_per, cfg.members, cfg.novelty) == ("configuration", 3, True)
+    assert TrainConfig().kl_per == "point" and TrainConfig().members == 1
+    for kwargs, words in (({"kl_per": "grid"}, "per point or per configuration"), ({"members": 0}, "ensemble members"),
+                          ({"members": 17}, "at most 16"), ({"novelty": "yes"}, "novelty")):
+        with pytest.raises(ValueError, match=words):
+            TrainConfig(**kwargs)
