@@ -60,7 +60,7 @@ class Novelty:
     def distance(self, x_std: np.ndarray) -> np.ndarray:
         """Mean distance (standardised descriptor units) of each row of ``x_std`` (P, D) to its k nearest references."""
         z = (np.asarray(x_std, dtype=np.float64) - self.center) @ self.components.T
-        d, _ = self._kdtree().query(z, k=self.k)
+        d, _ = self._kdtree().query(z, k=self.k, workers=-1)
         return d.reshape(len(z), -1).mean(1)
 
     def novelty(self, x_std: np.ndarray) -> np.ndarray:

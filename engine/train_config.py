@@ -64,7 +64,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     seed: int = 0
     prior_sigma: float = 1.0
-    init_sigma: float = 1e-3
+    init_sigma: float = 0.03        # posterior σ at the start (see benchmarks/README.md section 5)
     kl_weight: float = 1.0
     kl_per: str = "point"
     members: int = 1               # BNNs in the ensemble (1: a single BNN)

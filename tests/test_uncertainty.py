@@ -1,10 +1,11 @@
 """On a small real setup, the epistemic σ rises on cells unlike the training data (issue 12).
 
-A BNN with the default uncertainty settings (TrainConfig defaults: KL per grid point, one
-network; benchmarks/uncertainty_study.py found no other method that does clearly better) is
+A BNN with the default uncertainty settings (TrainConfig defaults: posterior σ started at 0.03,
+KL per grid point, one network: the best of the methods in benchmarks/uncertainty_study.py) is
 trained on the tiny GPAW SiGe dataset (6 rattled two-atom cells, lattice 5.40-5.70 Å). Its mean
 epistemic σ on the same kind of cell strained by 10 % and by 20 % must exceed that on a
-training-like cell (a = 5.55 Å) by the stated factors. Measured here: 1.48x and 1.96x.
+training-like cell (a = 5.55 Å) by the stated factors. Measured here: 1.52x and 2.18x
+(1.48x and 1.96x with the former init_sigma 1e-3).
 """
 import pytest
 from ase.build import bulk
@@ -15,7 +16,7 @@ from rhox.engine.training import TrainConfig, fit
 pytestmark = pytest.mark.dft
 
 FACTOR_10 = 1.3   # epistemic σ, 10 % strained / training-like, at least
-FACTOR_20 = 1.7   # 20 % strained
+FACTOR_20 = 1.8   # 20 % strained
 
 
 def _cell(a: float):
