@@ -46,10 +46,8 @@ class TrainConfig:
     stopping), val_fraction (of configurations held out, in (0, 1)), seed, prior_sigma and
     init_sigma (of the Bayesian weights), kl_weight, kl_per (the KL term is divided by
     the number of training grid points, ``point``, or of training configurations,
-    ``configuration``, then multiplied by kl_weight), members (a deep ensemble of that many
-    BNNs trained from different seeds: epistemic variance over the mixture), novelty (fit a
-    descriptor-space novelty model, :mod:`~rhox.engine.novelty`, that inflates σ away from the
-    training data), baseline (also train the deterministic
+    ``configuration``, then multiplied by kl_weight), members (an ensemble of that many BNNs from
+    different initialisations: epistemic variance over the mixture), baseline (also train the deterministic
     network), baseline_epochs (None: max_epochs), freeze_layers (with a parent model: first
     layers kept fixed), device (auto, cpu, cuda or cuda:N), descriptor (settings of
     :class:`~rhox.engine.descriptors.DescriptorSettings`; cutoff in Å).
@@ -68,7 +66,6 @@ class TrainConfig:
     kl_weight: float = 1.0
     kl_per: str = "point"
     members: int = 1               # BNNs in the ensemble (1: a single BNN)
-    novelty: bool = False          # also fit the descriptor-space novelty inflation of σ
     baseline: bool = True          # also train the deterministic network of the same shape
     baseline_epochs: int | None = None
     freeze_layers: int = 0         # with a parent model: layers kept fixed
@@ -100,8 +97,6 @@ class TrainConfig:
         self.members = _whole(self.members, "the number of ensemble members", 1)
         if self.members > 16:
             raise InputError(f"the number of ensemble members must be at most 16, got {self.members}")
-        if not isinstance(self.novelty, bool):
-            raise InputError(f"novelty must be true or false, got {self.novelty!r}")
         if self.baseline_epochs is not None:
             self.baseline_epochs = _whole(self.baseline_epochs, "the number of baseline epochs", 1)
         self.freeze_layers = _whole(self.freeze_layers, "the number of frozen layers", 0)

@@ -180,10 +180,10 @@ def test_cli_predict_and_evaluate(tiny_model, tiny_dataset, tmp_path):
 
 
 def test_train_config_uncertainty_options_checked():
-    cfg = TrainConfig(kl_per="configuration", members=3, novelty=True)
-    assert (cfg.kl_per, cfg.members, cfg.novelty) == ("configuration", 3, True)
+    cfg = TrainConfig(kl_per="configuration", members=3)
+    assert (cfg.kl_per, cfg.members) == ("configuration", 3)
     assert TrainConfig().kl_per == "point" and TrainConfig().members == 1
     for kwargs, words in (({"kl_per": "grid"}, "per point or per configuration"), ({"members": 0}, "ensemble members"),
-                          ({"members": 17}, "at most 16"), ({"novelty": "yes"}, "novelty")):
+                          ({"members": 17}, "at most 16"), ({"init_sigma": 0}, "initial posterior")):
         with pytest.raises(ValueError, match=words):
             TrainConfig(**kwargs)
