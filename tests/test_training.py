@@ -187,3 +187,17 @@ def test_train_config_uncertainty_options_checked():
                           ({"members": 17}, "at most 16"), ({"init_sigma": 0}, "initial posterior")):
         with pytest.raises(ValueError, match=words):
             TrainConfig(**kwargs)
+
+
+def test_ensemble_trains_saves_and_predicts_like_a_single_model(tiny_dataset, tmp_path):
+    cfg = TrainConfig(hidden=(16,), max_epochs=2, batch_size=512, seed=0, val_fraction=0.34, device="cpu",
+                      baseline=False, members=2)
+    model = fit(tiny_dataset, tmp_path / "ens", cfg)
+    assert json.loads((tmp_path / "ens" / "config.json").read_text())["network"]["members"] == 2
+    back = load_model(tmp_path / "ens")
+    atoms = bulk("Si", "diamond", a=5.5)
+    atoms.set_chemical_symbols(["Si", "Ge"])
+    f1 = predict(model, atoms, shape=(8, 8, 8), n_samples=4, seed=1)
+    f2 = predict(back, atoms, shape=(8, 8, 8), n_samples=4, seed=1)
+    np.testing.assert_array_equal(f1.sigma_epistemic, f2.sigma_epistemic)
+    assert float(f1.sigma_epistemic.mean()) > 0 and np.isfinite(f1.mean).all()
