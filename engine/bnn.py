@@ -14,8 +14,16 @@ standardised target units). Over S weight samples
     total variance     = epistemic + aleatoric
 
 The loss is the Gaussian negative log-likelihood plus the KL divergence to the prior
-N(0, prior_sigma²), the KL scaled by the number of training points ("per sample").
-:class:`DeterministicNet` has the same shape with ordinary layers: the baseline.
+N(0, prior_sigma²), the KL divided by an effective sample count (the training points, or the
+training configurations: see :class:`~rhox.engine.train_config.TrainConfig`).
+``NetConfig(bayesian=False)`` gives the same shape with ordinary layers: the deterministic baseline.
+
+A mean-field posterior fitted to hundreds of thousands of correlated grid points stays narrow
+(σ of the weights barely leaves its initial value), so one BNN's epistemic variance hardly
+changes away from the training data. :class:`BNNEnsemble` (``NetConfig.members`` > 1) holds M
+independently initialised BNNs; its weight sets are those of every member together, so the
+epistemic variance is the variance over the mixture of all members' sampled means, which
+grows where the members, fitted to the same data, extrapolate differently.
 """
 from __future__ import annotations
 
@@ -91,6 +99,7 @@ class NetConfig:
     bayesian: bool = True
     prior_sigma: float = 1.0
     init_sigma: float = 1e-3
+    members: int = 1  # BNNs in an ensemble (:class:`BNNEnsemble` when > 1)
 
     def __post_init__(self) -> None:
         try:
@@ -106,15 +115,34 @@ class NetConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
                 raise InputError(f"network {name} must be a finite positive number, got {v!r}")
             object.__setattr__(self, name, float(v))
+        m = self.members
+        if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= 16:
+            raise InputError(f"network members must be a whole number from 1 to 16, got {m!r}")
+        if m > 1 and not self.bayesian:
+            raise InputError("an ensemble (members > 1) is made of Bayesian networks only")
 
     def to_dict(self) -> dict:
-        return {"n_in": self.n_in, "hidden": list(self.hidden), "bayesian": self.bayesian,
-                "prior_sigma": self.prior_sigma, "init_sigma": self.init_sigma}
+        d = {"n_in": self.n_in, "hidden": list(self.hidden), "bayesian": self.bayesian,
+             "prior_sigma": self.prior_sigma, "init_sigma": self.init_sigma}
+        if self.members > 1:  # a single network's config stays as older readers know it
+            d["members"] = self.members
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetConfig":
         """The inverse of :meth:`to_dict`; unknown keys are refused (:func:`~rhox.engine.errors.known_fields`)."""
         return cls(**known_fields(cls, d, "network"))
+
+
+def make_net(config: NetConfig) -> "DensityNet | BNNEnsemble":
+    """The network a config describes: one :class:`DensityNet`, or a :class:`BNNEnsemble`."""
+    return BNNEnsemble(config) if config.members > 1 else DensityNet(config)
+
+
+def leading_layers(net: "DensityNet | BNNEnsemble", k: int) -> list[nn.Module]:
+    """The first ``k`` layers of a network (of every member of an ensemble): those a fine-tune freezes."""
+    nets = net.members if isinstance(net, BNNEnsemble) else [net]
+    return [layer for member in nets for layer in list(member.layers)[:k]]
 
 
 class DensityNet(nn.Module):
@@ -126,6 +154,8 @@ class DensityNet(nn.Module):
 
     def __init__(self, config: NetConfig):
         super().__init__()
+        if config.members != 1:
+            raise InputError("DensityNet is one network; make an ensemble with make_net")
         self.config = config
         sizes = [config.n_in, *config.hidden, 2]
         if config.bayesian:
@@ -137,6 +167,10 @@ class DensityNet(nn.Module):
     @property
     def bayesian(self) -> bool:
         return self.config.bayesian
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
 
     def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, log_var) for a batch (N, n_in); ``sample`` uses the local reparameterisation."""
@@ -174,13 +208,59 @@ class DensityNet(nn.Module):
         return sum(l.kl() for l in self.layers)
 
 
+class BNNEnsemble(nn.Module):
+    """M BNNs of one architecture, independently initialised (a deep ensemble of BNNs).
+
+    Saved under per-member prefixes (``members.<m>.layers...``). :meth:`forward` gives the
+    mixture's mean and log-variance (law of total variance over the members' mean-weight
+    outputs); :meth:`sample_weight_sets` draws from every member, so
+    :func:`predict_with_uncertainty` over them is the mixture's decomposition.
+    """
+
+    def __init__(self, config: NetConfig):
+        super().__init__()
+        if config.members < 2 or not config.bayesian:
+            raise InputError("an ensemble needs at least 2 Bayesian members")
+        self.config = config
+        single = NetConfig(config.n_in, config.hidden, True, config.prior_sigma, config.init_sigma)
+        self.members = nn.ModuleList(DensityNet(single) for _ in range(config.members))
+
+    bayesian = True
+
+    @property
+    def n_layers(self) -> int:
+        return self.members[0].n_layers
+
+    def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        outs = [m(x, sample) for m in self.members]
+        means = torch.stack([o[0] for o in outs])
+        var = torch.stack([torch.exp(o[1]) for o in outs]).mean(0) + means.var(0, unbiased=False)
+        return means.mean(0), torch.log(var).clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+    def sample_weight_sets(self, n: int, seed: int = 0) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """ceil(n / M) weight sets from each member (so at least n in all), members in turn."""
+        per = max(1, -(-n // len(self.members)))
+        return [ws for i, m in enumerate(self.members) for ws in m.sample_weight_sets(per, seed + 7919 * i)]
+
+    def kl(self) -> torch.Tensor:
+        return sum(m.kl() for m in self.members)
+
+
 def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean Gaussian negative log-likelihood per point (constant ½log 2π left out)."""
     return 0.5 * torch.mean(log_var + (target - mean) ** 2 * torch.exp(-log_var))
 
 
-def loss_fn(net: DensityNet, x: torch.Tensor, y: torch.Tensor, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, nll): NLL of the batch plus KL / n_train (the KL scaled per training point)."""
+def loss_fn(net: "DensityNet | BNNEnsemble", x: torch.Tensor, y: torch.Tensor,
+            n_train: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, nll): NLL of the batch plus KL / n_train (n_train: the effective sample count).
+
+    For an ensemble, the sum of the members' own losses (each member is fitted as if alone;
+    they share only the batches) and their mean NLL.
+    """
+    if isinstance(net, BNNEnsemble):
+        parts = [loss_fn(m, x, y, n_train) for m in net.members]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts) / len(parts)
     mean, log_var = net(x, sample=True)
     nll = gaussian_nll(mean, log_var, y)
     return nll + net.kl() / n_train, nll

@@ -23,7 +23,7 @@ import torch
 
 from . import keys
 from .bundled import default_model_dir
-from .bnn import DensityNet, NetConfig
+from .bnn import DensityNet, NetConfig, make_net
 from .descriptors import DescriptorSettings
 from .errors import ModelError  # noqa: F401  (re-exported)
 from .model_config import FORMAT_VERSION, MODEL_KIND, read_model_config
@@ -129,7 +129,7 @@ def load_model(directory: str | os.PathLike | None = None, device: str | torch.d
     _check_finite(tensors, str(w_path))
     try:
         descriptor = DescriptorSettings.from_dict(config["descriptor"])
-        net = DensityNet(NetConfig.from_dict(config["network"]))
+        net = make_net(NetConfig.from_dict(config["network"]))
         _load_state(net, tensors, "bnn.", w_path)
         baseline = None
         if config.get("baseline_network"):

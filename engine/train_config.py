@@ -15,6 +15,9 @@ from .errors import InputError, known_fields
 from .model_config import check_widths
 
 DEVICES = ("auto", "cpu", "cuda")
+# What the KL term is divided by (the ELBO's sample count): every grid point, or every training
+# configuration (grid points of one cell are strongly correlated, so they are not independent samples).
+KL_PER = ("point", "configuration")
 # Settings that may change when a run is resumed (how long to go on, and where); any other
 # difference means the checkpoint belongs to another run.
 RESUMABLE_CHANGES = ("max_epochs", "patience", "device", "baseline", "baseline_epochs")
@@ -41,7 +44,10 @@ class TrainConfig:
     hidden: widths of the hidden layers. max_epochs, batch_size (grid points per mini-batch),
     learning_rate (Adam), weight_decay, patience (epochs without validation improvement before
     stopping), val_fraction (of configurations held out, in (0, 1)), seed, prior_sigma and
-    init_sigma (of the Bayesian weights), kl_weight, baseline (also train the deterministic
+    init_sigma (of the Bayesian weights), kl_weight, kl_per (the KL term is divided by
+    the number of training grid points, ``point``, or of training configurations,
+    ``configuration``, then multiplied by kl_weight), members (an ensemble of that many BNNs from
+    different initialisations: epistemic variance over the mixture), baseline (also train the deterministic
     network), baseline_epochs (None: max_epochs), freeze_layers (with a parent model: first
     layers kept fixed), device (auto, cpu, cuda or cuda:N), descriptor (settings of
     :class:`~rhox.engine.descriptors.DescriptorSettings`; cutoff in Å).
@@ -56,8 +62,10 @@ class TrainConfig:
     val_fraction: float = 0.15
     seed: int = 0
     prior_sigma: float = 1.0
-    init_sigma: float = 1e-3
+    init_sigma: float = 0.03        # posterior σ at the start (see benchmarks/README.md section 5)
     kl_weight: float = 1.0
+    kl_per: str = "point"
+    members: int = 1               # BNNs in the ensemble (1: a single BNN)
     baseline: bool = True          # also train the deterministic network of the same shape
     baseline_epochs: int | None = None
     freeze_layers: int = 0         # with a parent model: layers kept fixed
@@ -84,6 +92,11 @@ class TrainConfig:
         self.prior_sigma = _positive(self.prior_sigma, "the prior σ")
         self.init_sigma = _positive(self.init_sigma, "the initial posterior σ")
         self.kl_weight = _positive(self.kl_weight, "the KL weight")
+        if self.kl_per not in KL_PER:
+            raise InputError(f"the KL term is divided per point or per configuration, got {self.kl_per!r}")
+        self.members = _whole(self.members, "the number of ensemble members", 1)
+        if self.members > 16:
+            raise InputError(f"the number of ensemble members must be at most 16, got {self.members}")
         if self.baseline_epochs is not None:
             self.baseline_epochs = _whole(self.baseline_epochs, "the number of baseline epochs", 1)
         self.freeze_layers = _whole(self.freeze_layers, "the number of frozen layers", 0)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from . import domain, keys, lineage, metrics
-from .bnn import DensityNet, NetConfig, gaussian_nll, loss_fn, predict_with_uncertainty
+from .bnn import DensityNet, NetConfig, gaussian_nll, leading_layers, loss_fn, make_net, predict_with_uncertainty
 from .descriptors import DescriptorCalculator, DescriptorSettings
 from .dft import DensitySample
 from .errors import DatasetError, InputError, ModelError
@@ -190,6 +190,9 @@ def _train_net(net: DensityNet, model: RhoxModel, train: list[ConfigData], val: 
     x = torch.cat([model.standardize(c.x) for c in train])
     y = (torch.cat([c.y for c in train]) - model.y_mean) / model.y_std
     n = len(y)
+    # The ELBO's sample count: grid points, or (kl_per="configuration") training configurations,
+    # since the points of one cell are strongly correlated.
+    n_kl = (n if cfg.kl_per == "point" else len(train)) / cfg.kl_weight
     params = [p for p in net.parameters() if p.requires_grad]
     if not params:
         raise InputError("every layer is frozen: nothing left to train")
@@ -225,7 +228,7 @@ def _train_net(net: DensityNet, model: RhoxModel, train: list[ConfigData], val: 
         for b in range(0, n, cfg.batch_size):
             idx = perm[b:b + cfg.batch_size]
             if net.bayesian:
-                loss, nll = loss_fn(net, x[idx], y[idx], n / cfg.kl_weight)
+                loss, nll = loss_fn(net, x[idx], y[idx], n_kl)
             else:
                 mean, log_var = net(x[idx])
                 nll = loss = gaussian_nll(mean, log_var, y[idx])
@@ -346,7 +349,7 @@ def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch
     parent_config = dict(parent_model.meta, system=parent_model.system) if parent_model is not None else None
     if parent_model is not None:
         descriptor = parent_model.descriptor
-        n_layers = len(parent_model.net.layers)
+        n_layers = parent_model.net.n_layers
         if cfg.freeze_layers >= n_layers:
             raise InputError(f"the parent model has {n_layers} layers: at most {n_layers - 1} can be frozen, "
                              f"got {cfg.freeze_layers}")
@@ -379,14 +382,15 @@ def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch
         model = parent_model
         model.species = tuple(sorted(set(model.species) | set(species)))
         net = model.net
-        for layer in list(net.layers)[: cfg.freeze_layers]:
+        for layer in leading_layers(net, cfg.freeze_layers):
             for p in layer.parameters():
                 p.requires_grad_(False)
     else:
         xt = torch.cat([c.x for c in train])
         yt = torch.cat([c.y for c in train])
         x_std = xt.std(0).cpu().numpy()
-        net = DensityNet(NetConfig(descriptor.length, tuple(cfg.hidden), True, cfg.prior_sigma, cfg.init_sigma)).to(device)
+        net = make_net(NetConfig(descriptor.length, tuple(cfg.hidden), True, cfg.prior_sigma, cfg.init_sigma,
+                                 cfg.members)).to(device)
         model = RhoxModel(net=net, descriptor=descriptor, x_mean=xt.mean(0).cpu().numpy(),
                           x_std=np.where(x_std > 1e-6, x_std, 1.0).astype(np.float32), y_mean=float(yt.mean()),
                           y_std=float(yt.std()), species=species, grid_spacing=grid_spacing(samples))

@@ -100,3 +100,105 @@ def test_batched_prediction_equals_one_weight_set_at_a_time():
     assert torch.allclose(p["mean"], means.mean(0), atol=1e-6)
     assert torch.allclose(p["var_epistemic"], means.var(0, unbiased=False), atol=1e-6)
     assert torch.allclose(p["var_aleatoric"], torch.stack([lv.exp() for _, lv in outs]).mean(0), rtol=1e-5)
+
+
+# --- ensembles of BNNs -----------------------------------------------------------------------------
+
+def _constant_ensemble(means, variances):
+    """A BNNEnsemble of 1-input, 1-hidden-unit members whose member m outputs (means[m], log variances[m]).
+
+    Zero first layers (silu(0) = 0) and posterior σ ≈ 0 (ρ = -40), so every weight draw of member m
+    gives its last bias exactly.
+    """
+    from rhox.engine.bnn import make_net
+
+    net = make_net(NetConfig(1, (1,), True, members=len(means)))
+    with torch.no_grad():
+        for member, m, v in zip(net.members, means, variances):
+            for layer in member.layers:
+                layer.weight_mu.zero_()
+                layer.bias_mu.zero_()
+                layer.weight_rho.fill_(-40.0)
+                layer.bias_rho.fill_(-40.0)
+            member.layers[-1].bias_mu.copy_(torch.tensor([m, math.log(v)]))
+    return net
+
+
+def test_ensemble_epistemic_variance_is_the_variance_over_the_mixture_by_hand():
+    from rhox.engine.bnn import BNNEnsemble
+
+    net = _constant_ensemble([1.0, 2.0, 3.0], [0.1, 0.2, 0.3])
+    assert isinstance(net, BNNEnsemble) and net.n_layers == 2
+    ws = net.sample_weight_sets(6, seed=0)
+    assert len(ws) == 6  # two draws from each of the three members
+    x = torch.randn(5, 1)
+    p = predict_with_uncertainty(net, x, ws)
+    # Means 1,1,2,2,3,3: mixture mean 2, epistemic Var = 2/3, aleatoric = mean(0.1, 0.2, 0.3) = 0.2.
+    assert torch.allclose(p["mean"], torch.full((5,), 2.0))
+    assert torch.allclose(p["var_epistemic"], torch.full((5,), 2 / 3))
+    assert torch.allclose(p["var_aleatoric"], torch.full((5,), 0.2))
+    # The mean-weight forward is the mixture too: log(0.2 + 2/3).
+    mean, log_var = net(x, sample=False)
+    assert torch.allclose(mean, torch.full((5,), 2.0)) and torch.allclose(log_var, torch.full((5,), math.log(13 / 15)))
+    # Seven asked for: ceil(7/3) = 3 from each member.
+    assert len(net.sample_weight_sets(7, seed=0)) == 9
+
+
+def test_ensemble_members_differ_and_its_loss_is_the_sum_of_theirs():
+    from rhox.engine.bnn import leading_layers, loss_fn, make_net
+
+    torch.manual_seed(0)
+    net = make_net(NetConfig(4, (8, 8), True, members=3))
+    w = [m.layers[0].weight_mu for m in net.members]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])  # independently initialised
+    x, y = torch.randn(32, 4), torch.randn(32)
+    torch.manual_seed(5)
+    loss, nll = loss_fn(net, x, y, 100.0)
+    torch.manual_seed(5)
+    parts = [loss_fn(m, x, y, 100.0) for m in net.members]
+    assert torch.allclose(loss, sum(p[0] for p in parts)) and torch.allclose(nll, sum(p[1] for p in parts) / 3)
+    # KL / n_train enters each member's loss: a smaller sample count weighs it more.
+    torch.manual_seed(5)
+    loss_small_n, _ = loss_fn(net, x, y, 10.0)
+    assert torch.allclose(loss_small_n - loss, net.kl() * (1 / 10 - 1 / 100), rtol=1e-4)
+    # Freezing the first layer of an ensemble freezes it in every member.
+    assert leading_layers(net, 1) == [m.layers[0] for m in net.members]
+
+
+def test_ensemble_config_round_trip_and_refusals():
+    single = NetConfig(3, (4,), True)
+    assert "members" not in single.to_dict()  # a single network's config is unchanged
+    ens = NetConfig(3, (4,), True, members=4)
+    assert ens.to_dict()["members"] == 4 and NetConfig.from_dict(ens.to_dict()) == ens
+    for bad in (0, 17, 2.5, True):
+        with pytest.raises(InputError, match="members"):
+            NetConfig(3, (4,), True, members=bad)
+    with pytest.raises(InputError, match="Bayesian"):
+        NetConfig(3, (4,), False, members=2)
+
+
+def test_ensemble_model_saves_under_member_prefixes_and_loads_identically(tmp_path):
+    import numpy as np
+    from safetensors import safe_open
+
+    from rhox.engine.bnn import make_net
+    from rhox.engine.descriptors import DescriptorSettings
+    from rhox.engine.model import RhoxModel, load_model, save_model
+
+    desc = DescriptorSettings.from_dict({"kind": "frame"})
+    torch.manual_seed(2)
+    net = make_net(NetConfig(desc.length, (8,), True, members=2, init_sigma=0.05))
+    model = RhoxModel(net=net, descriptor=desc, x_mean=np.zeros(desc.length, np.float32),
+                      x_std=np.ones(desc.length, np.float32), y_mean=0.1, y_std=0.05, species=("Si",),
+                      grid_spacing=0.2)
+    save_model(model, tmp_path / "m")
+    with safe_open(str(tmp_path / "m" / "weights.safetensors"), framework="pt") as f:
+        names = set(f.keys())
+    assert "bnn.members.0.layers.0.weight_mu" in names and "bnn.members.1.layers.1.bias_rho" in names
+    back = load_model(tmp_path / "m")
+    x = torch.randn(10, desc.length)
+    a = predict_with_uncertainty(net, x, net.sample_weight_sets(4, seed=3))
+    b = predict_with_uncertainty(back.net, x, back.net.sample_weight_sets(4, seed=3))
+    for k in a:
+        assert torch.equal(a[k], b[k])
+    assert float(a["var_epistemic"].mean()) > 0

@@ -187,3 +187,27 @@ def test_cli_train_prints_each_epoch_with_an_eta_outside_a_terminal(tiny_dataset
     assert [ln[2] for ln in lines] == ["1/3", "2/3", "3/3"]
     etas = [float(ln[-2]) for ln in lines]  # "... <seconds> <eta> s"
     assert all(ln[-1] == "s" for ln in lines) and etas[-1] == 0 and etas[0] > 0, lines
+
+
+def test_train_config_uncertainty_options_checked():
+    cfg = TrainConfig(kl_per="configuration", members=3)
+    assert (cfg.kl_per, cfg.members) == ("configuration", 3)
+    assert TrainConfig().kl_per == "point" and TrainConfig().members == 1
+    for kwargs, words in (({"kl_per": "grid"}, "per point or per configuration"), ({"members": 0}, "ensemble members"),
+                          ({"members": 17}, "at most 16"), ({"init_sigma": 0}, "initial posterior")):
+        with pytest.raises(ValueError, match=words):
+            TrainConfig(**kwargs)
+
+
+def test_ensemble_trains_saves_and_predicts_like_a_single_model(tiny_dataset, tmp_path):
+    cfg = TrainConfig(hidden=(16,), max_epochs=2, batch_size=512, seed=0, val_fraction=0.34, device="cpu",
+                      baseline=False, members=2)
+    model = fit(tiny_dataset, tmp_path / "ens", cfg)
+    assert json.loads((tmp_path / "ens" / "config.json").read_text())["network"]["members"] == 2
+    back = load_model(tmp_path / "ens")
+    atoms = bulk("Si", "diamond", a=5.5)
+    atoms.set_chemical_symbols(["Si", "Ge"])
+    f1 = predict(model, atoms, shape=(8, 8, 8), n_samples=4, seed=1)
+    f2 = predict(back, atoms, shape=(8, 8, 8), n_samples=4, seed=1)
+    np.testing.assert_array_equal(f1.sigma_epistemic, f2.sigma_epistemic)
+    assert float(f1.sigma_epistemic.mean()) > 0 and np.isfinite(f1.mean).all()
