@@ -340,7 +340,7 @@ def train(
         eta = (r["max_epochs"] - r["epoch"]) * sum(took) / len(took)
         cells = (r["network"], f"{r['epoch']}/{r['max_epochs']}", f"{r['loss']:.4f}", f"{r['nll']:.4f}",
                  f"{r['val_l1']:.3f}", f"{r['best_val_l1']:.3f}", f"{r['lr']:.1e}", f"{r['seconds']:.1f}",
-                 f"{eta:.0f} s")
+                 f"{eta:.1f} s")
         table.add_row(*cells)
         if not console.is_terminal:  # logs and pipes get one line per epoch instead of a live table
             console.print("epoch " + "  ".join(cells), highlight=False)
