@@ -303,6 +303,9 @@ def train(
     parent: Optional[Path] = typer.Option(None, help="Start from this model (fine-tuning)."),
     freeze_layers: int = typer.Option(_TRAIN.freeze_layers, help="With --parent: number of first layers kept fixed."),
     baseline: bool = typer.Option(_TRAIN.baseline, help="Also train the deterministic baseline of the same shape."),
+    members: int = typer.Option(_TRAIN.members, help="BNNs in the ensemble (epistemic σ over all of them)."),
+    init_sigma: float = typer.Option(_TRAIN.init_sigma, help="Initial posterior σ of the Bayesian weights."),
+    kl_per: str = typer.Option(_TRAIN.kl_per, help="KL term scaled per grid point or per configuration: point | configuration."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model directory (its reports too)."),
 ):
@@ -324,7 +327,8 @@ def train(
     # Every setting is checked here, before the dataset is read or anything is written.
     cfg = TrainConfig(hidden=widths, max_epochs=epochs, batch_size=batch_size, learning_rate=lr, patience=patience,
                       val_fraction=val_fraction, seed=seed, device=device, descriptor=desc,
-                      baseline=baseline, freeze_layers=freeze_layers)
+                      baseline=baseline, freeze_layers=freeze_layers, members=members, init_sigma=init_sigma,
+                      kl_per=kl_per)
     if not dataset.is_file():
         raise InputError(f"dataset {dataset} does not exist")
     table = Table(title="training")

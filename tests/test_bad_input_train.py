@@ -47,6 +47,9 @@ def _train(cwd, *args, check=True):
     (["--cutoff", "0"], ["cutoff", "0"]),
     (["--neighbors", "-3"], ["n_neighbors", "-3"]),
     (["--freeze-layers", "1"], ["parent"]),
+    (["--members", "0"], ["ensemble members", "0"]),
+    (["--kl-per", "grid"], ["per point or per configuration", "grid"]),
+    (["--init-sigma", "0"], ["initial posterior", "0"]),
 ])
 def test_bad_training_option_is_refused(work, args, words):
     assert_refused(["train", "data.db", "--out", "m", *args], work, *words)
