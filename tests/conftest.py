@@ -76,26 +76,44 @@ def assert_refused(args: list[str], cwd: Path, *words: str, timeout: float = 120
     return lines[0]
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory):
-    """A real GPAW dataset of 6 two-atom SiGe cells (LDA, 200 eV, ~1 s each), rattled."""
+def two_atom_dft(path: Path, cells, system: str, ecut: float = 200.0, rattle: float = 0.05) -> Path:
+    """A real GPAW dataset at ``path`` of two-atom diamond cells ``[(symbols, a in Å), ...]``, rattled
+    (seed = index), LDA at ``ecut`` eV on a 2x2x2 k-mesh: about a second per cell."""
     from ase.build import bulk
 
     from rhox.engine.dft import DFTSettings
     from rhox.engine.generate import plan_structures, run_task
 
-    settings = DFTSettings(ecut=200.0, xc="LDA", kpts=(2, 2, 2), smearing=0.1)
-    path = tmp_path_factory.mktemp("data") / "tiny.db"
+    settings = DFTSettings(ecut=ecut, xc="LDA", kpts=(2, 2, 2), smearing=0.1)
     structures = []
-    for k, (sym, a) in enumerate([("Si2", 5.43), ("Ge2", 5.66), ("SiGe", 5.54), ("SiGe", 5.50),
-                                  ("Si2", 5.40), ("Ge2", 5.70)]):
+    for k, (symbols, a) in enumerate(cells):
         at = bulk("Si", "diamond", a=a)
-        at.set_chemical_symbols({"Si2": ["Si", "Si"], "Ge2": ["Ge", "Ge"], "SiGe": ["Si", "Ge"]}[sym])
-        at.rattle(0.05, seed=k)
-        structures.append((f"{sym}_{k}", at))
-    for task in plan_structures(structures, settings, system_name="SiGe"):
+        at.set_chemical_symbols(symbols)
+        at.rattle(rattle, seed=k)
+        structures.append((f"{''.join(symbols)}_{k}", at))
+    for task in plan_structures(structures, settings, system_name=system):
         assert run_task(task, str(path))["status"] == "done"
     return path
+
+
+def foreign_sqlite(path: Path) -> Path:
+    """An SQLite file of another program at ``path``: one unrelated table with a row."""
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE inventory (item TEXT, qty INTEGER)")
+    con.execute("INSERT INTO inventory VALUES ('bolts', 12)")
+    con.commit()
+    con.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A real GPAW dataset of 6 two-atom SiGe cells (LDA, 200 eV, ~1 s each), rattled."""
+    path = tmp_path_factory.mktemp("data") / "tiny.db"
+    return two_atom_dft(path, [(["Si", "Si"], 5.43), (["Ge", "Ge"], 5.66), (["Si", "Ge"], 5.54),
+                               (["Si", "Ge"], 5.50), (["Si", "Si"], 5.40), (["Ge", "Ge"], 5.70)], "SiGe")
 
 
 @pytest.fixture(scope="session")
@@ -151,22 +169,8 @@ def explorer_data(tmp_path_factory) -> Path:
             return path
         except Exception:  # unreadable source: fall back to computing a few cells
             path.unlink(missing_ok=True)
-    from ase.build import bulk
-
-    from rhox.engine.dft import DFTSettings
-    from rhox.engine.generate import plan_structures, run_task
-
-    settings = DFTSettings(ecut=200.0, xc="LDA", kpts=(2, 2, 2), smearing=0.1)
-    cells = []
-    for k, (syms, a) in enumerate([(["Si", "Ge"], 5.54), (["Ge", "Sn"], 6.07), (["Si", "Sn"], 5.96),
-                                   (["Si", "Si"], 5.43)]):
-        at = bulk("Si", "diamond", a=a)
-        at.set_chemical_symbols(syms)
-        at.rattle(0.05, seed=k)
-        cells.append((f"cell{k}", at))
-    for task in plan_structures(cells, settings, system_name="SiGeSn"):
-        assert run_task(task, str(path))["status"] == "done"
-    return path
+    return two_atom_dft(path, [(["Si", "Ge"], 5.54), (["Ge", "Sn"], 6.07), (["Si", "Sn"], 5.96),
+                               (["Si", "Si"], 5.43)], "SiGeSn")
 
 
 @pytest.fixture(scope="session")

@@ -5,13 +5,12 @@ traceback, and nothing below the working directory created or changed (conftest.
 import hashlib
 import os
 import shutil
-import sqlite3
 
 import pytest
 from ase.build import bulk
 from ase.io import write
 
-from conftest import ROOT, assert_refused
+from conftest import ROOT, assert_refused, foreign_sqlite
 
 FAST = ["--thermal", "einstein"]
 
@@ -23,13 +22,7 @@ def _sha(path) -> str:
 @pytest.fixture
 def foreign(tmp_path):
     """An SQLite file of another program (an unrelated table with a row)."""
-    path = tmp_path / "other.sqlite"
-    con = sqlite3.connect(path)
-    con.execute("CREATE TABLE inventory (item TEXT, qty INTEGER)")
-    con.execute("INSERT INTO inventory VALUES ('bolts', 12)")
-    con.commit()
-    con.close()
-    return path
+    return foreign_sqlite(tmp_path / "other.sqlite")
 
 
 # --- foreign and empty files are never turned into datasets (issue 8, items 1 and 6) ---------

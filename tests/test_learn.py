@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_refused
+from conftest import assert_refused, two_atom_dft
 from rhox.engine import learn
 from rhox.engine.errors import InputError
 
@@ -179,24 +179,10 @@ def reference_run(tmp_path_factory, tiny_dataset_module):
 
 @pytest.fixture(scope="module")
 def tiny_dataset_module(tmp_path_factory):
-    """Six rattled 2-atom SiGe cells (the test set; never trained on)."""
-    from ase.build import bulk
-
-    from rhox.engine.dft import DFTSettings
-    from rhox.engine.generate import plan_structures, run_task
-
-    settings = DFTSettings(ecut=150.0, xc="LDA", kpts=(2, 2, 2), smearing=0.1)
+    """Four rattled 2-atom SiGe cells (the test set; never trained on)."""
     path = tmp_path_factory.mktemp("learn_test") / "test.db"
-    cells = []
-    for k, (syms, a) in enumerate([(["Si", "Si"], 5.43), (["Ge", "Ge"], 5.66), (["Si", "Ge"], 5.54),
-                                   (["Si", "Ge"], 5.50)]):
-        at = bulk("Si", "diamond", a=a)
-        at.set_chemical_symbols(syms)
-        at.rattle(0.03, seed=k)
-        cells.append((f"c{k}", at))
-    for task in plan_structures(cells, settings, system_name="SiGe"):
-        assert run_task(task, str(path))["status"] == "done"
-    return path
+    return two_atom_dft(path, [(["Si", "Si"], 5.43), (["Ge", "Ge"], 5.66), (["Si", "Ge"], 5.54),
+                               (["Si", "Ge"], 5.50)], "SiGe", ecut=150.0, rattle=0.03)
 
 
 @pytest.mark.dft

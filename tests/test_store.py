@@ -9,7 +9,7 @@ import pytest
 from ase.build import bulk
 from ase.io import write
 
-from conftest import rhox_cmd, subprocess_env
+from conftest import foreign_sqlite, rhox_cmd, subprocess_env
 from rhox.engine.generate import plan_structures, run_task
 from rhox.engine.store import Dataset, DatasetError
 from rhox.engine.dft import DFTSettings
@@ -68,8 +68,8 @@ def test_generate_killed_midway_resumes_without_duplicates_or_losses(tmp_path):
     while time.time() < deadline:
         time.sleep(0.3)
         if db.exists():
-            try:
-                done_before = Dataset(db).count("done")
+            try:  # read-only, as a monitoring user would: it takes no write lock from the run
+                done_before = Dataset(db, readonly=True).count("done")
             except Exception:
                 continue
             if done_before >= 2:
@@ -168,18 +168,6 @@ def test_generate_on_an_existing_dask_scheduler(tmp_path):
     assert Dataset(tmp_path / "sched.db").count("done") == 2
 
 
-def _foreign_sqlite(path):
-    """An SQLite file of another program: one unrelated table with a row."""
-    import sqlite3
-
-    con = sqlite3.connect(path)
-    con.execute("CREATE TABLE inventory (item TEXT, qty INTEGER)")
-    con.execute("INSERT INTO inventory VALUES ('bolts', 12)")
-    con.commit()
-    con.close()
-    return path
-
-
 def _sha(path):
     import hashlib
 
@@ -188,7 +176,7 @@ def _sha(path):
 
 @pytest.mark.parametrize("readonly", [False, True])
 def test_foreign_sqlite_refused_byte_for_byte_untouched(tmp_path, readonly):
-    other = _foreign_sqlite(tmp_path / "other.sqlite")
+    other = foreign_sqlite(tmp_path / "other.sqlite")
     before = _sha(other)
     with pytest.raises(DatasetError, match="another program.*inventory"):
         Dataset(other, readonly=readonly)
@@ -251,7 +239,7 @@ def test_load_samples_reads_without_writing(tmp_path):
     samples = load_samples(copy)
     assert len(samples) == Dataset(copy, readonly=True).count()
     assert _sha(copy) == before
-    other = _foreign_sqlite(tmp_path / "other.sqlite")
+    other = foreign_sqlite(tmp_path / "other.sqlite")
     before = _sha(other)
     with pytest.raises(DatasetError, match="another program"):
         load_samples(other)
