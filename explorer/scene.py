@@ -275,6 +275,36 @@ def build_scene(plotter, atoms, fields: dict[Field, np.ndarray], opts: SceneOpti
     return drawn
 
 
+def retire_shown_objects(plotter) -> list:
+    """The VTK objects now shown by ``plotter``, their datasets emptied, for the caller to keep.
+
+    Panel names each VTK object it sends to the browser by its memory address, and vtk.js keeps its
+    copies by those names until the actor using them is removed. When a redraw frees an old object
+    and VTK reuses its address for a new object of another class, the browser binds the new name to
+    its old copy: vtk.js's "t.property.getOpacity is not a function" (an actor whose property is
+    some other object), seen in about one notebook run in seven, after which the 3D view is gone.
+    Kept alive for the view's life, no shown object's address, hence no name, is ever reused;
+    emptying the datasets bounds the cost to a few kB per redraw. Call on the VTK thread.
+    """
+    kept: list = []
+    props = plotter.renderer.GetViewProps()
+    for i in range(props.GetNumberOfItems()):
+        prop = props.GetItemAsObject(i)
+        kept.append(prop)
+        for getter in ("GetProperty", "GetBackfaceProperty", "GetTexture", "GetMapper"):
+            obj = getattr(prop, getter, lambda: None)()
+            if obj is not None:
+                kept.append(obj)
+        mapper = getattr(prop, "GetMapper", lambda: None)()
+        if mapper is not None:
+            lut = mapper.GetLookupTable() if hasattr(mapper, "GetLookupTable") else None
+            data = mapper.GetInputDataObject(0, 0) if mapper.GetNumberOfInputPorts() else None
+            kept += [o for o in (lut, data) if o is not None]
+            if data is not None:
+                data.Initialize()   # frees its points, cells and arrays; the object stays
+    return kept
+
+
 def camera_state(plotter) -> dict:
     """The plotter's camera as the property dict that vtk.js cameras take (``camera.set(...)``)."""
     cam = plotter.renderer.GetActiveCamera()
@@ -380,6 +410,7 @@ class SceneView(pn.viewable.Viewer):
         self._paused = 0
         self._pending = (False, False)  # (changed while paused, camera reset needed)
         self._cbar_pane = None
+        self._retired: list = []  # VTK objects once shown: see :func:`retire_shown_objects`
         #: Idents of the threads that ran this view's VTK work (all the VTK thread's).
         self.vtk_threads: set[int] = set()
         self._placeholder = pn.pane.Markdown(
@@ -498,6 +529,7 @@ class SceneView(pn.viewable.Viewer):
     def _draw(self, atoms, shown, reset: bool):
         """VTK thread: build the scene; returns (drawn, camera or None)."""
         self._ensure_pane()
+        self._retired += retire_shown_objects(self._plotter)
         drawn = self._builder(self._plotter, atoms, shown, self.options, reset_camera=reset)
         drawn.threads.add(threading.get_ident())
         self.vtk_threads |= drawn.threads

@@ -219,6 +219,45 @@ def test_vtk_work_runs_on_one_thread_whatever_thread_asks(fields, tmp_path):
     assert not view.vtk_threads & callers  # ... which is none of the callers'
 
 
+def test_redraws_never_give_a_browser_id_to_a_second_object(fields, tmp_path):
+    """Panel names VTK objects by address; a name reused by a new object of another class makes
+    vtk.js bind it to its old copy (an actor whose 'property' is a mapper). Every object once
+    shown must keep its own name for the view's life."""
+    import panel as pn
+    import panel.pane.vtk.synchronizable_serializer as rws
+
+    from rhox.explorer.scene import on_vtk_thread
+
+    s = ExplorerState(model_path=tmp_path / "none")
+    view = SceneView(s, width=300, height=240)
+    pn.panel(view).get_root()
+    s.set_structure(fields.atoms, "test")
+    s.set_fields(_fields(fields), 0.1)
+    owners: dict[str, set] = {}   # reference id -> the draws whose objects had it
+
+    def shown_ids():
+        ren = view._plotter.renderer
+        props = ren.GetViewProps()
+        ids = set()
+        for i in range(props.GetNumberOfItems()):
+            prop = props.GetItemAsObject(i)
+            mapper = prop.GetMapper()
+            for obj in (prop, prop.GetProperty(), mapper, mapper.GetLookupTable(), mapper.GetInputDataObject(0, 0)):
+                if obj is not None:
+                    ids.add(rws.getReferenceId(obj))
+        return ids
+
+    lo, hi = view.options.param.iso_level.bounds
+    for k, level in enumerate(np.linspace(lo + 0.1 * (hi - lo), hi - 0.1 * (hi - lo), 12)):
+        view.options.iso_level = float(level)
+        view.options.show_slice = bool(k % 2)
+        for ident in on_vtk_thread(shown_ids):
+            owners.setdefault(ident, set()).add(k)
+    reused = {i: d for i, d in owners.items() if len(d) > 1}
+    assert view.renders >= 12
+    assert not reused, f"{len(reused)} browser ids named objects of several redraws"
+
+
 def test_a_new_view_option_gets_a_widget_and_acts(fields, tmp_path):
     """The documented way to add a view option: a parameter on SceneOptions, read by the builder."""
     import panel as pn
