@@ -275,34 +275,65 @@ def build_scene(plotter, atoms, fields: dict[Field, np.ndarray], opts: SceneOpti
     return drawn
 
 
-def retire_shown_objects(plotter) -> list:
-    """The VTK objects now shown by ``plotter``, their datasets emptied, for the caller to keep.
+class MirroredScene:
+    """Fixed VTK objects in the browser's plotter that show, by actor name, what a builder drew.
 
-    Panel names each VTK object it sends to the browser by its memory address, and vtk.js keeps its
-    copies by those names until the actor using them is removed. When a redraw frees an old object
-    and VTK reuses its address for a new object of another class, the browser binds the new name to
-    its old copy: vtk.js's "t.property.getOpacity is not a function" (an actor whose property is
-    some other object), seen in about one notebook run in seven, after which the 3D view is gone.
-    Kept alive for the view's life, no shown object's address, hence no name, is ever reused;
-    emptying the datasets bounds the cost to a few kB per redraw. Call on the VTK thread.
+    Panel names every VTK object it sends to the browser by its memory address, and tells vtk.js
+    which actors to add and remove as differences from the state it sent before. A redraw that
+    makes new actors breaks both: (1) VTK reuses a freed object's address for a new object of
+    another class, and vtk.js binds the new name to its old copy ("t.property.getOpacity is not
+    a function": an actor whose property is some other object); (2) two redraws within one flush
+    reach the browser as one state (Bokeh keeps only the latest), so it is told to remove actors it
+    never received ("Cannot read properties of undefined (reading 'get')"). Both leave the 3D view
+    blank (seen in notebooks, about one run in seven).
+
+    So the browser's plotter holds one actor, mapper, lookup table and dataset per name, made once
+    and never freed; each redraw is built on a scratch plotter and copied into them (datasets by
+    shallow copy), and a name not drawn is hidden rather than removed. The browser's actors never
+    change, only their contents. Call on the VTK thread.
     """
-    kept: list = []
-    props = plotter.renderer.GetViewProps()
-    for i in range(props.GetNumberOfItems()):
-        prop = props.GetItemAsObject(i)
-        kept.append(prop)
-        for getter in ("GetProperty", "GetBackfaceProperty", "GetTexture", "GetMapper"):
-            obj = getattr(prop, getter, lambda: None)()
-            if obj is not None:
-                kept.append(obj)
-        mapper = getattr(prop, "GetMapper", lambda: None)()
-        if mapper is not None:
-            lut = mapper.GetLookupTable() if hasattr(mapper, "GetLookupTable") else None
-            data = mapper.GetInputDataObject(0, 0) if mapper.GetNumberOfInputPorts() else None
-            kept += [o for o in (lut, data) if o is not None]
-            if data is not None:
-                data.Initialize()   # frees its points, cells and arrays; the object stays
-    return kept
+
+    NAMES = ("isosurface", "slice", "structure")   # made up front; a builder's other names on first use
+
+    def __init__(self, plotter):
+        self.plotter = plotter
+        self.parts: dict[str, tuple] = {}
+        for name in self.NAMES:
+            self._make(name)
+
+    def _make(self, name: str) -> None:
+        import vtk
+
+        actor, mapper, lut, data = vtk.vtkActor(), vtk.vtkDataSetMapper(), vtk.vtkLookupTable(), vtk.vtkPolyData()
+        mapper.SetInputData(data)
+        mapper.SetLookupTable(lut)
+        actor.SetMapper(mapper)
+        actor.VisibilityOff()
+        self.plotter.renderer.AddActor(actor)
+        self.parts[name] = (actor, mapper, lut, data)
+
+    def show(self, scratch) -> None:
+        """Make the browser's actors show what ``scratch`` (a ``pyvista.Plotter``) holds now."""
+        drawn = dict(scratch.actors)
+        for name in drawn:
+            if name not in self.parts:
+                self._make(name)
+        for name, (actor, mapper, lut, data) in self.parts.items():
+            src = drawn.get(name)
+            if src is None or src.GetMapper() is None:
+                actor.VisibilityOff()
+                continue
+            smap = src.GetMapper()
+            smap.Update()   # runs any filter PyVista put before the mapper (normals for smooth shading)
+            data.ShallowCopy(smap.GetInput())
+            mapper.ShallowCopy(smap)   # scalar mode, range and colour mode (and the scratch's table)
+            if smap.GetLookupTable() is not None:
+                lut.DeepCopy(smap.GetLookupTable())
+            mapper.SetLookupTable(lut)
+            mapper.SetInputData(data)
+            actor.GetProperty().DeepCopy(src.GetProperty())
+            actor.SetVisibility(src.GetVisibility())
+            actor.Modified()
 
 
 def camera_state(plotter) -> dict:
@@ -410,7 +441,8 @@ class SceneView(pn.viewable.Viewer):
         self._paused = 0
         self._pending = (False, False)  # (changed while paused, camera reset needed)
         self._cbar_pane = None
-        self._retired: list = []  # VTK objects once shown: see :func:`retire_shown_objects`
+        self._scratch = None   # where the builder draws; copied into the browser's plotter
+        self._mirror = None    # :class:`MirroredScene` of the browser's plotter
         #: Idents of the threads that ran this view's VTK work (all the VTK thread's).
         self.vtk_threads: set[int] = set()
         self._placeholder = pn.pane.Markdown(
@@ -528,9 +560,17 @@ class SceneView(pn.viewable.Viewer):
 
     def _draw(self, atoms, shown, reset: bool):
         """VTK thread: build the scene; returns (drawn, camera or None)."""
+        import pyvista as pv
+
         self._ensure_pane()
-        self._retired += retire_shown_objects(self._plotter)
-        drawn = self._builder(self._plotter, atoms, shown, self.options, reset_camera=reset)
+        if self._scratch is None:
+            self._scratch = pv.Plotter(off_screen=True, window_size=list(self._size))
+            self._mirror = MirroredScene(self._plotter)
+        drawn = self._builder(self._scratch, atoms, shown, self.options, reset_camera=False)
+        self._mirror.show(self._scratch)
+        if reset:
+            self._plotter.view_isometric()
+            self._plotter.reset_camera()
         drawn.threads.add(threading.get_ident())
         self.vtk_threads |= drawn.threads
         return drawn, (camera_state(self._plotter) if reset else None)
@@ -585,8 +625,10 @@ class SceneView(pn.viewable.Viewer):
     def close(self) -> None:
         """Free the plotter (on the VTK thread)."""
         pl, self._plotter = self._plotter, None
-        if pl is not None:
-            on_vtk_thread(pl.close)
+        scratch, self._scratch, self._mirror = self._scratch, None, None
+        for p in (pl, scratch):
+            if p is not None:
+                on_vtk_thread(p.close)
 
     # --- widgets --------------------------------------------------------------------------
     #: Widgets of the known options (others get Panel's default widget from their parameter).
