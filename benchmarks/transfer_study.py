@@ -264,12 +264,14 @@ BUNDLE = {"Al": "Al_c_large3", "SiGe": "SiGe_c_large4"}
 
 def bundle() -> None:
     """Copy each chosen study model to assets/models/<system>/ with its evaluation on the held-out
-    test sets (``rhox evaluate`` JSON and plots, as assets/model has)."""
+    test sets, in ``rhox evaluate --json`` form: ``evaluation.json`` (large thermalized cells, with
+    ``calibration.png`` and ``error_vs_uncertainty.png``) and ``evaluation_<set>.json`` for the others."""
     from rhox.engine.evaluation import evaluate as run_eval
     from rhox.engine.evaluation import plot_report
     from rhox.engine.model import load_model
 
     torch.set_num_threads(1)
+    root = str(HERE.parent) + os.sep
     for system, name in BUNDLE.items():
         src = OUT / name
         if not (src / "config.json").is_file():
@@ -278,20 +280,18 @@ def bundle() -> None:
         tmp = dst.with_name(dst.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for f in ("config.json", "weights.safetensors"):
-            shutil.copy2(src / f, tmp / f)
+        shutil.copy2(src / "weights.safetensors", tmp / "weights.safetensors")
+        # Paths in the lineage relative to the checkout (no builder's machine path in the wheel).
+        (tmp / "config.json").write_text((src / "config.json").read_text().replace(root, ""))
         model = load_model(tmp)
-        reports = {}
         for set_name, f in SYSTEMS[system]["tests"].items():
             say(f"evaluating the bundled {system} model on {f}")
             rep = run_eval(model, DATA / f, n_samples=20, superposition=True)
-            reports[set_name] = rep
             if set_name == "large_test":
                 plot_report(rep, tmp)
-        summary_ = {k: {"dataset": f"benchmarks/data/{SYSTEMS[system]['tests'][k]}", "aggregate": v["aggregate"],
-                        "baselines": v["baselines"], "configurations": v["configurations"]}
-                    for k, v in reports.items()}
-        (tmp / "evaluation.json").write_text(json.dumps(summary_, indent=1))
+            slim = {"dataset": f"benchmarks/data/{f}", **{k: v for k, v in rep.items() if k != "pooled"}}
+            out = tmp / ("evaluation.json" if set_name == "large_test" else f"evaluation_{set_name}.json")
+            out.write_text(json.dumps(slim, indent=1))
         shutil.rmtree(dst, ignore_errors=True)
         os.replace(tmp, dst)
         say(f"bundled {name} as {dst}")
