@@ -156,12 +156,17 @@ class ModelInfo:
 
     @property
     def name(self) -> str:
-        """The model's name: its directory's name, or "bundled model" for the one rhox ships."""
-        try:
-            bundled = self.path.resolve() == asset_path("model").resolve()
-        except OSError:
-            bundled = False
-        return "bundled model" if bundled else f"model {self.path.name}"
+        """The model's name: its directory's name, "bundled model" for the default one rhox ships,
+        "bundled Al model" etc. for its others (engine.bundled.BUNDLED_MODELS)."""
+        from rhox.engine.bundled import BUNDLED_MODELS
+
+        for name, rel in BUNDLED_MODELS.items():
+            try:
+                if self.path.resolve() == asset_path(rel).resolve():
+                    return "bundled model" if rel == "model" else f"bundled {name} model"
+            except OSError:
+                pass
+        return f"model {self.path.name}"
 
     def label(self) -> str:
         l1 = f", validation L1% {self.best_val_l1:.1f}" if self.best_val_l1 is not None else ""
