@@ -208,10 +208,13 @@ def plot(results: dict, path: Path) -> None:
             if ev is not None:
                 ax.annotate(short, (r["dft_cpu_seconds"] / 60, ev["L1%"]), fontsize=7, xytext=(4, 3),
                             textcoords="offset points")
+        for kind, label in (("a", "(a) small cells only"), ("b", "(b) large cells only"),
+                            ("c", "(c) small, then fine-tuned on large")):
+            ax.scatter([], [], marker=style[kind][0], color=style[kind][1], label=label)
+        ax.legend(fontsize=7, loc="upper right")
         ax.set_xlabel("DFT cost behind the model (CPU-minutes, recorded on a loaded machine)")
         ax.set_ylabel("test L1% on large cells")
-        ax.set_title(f"{system}: filled = thermalized, open = vacancy")
-        ax.set_yscale("log")
+        ax.set_title(f"{system}: filled = thermalized test cells, open = with a vacancy", fontsize=9)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -244,14 +247,20 @@ def run(systems: list[str]) -> dict:
 
 
 def table(results: dict, system: str) -> None:
-    print(f"\n{system}")
-    print("| model | trained on | epochs | DFT CPU-s | set | L1% | NRMSE% | coverage 1/2/3σ (%) | mean σ_epi (e/Å³) |")
-    print("|---|---|---|---:|---|---:|---:|---|---:|")
-    for name, r in results[system]["models"].items():
+    """The study's table of one system in Markdown (as in benchmarks/README.md section 7)."""
+    models = results[system]["models"]
+    ref = max((n for n in models if "_b_large" in n), key=lambda n: models[n]["dft_cpu_seconds"])
+    ref_cost = models[ref]["dft_cpu_seconds"]
+    print(f"\n{system} (DFT cost relative to {ref})")
+    print("| model | trained on | epochs | DFT CPU-s (÷ " + ref.split("_", 1)[1] + ") | set | L1% | NRMSE% | "
+          "coverage 1/2/3σ (%) | mean σ_epi (e/Å³) |")
+    print("|---|---|---:|---:|---|---:|---:|---|---:|")
+    for name, r in models.items():
         first = True
         for set_name, ev in r["sets"].items():
-            lead = (f"| {name} | {r['data']}{' ← ' + r['parent'] if r['parent'] else ''} | {r['epochs']} | "
-                    f"{r['dft_cpu_seconds']:.0f} |" if first else "| | | | |")
+            lead = (f"| {name.split('_', 1)[1]} | {r['data']}{' after ' + r['parent'].split('_', 1)[1] if r['parent'] else ''}"
+                    f"{', ' + str(r['freeze_layers']) + ' frozen' if r['freeze_layers'] else ''} | {r['epochs']} | "
+                    f"{r['dft_cpu_seconds']:.0f} ({r['dft_cpu_seconds'] / ref_cost:.2f}) |" if first else "| | | | |")
             print(f"{lead} {set_name} | {ev['L1%']:.2f} | {ev['NRMSE%']:.3f} | "
                   f"{ev['cal1']:.0f} / {ev['cal2']:.0f} / {ev['cal3']:.0f} | {ev['mean_sigma_epistemic']:.2e} |")
             first = False
@@ -301,5 +310,9 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if args == ["--bundle"]:
         bundle()
+    elif args == ["--table"]:
+        res = json.loads((RESULTS / "transfer_study.json").read_text())
+        for system in res:
+            table(res, system)
     else:
         run(args or list(SYSTEMS))

@@ -34,14 +34,14 @@ def bundled_models() -> dict[str, Path]:
 
 def resolve_model_dir(directory: str | os.PathLike | None) -> Path:
     """The model directory meant by ``directory``: None -> :func:`default_model_dir`; the name of a
-    bundled model ("SiGeSn", "Al", "SiGe", any case) when no such path exists -> its folder;
-    anything else -> that path."""
+    bundled model ("SiGeSn", "Al", "SiGe", any case) when no such path exists -> its folder (so
+    ``rhox.load_model("Al")`` and ``--model Al`` on the command line work); anything else -> that path."""
     if directory is None:
         return default_model_dir()
     path = Path(directory)
-    if isinstance(directory, str) and not path.exists():
+    if not path.exists():  # a bare name, as typed (`rhox predict X --model Al` gives a Path)
         for name, rel in BUNDLED_MODELS.items():
-            if name.lower() == directory.lower():
+            if name.lower() == str(directory).lower():
                 return asset_path(rel)
     return path
 

@@ -56,6 +56,7 @@ def test_bundled_models_resolve_by_name(tmp_path, monkeypatch):
     monkeypatch.delenv("RHOX_MODEL", raising=False)
     assert resolve_model_dir(None) == asset_path("model")
     assert resolve_model_dir("al") == asset_path("models/Al")
+    assert resolve_model_dir(Path("AL")) == asset_path("models/Al")  # the CLI passes a Path
     assert resolve_model_dir("SiGe") == asset_path("models/SiGe")
     assert resolve_model_dir("SiGeSn") == asset_path("model")
     # an existing folder of that name wins over the bundled model
