@@ -8,7 +8,8 @@ For Al (FCC) and SiGe (diamond), on the study's DFT sets in ``benchmarks/data/``
 - ``c_large<k>`` / ``c_large<k>_freeze2``: ``a_small`` fine-tuned on the same k large cells
   (``fit(parent=...)``), all layers free, or the first two layers frozen;
 - SiGe only, the thermalization effect: ``a_small_0K``, trained on perfect-lattice (0 K) cells
-  only, against ``a_small`` (thermalized snapshots), both tested on thermalized cells.
+  only, against ``a_small`` (thermalized snapshots), both tested on thermalized cells; and
+  ``a_small_all`` / ``c_large<k>_all``: both small sets together, then fine-tuned on every large cell.
 
 Every model is trained by :func:`rhox.engine.training.fit`'s own code path at one budget
 (:data:`BUDGET`, the same for every strategy and for each stage of a fine-tuned one), on one
@@ -120,6 +121,10 @@ def plan(system: str) -> dict[str, dict]:
         out[f"{system}_c_large{k}_freeze{FROZEN}"] = {"data": data, "parent": f"{system}_a_small", "freeze": FROZEN}
     if "small_0K" in s:
         out[f"{system}_a_small_0K"] = {"data": DATA / s["small_0K"][0], "parent": None, "freeze": 0}
+        # Every small set (thermalized and 0 K), then every large cell: the candidate for the bundle.
+        both = combined(f"{system}_small_all", [DATA / f for f in s["small"] + s["small_0K"]])
+        out[f"{system}_a_small_all"] = {"data": both, "parent": None, "freeze": 0}
+        out[f"{system}_c_large{n_large}_all"] = {"data": large, "parent": f"{system}_a_small_all", "freeze": 0}
     return out
 
 
@@ -268,7 +273,7 @@ def table(results: dict, system: str) -> None:
 
 # The bundled models: the study's best strategy on every train+finetune set of a system (never a
 # test set). Filled in from the study's results (see benchmarks/README.md section 7).
-BUNDLE = {"Al": "Al_c_large3", "SiGe": "SiGe_c_large4"}
+BUNDLE = {"Al": "Al_c_large3", "SiGe": "SiGe_c_large4_all"}
 
 
 def bundle() -> None:
