@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 5006
 
-.PHONY: app test install install-test system-deps assets bench serve clean-venv data-transfer
+.PHONY: app test install install-test system-deps assets bench serve clean-venv data-transfer study-transfer
 
 # Debian packages: libxc + OpenBLAS let GPAW build with its fast paths; chromium drives the
 # browser tests. Installed when run as root; otherwise we say what is missing and go on
@@ -65,11 +65,21 @@ assets: install
 	  --temperature 600 --thermal md --seed 2 --workers 2 --out assets/sigesn_test.db
 	$(VENV)/bin/rhox train assets/sigesn_train.db --out assets/model --seed 0 --overwrite
 	$(VENV)/bin/rhox evaluate assets/sigesn_test.db --model assets/model --json assets/model/evaluation.json
+	# The Al and SiGe models (assets/models/<system>/): the transfer study's best strategy on that
+	# system's train and fine-tune sets in benchmarks/data/, evaluated on its held-out test sets.
+	$(MAKE) study-transfer
+	OMP_NUM_THREADS=1 $(PY) benchmarks/transfer_study.py --bundle
 
 # DFT datasets of the transfer-learning study (hours of GPAW on 2 cores; resumable, see
 # benchmarks/data/README.md). STAGES picks stages or single datasets, e.g. make data-transfer STAGES="sige-small al_small_train".
 data-transfer: install
 	RHOX="$(abspath $(VENV))/bin/rhox" WORKERS=$(or $(WORKERS),1) nice -n 19 bash benchmarks/transfer_data.sh $(STAGES)
+
+# The transfer study (benchmarks/README.md section 7): Al and SiGe, small cells / large cells /
+# small then fine-tuned on large. Resumable (finished models are kept in benchmarks/results/transfer/),
+# one torch thread, niced; TRANSFER_SYSTEMS="Al" runs one system.
+study-transfer: install
+	OMP_NUM_THREADS=1 nice -n 10 $(PY) benchmarks/transfer_study.py $(TRANSFER_SYSTEMS)
 
 bench: install-test
 	$(PY) benchmarks/run_all.py

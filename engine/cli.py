@@ -367,7 +367,7 @@ def train(
 @user_errors
 def evaluate(
     dataset: Path = typer.Argument(..., help="ASE database of DFT samples the model has not seen."),
-    model_dir: Optional[Path] = typer.Option(None, "--model", "-m", help="Model directory (default: bundled)."),
+    model_dir: Optional[Path] = typer.Option(None, "--model", "-m", help="Model directory, or a bundled model by name: SiGeSn (the default), Al, SiGe."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON summary here."),
     plots: Optional[Path] = typer.Option(None, help="Folder for the PNG plots (default: beside --json, or ./)."),
     samples: int = typer.Option(20, help="Weight samples S for the epistemic uncertainty."),
@@ -430,7 +430,7 @@ def evaluate(
 @user_errors
 def predict(
     structure: Path = typer.Argument(..., help="Any ASE-readable structure file."),
-    model_dir: Optional[Path] = typer.Option(None, "--model", "-m", help="Model directory (default: bundled)."),
+    model_dir: Optional[Path] = typer.Option(None, "--model", "-m", help="Model directory, or a bundled model by name: SiGeSn (the default), Al, SiGe."),
     out_dir: Path = typer.Option(Path("prediction"), "-o", "--out", help="Output folder."),
     spacing: Optional[float] = typer.Option(None, help="Grid spacing in Å (default: the training grids')."),
     samples: int = typer.Option(20, help="Weight samples S for the epistemic uncertainty (>= 1)."),

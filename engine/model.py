@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import keys
-from .bundled import default_model_dir
+from .bundled import resolve_model_dir
 from .bnn import DensityNet, NetConfig, make_net
 from .descriptors import DescriptorSettings
 from .errors import ModelError  # noqa: F401  (re-exported)
@@ -115,11 +115,14 @@ def save_model(model: RhoxModel, directory: str | os.PathLike) -> Path:
 
 
 def load_model(directory: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> RhoxModel:
-    """Read a model directory (default: the bundled model); :class:`ModelError` if it is unusable."""
+    """Read a model directory (default: the bundled model); :class:`ModelError` if it is unusable.
+
+    ``directory`` may also name a bundled model ("SiGeSn", "Al", "SiGe": :data:`rhox.engine.bundled.BUNDLED_MODELS`).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    directory = Path(directory) if directory is not None else default_model_dir()
+    directory = resolve_model_dir(directory)
     config = read_model_config(directory)
     cfg_path, w_path = directory / keys.MODEL_CONFIG, directory / keys.MODEL_WEIGHTS
     try:

@@ -9,6 +9,8 @@ Modules, one job each:
   ``SessionThread``, the one way results get back to the session's thread.
 - ``scene``: the 3D view (``SceneView``), its options (``SceneOptions``) and the VTK thread.
 - ``simplex``: the composition pickers (triangle, tetrahedron with a slice).
+- ``model_chooser``: the model list (bundled SiGeSn, Al, SiGe and a folder of the user's) and the
+  picker of one- and two-species systems (fixed composition, slider).
 - ``jobs``: background jobs with typed progress events, cancel, and the job-type registry.
 - ``app``: ``App``, which lays the views out and binds widgets to the state.
 

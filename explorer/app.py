@@ -24,6 +24,7 @@ from rhox.engine.errors import RhoxError, one_line
 from rhox.explorer import resources
 from rhox.explorer.jobs import JOB_TYPES, JobManager, dft_batch_job
 from rhox.explorer.scene import SceneView
+from rhox.explorer.model_chooser import ModelChooser
 from rhox.explorer.simplex import TRI_FRAME_HEIGHT, CompositionPicker
 from rhox.explorer.state import EXAMPLE_COMPOSITION, ExplorerState, describe
 from rhox.explorer.threads import SessionThread
@@ -95,6 +96,7 @@ class App(pn.viewable.Viewer):
         self.state = ExplorerState(model_path=model_path, data_path=data_path)
         self.jobs = JobManager(self.state, self.session)
         self.picker = CompositionPicker(self.state)
+        self.model_chooser = ModelChooser(self)  # every bundled model and the user's (explorer.model_chooser)
         self.scene = SceneView(self.state, width=640, height=480)
         self._generation = 0
         self._extra: list[tuple[str, pn.viewable.Viewable]] = []
@@ -363,6 +365,7 @@ class App(pn.viewable.Viewer):
     def sidebar(self) -> list:
         return [
             self.model_md,
+            self.model_chooser,
             pn.Card(self._system, self._step, self.composition_input, self.picked_md, self._auto,
                     title="Composition", collapsible=False, sizing_mode="stretch_width"),
             pn.Card(self._repeat, self._temperature, pn.Row(self._seed, self._vac), self._build,

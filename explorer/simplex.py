@@ -476,6 +476,7 @@ class CompositionPicker(pn.viewable.Viewer):
         super().__init__(state=state, **params)
         self._ternary = None
         self._quaternary = None
+        self._binary = None
         self._holder = pn.Column(sizing_mode="stretch_width")
         state.pick.param.watch(lambda e: self._refresh(), ["system"])
         self._refresh()
@@ -495,9 +496,12 @@ class CompositionPicker(pn.viewable.Viewer):
             if self._ternary is None:
                 self._ternary = TernaryPicker(self.state)
             view = self._ternary
-        else:
-            view = pn.pane.Markdown(f"{self.state.pick.system} has {n} species: type the composition "
-                                    "in the box (e.g. `Si0.5Ge0.5`).")
+        else:  # one or two species: a slider, or the fixed composition (explorer.model_chooser)
+            if self._binary is None:
+                from rhox.explorer.model_chooser import BinaryPicker
+
+                self._binary = BinaryPicker(self.state)
+            view = self._binary
         self._view = view
         self._holder.objects = [view]
 

@@ -54,11 +54,11 @@ from rhox.engine.structures import SYSTEMS, get_system, require_periodic
 
 #: Weight samples S for interactive predictions (the CLI default is 20; 10 halves the time).
 INTERACTIVE_SAMPLES = 10
-#: Alloy systems the picker offers (2 to 4 species).
-PICKABLE_SYSTEMS = [name for name, s in SYSTEMS.items() if 2 <= s.n_species <= 4]
+#: Alloy systems the picker offers (1 to 4 species: Al has one, a fixed composition).
+PICKABLE_SYSTEMS = [name for name, s in SYSTEMS.items() if 1 <= s.n_species <= 4]
 STEPS = [0.5, 0.25, 0.125, 0.1, 0.0625, 0.05, 0.025]
 #: The composition the explorer opens on (predicted as soon as the model is ready).
-EXAMPLE_COMPOSITION = {3: [0.5, 0.25, 0.25], 4: [0.25, 0.25, 0.25, 0.25], 2: [0.5, 0.5]}
+EXAMPLE_COMPOSITION = {3: [0.5, 0.25, 0.25], 4: [0.25, 0.25, 0.25, 0.25], 2: [0.5, 0.5], 1: [1.0]}
 
 # ``atoms.info`` keys the explorer reads or writes. Those with a dataset column use its name in
 # engine/keys.py; ``realised_composition`` is what engine.structures writes (no keys.py name yet).
@@ -156,12 +156,17 @@ class ModelInfo:
 
     @property
     def name(self) -> str:
-        """The model's name: its directory's name, or "bundled model" for the one rhox ships."""
-        try:
-            bundled = self.path.resolve() == asset_path("model").resolve()
-        except OSError:
-            bundled = False
-        return "bundled model" if bundled else f"model {self.path.name}"
+        """The model's name: its directory's name, "bundled model" for the default one rhox ships,
+        "bundled Al model" etc. for its others (engine.bundled.BUNDLED_MODELS)."""
+        from rhox.engine.bundled import BUNDLED_MODELS
+
+        for name, rel in BUNDLED_MODELS.items():
+            try:
+                if self.path.resolve() == asset_path(rel).resolve():
+                    return "bundled model" if rel == "model" else f"bundled {name} model"
+            except OSError:
+                pass
+        return f"model {self.path.name}"
 
     def label(self) -> str:
         l1 = f", validation L1% {self.best_val_l1:.1f}" if self.best_val_l1 is not None else ""

@@ -133,6 +133,13 @@ def test_picker_follows_the_system(state):
     state.pick.system = "CrFeCoNi"
     assert isinstance(picker.view, QuaternaryPicker)
     state.pick.system = "SiGe"
-    assert isinstance(picker.view, pn.pane.Markdown)
+    from rhox.explorer.model_chooser import BinaryPicker
+
+    assert isinstance(picker.view, BinaryPicker) and picker.view.slider.visible  # a binary: one slider
     assert state.select_text("Si0.5Ge0.5")
     assert state.pick.picked == pytest.approx([0.5, 0.5])
+    state.select_text("Si0.25Ge0.75")
+    assert picker.view.slider.value == pytest.approx(0.75)  # the slider follows a typed pick
+    state.pick.system = "Al"  # one species: no slider, the fixed composition
+    assert isinstance(picker.view, BinaryPicker) and not picker.view.slider.visible
+    assert "Al1" in picker.view.note.object

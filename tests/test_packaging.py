@@ -27,7 +27,11 @@ def test_wheel_holds_one_namespace_and_the_bundled_model(wheel):
     assert tops == {"rhox"}, f"top-level names in the wheel: {sorted(tops)}"
     for needed in ("rhox/__init__.py", "rhox/engine/cli.py", "rhox/explorer/app.py",
                    "rhox/assets/model/config.json", "rhox/assets/model/weights.safetensors",
-                   "rhox/assets/sigesn_train.db"):
+                   "rhox/assets/sigesn_train.db",
+                   # the Al and SiGe models of the transfer study, loadable by name (rhox.load_model("Al"))
+                   "rhox/assets/models/Al/config.json", "rhox/assets/models/Al/weights.safetensors",
+                   "rhox/assets/models/Al/evaluation.json", "rhox/assets/models/SiGe/config.json",
+                   "rhox/assets/models/SiGe/weights.safetensors", "rhox/assets/models/SiGe/evaluation.json"):
         assert needed in names, needed
 
 
