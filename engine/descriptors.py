@@ -769,3 +769,245 @@ def descriptors_for_grid(
     density array). Holds the whole grid in memory: for huge cells stream tiles from
     :func:`engine.grid.iter_blocks` through one :class:`DescriptorCalculator` instead."""
     return compute_descriptors(atoms, grid_points(atoms.cell.array, shape), settings, device, dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Frame blending: a continuous prediction across near-ties of the frame's defining atoms
+# --------------------------------------------------------------------------------------------
+
+BLEND_WIDTH = 0.1
+"""Å. Default width δ of the tie zone of :class:`FrameBlender` (see benchmarks/README.md,
+"Continuity across frame ties", for the measurements behind it)."""
+
+
+def tie_weight(gap, width: float):
+    """Smooth "a comes before b" weight of a distance gap ``d_b - d_a`` (Å), numpy or torch.
+
+    1 for gap ≥ ``width``, 0 for gap ≤ -``width``, 1/2 at 0, ``w(g) + w(-g) = 1``, and C¹
+    (a cubic smoothstep of |g|/width, odd about 0: its slope vanishes at 0 and at ±width).
+    """
+    lib = torch if isinstance(gap, torch.Tensor) else np
+    t = lib.clip(gap / width, -1.0, 1.0)
+    a = abs(t)
+    return 0.5 + 0.5 * lib.sign(t) * a * a * (3.0 - 2.0 * a)
+
+
+@dataclass(frozen=True)
+class FrameCandidates:
+    """The competing frames of the tie-zone points of one set of query points.
+
+    rows: (Q,) index of the point (in the query) each candidate belongs to.
+    descriptors: (Q, D) the frame descriptor of each candidate (``dtype`` of the calculator).
+    weights: (Q,) its weight. base_rows: (T,) the points with competing frames (sorted, unique);
+    base_weights: (T,) the weight left to the point's own (unblended) descriptor. For each point
+    in ``base_rows`` its base weight and its candidates' weights sum to 1.
+    """
+
+    rows: np.ndarray
+    descriptors: torch.Tensor
+    weights: np.ndarray
+    base_rows: np.ndarray
+    base_weights: np.ndarray
+
+    @property
+    def empty(self) -> bool:
+        return self.base_rows.size == 0
+
+
+class FrameBlender:
+    """The competing body-attached frames of points near ties, with smooth weights.
+
+    The frame descriptor takes e1 towards the nearest atom a and e2 from the first atom b
+    after it that is not collinear with e1; where two atoms are (nearly) equally far, which one
+    is "nearest" flips and the descriptor (so the prediction) jumps. Here every ordered pair
+    (a, b) that could define the frame within ``width`` Å of a tie is a candidate: its
+    descriptor lists a first and b as the first non-collinear atom, the other K - 2 atoms in
+    the usual order. Its weight is p(a) q(b | a), smooth "soft-argmin" weights from
+    :func:`tie_weight` of the distance gaps: p(a) ∝ Π_c w(d_c - d_a) over the other atoms,
+    q(b | a) ∝ Π_c w(d_c - d_b) over the other atoms usable for e2. Outside the tie zone the
+    nearest pair has weight 1 (the point's own descriptor, bit for bit); at an exact tie the
+    competing frames share the weight equally, so the blended prediction is continuous.
+
+    Only the frame kind has frames: for the atom-centred kind :meth:`candidates` is always empty.
+    ``calc``: the structure's :class:`DescriptorCalculator` (either kind of search; the blocked
+    one gives the same candidates). Candidates are found from the descriptors themselves
+    (distances are the norms of the listed positions), so points away from ties cost nothing
+    but one pass over their descriptors.
+    """
+
+    def __init__(self, calc: DescriptorCalculator, width: float = BLEND_WIDTH):
+        if not (math.isfinite(width) and width > 0):
+            raise ValueError(f"the blending width must be a finite positive length in Å, got {width}")
+        self.calc = calc
+        self.width = float(width)
+
+    def tie_rows(self, descriptors: torch.Tensor) -> np.ndarray:
+        """Rows of ``descriptors`` (P, D) (frame kind) whose e1 or e2 atom is within the width
+        (plus a float32 margin) of a competitor: the only rows :meth:`candidates` may blend."""
+        s = self.calc.settings
+        if s.kind != "frame" or len(descriptors) == 0:
+            return np.zeros(0, dtype=np.int64)
+        k = s.n_neighbors
+        cols = 3 + len(s.radial) + len(s.attributes)
+        pos = descriptors.detach().reshape(len(descriptors), k, cols)[..., :3].to(torch.float64).cpu().numpy()
+        d = np.linalg.norm(pos, axis=-1)
+        margin = 1e-4  # Å: float32 positions give distances to ~1e-6 relative
+        # In the local frame e1 = x axis: atoms on it (|sin| small) cannot define e2.
+        valid = d > ON_ATOM_TOL
+        sin = np.where(valid, np.linalg.norm(pos[..., 1:], axis=-1) / np.maximum(d, ON_ATOM_TOL), 0.0)
+        first = valid.argmax(1)
+        rows = np.arange(len(d))
+        d1 = d[rows, first]
+        other = valid.copy()
+        other[rows, first] = False
+        near1 = (other & (d < d1[:, None] + self.width + margin)).any(1)
+        usable = valid & (sin > COLLINEAR_SIN_TOL - 1e-3)
+        usable[rows, first] = False
+        d2 = np.where(usable, d, np.inf).min(1)
+        near2 = (usable & (d < d2[:, None] + self.width + margin)).sum(1) > 1
+        return np.flatnonzero(near1 | near2)
+
+    def candidates(self, points, descriptors: torch.Tensor) -> FrameCandidates:
+        """The competing frames of ``points`` (P, 3) Å whose descriptors (P, D) are given."""
+        rows = self.tie_rows(descriptors)
+        empty = FrameCandidates(np.zeros(0, np.int64), descriptors[:0], np.zeros(0), np.zeros(0, np.int64),
+                                np.zeros(0))
+        if rows.size == 0:
+            return empty
+        calc, s = self.calc, self.calc.settings
+        points = np.asarray(points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else points,
+                            dtype=np.float64).reshape(-1, 3)
+        nb = calc._search.query(points[rows], s.n_neighbors)
+        cand_rows, perms, weights, base_rows, base_weights = [], [], [], [], []
+        for t, (dist, vec) in enumerate(zip(nb.distances, nb.vectors)):
+            pairs = self._pairs(dist, vec)
+            if len(pairs) <= 1:
+                continue
+            base_rows.append(rows[t])
+            base_weights.append(pairs[0][2])
+            for perm, _, w in pairs[1:]:
+                if w > 0:
+                    cand_rows.append(t)
+                    perms.append(perm)
+                    weights.append(w)
+        if not cand_rows:
+            return empty
+        cand_rows = np.asarray(cand_rows)
+        perms = np.asarray(perms)
+        take = lambda a: np.take_along_axis(a[cand_rows], perms if a.ndim == 2 else perms[..., None], 1)  # noqa: E731
+        dist, vec, idx = take(nb.distances), take(nb.vectors), take(nb.indices)
+        t64 = lambda a: torch.as_tensor(a, dtype=torch.float64, device=calc.device)  # noqa: E731
+        attr = calc._table[calc._element[torch.as_tensor(idx, device=calc.device)]]
+        x = _frame_features(t64(vec), t64(dist), attr, s.radial).to(calc.dtype)
+        return FrameCandidates(rows=rows[cand_rows], descriptors=x, weights=np.asarray(weights),
+                               base_rows=np.asarray(base_rows, dtype=np.int64), base_weights=np.asarray(base_weights))
+
+    def blend(self, points, descriptors: torch.Tensor, predictions: dict, evaluate) -> dict:
+        """``predictions`` of ``points`` (from their ``descriptors``) blended over competing frames.
+
+        ``predictions``: {"mean", "var_epistemic", "var_aleatoric", "var_total"} (P,) tensors;
+        ``evaluate(descriptors) -> predictions`` runs the same network on the candidates'
+        descriptors (only the tie-zone points'). See :func:`blend_moments`.
+        """
+        cand = self.candidates(points, descriptors)
+        if cand.empty:
+            return predictions
+        return blend_moments(predictions, evaluate(cand.descriptors), cand)
+
+    def _pairs(self, dist: np.ndarray, vec: np.ndarray) -> list[tuple[np.ndarray, tuple[int, int], float]]:
+        """[(listing permutation, (a, b) columns, weight)] of one point, its own frame first."""
+        k = len(dist)
+        valid = dist > ON_ATOM_TOL
+        if not valid.all():  # a point on an atom: its frame comes from the next ones; left as is
+            return []
+        unit = vec / dist[:, None]
+        w = self.width
+        first = 0  # sorted by distance: column 0 is the nearest atom
+        group_a = np.flatnonzero(dist < dist[first] + w)
+        out = []
+        pa = _soft_first(dist, group_a, np.ones(k, bool), w)
+        for a, p in zip(group_a, pa):
+            if p == 0:
+                continue
+            sin = np.linalg.norm(_cross(unit, unit[a][None, :]), axis=-1)
+            usable = sin > COLLINEAR_SIN_TOL
+            usable[a] = False
+            if not usable.any():
+                group_b = np.zeros(0, np.int64)
+            else:
+                d2 = dist[usable].min()
+                group_b = np.flatnonzero(usable & (dist < d2 + w))
+            order = np.arange(k, dtype=np.float64)
+            order[a] = -1.0
+            if group_b.size == 0:
+                out.append((np.argsort(order, kind="stable"), (a, -1), float(p)))
+                continue
+            f = int(np.flatnonzero(usable)[0])  # the first usable column after a, in listing order
+            qb = _soft_first(dist, group_b, usable, w)
+            for b, q in zip(group_b, qb):
+                if q == 0:
+                    continue
+                o = order.copy()
+                o[b] = f - 0.5
+                out.append((np.argsort(o, kind="stable"), (int(a), int(b)), float(p * q)))
+        # The point's own frame (a = column 0, b = its first usable column) leads.
+        own = [i for i, (_, (a, b), _) in enumerate(out) if a == 0 and (b == -1 or b == _first_usable(unit, 0))]
+        if own:
+            out.insert(0, out.pop(own[0]))
+        else:
+            out.insert(0, (np.arange(k), (0, -2), 0.0))
+        return out
+
+
+def _soft_first(dist: np.ndarray, group: np.ndarray, among: np.ndarray, width: float) -> np.ndarray:
+    """Normalised weights of each column in ``group`` being the nearest of the columns ``among``:
+    ∝ Π_c tie_weight(d_c - d_g) over the other columns c of ``among`` (1 for those ≥ width behind)."""
+    f = tie_weight(dist[None, :] - dist[group][:, None], width)
+    f = np.where(among[None, :], f, 1.0)
+    f[np.arange(len(group)), group] = 1.0
+    p = f.prod(1)
+    return p / p.sum()
+
+
+def _first_usable(unit: np.ndarray, a: int) -> int:
+    sin = np.linalg.norm(_cross(unit, unit[a][None, :]), axis=-1)
+    usable = sin > COLLINEAR_SIN_TOL
+    usable[a] = False
+    return int(np.flatnonzero(usable)[0]) if usable.any() else -1
+
+
+def blend_moments(base: dict, extra: dict, cand: FrameCandidates) -> dict:
+    """Predictions of the tie-zone points blended over their competing frames.
+
+    ``base``: {"mean", "var_epistemic", "var_aleatoric", "var_total"} (P,) tensors of the
+    points' own descriptors; ``extra``: the same for ``cand.descriptors`` (Q,). The blend is the
+    mixture of the frames' predictive distributions: mean Σ w μ; aleatoric Σ w σ_a²; epistemic
+    Σ w σ_e² + Σ w (μ - mean)² (the frames' disagreement is the model's, more data would fix
+    it); total their sum (= the mixture's variance). Rows outside ``cand.base_rows`` are
+    returned untouched (bit for bit). Units are whatever the inputs' are.
+    """
+    if cand.empty:
+        return base
+    out = {k: v.clone() for k, v in base.items()}
+    dev, dt = base["mean"].device, base["mean"].dtype
+    t = torch.as_tensor(cand.base_rows, device=dev)
+    wb = torch.as_tensor(cand.base_weights, dtype=dt, device=dev)
+    wq = torch.as_tensor(cand.weights, dtype=dt, device=dev)
+    # Position of each candidate's point within base_rows, to sum candidates per point.
+    slot = torch.as_tensor(np.searchsorted(cand.base_rows, cand.rows), device=dev)
+
+    def mix(b, e):
+        acc = wb * b[t]
+        return acc.index_add(0, slot, wq * e)
+
+    mean = mix(base["mean"], extra["mean"])
+    alea = mix(base["var_aleatoric"], extra["var_aleatoric"])
+    dev_b = (base["mean"][t] - mean) ** 2
+    dev_e = (extra["mean"] - mean[slot]) ** 2
+    epi = wb * (base["var_epistemic"][t] + dev_b)
+    epi = epi.index_add(0, slot, wq * (extra["var_epistemic"] + dev_e))
+    out["mean"][t] = mean
+    out["var_aleatoric"][t] = alea
+    out["var_epistemic"][t] = epi
+    out["var_total"][t] = epi + alea
+    return out
