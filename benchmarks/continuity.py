@@ -58,7 +58,7 @@ def midpoint_jumps(model, width):
             mid = atoms.positions[a] + vec / 2
             r = rho(mid + np.array([-1e-3, 1e-3])[:, None] * vec / np.linalg.norm(vec))
             worst = max(worst, abs(r[1] - r[0]) / r.mean())
-        out[comp] = 100 * worst
+        out[comp] = 100 * float(worst)
     return out
 
 
@@ -83,7 +83,7 @@ def crossing_jumps(model, atoms, width, n_lines, seed=0):
             p = a + np.array([lo, hi])[:, None] * u
             two = listing(p)
             r = rho(p)
-            found.append((int(np.flatnonzero(two[0] != two[1])[0]), abs(r[1] - r[0]) / r.mean()))
+            found.append((int(np.flatnonzero(two[0] != two[1])[0]), float(abs(r[1] - r[0]) / r.mean())))
     found = np.array(found)
     by_pos = {}
     for pos in range(k):

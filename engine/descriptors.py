@@ -878,29 +878,17 @@ class FrameBlender:
         points = np.asarray(points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else points,
                             dtype=np.float64).reshape(-1, 3)
         nb = calc._search.query(points[rows], s.n_neighbors)
-        cand_rows, perms, weights, base_rows, base_weights = [], [], [], [], []
-        for t, (dist, vec) in enumerate(zip(nb.distances, nb.vectors)):
-            pairs = self._pairs(dist, vec)
-            if len(pairs) <= 1:
-                continue
-            base_rows.append(rows[t])
-            base_weights.append(pairs[0][2])
-            for perm, _, w in pairs[1:]:
-                if w > 0:
-                    cand_rows.append(t)
-                    perms.append(perm)
-                    weights.append(w)
-        if not cand_rows:
+        cand_t, perms, weights, base_weights, tied = _frame_pairs(nb.distances, nb.vectors, self.width)
+        cand_rows, base_rows, base_weights = cand_t, rows[tied], base_weights[tied]
+        if not cand_rows.size:
             return empty
-        cand_rows = np.asarray(cand_rows)
-        perms = np.asarray(perms)
         take = lambda a: np.take_along_axis(a[cand_rows], perms if a.ndim == 2 else perms[..., None], 1)  # noqa: E731
         dist, vec, idx = take(nb.distances), take(nb.vectors), take(nb.indices)
         t64 = lambda a: torch.as_tensor(a, dtype=torch.float64, device=calc.device)  # noqa: E731
         attr = calc._table[calc._element[torch.as_tensor(idx, device=calc.device)]]
         x = _frame_features(t64(vec), t64(dist), attr, s.radial).to(calc.dtype)
-        return FrameCandidates(rows=rows[cand_rows], descriptors=x, weights=np.asarray(weights),
-                               base_rows=np.asarray(base_rows, dtype=np.int64), base_weights=np.asarray(base_weights))
+        return FrameCandidates(rows=rows[cand_rows], descriptors=x, weights=weights,
+                               base_rows=base_rows.astype(np.int64), base_weights=base_weights)
 
     def blend(self, points, descriptors: torch.Tensor, predictions: dict, evaluate) -> dict:
         """``predictions`` of ``points`` (from their ``descriptors``) blended over competing frames.
@@ -914,66 +902,88 @@ class FrameBlender:
             return predictions
         return blend_moments(predictions, evaluate(cand.descriptors), cand)
 
-    def _pairs(self, dist: np.ndarray, vec: np.ndarray) -> list[tuple[np.ndarray, tuple[int, int], float]]:
-        """[(listing permutation, (a, b) columns, weight)] of one point, its own frame first."""
-        k = len(dist)
-        valid = dist > ON_ATOM_TOL
-        if not valid.all():  # a point on an atom: its frame comes from the next ones; left as is
-            return []
-        unit = vec / dist[:, None]
-        w = self.width
-        first = 0  # sorted by distance: column 0 is the nearest atom
-        group_a = np.flatnonzero(dist < dist[first] + w)
-        out = []
-        pa = _soft_first(dist, group_a, np.ones(k, bool), w)
-        for a, p in zip(group_a, pa):
-            if p == 0:
-                continue
-            sin = np.linalg.norm(_cross(unit, unit[a][None, :]), axis=-1)
-            usable = sin > COLLINEAR_SIN_TOL
-            usable[a] = False
-            if not usable.any():
-                group_b = np.zeros(0, np.int64)
-            else:
-                d2 = dist[usable].min()
-                group_b = np.flatnonzero(usable & (dist < d2 + w))
-            order = np.arange(k, dtype=np.float64)
-            order[a] = -1.0
-            if group_b.size == 0:
-                out.append((np.argsort(order, kind="stable"), (a, -1), float(p)))
-                continue
-            f = int(np.flatnonzero(usable)[0])  # the first usable column after a, in listing order
-            qb = _soft_first(dist, group_b, usable, w)
-            for b, q in zip(group_b, qb):
-                if q == 0:
-                    continue
-                o = order.copy()
-                o[b] = f - 0.5
-                out.append((np.argsort(o, kind="stable"), (int(a), int(b)), float(p * q)))
-        # The point's own frame (a = column 0, b = its first usable column) leads.
-        own = [i for i, (_, (a, b), _) in enumerate(out) if a == 0 and (b == -1 or b == _first_usable(unit, 0))]
-        if own:
-            out.insert(0, out.pop(own[0]))
-        else:
-            out.insert(0, (np.arange(k), (0, -2), 0.0))
-        return out
-
 
 def _soft_first(dist: np.ndarray, group: np.ndarray, among: np.ndarray, width: float) -> np.ndarray:
-    """Normalised weights of each column in ``group`` being the nearest of the columns ``among``:
-    ∝ Π_c tie_weight(d_c - d_g) over the other columns c of ``among`` (1 for those ≥ width behind)."""
-    f = tie_weight(dist[None, :] - dist[group][:, None], width)
-    f = np.where(among[None, :], f, 1.0)
-    f[np.arange(len(group)), group] = 1.0
-    p = f.prod(1)
-    return p / p.sum()
+    """(T, K) normalised weights of each column in ``group`` (T, K) being the nearest of the
+    columns ``among`` (T, K): ∝ Π_c tie_weight(d_c - d_g) over the other columns c of ``among``
+    (1 for those at least ``width`` behind); 0 outside ``group``."""
+    f = tie_weight(dist[:, None, :] - dist[:, :, None], width)  # f[t, g, c]
+    f = np.where(among[:, None, :], f, 1.0)
+    k = dist.shape[1]
+    f[:, np.arange(k), np.arange(k)] = 1.0
+    p = np.where(group, f.prod(2), 0.0)
+    return p / np.maximum(p.sum(1, keepdims=True), 1e-300)
 
 
-def _first_usable(unit: np.ndarray, a: int) -> int:
-    sin = np.linalg.norm(_cross(unit, unit[a][None, :]), axis=-1)
-    usable = sin > COLLINEAR_SIN_TOL
-    usable[a] = False
-    return int(np.flatnonzero(usable)[0]) if usable.any() else -1
+def _frame_pairs(dist: np.ndarray, vec: np.ndarray, width: float):
+    """The competing frames of T points from their K nearest atoms (sorted; (T, K) Å distances,
+    (T, K, 3) vectors): see :class:`FrameBlender`.
+
+    Returns ``(rows (Q,), listing permutations (Q, K), weights (Q,), own weights (T,),
+    tied (T,) bool)`` for the Q candidates other than each point's own frame; rows index the T
+    points; own weight 1 and tied False where a point has no competitor. Points on an atom keep
+    their own frame.
+    """
+    t_rows, k = dist.shape
+    rows = np.arange(t_rows)
+    valid = np.all(dist > ON_ATOM_TOL, axis=1)
+    unit = vec / np.maximum(dist, ON_ATOM_TOL)[..., None]
+    cols = np.arange(k, dtype=np.float64)
+    group_a = valid[:, None] & (dist < dist[:, :1] + width)
+    pa = _soft_first(dist, group_a, np.ones_like(group_a), width)
+    out_t, out_perm, out_w = [], [], []
+    own = np.zeros(t_rows)
+    for a in range(int(group_a.sum(1).max(initial=0))):
+        live = group_a[:, a] & (pa[:, a] > 0)
+        if not live.any():
+            continue
+        t = rows[live]
+        d, u = dist[t], unit[t]
+        sin = np.linalg.norm(_cross(u, u[:, a : a + 1, :]), axis=-1)
+        usable = sin > COLLINEAR_SIN_TOL
+        usable[:, a] = False
+        has = usable.any(1)
+        d2 = np.where(usable, d, np.inf).min(1, initial=np.inf)
+        group_b = usable & (d < d2[:, None] + width)
+        qb = _soft_first(d, group_b, usable, width)
+        first = np.argmax(usable, axis=1)  # the first usable column after a, in listing order
+        key = np.broadcast_to(cols, (len(t), k)).copy()
+        key[:, a] = -1.0
+        # No usable atom: e2 = e3 = 0 whatever the listing; the frame is a alone.
+        if (~has).any():
+            w = pa[t[~has], a]
+            if a == 0:
+                own[t[~has]] = w
+            else:
+                out_t.append(t[~has])
+                out_perm.append(np.argsort(key[~has], axis=1, kind="stable"))
+                out_w.append(w)
+        for b in range(k):
+            sel = has & group_b[:, b] & (qb[:, b] > 0)
+            if not sel.any():
+                continue
+            w = pa[t[sel], a] * qb[sel, b]
+            if a == 0:
+                is_own = first[sel] == b
+                own[t[sel][is_own]] = w[is_own]
+                sel = np.flatnonzero(sel)[~is_own]
+                w = w[~is_own]
+                if not sel.size:
+                    continue
+            kk = key[sel]
+            kk[np.arange(len(kk)), b] = first[sel] - 0.5
+            out_t.append(t[sel])
+            out_perm.append(np.argsort(kk, axis=1, kind="stable"))
+            out_w.append(w)
+    own[~valid] = 1.0
+    if out_t:
+        cand_t, perms, weights = np.concatenate(out_t), np.concatenate(out_perm), np.concatenate(out_w)
+    else:
+        cand_t, perms, weights = np.zeros(0, np.int64), np.zeros((0, k), np.int64), np.zeros(0)
+    tied = np.zeros(t_rows, bool)
+    tied[cand_t] = True
+    order = np.argsort(cand_t, kind="stable")
+    return cand_t[order], perms[order], weights[order], own, tied
 
 
 def blend_moments(base: dict, extra: dict, cand: FrameCandidates) -> dict:

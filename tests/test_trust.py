@@ -91,7 +91,13 @@ def test_compressed_cell_is_out_of_domain_and_training_like_is_inside(tiny_model
     checks = {c.name: c for c in inside.domain}
     assert inside.inside_domain and checks["neighbour distances"].inside is True
     assert checks["species"].inside and checks["composition"].inside
-    assert checks["descriptor novelty"].inside is None                   # not available yet: neither way
+    assert checks["descriptor novelty"].inside is True, checks["descriptor novelty"].detail
+    novel = {c.name: c for c in out.domain}["descriptor novelty"]
+    # Every environment of the squeezed cell is shorter than any seen: most of it lies beyond
+    # the validation points' 99th novelty percentile.
+    assert novel.inside is False, novel.detail
+    assert novel.values["fraction_above"] > 0.5 > checks["descriptor novelty"].values["fraction_above"]
+    assert novel.values["mean"] > checks["descriptor novelty"].values["mean"]
     bad = {c.name: c for c in out.domain}["neighbour distances"]
     assert not out.inside_domain and bad.inside is False and "below the training minimum" in bad.detail
     assert out.recommendation == trust.CHECK and any("neighbour distances" in x for x in out.reasons)
