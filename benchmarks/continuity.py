@@ -8,8 +8,10 @@ Measures, with the network's mean weights, the relative jump |ρ̂(+) - ρ̂(-)|
 - every point where the neighbour listing changes along random lines through a thermalised
   test cell (found by bisection to 1e-9 Å), grouped by the first listing position that changes
   (0: e1 atom, 1-11: later neighbours, the frame's e2 atom among them);
-with frame blending off and on, plus the fraction of grid points in the tie zone and the
-prediction time of a whole cell with blending off and on. Writes benchmarks/results/continuity.json.
+with blending (engine.descriptors.FrameBlender: frame atoms blended over ``width``, the other
+atoms' listing softened over LISTING_WIDTH) off and on, the fraction of grid points each touches,
+the prediction time of a whole cell, and the test L1% / coverage of the bundled test cells with
+blending off and on. Writes benchmarks/results/continuity.json.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def make_rho(model, calc, width):
 
     def rho(points):
         with torch.no_grad():
-            d = calc(points)
+            d = blender.descriptors(points) if blender is not None else calc(points)
             p = evaluate(d)
             if blender is not None:
                 p = blender.blend(points, d, p, evaluate)
@@ -97,8 +99,9 @@ def cost(model, atoms, width):
     shape = plan_grid(model, atoms)
     calc = DescriptorCalculator(atoms, model.descriptor)
     pts = grid_points(atoms.cell.array, shape)
-    rows = FrameBlender(calc, width).tie_rows(calc(pts))
-    cand = FrameBlender(calc, width).candidates(pts, calc(pts))
+    blender = FrameBlender(calc, width)
+    soft = (blender.descriptors(pts) != calc(pts)).any(1).numpy()
+    cand = blender.candidates(pts)
     times = {}
     for blend in (False, True):
         best = []
@@ -108,15 +111,37 @@ def cost(model, atoms, width):
             best.append(time.perf_counter() - t0)
         times["on" if blend else "off"] = min(best)
     return {"grid": list(shape), "points": int(np.prod(shape)), "tie_zone_fraction": float(cand.base_rows.size / len(pts)),
-            "candidate_rows_fraction": float(rows.size / len(pts)), "extra_evaluations_per_point": float(len(cand.rows) / len(pts)),
+            "softened_listing_fraction": float(soft.mean()), "extra_evaluations_per_point": float(len(cand.rows) / len(pts)),
             "seconds_S20_blend_off": times["off"], "seconds_S20_blend_on": times["on"]}
+
+
+def accuracy(model, width):
+    """Test L1% and 1/2/3σ coverage of the bundled test cells, blending on and off (S = 20)."""
+    from rhox.engine import metrics
+    from rhox.engine.store import Dataset
+
+    out = {}
+    for blend in (False, True):
+        err = norm = 0.0
+        inside = np.zeros(3)
+        n = 0
+        for smp in Dataset(HERE.parent / "assets" / "sigesn_test.db", readonly=True).samples():
+            y = np.asarray(smp.density, dtype=np.float64)
+            f = predict(model, smp.atoms, shape=y.shape, n_samples=20, blend=blend)
+            e, m = metrics.l1_sums(f.mean, y)
+            err, norm = err + e, norm + m
+            z = np.abs(f.mean - y) / f.sigma_total
+            inside += [np.sum(z <= k) for k in (1, 2, 3)]
+            n += y.size
+        out["on" if blend else "off"] = {"L1%": 100 * err / norm, "coverage_pct": list(100 * inside / n)}
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     ap.add_argument("--lines", type=int, default=30)
-    ap.add_argument("--widths", type=float, nargs="*", default=[0.05, BLEND_WIDTH, 0.2])
+    ap.add_argument("--widths", type=float, nargs="*", default=[0.05, BLEND_WIDTH])
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load_model(args.model)
@@ -124,6 +149,8 @@ def main():
     thermal = next(test.select(limit=1)).toatoms()
     res = {"model": str(args.model or "bundled"), "thermal_cell": thermal.get_chemical_formula(), "widths": {}}
     res["off"] = {"midpoints_max_pct": midpoint_jumps(model, 0), "crossings": crossing_jumps(model, thermal, 0, args.lines)}
+    res["test_accuracy"] = accuracy(model, BLEND_WIDTH)
+    print("accuracy", json.dumps(res["test_accuracy"]), flush=True)
     for w in args.widths:
         res["widths"][str(w)] = {"midpoints_max_pct": midpoint_jumps(model, w),
                                  "crossings": crossing_jumps(model, thermal, w, args.lines),

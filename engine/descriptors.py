@@ -776,8 +776,14 @@ def descriptors_for_grid(
 # --------------------------------------------------------------------------------------------
 
 BLEND_WIDTH = 0.1
-"""Å. Default width δ of the tie zone of :class:`FrameBlender` (see benchmarks/README.md,
-"Continuity across frame ties", for the measurements behind it)."""
+"""Å. Default width δ of the frame atoms' tie zone of :class:`FrameBlender` (see
+benchmarks/README.md, "Continuity across neighbour-distance ties", for the measurements behind it)."""
+
+LISTING_WIDTH = 0.02
+"""Å. Default width of the listing ties that :class:`FrameBlender` softens (same section)."""
+
+EXTRA_NEIGHBOURS = 6
+"""Atoms beyond the K listed that the softened listing may draw in (where the K-th ties)."""
 
 
 def tie_weight(gap, width: float):
@@ -815,80 +821,133 @@ class FrameCandidates:
 
 
 class FrameBlender:
-    """The competing body-attached frames of points near ties, with smooth weights.
+    """A continuous frame-descriptor prediction across neighbour-distance ties.
 
-    The frame descriptor takes e1 towards the nearest atom a and e2 from the first atom b
-    after it that is not collinear with e1; where two atoms are (nearly) equally far, which one
-    is "nearest" flips and the descriptor (so the prediction) jumps. Here every ordered pair
-    (a, b) that could define the frame within ``width`` Å of a tie is a candidate: its
-    descriptor lists a first and b as the first non-collinear atom, the other K - 2 atoms in
-    the usual order. Its weight is p(a) q(b | a), smooth "soft-argmin" weights from
-    :func:`tie_weight` of the distance gaps: p(a) ∝ Π_c w(d_c - d_a) over the other atoms,
-    q(b | a) ∝ Π_c w(d_c - d_b) over the other atoms usable for e2. Outside the tie zone the
-    nearest pair has weight 1 (the point's own descriptor, bit for bit); at an exact tie the
-    competing frames share the weight equally, so the blended prediction is continuous.
+    The frame descriptor lists the K nearest atoms in order of distance, in a frame with e1
+    towards the nearest atom a and e2 from the first atom b after it that is not collinear with
+    e1. Wherever two distances cross, the listing changes, and so, by percents, the predicted
+    density. Two remedies, both exact no-ops away from ties (bit for bit the plain descriptor):
 
-    Only the frame kind has frames: for the atom-centred kind :meth:`candidates` is always empty.
-    ``calc``: the structure's :class:`DescriptorCalculator` (either kind of search; the blocked
-    one gives the same candidates). Candidates are found from the descriptors themselves
-    (distances are the norms of the listed positions), so points away from ties cost nothing
-    but one pass over their descriptors.
+    - **Frame atoms** (:meth:`blend`): near a tie of a or b (within ``width`` Å), every ordered
+      pair (a, b) that could define the frame is a candidate, with smooth weights p(a) q(b | a)
+      (p(a) ∝ Π_c w(d_c - d_a) over the other atoms, q(b | a) ∝ Π_c w(d_c - d_b) over the other
+      atoms usable for e2, w = :func:`tie_weight`); the network runs on each candidate's
+      descriptor and the predictions are blended (:func:`blend_moments`). At an exact tie the
+      competing frames share the weight equally.
+    - **The other atoms' listing** (:meth:`descriptors`): the block of listing slot j (not a
+      frame slot) becomes Σ_m P_jm block_m over the non-frame atoms m, the K listed and
+      :data:`EXTRA_NEIGHBOURS` beyond, with P_jm ∝ κ(d_m - d_j), κ(h) = 1 - smoothstep(|h| /
+      ``listing_width``): the identity when no two such atoms are within ``listing_width`` Å, the
+      average of the tied atoms' blocks at a tie (so the descriptor, hence the prediction, is
+      continuous where they swap, the K-th neighbour included). No extra network evaluation.
+
+    Only the frame kind has a listing: for the atom-centred kind :meth:`descriptors` is the
+    calculator's and :meth:`blend` changes nothing. ``calc``: the structure's
+    :class:`DescriptorCalculator` (either search; the blocked one gives the same numbers).
     """
 
-    def __init__(self, calc: DescriptorCalculator, width: float = BLEND_WIDTH):
-        if not (math.isfinite(width) and width > 0):
-            raise ValueError(f"the blending width must be a finite positive length in Å, got {width}")
+    def __init__(self, calc: DescriptorCalculator, width: float = BLEND_WIDTH,
+                 listing_width: float = LISTING_WIDTH):
+        for name, v in (("blending width", width), ("listing width", listing_width)):
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"the {name} must be a finite length >= 0 in Å, got {v}")
         self.calc = calc
         self.width = float(width)
+        self.listing_width = float(listing_width)
+        self._cache: tuple | None = None  # (points, Neighbours of K + EXTRA_NEIGHBOURS) of the last call
 
-    def tie_rows(self, descriptors: torch.Tensor) -> np.ndarray:
-        """Rows of ``descriptors`` (P, D) (frame kind) whose e1 or e2 atom is within the width
-        (plus a float32 margin) of a competitor: the only rows :meth:`candidates` may blend."""
-        s = self.calc.settings
-        if s.kind != "frame" or len(descriptors) == 0:
-            return np.zeros(0, dtype=np.int64)
+    @property
+    def _frame(self) -> bool:
+        return self.calc.settings.kind == "frame"
+
+    def _neighbours(self, key, x: np.ndarray) -> Neighbours:
+        """K + EXTRA_NEIGHBOURS nearest atoms of ``x``; the last query is kept under ``key`` (the
+        caller's points object), so that :meth:`blend` after :meth:`descriptors` searches once."""
+        if self._cache is not None and self._cache[0] is key:
+            return self._cache[1]
+        nb = self.calc._search.query(x, self.calc.settings.n_neighbors + EXTRA_NEIGHBOURS)
+        self._cache = (key, nb)
+        return nb
+
+    @staticmethod
+    def _points(points) -> np.ndarray:
+        if isinstance(points, torch.Tensor):
+            points = points.detach().cpu().numpy()
+        return np.asarray(points, dtype=np.float64).reshape(-1, 3)
+
+    def descriptors(self, points) -> torch.Tensor:
+        """Descriptors (P, D) of ``points`` (P, 3) Å with the continuous listing (see the class);
+        rows without a listing tie are the calculator's, bit for bit."""
+        if not self._frame or self.listing_width == 0:
+            return self.calc(points)
+        calc, s = self.calc, self.calc.settings
+        x = self._points(points)
+        out = torch.empty((len(x), s.length), dtype=calc.dtype, device=calc.device)
+        if len(x) <= s.chunk_size:
+            nb = self._neighbours(points, x)
+            return self._features(nb.distances, nb.vectors, nb.indices)
+        for start in range(0, len(x), s.chunk_size):  # bounded memory, as the calculator's chunks
+            chunk = x[start : start + s.chunk_size]
+            nb = calc._search.query(chunk, s.n_neighbors + EXTRA_NEIGHBOURS)
+            out[start : start + len(chunk)] = self._features(nb.distances, nb.vectors, nb.indices)
+        return out
+
+    def _features(self, dist: np.ndarray, vec: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+        """(T, M) sorted-listing neighbours (M = K + extra) -> (T, D) descriptors, listing softened.
+
+        One frame-feature pass over all M columns; its first K blocks are the calculator's
+        descriptor bit for bit (the features are computed row by row; tests/test_continuity.py
+        checks it), and only rows with a listing tie are changed."""
+        calc, s = self.calc, self.calc.settings
         k = s.n_neighbors
-        cols = 3 + len(s.radial) + len(s.attributes)
-        pos = descriptors.detach().reshape(len(descriptors), k, cols)[..., :3].to(torch.float64).cpu().numpy()
-        d = np.linalg.norm(pos, axis=-1)
-        margin = 1e-4  # Å: float32 positions give distances to ~1e-6 relative
-        # In the local frame e1 = x axis: atoms on it (|sin| small) cannot define e2.
-        valid = d > ON_ATOM_TOL
-        sin = np.where(valid, np.linalg.norm(pos[..., 1:], axis=-1) / np.maximum(d, ON_ATOM_TOL), 0.0)
-        first = valid.argmax(1)
-        rows = np.arange(len(d))
-        d1 = d[rows, first]
-        other = valid.copy()
-        other[rows, first] = False
-        near1 = (other & (d < d1[:, None] + self.width + margin)).any(1)
-        usable = valid & (sin > COLLINEAR_SIN_TOL - 1e-3)
-        usable[rows, first] = False
-        d2 = np.where(usable, d, np.inf).min(1)
-        near2 = (usable & (d < d2[:, None] + self.width + margin)).sum(1) > 1
-        return np.flatnonzero(near1 | near2)
+        t64 = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=calc.device)  # noqa: E731
+        attr = calc._table[calc._element[torch.as_tensor(np.ascontiguousarray(idx), device=calc.device)]]
+        full = _frame_features(t64(vec), t64(dist), attr, s.radial).reshape(len(dist), dist.shape[1], -1)
+        out = full[:, :k].reshape(len(dist), -1).clone()
+        rows, rest = _listing_ties(dist, vec, k, self.listing_width)
+        if rows.size:
+            r = torch.as_tensor(rows, device=calc.device)
+            d = dist[rows]
+            pm = _bump(d[:, :k, None] - d[:, None, :], self.listing_width)
+            pm *= rest[rows][:, None, :]
+            pm /= np.maximum(pm.sum(2, keepdims=True), 1e-300)
+            soft = torch.bmm(t64(pm), full[r])
+            keep = torch.as_tensor(rest[rows, :k], device=calc.device)  # frame slots stay as they are
+            out[r] = torch.where(keep[..., None], soft, full[r, :k]).reshape(len(rows), -1)
+        return out.to(calc.dtype)
 
-    def candidates(self, points, descriptors: torch.Tensor) -> FrameCandidates:
-        """The competing frames of ``points`` (P, 3) Å whose descriptors (P, D) are given."""
-        rows = self.tie_rows(descriptors)
-        empty = FrameCandidates(np.zeros(0, np.int64), descriptors[:0], np.zeros(0), np.zeros(0, np.int64),
-                                np.zeros(0))
+    def candidates(self, points, descriptors: torch.Tensor | None = None) -> FrameCandidates:
+        """The competing frames of the tie-zone points among ``points`` (P, 3) Å.
+
+        ``descriptors`` is accepted for symmetry with :meth:`blend` and not read: ties are found
+        from the exact neighbour distances (those of the last :meth:`descriptors` call when it
+        was for the same points object)."""
+        calc, s = self.calc, self.calc.settings
+        k = s.n_neighbors
+        empty = FrameCandidates(np.zeros(0, np.int64), torch.zeros((0, s.length), dtype=calc.dtype),
+                                np.zeros(0), np.zeros(0, np.int64), np.zeros(0))
+        if not self._frame or self.width == 0:
+            return empty
+        x = self._points(points)
+        if len(x) == 0:
+            return empty
+        nb = self._neighbours(points, x)
+        rows = _frame_tie_rows(nb.distances, nb.vectors, self.width)
         if rows.size == 0:
             return empty
-        calc, s = self.calc, self.calc.settings
-        points = np.asarray(points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else points,
-                            dtype=np.float64).reshape(-1, 3)
-        nb = calc._search.query(points[rows], s.n_neighbors)
-        cand_t, perms, weights, base_weights, tied = _frame_pairs(nb.distances, nb.vectors, self.width)
-        cand_rows, base_rows, base_weights = cand_t, rows[tied], base_weights[tied]
-        if not cand_rows.size:
+        cand_t, perms, weights, own, tied = _frame_pairs(nb.distances[rows], nb.vectors[rows], self.width)
+        if not cand_t.size:
             return empty
-        take = lambda a: np.take_along_axis(a[cand_rows], perms if a.ndim == 2 else perms[..., None], 1)  # noqa: E731
-        dist, vec, idx = take(nb.distances), take(nb.vectors), take(nb.indices)
-        t64 = lambda a: torch.as_tensor(a, dtype=torch.float64, device=calc.device)  # noqa: E731
-        attr = calc._table[calc._element[torch.as_tensor(idx, device=calc.device)]]
-        x = _frame_features(t64(vec), t64(dist), attr, s.radial).to(calc.dtype)
-        return FrameCandidates(rows=rows[cand_rows], descriptors=x, weights=weights,
-                               base_rows=base_rows.astype(np.int64), base_weights=base_weights)
+        take = lambda a: np.take_along_axis(a[rows][cand_t], perms if a.ndim == 2 else perms[..., None], 1)  # noqa: E731
+        feats = self._features(take(nb.distances), take(nb.vectors), take(nb.indices)) if self.listing_width else None
+        if feats is None:
+            t64 = lambda a: torch.as_tensor(a, dtype=torch.float64, device=calc.device)  # noqa: E731
+            i = take(nb.indices)[:, :k]
+            feats = _frame_features(t64(take(nb.vectors)[:, :k]), t64(take(nb.distances)[:, :k]),
+                                    calc._table[calc._element[torch.as_tensor(i, device=calc.device)]],
+                                    s.radial).to(calc.dtype)
+        return FrameCandidates(rows=rows[cand_t], descriptors=feats, weights=weights,
+                               base_rows=rows[tied].astype(np.int64), base_weights=own[tied])
 
     def blend(self, points, descriptors: torch.Tensor, predictions: dict, evaluate) -> dict:
         """``predictions`` of ``points`` (from their ``descriptors``) blended over competing frames.
@@ -901,6 +960,53 @@ class FrameBlender:
         if cand.empty:
             return predictions
         return blend_moments(predictions, evaluate(cand.descriptors), cand)
+
+
+def _bump(h: np.ndarray, width: float) -> np.ndarray:
+    """1 - smoothstep(|h| / width): 1 at 0, 0 from ±width on, C¹. Works in place on ``h``
+    (these arrays are rows × K × (K + extra): temporaries cost more than the arithmetic)."""
+    np.abs(h, out=h)
+    h *= 1.0 / width
+    np.minimum(h, 1.0, out=h)
+    t2 = h * h
+    h *= -2.0
+    h += 3.0
+    h *= t2
+    np.subtract(1.0, h, out=h)
+    return h
+
+
+def _usable_wrt_first(dist: np.ndarray, vec: np.ndarray) -> np.ndarray:
+    """(T, M) atoms that can define e2 for e1 towards column 0 (not collinear with it)."""
+    unit = vec / np.maximum(dist, ON_ATOM_TOL)[..., None]
+    usable = np.linalg.norm(_cross(unit, unit[:, :1, :]), axis=-1) > COLLINEAR_SIN_TOL
+    usable[:, 0] = False
+    return usable
+
+
+def _frame_tie_rows(dist: np.ndarray, vec: np.ndarray, width: float) -> np.ndarray:
+    """Rows whose e1 atom (column 0) or e2 atom (first usable) has a rival within ``width`` Å."""
+    usable = _usable_wrt_first(dist, vec)
+    near1 = dist[:, 1] < dist[:, 0] + width
+    d2 = np.where(usable, dist, np.inf).min(1)
+    near2 = (usable & (dist < d2[:, None] + width)).sum(1) > 1
+    return np.flatnonzero(near1 | near2)
+
+
+def _listing_ties(dist: np.ndarray, vec: np.ndarray, k: int, width: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with two non-frame atoms (of the K listed and the one after) closer than ``width`` Å
+    in distance, and the (T, M) mask of non-frame columns (frame: column 0 and the first usable)."""
+    t_rows = np.arange(len(dist))
+    usable = _usable_wrt_first(dist, vec)
+    rest = np.ones(dist.shape, bool)
+    rest[:, 0] = False
+    has = usable.any(1)
+    rest[t_rows[has], usable.argmax(1)[has]] = False
+    # Sorted distances of the non-frame atoms: a gap below the width among the first K + 1 of them.
+    d = np.where(rest, dist, np.inf)
+    d = np.sort(d, axis=1)[:, : k - 1]  # K - 2 listed non-frame atoms and the next one
+    tied = np.any(np.diff(d, axis=1) < width, axis=1) & np.all(dist > ON_ATOM_TOL, axis=1)
+    return np.flatnonzero(tied), rest
 
 
 def _soft_first(dist: np.ndarray, group: np.ndarray, among: np.ndarray, width: float) -> np.ndarray:

@@ -144,7 +144,7 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
         if i < skip:
             continue
         pts = grid_points(atoms.cell.array, shape, tile)
-        d = calc(pts)
+        d = blender.descriptors(pts) if blender is not None else calc(pts)
         p = evaluate(d)
         if blender is not None:
             p = blender.blend(pts, d, p, evaluate)

@@ -90,11 +90,12 @@ def test_two_atom_tie_gets_half_and_half_and_none_away_from_it():
 def _rho(model, calc, points, blend, width=None):
     ws = model.net.sample_weight_sets(1, 0)
     evaluate = lambda d: predict_with_uncertainty(model.net, model.standardize(d), ws)  # noqa: E731
+    blender = FrameBlender(calc) if width is None else FrameBlender(calc, width)
     with torch.no_grad():
-        d = calc(points)
+        d = blender.descriptors(points) if blend else calc(points)
         p = evaluate(d)
         if blend:
-            p = (FrameBlender(calc) if width is None else FrameBlender(calc, width)).blend(points, d, p, evaluate)
+            p = blender.blend(points, d, p, evaluate)
     return (p["mean"] * model.y_std + model.y_mean).numpy()
 
 
@@ -165,10 +166,14 @@ def test_blending_leaves_points_away_from_ties_bit_identical_and_blocks_agree():
     off = predict(model, atoms, shape=shape, n_samples=3, blend=False)
     calc = DescriptorCalculator(atoms, model.descriptor)
     pts = grid_points(atoms.cell.array, shape)
+    blender = FrameBlender(calc)
+    # Points near a tie: of the frame atoms (blended predictions) or of the listing (softened descriptors).
     tied = np.zeros(pts.shape[0], bool)
-    tied[FrameBlender(calc).candidates(pts, calc(pts)).base_rows] = True
+    tied[blender.candidates(pts).base_rows] = True
+    tied |= (blender.descriptors(pts) != calc(pts)).any(1).numpy()
     tied = tied.reshape(shape)
-    assert 0 < tied.sum() < tied.size
+    # Most points of a cell lie within 0.02 Å of some listing tie (measured 70-95 %); enough do not.
+    assert tied.sum() > 0 and (~tied).sum() >= 20
     for name in ("mean", "sigma_total", "sigma_epistemic", "sigma_aleatoric"):
         a, b = getattr(on, name), getattr(off, name)
         assert np.array_equal(a[~tied], b[~tied]), name
@@ -183,12 +188,13 @@ def test_blending_leaves_points_away_from_ties_bit_identical_and_blocks_agree():
     assert halo.uses_halos
     ref = {}
     with torch.no_grad():
-        d = whole(pts)
-        ref = FrameBlender(whole).blend(pts, d, evaluate(d), evaluate)
+        bw, bh = FrameBlender(whole), FrameBlender(halo)
+        d = bw.descriptors(pts)
+        ref = bw.blend(pts, d, evaluate(d), evaluate)
         for tile in iter_blocks(shape, (4, 5, 6)):
             p = grid_points(atoms.cell.array, shape, tile)
-            db = halo(p)
-            got = FrameBlender(halo).blend(p, db, evaluate(db), evaluate)
+            db = bh.descriptors(p)
+            got = bh.blend(p, db, evaluate(db), evaluate)
             flat = np.ravel_multi_index(np.indices([s.stop - s.start for s in tile]).reshape(3, -1)
                                         + np.array([s.start for s in tile])[:, None], shape)
             for k in ("mean", "var_epistemic", "var_aleatoric"):
