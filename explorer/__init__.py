@@ -10,6 +10,8 @@ Modules, one job each:
 - ``scene``: the 3D view (``SceneView``), its options (``SceneOptions``) and the VTK thread.
 - ``simplex``: the composition pickers (triangle, tetrahedron with a slice).
 - ``jobs``: background jobs with typed progress events, cancel, and the job-type registry.
+- ``trust_view``: the trust report card beside each prediction and the novelty field the 3D view
+  can be coloured by.
 - ``app``: ``App``, which lays the views out and binds widgets to the state.
 
 Where things go:
