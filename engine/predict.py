@@ -126,9 +126,10 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
     leaves out the first blocks (of :func:`engine.grid.iter_blocks` order; a resumed run): the
     weight sets are drawn all the same, so every block gets the numbers of a full run. Each
     block's descriptors search only the atoms near it (halos, for big structures), with the
-    numbers of the whole-structure search. ``blend`` (default) blends the predictions of the
-    competing local frames near distance ties (:class:`~engine.descriptors.FrameBlender`), so
-    the field does not jump where the frame's first or second axis flips.
+    numbers of the whole-structure search. ``blend`` (default) makes the field continuous where
+    neighbour distances tie (:class:`~engine.descriptors.FrameBlender`: the competing local
+    frames' predictions blended, the other neighbours' listing softened); points away from ties
+    get the plain numbers, bit for bit.
     """
     net = model.net if network == "bnn" else model.baseline
     if net is None:
@@ -139,7 +140,7 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
     calc = BlockedDescriptorCalculator(atoms, model.descriptor, device=model.device)
     scale = float(model.meta.get("sigma_scale", 1.0)) if calibrated else 1.0
     evaluate = lambda d: predict_with_uncertainty(net, model.standardize(d), weight_sets)  # noqa: E731
-    blender = FrameBlender(calc) if blend else None  # continuous across frame ties (descriptors.FrameBlender)
+    blender = FrameBlender(calc) if blend else None  # continuous across distance ties
     for i, tile in enumerate(iter_blocks(shape, block)):
         if i < skip:
             continue
