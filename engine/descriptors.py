@@ -769,3 +769,361 @@ def descriptors_for_grid(
     density array). Holds the whole grid in memory: for huge cells stream tiles from
     :func:`engine.grid.iter_blocks` through one :class:`DescriptorCalculator` instead."""
     return compute_descriptors(atoms, grid_points(atoms.cell.array, shape), settings, device, dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Frame blending: a continuous prediction across near-ties of the frame's defining atoms
+# --------------------------------------------------------------------------------------------
+
+BLEND_WIDTH = 0.1
+"""Å. Default width δ of the frame atoms' tie zone of :class:`FrameBlender` (see
+benchmarks/README.md, "Continuity across neighbour-distance ties", for the measurements behind it)."""
+
+LISTING_WIDTH = 0.02
+"""Å. Default width of the listing ties that :class:`FrameBlender` softens (same section)."""
+
+EXTRA_NEIGHBOURS = 6
+"""Atoms beyond the K listed that the softened listing may draw in (where the K-th ties)."""
+
+
+def tie_weight(gap, width: float):
+    """Smooth "a comes before b" weight of a distance gap ``d_b - d_a`` (Å), numpy or torch.
+
+    1 for gap ≥ ``width``, 0 for gap ≤ -``width``, 1/2 at 0, ``w(g) + w(-g) = 1``, and C¹
+    (a cubic smoothstep of |g|/width, odd about 0: its slope vanishes at 0 and at ±width).
+    """
+    lib = torch if isinstance(gap, torch.Tensor) else np
+    t = lib.clip(gap / width, -1.0, 1.0)
+    a = abs(t)
+    return 0.5 + 0.5 * lib.sign(t) * a * a * (3.0 - 2.0 * a)
+
+
+@dataclass(frozen=True)
+class FrameCandidates:
+    """The competing frames of the tie-zone points of one set of query points.
+
+    rows: (Q,) index of the point (in the query) each candidate belongs to.
+    descriptors: (Q, D) the frame descriptor of each candidate (``dtype`` of the calculator).
+    weights: (Q,) its weight. base_rows: (T,) the points with competing frames (sorted, unique);
+    base_weights: (T,) the weight left to the point's own (unblended) descriptor. For each point
+    in ``base_rows`` its base weight and its candidates' weights sum to 1.
+    """
+
+    rows: np.ndarray
+    descriptors: torch.Tensor
+    weights: np.ndarray
+    base_rows: np.ndarray
+    base_weights: np.ndarray
+
+    @property
+    def empty(self) -> bool:
+        return self.base_rows.size == 0
+
+
+class FrameBlender:
+    """A continuous frame-descriptor prediction across neighbour-distance ties.
+
+    The frame descriptor lists the K nearest atoms in order of distance, in a frame with e1
+    towards the nearest atom a and e2 from the first atom b after it that is not collinear with
+    e1. Wherever two distances cross, the listing changes, and so, by percents, the predicted
+    density. Two remedies, both exact no-ops away from ties (bit for bit the plain descriptor):
+
+    - **Frame atoms** (:meth:`blend`): near a tie of a or b (within ``width`` Å), every ordered
+      pair (a, b) that could define the frame is a candidate, with smooth weights p(a) q(b | a)
+      (p(a) ∝ Π_c w(d_c - d_a) over the other atoms, q(b | a) ∝ Π_c w(d_c - d_b) over the other
+      atoms usable for e2, w = :func:`tie_weight`); the network runs on each candidate's
+      descriptor and the predictions are blended (:func:`blend_moments`). At an exact tie the
+      competing frames share the weight equally.
+    - **The other atoms' listing** (:meth:`descriptors`): the block of listing slot j (not a
+      frame slot) becomes Σ_m P_jm block_m over the non-frame atoms m, the K listed and
+      :data:`EXTRA_NEIGHBOURS` beyond, with P_jm ∝ κ(d_m - d_j), κ(h) = 1 - smoothstep(|h| /
+      ``listing_width``): the identity when no two such atoms are within ``listing_width`` Å, the
+      average of the tied atoms' blocks at a tie (so the descriptor, hence the prediction, is
+      continuous where they swap, the K-th neighbour included). No extra network evaluation.
+
+    Only the frame kind has a listing: for the atom-centred kind :meth:`descriptors` is the
+    calculator's and :meth:`blend` changes nothing. ``calc``: the structure's
+    :class:`DescriptorCalculator` (either search; the blocked one gives the same numbers).
+    """
+
+    def __init__(self, calc: DescriptorCalculator, width: float = BLEND_WIDTH,
+                 listing_width: float = LISTING_WIDTH):
+        for name, v in (("blending width", width), ("listing width", listing_width)):
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"the {name} must be a finite length >= 0 in Å, got {v}")
+        self.calc = calc
+        self.width = float(width)
+        self.listing_width = float(listing_width)
+        self._cache: tuple | None = None  # (points, Neighbours of K + EXTRA_NEIGHBOURS) of the last call
+
+    @property
+    def _frame(self) -> bool:
+        return self.calc.settings.kind == "frame"
+
+    def _neighbours(self, key, x: np.ndarray) -> Neighbours:
+        """K + EXTRA_NEIGHBOURS nearest atoms of ``x``; the last query is kept under ``key`` (the
+        caller's points object), so that :meth:`blend` after :meth:`descriptors` searches once."""
+        if self._cache is not None and self._cache[0] is key:
+            return self._cache[1]
+        nb = self.calc._search.query(x, self.calc.settings.n_neighbors + EXTRA_NEIGHBOURS)
+        self._cache = (key, nb)
+        return nb
+
+    @staticmethod
+    def _points(points) -> np.ndarray:
+        if isinstance(points, torch.Tensor):
+            points = points.detach().cpu().numpy()
+        return np.asarray(points, dtype=np.float64).reshape(-1, 3)
+
+    def descriptors(self, points) -> torch.Tensor:
+        """Descriptors (P, D) of ``points`` (P, 3) Å with the continuous listing (see the class);
+        rows without a listing tie are the calculator's, bit for bit."""
+        if not self._frame or self.listing_width == 0:
+            return self.calc(points)
+        calc, s = self.calc, self.calc.settings
+        x = self._points(points)
+        out = torch.empty((len(x), s.length), dtype=calc.dtype, device=calc.device)
+        if len(x) <= s.chunk_size:
+            nb = self._neighbours(points, x)
+            return self._features(nb.distances, nb.vectors, nb.indices)
+        for start in range(0, len(x), s.chunk_size):  # bounded memory, as the calculator's chunks
+            chunk = x[start : start + s.chunk_size]
+            nb = calc._search.query(chunk, s.n_neighbors + EXTRA_NEIGHBOURS)
+            out[start : start + len(chunk)] = self._features(nb.distances, nb.vectors, nb.indices)
+        return out
+
+    def _features(self, dist: np.ndarray, vec: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+        """(T, M) sorted-listing neighbours (M = K + extra) -> (T, D) descriptors, listing softened.
+
+        One frame-feature pass over all M columns; its first K blocks are the calculator's
+        descriptor bit for bit (the features are computed row by row; tests/test_continuity.py
+        checks it), and only rows with a listing tie are changed."""
+        calc, s = self.calc, self.calc.settings
+        k = s.n_neighbors
+        t64 = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=calc.device)  # noqa: E731
+        attr = calc._table[calc._element[torch.as_tensor(np.ascontiguousarray(idx), device=calc.device)]]
+        full = _frame_features(t64(vec), t64(dist), attr, s.radial).reshape(len(dist), dist.shape[1], -1)
+        out = full[:, :k].reshape(len(dist), -1).clone()
+        rows, rest = _listing_ties(dist, vec, k, self.listing_width)
+        if rows.size:
+            r = torch.as_tensor(rows, device=calc.device)
+            d = dist[rows]
+            pm = _bump(d[:, :k, None] - d[:, None, :], self.listing_width)
+            pm *= rest[rows][:, None, :]
+            pm /= np.maximum(pm.sum(2, keepdims=True), 1e-300)
+            soft = torch.bmm(t64(pm), full[r])
+            keep = torch.as_tensor(rest[rows, :k], device=calc.device)  # frame slots stay as they are
+            out[r] = torch.where(keep[..., None], soft, full[r, :k]).reshape(len(rows), -1)
+        return out.to(calc.dtype)
+
+    def candidates(self, points, descriptors: torch.Tensor | None = None) -> FrameCandidates:
+        """The competing frames of the tie-zone points among ``points`` (P, 3) Å.
+
+        ``descriptors`` is accepted for symmetry with :meth:`blend` and not read: ties are found
+        from the exact neighbour distances (those of the last :meth:`descriptors` call when it
+        was for the same points object)."""
+        calc, s = self.calc, self.calc.settings
+        k = s.n_neighbors
+        empty = FrameCandidates(np.zeros(0, np.int64), torch.zeros((0, s.length), dtype=calc.dtype),
+                                np.zeros(0), np.zeros(0, np.int64), np.zeros(0))
+        if not self._frame or self.width == 0:
+            return empty
+        x = self._points(points)
+        if len(x) == 0:
+            return empty
+        nb = self._neighbours(points, x)
+        rows = _frame_tie_rows(nb.distances, nb.vectors, self.width)
+        if rows.size == 0:
+            return empty
+        cand_t, perms, weights, own, tied = _frame_pairs(nb.distances[rows], nb.vectors[rows], self.width)
+        if not cand_t.size:
+            return empty
+        take = lambda a: np.take_along_axis(a[rows][cand_t], perms if a.ndim == 2 else perms[..., None], 1)  # noqa: E731
+        feats = self._features(take(nb.distances), take(nb.vectors), take(nb.indices)) if self.listing_width else None
+        if feats is None:
+            t64 = lambda a: torch.as_tensor(a, dtype=torch.float64, device=calc.device)  # noqa: E731
+            i = take(nb.indices)[:, :k]
+            feats = _frame_features(t64(take(nb.vectors)[:, :k]), t64(take(nb.distances)[:, :k]),
+                                    calc._table[calc._element[torch.as_tensor(i, device=calc.device)]],
+                                    s.radial).to(calc.dtype)
+        return FrameCandidates(rows=rows[cand_t], descriptors=feats, weights=weights,
+                               base_rows=rows[tied].astype(np.int64), base_weights=own[tied])
+
+    def blend(self, points, descriptors: torch.Tensor, predictions: dict, evaluate) -> dict:
+        """``predictions`` of ``points`` (from their ``descriptors``) blended over competing frames.
+
+        ``predictions``: {"mean", "var_epistemic", "var_aleatoric", "var_total"} (P,) tensors;
+        ``evaluate(descriptors) -> predictions`` runs the same network on the candidates'
+        descriptors (only the tie-zone points'). See :func:`blend_moments`.
+        """
+        cand = self.candidates(points, descriptors)
+        if cand.empty:
+            return predictions
+        return blend_moments(predictions, evaluate(cand.descriptors), cand)
+
+
+def _bump(h: np.ndarray, width: float) -> np.ndarray:
+    """1 - smoothstep(|h| / width): 1 at 0, 0 from ±width on, C¹. Works in place on ``h``
+    (these arrays are rows × K × (K + extra): temporaries cost more than the arithmetic)."""
+    np.abs(h, out=h)
+    h *= 1.0 / width
+    np.minimum(h, 1.0, out=h)
+    t2 = h * h
+    h *= -2.0
+    h += 3.0
+    h *= t2
+    np.subtract(1.0, h, out=h)
+    return h
+
+
+def _usable_wrt_first(dist: np.ndarray, vec: np.ndarray) -> np.ndarray:
+    """(T, M) atoms that can define e2 for e1 towards column 0 (not collinear with it)."""
+    unit = vec / np.maximum(dist, ON_ATOM_TOL)[..., None]
+    usable = np.linalg.norm(_cross(unit, unit[:, :1, :]), axis=-1) > COLLINEAR_SIN_TOL
+    usable[:, 0] = False
+    return usable
+
+
+def _frame_tie_rows(dist: np.ndarray, vec: np.ndarray, width: float) -> np.ndarray:
+    """Rows whose e1 atom (column 0) or e2 atom (first usable) has a rival within ``width`` Å."""
+    usable = _usable_wrt_first(dist, vec)
+    near1 = dist[:, 1] < dist[:, 0] + width
+    d2 = np.where(usable, dist, np.inf).min(1)
+    near2 = (usable & (dist < d2[:, None] + width)).sum(1) > 1
+    return np.flatnonzero(near1 | near2)
+
+
+def _listing_ties(dist: np.ndarray, vec: np.ndarray, k: int, width: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with two non-frame atoms (of the K listed and the one after) closer than ``width`` Å
+    in distance, and the (T, M) mask of non-frame columns (frame: column 0 and the first usable)."""
+    t_rows = np.arange(len(dist))
+    usable = _usable_wrt_first(dist, vec)
+    rest = np.ones(dist.shape, bool)
+    rest[:, 0] = False
+    has = usable.any(1)
+    rest[t_rows[has], usable.argmax(1)[has]] = False
+    # Sorted distances of the non-frame atoms: a gap below the width among the first K + 1 of them.
+    d = np.where(rest, dist, np.inf)
+    d = np.sort(d, axis=1)[:, : k - 1]  # K - 2 listed non-frame atoms and the next one
+    tied = np.any(np.diff(d, axis=1) < width, axis=1) & np.all(dist > ON_ATOM_TOL, axis=1)
+    return np.flatnonzero(tied), rest
+
+
+def _soft_first(dist: np.ndarray, group: np.ndarray, among: np.ndarray, width: float) -> np.ndarray:
+    """(T, K) normalised weights of each column in ``group`` (T, K) being the nearest of the
+    columns ``among`` (T, K): ∝ Π_c tie_weight(d_c - d_g) over the other columns c of ``among``
+    (1 for those at least ``width`` behind); 0 outside ``group``."""
+    f = tie_weight(dist[:, None, :] - dist[:, :, None], width)  # f[t, g, c]
+    f = np.where(among[:, None, :], f, 1.0)
+    k = dist.shape[1]
+    f[:, np.arange(k), np.arange(k)] = 1.0
+    p = np.where(group, f.prod(2), 0.0)
+    return p / np.maximum(p.sum(1, keepdims=True), 1e-300)
+
+
+def _frame_pairs(dist: np.ndarray, vec: np.ndarray, width: float):
+    """The competing frames of T points from their K nearest atoms (sorted; (T, K) Å distances,
+    (T, K, 3) vectors): see :class:`FrameBlender`.
+
+    Returns ``(rows (Q,), listing permutations (Q, K), weights (Q,), own weights (T,),
+    tied (T,) bool)`` for the Q candidates other than each point's own frame; rows index the T
+    points; own weight 1 and tied False where a point has no competitor. Points on an atom keep
+    their own frame.
+    """
+    t_rows, k = dist.shape
+    rows = np.arange(t_rows)
+    valid = np.all(dist > ON_ATOM_TOL, axis=1)
+    unit = vec / np.maximum(dist, ON_ATOM_TOL)[..., None]
+    cols = np.arange(k, dtype=np.float64)
+    group_a = valid[:, None] & (dist < dist[:, :1] + width)
+    pa = _soft_first(dist, group_a, np.ones_like(group_a), width)
+    out_t, out_perm, out_w = [], [], []
+    own = np.zeros(t_rows)
+    for a in range(int(group_a.sum(1).max(initial=0))):
+        live = group_a[:, a] & (pa[:, a] > 0)
+        if not live.any():
+            continue
+        t = rows[live]
+        d, u = dist[t], unit[t]
+        sin = np.linalg.norm(_cross(u, u[:, a : a + 1, :]), axis=-1)
+        usable = sin > COLLINEAR_SIN_TOL
+        usable[:, a] = False
+        has = usable.any(1)
+        d2 = np.where(usable, d, np.inf).min(1, initial=np.inf)
+        group_b = usable & (d < d2[:, None] + width)
+        qb = _soft_first(d, group_b, usable, width)
+        first = np.argmax(usable, axis=1)  # the first usable column after a, in listing order
+        key = np.broadcast_to(cols, (len(t), k)).copy()
+        key[:, a] = -1.0
+        # No usable atom: e2 = e3 = 0 whatever the listing; the frame is a alone.
+        if (~has).any():
+            w = pa[t[~has], a]
+            if a == 0:
+                own[t[~has]] = w
+            else:
+                out_t.append(t[~has])
+                out_perm.append(np.argsort(key[~has], axis=1, kind="stable"))
+                out_w.append(w)
+        for b in range(k):
+            sel = has & group_b[:, b] & (qb[:, b] > 0)
+            if not sel.any():
+                continue
+            w = pa[t[sel], a] * qb[sel, b]
+            if a == 0:
+                is_own = first[sel] == b
+                own[t[sel][is_own]] = w[is_own]
+                sel = np.flatnonzero(sel)[~is_own]
+                w = w[~is_own]
+                if not sel.size:
+                    continue
+            kk = key[sel]
+            kk[np.arange(len(kk)), b] = first[sel] - 0.5
+            out_t.append(t[sel])
+            out_perm.append(np.argsort(kk, axis=1, kind="stable"))
+            out_w.append(w)
+    own[~valid] = 1.0
+    if out_t:
+        cand_t, perms, weights = np.concatenate(out_t), np.concatenate(out_perm), np.concatenate(out_w)
+    else:
+        cand_t, perms, weights = np.zeros(0, np.int64), np.zeros((0, k), np.int64), np.zeros(0)
+    tied = np.zeros(t_rows, bool)
+    tied[cand_t] = True
+    order = np.argsort(cand_t, kind="stable")
+    return cand_t[order], perms[order], weights[order], own, tied
+
+
+def blend_moments(base: dict, extra: dict, cand: FrameCandidates) -> dict:
+    """Predictions of the tie-zone points blended over their competing frames.
+
+    ``base``: {"mean", "var_epistemic", "var_aleatoric", "var_total"} (P,) tensors of the
+    points' own descriptors; ``extra``: the same for ``cand.descriptors`` (Q,). The blend is the
+    mixture of the frames' predictive distributions: mean Σ w μ; aleatoric Σ w σ_a²; epistemic
+    Σ w σ_e² + Σ w (μ - mean)² (the frames' disagreement is the model's, more data would fix
+    it); total their sum (= the mixture's variance). Rows outside ``cand.base_rows`` are
+    returned untouched (bit for bit). Units are whatever the inputs' are.
+    """
+    if cand.empty:
+        return base
+    out = {k: v.clone() for k, v in base.items()}
+    dev, dt = base["mean"].device, base["mean"].dtype
+    t = torch.as_tensor(cand.base_rows, device=dev)
+    wb = torch.as_tensor(cand.base_weights, dtype=dt, device=dev)
+    wq = torch.as_tensor(cand.weights, dtype=dt, device=dev)
+    # Position of each candidate's point within base_rows, to sum candidates per point.
+    slot = torch.as_tensor(np.searchsorted(cand.base_rows, cand.rows), device=dev)
+
+    def mix(b, e):
+        acc = wb * b[t]
+        return acc.index_add(0, slot, wq * e)
+
+    mean = mix(base["mean"], extra["mean"])
+    alea = mix(base["var_aleatoric"], extra["var_aleatoric"])
+    dev_b = (base["mean"][t] - mean) ** 2
+    dev_e = (extra["mean"] - mean[slot]) ** 2
+    epi = wb * (base["var_epistemic"][t] + dev_b)
+    epi = epi.index_add(0, slot, wq * (extra["var_epistemic"] + dev_e))
+    out["mean"][t] = mean
+    out["var_aleatoric"][t] = alea
+    out["var_epistemic"][t] = epi
+    out["var_total"][t] = epi + alea
+    return out

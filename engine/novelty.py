@@ -39,7 +39,8 @@ class Novelty:
     ``center`` (D,) and ``components`` (C, D) define the PCA of standardised descriptors;
     ``reference`` (N, C) holds the projected training subsample; ``scale`` the median k-NN
     distance of validation points (so novelty 1 = typical of unseen training-like points);
-    ``gamma`` the fitted exponent of the σ inflation.
+    ``gamma`` the fitted exponent of the σ inflation; ``q99`` the 99th percentile of the
+    validation points' novelty (the trust report's "training-like" bound).
     """
 
     center: np.ndarray
@@ -48,6 +49,7 @@ class Novelty:
     scale: float
     gamma: float
     k: int = 8
+    q99: float | None = None  # 99th percentile of the validation points' novelty (None: not recorded)
     _tree: object = field(default=None, repr=False, compare=False)
 
     def _kdtree(self):
@@ -109,6 +111,7 @@ def fit_novelty(x_train: np.ndarray, x_val: np.ndarray, z_val: np.ndarray, n_ref
     if not (math.isfinite(nov.scale) and nov.scale > 0):
         raise ModelError(f"novelty: the median validation distance came out as {nov.scale}")
     nov.gamma = _fit_gamma(dist / nov.scale, z_val, n_bins)
+    nov.q99 = float(np.quantile(dist / nov.scale, 0.99))
     return nov
 
 
@@ -132,7 +135,8 @@ def save_novelty(nov: Novelty, directory: str | os.PathLike) -> Path:
     path = Path(directory) / NOVELTY_FILE
     tmp = path.with_name(path.name + ".tmp")
     save_file({"center": nov.center, "components": nov.components, "reference": nov.reference}, str(tmp),
-              metadata={"scale": repr(nov.scale), "gamma": repr(nov.gamma), "k": str(nov.k)})
+              metadata={"scale": repr(nov.scale), "gamma": repr(nov.gamma), "k": str(nov.k),
+                        **({"q99": repr(nov.q99)} if nov.q99 is not None else {})})
     os.replace(tmp, path)
     return path
 
@@ -149,12 +153,87 @@ def load_novelty(directory: str | os.PathLike) -> Novelty | None:
             meta = f.metadata() or {}
             arrays = {k: f.get_tensor(k) for k in ("center", "components", "reference")}
         scale, gamma, k = float(meta["scale"]), float(meta["gamma"]), int(meta["k"])
+        q99 = float(meta["q99"]) if "q99" in meta else None
     except (SafetensorError, OSError, KeyError, ValueError) as err:
         raise ModelError(f"{path} is not a readable novelty file: {err}") from err
     c, d = arrays["components"].shape if arrays["components"].ndim == 2 else (0, 0)
     if (arrays["center"].shape != (d,) or arrays["reference"].ndim != 2 or arrays["reference"].shape[1] != c
             or not all(np.all(np.isfinite(a)) for a in arrays.values())
-            or not (math.isfinite(scale) and scale > 0 and math.isfinite(gamma) and gamma >= 0 and k >= 1)):
+            or not (math.isfinite(scale) and scale > 0 and math.isfinite(gamma) and gamma >= 0 and k >= 1)
+            or (q99 is not None and not (math.isfinite(q99) and q99 > 0))):
         raise ModelError(f"{path}: inconsistent or non-finite novelty arrays or numbers")
     return Novelty(center=arrays["center"], components=arrays["components"], reference=arrays["reference"],
-                   scale=scale, gamma=gamma, k=k)
+                   scale=scale, gamma=gamma, k=k, q99=q99)
+
+
+# --- a model's novelty: fitted at training time, read back for the trust report and the explorer ---
+
+def fit_model_novelty(model, train, val, n_samples: int = 10, seed: int = 0, max_points: int = 200_000) -> Novelty:
+    """Fit the novelty of a trained ``model`` on its training and validation configurations.
+
+    ``train``/``val``: sequences with ``.x`` (P, D) raw descriptors and ``.y`` (P,) densities
+    (e/Å³), as :mod:`rhox.engine.training` holds them. The error ratios |error| / σ_total use
+    ``n_samples`` weight samples and the model's ``sigma_scale`` when it has one. At most
+    ``max_points`` points of each side are used (a random subset, ``seed``).
+    """
+    import torch
+
+    from .bnn import predict_with_uncertainty
+
+    rng = np.random.default_rng(seed)
+
+    def subset(data):
+        sizes = np.array([len(c.y) for c in data])
+        keep = min(max_points, int(sizes.sum()))
+        pick = np.sort(rng.choice(int(sizes.sum()), size=keep, replace=False))
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        return [(c, pick[(pick >= a) & (pick < a + n)] - a) for c, a, n in zip(data, starts, sizes)]
+
+    xt = np.concatenate([model.standardize(c.x[torch.as_tensor(i, device=c.x.device)]).cpu().numpy()
+                         for c, i in subset(train) if len(i)])
+    ws = model.net.sample_weight_sets(n_samples, seed)
+    scale = float(model.meta.get("sigma_scale", 1.0))
+    xv, zv = [], []
+    with torch.no_grad():
+        for c, i in subset(val):
+            if not len(i):
+                continue
+            idx = torch.as_tensor(i, device=c.x.device)
+            x = model.standardize(c.x[idx])
+            p = predict_with_uncertainty(model.net, x, ws)
+            err = torch.abs(p["mean"] * model.y_std + model.y_mean - c.y[idx])
+            zv.append((err / (torch.sqrt(p["var_total"]) * model.y_std * scale)).cpu().numpy())
+            xv.append(x.cpu().numpy())
+    return fit_novelty(xt, np.concatenate(xv), np.concatenate(zv), seed=seed)
+
+
+def novelty_summary(nov: Novelty) -> dict:
+    """The config.json entry of a model's novelty (the arrays live in :data:`NOVELTY_FILE`)."""
+    return {"file": NOVELTY_FILE, "n_reference": int(len(nov.reference)), "n_components": int(len(nov.components)),
+            "k": nov.k, "scale": nov.scale, "gamma": nov.gamma, "q99_validation": nov.q99}
+
+
+def model_novelty(model) -> Novelty | None:
+    """The novelty stored with ``model`` (its directory's :data:`NOVELTY_FILE`), read once; None
+    when the model has none (trained before rhox recorded it, or not loaded from a directory)."""
+    if "_novelty" not in model.__dict__:
+        directory = getattr(model, "directory", None)
+        model.__dict__["_novelty"] = load_novelty(directory) if directory is not None else None
+    return model.__dict__["_novelty"]
+
+
+def novelty_field(model, atoms, shape, nov: Novelty, block=(24, 24, 24)) -> np.ndarray:
+    """Novelty (dimensionless, ≈1 training-like) of every point of the grid ``shape`` of ``atoms``,
+    block by block (memory bounded), as a float32 array of that shape."""
+    import torch
+
+    from .descriptors import BlockedDescriptorCalculator
+    from .grid import grid_points, iter_blocks
+
+    calc = BlockedDescriptorCalculator(atoms, model.descriptor, device=model.device)
+    out = np.empty(tuple(shape), dtype=np.float32)
+    with torch.no_grad():
+        for tile in iter_blocks(tuple(shape), block):
+            x = model.standardize(calc(grid_points(atoms.cell.array, tuple(shape), tile))).cpu().numpy()
+            out[tile] = nov.novelty(x).reshape([s.stop - s.start for s in tile])
+    return out

@@ -19,7 +19,7 @@ import torch
 from ase import Atoms
 
 from .bnn import predict_with_uncertainty
-from .descriptors import BlockedDescriptorCalculator
+from .descriptors import BlockedDescriptorCalculator, FrameBlender
 from .errors import InputError, ModelError
 from .grid import grid_points, grid_shape_for_spacing, iter_blocks
 from .model import RhoxModel
@@ -118,7 +118,7 @@ def plan_grid(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int] | None
 
 def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], n_samples: int = 20,
                    block: tuple[int, int, int] = (24, 24, 24), seed: int = 0, network: str = "bnn",
-                   calibrated: bool = True, skip: int = 0,
+                   calibrated: bool = True, skip: int = 0, blend: bool = True,
                    ) -> Iterator[tuple[tuple[slice, slice, slice], dict[str, np.ndarray]]]:
     """Yield ``(block slices, fields of that block)`` over the grid of ``shape``.
 
@@ -126,7 +126,10 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
     leaves out the first blocks (of :func:`engine.grid.iter_blocks` order; a resumed run): the
     weight sets are drawn all the same, so every block gets the numbers of a full run. Each
     block's descriptors search only the atoms near it (halos, for big structures), with the
-    numbers of the whole-structure search.
+    numbers of the whole-structure search. ``blend`` (default) makes the field continuous where
+    neighbour distances tie (:class:`~engine.descriptors.FrameBlender`: the competing local
+    frames' predictions blended, the other neighbours' listing softened); points away from ties
+    get the plain numbers, bit for bit.
     """
     net = model.net if network == "bnn" else model.baseline
     if net is None:
@@ -136,12 +139,16 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
     weight_sets = net.sample_weight_sets(n_samples, seed)
     calc = BlockedDescriptorCalculator(atoms, model.descriptor, device=model.device)
     scale = float(model.meta.get("sigma_scale", 1.0)) if calibrated else 1.0
+    evaluate = lambda d: predict_with_uncertainty(net, model.standardize(d), weight_sets)  # noqa: E731
+    blender = FrameBlender(calc) if blend else None  # continuous across distance ties
     for i, tile in enumerate(iter_blocks(shape, block)):
         if i < skip:
             continue
         pts = grid_points(atoms.cell.array, shape, tile)
-        x = model.standardize(calc(pts))
-        p = predict_with_uncertainty(net, x, weight_sets)
+        d = blender.descriptors(pts) if blender is not None else calc(pts)
+        p = evaluate(d)
+        if blender is not None:
+            p = blender.blend(pts, d, p, evaluate)
         sub = tuple(s.stop - s.start for s in tile)
         ys = model.y_std
         out = {
@@ -164,13 +171,14 @@ def predict(
     calibrated: bool = True,
     allow_foreign: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    blend: bool = True,
 ) -> DensityFields:
     """Density and uncertainty of ``atoms`` on a grid.
 
     The grid is ``shape`` when given, else the one with ``spacing`` Å (default: the training
     grids' spacing), checked by :func:`plan_grid`. ``n_samples`` = S weight samples for the
     epistemic part. ``progress(done, total)`` is called after each block. A prediction holding
-    NaN or inf raises :class:`ModelError`.
+    NaN or inf raises :class:`ModelError`. ``blend``: see :func:`predict_blocks`.
     """
     check_species(model, atoms, allow_foreign)
     shape = plan_grid(model, atoms, shape, spacing, n_samples)
@@ -178,7 +186,8 @@ def predict(
     tiles = list(iter_blocks(shape, (24, 24, 24)))
     done = 0
     with torch.no_grad():
-        for tile, vals in predict_blocks(model, atoms, shape, n_samples, (24, 24, 24), seed, network, calibrated):
+        for tile, vals in predict_blocks(model, atoms, shape, n_samples, (24, 24, 24), seed, network, calibrated,
+                                     blend=blend):
             for k, v in vals.items():
                 fields[k][tile] = v
             done += 1

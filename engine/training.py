@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import domain, keys, lineage, metrics
+from . import domain, keys, lineage, metrics, novelty
 from .bnn import DensityNet, NetConfig, gaussian_nll, leading_layers, loss_fn, make_net, predict_with_uncertainty
 from .descriptors import DescriptorCalculator, DescriptorSettings
 from .dft import DensitySample
@@ -334,6 +334,16 @@ def fit(
         torch.set_num_threads(threads)
 
 
+def _fit_novelty(model, train, val, seed, status):
+    """Descriptor-space novelty of the new model (for the trust report), or None where the data
+    are too few to fit it (said in the status line, never fatal)."""
+    try:
+        return novelty.fit_model_novelty(model, train, val, seed=seed)
+    except (InputError, ModelError) as err:
+        status(f"descriptor novelty not recorded: {err}")
+        return None
+
+
 def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch, on_status, should_stop) -> RhoxModel:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
@@ -428,7 +438,13 @@ def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch
         "domain": domain.training_domain([s.atoms for s in samples]),
         "lineage": lineage.record(dataset, run["data_hash"], samples, parent, parent_config),
     }
+    nov = _fit_novelty(model, train, val, cfg.seed, status)
+    if nov is not None:
+        model.meta["novelty"] = novelty.novelty_summary(nov)
     save_model(model, out_dir)
+    if nov is not None:
+        novelty.save_novelty(nov, out_dir)
+        model.__dict__["_novelty"] = nov  # what novelty.model_novelty would read back from out_dir
     status(f"saved model to {out_dir} (validation L1% {model.meta['training']['best_val_l1']:.2f}, σ scale {scale:.2f}; "
            f"DFT cost behind it {lineage.human_cpu_time(model.meta['lineage']['dft_cpu_seconds_total'])})")
     return model

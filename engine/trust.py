@@ -13,8 +13,8 @@ summary for the CLI (``rhox predict STRUCTURE --report``) and the explorer:
 - **Training domain**: species; composition (distance to the nearest training composition, see
   :mod:`rhox.engine.domain`); temperature when the structure says it (``atoms.info``);
   nearest-neighbour distances per species pair against the training range, with a
-  :data:`NEIGHBOUR_TOLERANCE` margin; descriptor-space novelty (not yet available: see
-  :func:`novelty_check`).
+  :data:`NEIGHBOUR_TOLERANCE` margin; descriptor-space novelty against the validation points'
+  (:func:`novelty_check`; models trained before it was recorded say "not available").
 - **Recommendation**: ``trust`` when every domain check passes and the uncertain fraction is at
   most :data:`MAX_UNCERTAIN_FRACTION`; otherwise ``check with DFT``, with the reasons.
 
@@ -39,6 +39,7 @@ from .errors import InputError
 DENSITY_FLOOR = 0.01          # fraction of max ρ̂: below it a point counts as empty space
 SIGMA_THRESHOLD = 0.05        # σ_total above this fraction of ρ̂ marks a point as uncertain
 MAX_UNCERTAIN_FRACTION = 0.05  # more uncertain points than this (fraction of the occupied cell): check with DFT
+MAX_NOVEL_FRACTION = 0.05     # more points beyond the validation points' 99th novelty percentile: out of domain
 NEIGHBOUR_TOLERANCE = 0.02    # fractional margin around the training nearest-neighbour range
 TEMPERATURE_MARGIN = 50.0     # K around the training temperatures
 N_NEAREST_ATOMS = 3
@@ -218,18 +219,53 @@ def neighbour_check(atoms: Atoms, domain: dict) -> DomainCheck:
         f"{p} {lo:.3f}-{hi:.3f} Å (training {train[p][0]:.3f}-{train[p][1]:.3f})" for p, (lo, hi) in here.items()), values)
 
 
-def novelty_check(model, atoms: Atoms, fields) -> DomainCheck:
-    """Descriptor-space novelty: the seam for ``rhox.engine.novelty`` (not yet in rhox).
+NOVELTY_UNAVAILABLE = ("not available for this model: it carries no descriptor-space novelty data "
+                       "(novelty.safetensors, recorded by training since rhox 0.2; retrain the model to get it)")
 
-    When a novelty score exists for ``model``, compare it here with its training range and
-    return ``inside`` True/False; until then every model gets "not available".
+
+def novelty_check(model, atoms: Atoms, fields, novelty: np.ndarray | None = None) -> DomainCheck:
+    """Descriptor-space novelty of the grid points against the model's training data.
+
+    Uses the novelty the model was trained with (:func:`rhox.engine.novelty.model_novelty`);
+    ``novelty``: the field already computed on the prediction's grid (the explorer's), else it is
+    computed here. Over the occupied points (ρ̂ above :data:`DENSITY_FLOOR` of its maximum),
+    the fraction whose novelty exceeds the 99th percentile of the validation points' (1 % for
+    training-like structures) must be at most :data:`MAX_NOVEL_FRACTION`. A model without
+    novelty data gets ``inside=None`` and says so (:data:`NOVELTY_UNAVAILABLE`).
     """
-    return DomainCheck("descriptor novelty", None, "not available for this model")
+    from .novelty import model_novelty, novelty_field
+
+    nov = model_novelty(model)
+    if nov is None:
+        return DomainCheck("descriptor novelty", None, NOVELTY_UNAVAILABLE)
+    rho = np.asarray(fields.mean, dtype=np.float64)
+    field_ = novelty_field(model, atoms, rho.shape, nov) if novelty is None else np.asarray(novelty)
+    mask = rho > DENSITY_FLOOR * rho.max()
+    vals = field_[mask] if mask.any() else field_.ravel()
+    at = _grid_position(atoms, field_.shape, int(np.argmax(field_)))
+    values = {"mean": float(vals.mean()), "max": float(field_.max()), "position_of_max": at,
+              "q99_validation": nov.q99, "max_fraction": MAX_NOVEL_FRACTION}
+    text = f"novelty mean {values['mean']:.2f}, max {values['max']:.2f} (training-like points ≈ 1)"
+    if nov.q99 is None:
+        return DomainCheck("descriptor novelty", None, text + "; the model records no validation bound", values)
+    frac = float(np.mean(vals > nov.q99))
+    values["fraction_above"] = frac
+    inside = frac <= MAX_NOVEL_FRACTION
+    return DomainCheck("descriptor novelty", inside,
+                       f"{text}; {100 * frac:.1f} % of the cell above {nov.q99:.2f}, the 99th percentile of "
+                       f"validation points ({'within' if inside else 'more than'} {100 * MAX_NOVEL_FRACTION:g} %)",
+                       values)
 
 
-def trust_report(model, atoms: Atoms, fields, name: str = "structure") -> TrustReport:
+def _grid_position(atoms: Atoms, shape, flat: int) -> list[float]:
+    idx = np.unravel_index(flat, shape)
+    return [float(x) for x in (np.array(idx, dtype=float) / np.array(shape)) @ atoms.cell.array]
+
+
+def trust_report(model, atoms: Atoms, fields, name: str = "structure", novelty: np.ndarray | None = None) -> TrustReport:
     """The :class:`TrustReport` of a prediction ``fields`` (:class:`~rhox.engine.predict.DensityFields`)
-    made by ``model`` for ``atoms``; ``name`` labels the structure."""
+    made by ``model`` for ``atoms``; ``name`` labels the structure. ``novelty``: the novelty field
+    on the same grid when already computed (see :func:`novelty_check`)."""
     rho = np.asarray(fields.mean, dtype=np.float64)
     st = np.asarray(fields.sigma_total, dtype=np.float64)
     se = np.asarray(fields.sigma_epistemic, dtype=np.float64)
@@ -245,7 +281,7 @@ def trust_report(model, atoms: Atoms, fields, name: str = "structure") -> TrustR
                  f"{100 * DENSITY_FLOOR:g} % of its maximum")
     domain = model_domain(model)
     checks = [species_check(model, atoms), composition_check(model, atoms), temperature_check(atoms, domain),
-              neighbour_check(atoms, domain), novelty_check(model, atoms, fields)]
+              neighbour_check(atoms, domain), novelty_check(model, atoms, fields, novelty)]
     reasons = [f"{c.name} outside the training domain: {c.detail}" for c in checks if c.inside is False]
     if uncertain > MAX_UNCERTAIN_FRACTION:
         reasons.append(f"{100 * uncertain:.1f} % of the cell is uncertain ({threshold}), more than "

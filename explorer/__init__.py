@@ -12,6 +12,8 @@ Modules, one job each:
 - ``model_chooser``: the model list (bundled SiGeSn, Al, SiGe and a folder of the user's) and the
   picker of one- and two-species systems (fixed composition, slider).
 - ``jobs``: background jobs with typed progress events, cancel, and the job-type registry.
+- ``trust_view``: the trust report card beside each prediction and the novelty field the 3D view
+  can be coloured by.
 - ``app``: ``App``, which lays the views out and binds widgets to the state.
 
 Where things go:

@@ -28,6 +28,7 @@ from rhox.explorer.model_chooser import ModelChooser
 from rhox.explorer.simplex import TRI_FRAME_HEIGHT, CompositionPicker
 from rhox.explorer.state import EXAMPLE_COMPOSITION, ExplorerState, describe
 from rhox.explorer.threads import SessionThread
+from rhox.explorer.trust_view import TrustView
 
 resources.extension("vtk", notifications=False, design="native")  # offline, served or in Jupyter
 
@@ -100,6 +101,8 @@ class App(pn.viewable.Viewer):
         self.scene = SceneView(self.state, width=640, height=480)
         self._generation = 0
         self._extra: list[tuple[str, pn.viewable.Viewable]] = []
+        self.trust = TrustView(self.state, self.session)
+        self.add_panel("Trust report", self.trust)
         self._build_widgets()
         self.state.pick.param.watch(self._on_pick, ["picked"])
         # The picker is the costliest part of the page to build (HoloViews): in a served session it

@@ -30,7 +30,7 @@ from panel.pane.vtk.vtk import VTKRenderWindowSynchronized
 from .state import ExplorerState, Field
 
 CMAPS = {Field.MEAN: "viridis", Field.DFT: "viridis", Field.SIGMA_TOTAL: "plasma", Field.SIGMA_EPISTEMIC: "plasma",
-         Field.SIGMA_ALEATORIC: "plasma", Field.DIFFERENCE: "RdBu_r"}
+         Field.SIGMA_ALEATORIC: "plasma", Field.DIFFERENCE: "RdBu_r", Field.NOVELTY: "magma"}
 ISO_COLOR = "#74c0fc"
 BACKGROUND = "white"
 
@@ -67,9 +67,9 @@ class ConfinedVTK(VTKRenderWindowSynchronized):
 # --- what a scene shows -----------------------------------------------------------------------
 
 ISO_COLOURS = {"uniform colour": None, "σ total": Field.SIGMA_TOTAL, "σ epistemic": Field.SIGMA_EPISTEMIC,
-               "σ aleatoric": Field.SIGMA_ALEATORIC}
+               "σ aleatoric": Field.SIGMA_ALEATORIC, "novelty": Field.NOVELTY}
 SLICE_FIELDS = {f.label: f for f in (Field.MEAN, Field.SIGMA_TOTAL, Field.SIGMA_EPISTEMIC, Field.SIGMA_ALEATORIC,
-                                     Field.DFT, Field.DIFFERENCE)}
+                                     Field.DFT, Field.DIFFERENCE, Field.NOVELTY)}
 
 
 class SceneOptions(param.Parameterized):
@@ -137,9 +137,10 @@ class DrawnScene:
     threads: set = field(default_factory=set)
 
 
-def scene_fields(fields, dft=None) -> dict[Field, np.ndarray]:
+def scene_fields(fields, dft=None, novelty=None) -> dict[Field, np.ndarray]:
     """Arrays a scene can show: the prediction's fields, plus ``DFT`` and ``DIFFERENCE`` when a
-    DFT density on the same grid is known (``dft``: a :class:`~rhox.explorer.state.DFTComparison`)."""
+    DFT density on the same grid is known (``dft``: a :class:`~rhox.explorer.state.DFTComparison`),
+    and ``NOVELTY`` when a novelty field on the same grid is (``novelty``)."""
     if fields is None:
         return {}
     out = {Field(k): np.asarray(v) for k, v in fields.as_dict().items()}
@@ -148,6 +149,8 @@ def scene_fields(fields, dft=None) -> dict[Field, np.ndarray]:
         if rho.shape == out[Field.MEAN].shape:
             out[Field.DFT] = rho.astype(np.float32)
             out[Field.DIFFERENCE] = (out[Field.MEAN] - rho).astype(np.float32)
+    if novelty is not None and np.shape(novelty) == out[Field.MEAN].shape:
+        out[Field.NOVELTY] = np.asarray(novelty, dtype=np.float32)
     return out
 
 
@@ -452,7 +455,7 @@ class SceneView(pn.viewable.Viewer):
         self._holder = pn.Column(self._placeholder, sizing_mode="stretch_width")
         self.exports = self._make_downloads()
         state.structure.param.watch(self._on_change, ["atoms"])
-        state.model.param.watch(self._on_prediction, ["fields", "dft"])
+        state.model.param.watch(self._on_prediction, ["fields", "dft", "novelty"])
         self.options.param.watch(self._on_change, [p for p in self.options.param if p != "name"])
 
     # --- exports ------------------------------------------------------------------------
@@ -466,7 +469,7 @@ class SceneView(pn.viewable.Viewer):
         return {"png": png, "cube": cube, "vtk": vtk}
 
     def _shown(self) -> dict[Field, np.ndarray]:
-        return scene_fields(self.state.model.fields, self.state.model.dft)
+        return scene_fields(self.state.model.fields, self.state.model.dft, self.state.model.novelty)
 
     def png(self) -> io.BytesIO:
         """The PNG export of the current scene."""

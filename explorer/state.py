@@ -77,6 +77,7 @@ class Field(str, enum.Enum):
     SIGMA_ALEATORIC = "sigma_aleatoric"
     DIFFERENCE = "difference"
     DFT = "dft"
+    NOVELTY = "novelty"  # descriptor-space novelty (explorer.trust_view), when the model has it
 
     @property
     def label(self) -> str:
@@ -95,6 +96,7 @@ FIELD_LABELS = {
     Field.SIGMA_ALEATORIC: "σ aleatoric (e/Å³)",
     Field.DIFFERENCE: "ML − DFT (e/Å³)",
     Field.DFT: "ρ DFT (e/Å³)",
+    Field.NOVELTY: "novelty (≈1 training-like)",
 }
 
 
@@ -320,6 +322,8 @@ class ModelState(param.Parameterized):
     seconds = param.Number(default=None, allow_None=True, doc="Wall time (s) of that prediction")
     dft = param.ClassSelector(class_=DFTComparison, default=None, allow_None=True,
                               doc="DFT of the current structure on the prediction's grid")
+    novelty = param.Array(default=None, allow_None=True,
+                          doc="Descriptor-space novelty on the prediction's grid (None: not computed or not available)")
 
 
 # --- the session state ---------------------------------------------------------------------------
@@ -630,7 +634,7 @@ class ExplorerState(param.Parameterized):
 
     def set_fields(self, fields, seconds: float | None = None, dft: DFTComparison | None = None) -> None:
         """Show predicted ``fields`` (and a DFT comparison on their grid)."""
-        self.model.param.update(seconds=seconds, fields=fields, dft=dft)
+        self.model.param.update(seconds=seconds, fields=fields, dft=dft, novelty=None)  # novelty: of older fields
         n = fields.integrate()
         self.notify(f"Predicted {fields.shape[0]}×{fields.shape[1]}×{fields.shape[2]} grid in "
                     f"{seconds or 0:.2f} s (S={fields.n_samples}): ∫ρ = {n:.2f} e, mean σ = "

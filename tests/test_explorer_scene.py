@@ -72,7 +72,11 @@ def _dft(fields, factor):
 
 def test_scene_fields_adds_dft_and_difference(fields):
     d = scene_fields(fields, _dft(fields, 0.9))
-    assert set(d) == set(Field)
+    assert set(d) == set(Field) - {Field.NOVELTY}
+    # the novelty field (explorer.trust_view) joins them when it is on the same grid
+    nov = np.full(fields.shape, 1.5, np.float32)
+    assert set(scene_fields(fields, _dft(fields, 0.9), nov)) == set(Field)
+    assert Field.NOVELTY not in scene_fields(fields, None, np.ones((5, 5, 5)))
     np.testing.assert_allclose(d[Field.DIFFERENCE], 0.1 * fields.mean, rtol=1e-5, atol=1e-6)
     # a DFT density on another grid is not mixed in
     assert Field.DIFFERENCE not in scene_fields(fields, DFTComparison(np.zeros((5, 5, 5)), 0.0))
