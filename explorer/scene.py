@@ -625,6 +625,19 @@ class SceneView(pn.viewable.Viewer):
         """The colour bars' HTML as shown (empty before the first draw)."""
         return self._cbar_pane.object if self._cbar_pane is not None else ""
 
+    def mesh(self, name: str):
+        """A copy of the mesh shown under ``name`` ("isosurface", "slice", "structure"), as a
+        ``pyvista`` dataset with the arrays it is coloured by; None when nothing is shown there."""
+        import pyvista as pv
+
+        def read():
+            parts = self._mirror.parts if self._mirror is not None else {}
+            if name not in parts or not parts[name][0].GetVisibility():
+                return None
+            return pv.wrap(parts[name][3]).copy()
+
+        return on_vtk_thread(read)
+
     def close(self) -> None:
         """Free the plotter (on the VTK thread)."""
         pl, self._plotter = self._plotter, None

@@ -22,14 +22,9 @@ def _app(**kw):
 
 def _iso_scalars(app):
     """The scalar array the isosurface is coloured with, as rendered (name, values)."""
-    from rhox.explorer.scene import on_vtk_thread
-
-    def read():
-        mesh = app.scene._plotter.actors["isosurface"].mapper.dataset
-        name = mesh.active_scalars_name
-        return name, (np.array(mesh.point_data[name]) if name else None)
-
-    return on_vtk_thread(read)
+    mesh = app.scene.mesh("isosurface")
+    name = mesh.active_scalars_name
+    return name, (np.array(mesh.point_data[name]) if name else None)
 
 
 def test_trust_report_shown_after_a_prediction_and_novelty_colours_the_view(explorer_model):
