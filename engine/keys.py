@@ -54,6 +54,7 @@ FIELD_PSEUDO = "pseudo_density_no_compensation"
 # --- model directory -----------------------------------------------------------------------
 MODEL_CONFIG = "config.json"
 MODEL_WEIGHTS = "weights.safetensors"
+MODEL_ENERGY = "energy.json"      # the energy model (engine/energy.py), optional
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint.json"
 
