@@ -356,8 +356,12 @@ def mixing_energy_grid(model, system: str, compositions: np.ndarray, n_configs: 
     total = (len(comps) + len(elements)) * n_configs
     done = 0
 
-    def configs(x, base_seed):
+    def configs(x):
         nonlocal done
+        # Seeded by the composition: the same composition gets the same configurations, so a
+        # vertex of the grid is exactly its pure crystal (E_mix = 0 there).
+        key = ",".join(f"{v:.6f}" for v in x)
+        base_seed = seed + int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)
         out = []
         for c in range(n_configs):
             if should_stop and should_stop():
@@ -374,15 +378,15 @@ def mixing_energy_grid(model, system: str, compositions: np.ndarray, n_configs: 
 
     pure = []
     for i in range(len(elements)):
-        f = configs(np.eye(len(elements))[i], seed + 1_000_003 * (i + 1))
+        f = configs(np.eye(len(elements))[i])
         if f is None:
             return {"complete": False}
         pure.append(f)
     pure = np.array(pure)
     e_pure, _ = energy.predict_raw(pure, noise=False)
     feats, kept = [], []
-    for j, x in enumerate(comps):
-        f = configs(x, seed + 7 * j)
+    for x in comps:
+        f = configs(x)
         if f is None:
             break
         feats.append(f)
