@@ -68,9 +68,9 @@ class EnergyView(pn.viewable.Viewer):
         self._stop = threading.Event()
         self.energy_md = pn.pane.Markdown(pn.bind(lambda t: t, self.param.text), sizing_mode="stretch_width")
         self.status_md = pn.pane.Markdown(pn.bind(lambda t: t, self.param.map_status), css_classes=["rhox-small"])
-        self.map_button = pn.widgets.Button(name="Mixing-energy map", button_type="primary")
+        self.map_button = pn.widgets.Button(label="Mixing-energy map", color="primary")
         self.map_button.on_click(lambda e: self.compute_map())
-        self.cancel_button = pn.widgets.Button(name="Cancel map", disabled=True)
+        self.cancel_button = pn.widgets.Button(label="Cancel map", disabled=True)
         self.cancel_button.on_click(lambda e: self.cancel())
         self.plot = pn.pane.HoloViews(None, sizing_mode="fixed")
         self._settings_widgets = pn.Param(self.settings, parameters=["step", "configs"], show_name=False,
