@@ -62,11 +62,12 @@ class BayesLinearFit:
 
 
 def fit_bayes_linear(phi: np.ndarray, t: np.ndarray, free: np.ndarray | None = None, alpha_free: float = 1e-6,
-                     max_iter: int = 500, tol: float = 1e-8) -> BayesLinearFit:
+                     max_iter: int = 500, tol: float = 1e-8, groups: np.ndarray | None = None) -> BayesLinearFit:
     """Evidence-maximising Bayesian linear fit of targets ``t`` (n,) on features ``phi`` (n, p).
 
     ``free`` (bool mask of length p) marks features whose prior precision stays ``alpha_free``;
-    the others share one fitted α. Refuses fewer than 2 targets or non-finite input.
+    the others share one fitted α, or, with ``groups`` (an integer label per feature), one fitted
+    α per label. Refuses fewer than 2 targets or non-finite input.
     """
     phi = np.asarray(phi, dtype=float)
     t = np.asarray(t, dtype=float).reshape(-1)
@@ -77,29 +78,36 @@ def fit_bayes_linear(phi: np.ndarray, t: np.ndarray, free: np.ndarray | None = N
     if not (np.all(np.isfinite(phi)) and np.all(np.isfinite(t))):
         raise InputError("features or targets of the Bayesian linear fit hold NaN or inf")
     free = np.zeros(p, bool) if free is None else np.asarray(free, bool)
-    shared = ~free
+    labels = np.zeros(p, int) if groups is None else np.asarray(groups, int)
+    names = sorted(set(labels[~free].tolist()))
     gram, proj = phi.T @ phi, phi.T @ t
     var_t = float(np.var(t)) if np.var(t) > 0 else 1.0
-    alpha, beta = 1.0, 1.0 / (0.1 * var_t)
+    alpha = {g: 1.0 for g in names}
+    beta = 1.0 / (0.1 * var_t)
+
+    def precisions() -> np.ndarray:
+        return np.array([alpha_free if free[j] else alpha[labels[j]] for j in range(p)])
+
     it = 0
     for it in range(1, max_iter + 1):
-        a = np.where(free, alpha_free, alpha)
+        a = precisions()
         S = np.linalg.inv(np.diag(a) + beta * gram)
         m = beta * S @ proj
         gamma_each = 1.0 - a * np.diag(S)
         gamma = float(np.sum(gamma_each))
         resid = float(np.sum((t - phi @ m) ** 2))
-        new_alpha = alpha
-        if shared.any():
-            new_alpha = float(np.sum(gamma_each[shared]) / max(np.sum(m[shared] ** 2), 1e-300))
+        new_alpha = {}
+        for g in names:
+            sel = (~free) & (labels == g)
+            new_alpha[g] = min(float(np.sum(gamma_each[sel]) / max(np.sum(m[sel] ** 2), 1e-300)), 1e12)
         # The floor on the residual keeps β finite when the features fit the data exactly.
         new_beta = float(max(n - gamma, 1e-6) / max(resid, 1e-12 * var_t * n))
-        new_alpha = min(new_alpha, 1e12)
-        done = abs(np.log(new_alpha / alpha)) < tol and abs(np.log(new_beta / beta)) < tol
+        done = (all(abs(np.log(new_alpha[g] / alpha[g])) < tol for g in names)
+                and abs(np.log(new_beta / beta)) < tol)
         alpha, beta = new_alpha, new_beta
         if done:
             break
-    a = np.where(free, alpha_free, alpha)
+    a = precisions()
     A = np.diag(a) + beta * gram
     S = np.linalg.inv(A)
     S = 0.5 * (S + S.T)
