@@ -276,11 +276,27 @@ def _model_info(directory: Path) -> None:
                   f"training: {training.get('n_configurations')} configurations", highlight=False)
     if config.get("sigma_scale") is not None:
         out.print(f"σ scale (fitted on validation data): {config['sigma_scale']:.3f}", highlight=False)
+    _energy_info(directory)
     comps = config.get("train_compositions") or []
     if comps:
         out.print(f"training compositions ({len(comps)}): {', '.join(comps)}", highlight=False, soft_wrap=True)
     for line in describe(config, directory):
         out.print(line, highlight=False, soft_wrap=True)
+
+
+def _energy_info(directory: Path) -> None:
+    """The ``rhox info MODEL_DIR`` line on the energy model (read as JSON, torch-free)."""
+    path = directory / "energy.json"
+    if not path.is_file():
+        out.print("energy model: none (rhox train-energy fits one)")
+        return
+    try:
+        e = json.loads(path.read_text())
+        out.print(f"energy model: {e['features']} features, fitted on {e['n_configurations']} configurations; "
+                  f"leave-one-out MAE {e['loo_mae_meV_atom']:.1f} meV/atom, noise σ {e['noise_sigma_meV_atom']:.1f} "
+                  f"meV/atom", highlight=False, soft_wrap=True)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        out.print(f"energy model: {path} is unreadable ({type(err).__name__})", highlight=False)
 
 
 @app.command()

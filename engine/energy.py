@@ -159,16 +159,30 @@ def raw_features(atoms: Atoms, kind: str, species: Sequence[str], descriptor=Non
         raise InputError(f"unknown energy feature kind {kind!r}: use {' or '.join(FEATURE_KINDS)}")
     import torch
 
-    from .descriptors import DescriptorCalculator
-    from .grid import grid_points, grid_shape_for_spacing
+    from .descriptors import BlockedDescriptorCalculator
+    from .grid import grid_points, grid_shape_for_spacing, iter_blocks
     from .structures import require_periodic
 
     require_periodic(atoms, "structure")
     cell = atoms.cell.array
     shape = grid_shape_for_spacing(cell, spacing)
+    # Block by block (memory bounded for any cell size), sums shifted by the first block's mean
+    # so that the variance keeps its digits for components with a large mean (Z, valence).
+    calc = BlockedDescriptorCalculator(atoms, descriptor, dtype=torch.float64)
+    shift = s1 = s2 = None
+    n = 0
     with torch.no_grad():
-        d = DescriptorCalculator(atoms, descriptor, dtype=torch.float64)(grid_points(cell, shape)).numpy()
-    return np.concatenate([x, d.mean(0), d.std(0)])
+        for block in iter_blocks(shape):
+            d = calc(grid_points(cell, shape, block)).numpy()
+            if shift is None:
+                shift = d.mean(0)
+                s1, s2 = np.zeros_like(shift), np.zeros_like(shift)
+            d = d - shift
+            s1 += d.sum(0)
+            s2 += (d * d).sum(0)
+            n += len(d)
+    mean = s1 / n
+    return np.concatenate([x, shift + mean, np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))])
 
 
 def feature_groups(kind: str, p: int, k: int) -> np.ndarray:

@@ -196,6 +196,9 @@ def test_cli_train_energy_adds_energy_without_touching_the_density(model_copy, e
     after = tree_digest(model_copy)
     assert set(after) - set(before) == {"energy.json"}
     assert all(after[k] == v for k, v in before.items())  # weights and config untouched
+    n = json.loads((model_copy / "energy.json").read_text())["n_configurations"]
+    info = _run(["info", str(model_copy)], tmp_path)
+    assert f"energy model: descriptor features, fitted on {n} configurations" in info.stdout
 
 
 def test_cli_train_energy_refusals(model_copy, explorer_data, tmp_path):
@@ -272,3 +275,37 @@ def test_explorer_says_when_the_model_has_no_energy(model_copy):
     app.wait()
     assert app.state.fields is not None, app.state.message
     assert "no energy model" in app.energy.text
+
+
+def test_pooled_features_in_blocks_equal_the_whole_grid(explorer_model):
+    """Blocked accumulation (any cell size) gives the mean and σ of the whole grid at once."""
+    import torch
+
+    from rhox.engine.descriptors import DescriptorCalculator
+    from rhox.engine.energy import raw_features
+    from rhox.engine.grid import grid_points, grid_shape_for_spacing
+    from rhox.engine.model import load_model
+    from rhox.engine.structures import random_alloy
+
+    model = load_model(explorer_model)
+    atoms = random_alloy("SiGeSn", "Si0.5Ge0.25Sn0.25", repeat=(2, 1, 1), seed=1)
+    atoms.rattle(0.05, seed=2)
+    shape = grid_shape_for_spacing(atoms.cell.array, model.grid_spacing)
+    assert shape[0] > 32  # more than one block along a
+    d = DescriptorCalculator(atoms, model.descriptor, dtype=torch.float64)(grid_points(atoms.cell.array, shape)).numpy()
+    f = raw_features(atoms, "descriptor", model.species, model.descriptor, model.grid_spacing)
+    k = len(model.species)
+    assert f[:k] == pytest.approx([0.25, 0.5, 0.25])  # Ge, Si, Sn fractions
+    assert f[k:k + d.shape[1]] == pytest.approx(d.mean(0), rel=1e-10, abs=1e-12)
+    assert f[k + d.shape[1]:] == pytest.approx(d.std(0), rel=1e-8, abs=1e-10)
+
+
+def test_quaternary_slice_compositions():
+    from rhox.explorer.energy import slice_compositions
+
+    full, tern = slice_compositions(4, 0.25, fixed=1, fraction=0.2)
+    assert len(full) == len(tern) == 15
+    assert np.allclose(full.sum(1), 1) and np.allclose(full[:, 1], 0.2) and np.all(full >= 0)
+    assert np.allclose(np.delete(full, 1, axis=1) / 0.8, tern)
+    full3, tern3 = slice_compositions(3, 0.5)
+    assert np.array_equal(full3, tern3) and len(full3) == 6
