@@ -134,8 +134,14 @@ class EnergyView(pn.viewable.Viewer):
         except ValueError as err:
             self.map_status = str(err)
             return False
+        from rhox.engine.structures import site_count
+
         system = self.state.pick.system
         repeat, temperature = self.state.structure.repeat, self.state.structure.temperature
+        # Cells large enough to realise the grid's fractions in whole atoms (a 4-atom FCC cell
+        # cannot hold eighths).
+        while site_count(system, repeat) * self.settings.step < 1 - 1e-9 and repeat < 4:
+            repeat += 1
         configs = self.settings.configs
         self._stop.clear()
         self.mapping = True
