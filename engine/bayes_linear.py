@@ -44,21 +44,23 @@ class BayesLinearFit:
             var = var + 1.0 / self.beta
         return mean, np.sqrt(np.maximum(var, 0.0))
 
-    def to_dict(self) -> dict:
-        return {"m": self.m.tolist(), "S": self.S.tolist(), "beta": float(self.beta),
-                "alpha": self.alpha.tolist(), "log_evidence": float(self.log_evidence), "n_iter": int(self.n_iter)}
+    def to_parts(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """``(scalars, arrays)``: JSON-able scalars and float64 arrays ``m``, ``S``, ``alpha``."""
+        return ({"beta": float(self.beta), "log_evidence": float(self.log_evidence), "n_iter": int(self.n_iter)},
+                {"m": self.m, "S": self.S, "alpha": self.alpha})
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BayesLinearFit":
-        m, S, alpha = (np.asarray(d[k], dtype=float) for k in ("m", "S", "alpha"))
+    def from_parts(cls, scalars: dict, arrays: dict) -> "BayesLinearFit":
+        """Inverse of :meth:`to_parts`; :class:`ValueError` on shapes that disagree or non-finite values."""
+        m, S, alpha = (np.asarray(arrays[k], dtype=float) for k in ("m", "S", "alpha"))
         p = len(m)
-        if S.shape != (p, p) or alpha.shape != (p,):
+        if m.shape != (p,) or S.shape != (p, p) or alpha.shape != (p,):
             raise ValueError(f"posterior shapes do not agree: m {m.shape}, S {S.shape}, alpha {alpha.shape}")
-        beta = float(d["beta"])
+        beta = float(scalars["beta"])
         if not (np.all(np.isfinite(m)) and np.all(np.isfinite(S)) and np.isfinite(beta) and beta > 0):
             raise ValueError("posterior holds non-finite values or a non-positive noise precision")
-        return cls(m=m, S=S, beta=beta, alpha=alpha, log_evidence=float(d.get("log_evidence", np.nan)),
-                   n_iter=int(d.get("n_iter", 0)))
+        return cls(m=m, S=S, beta=beta, alpha=alpha, log_evidence=float(scalars.get("log_evidence", np.nan)),
+                   n_iter=int(scalars.get("n_iter", 0)))
 
 
 def fit_bayes_linear(phi: np.ndarray, t: np.ndarray, free: np.ndarray | None = None, alpha_free: float = 1e-6,

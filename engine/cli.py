@@ -463,7 +463,7 @@ def train_energy(
     features: str = typer.Option("descriptor", help="descriptor (composition + grid mean/σ of the descriptor) or "
                                                     "composition (fractions and their products only)."),
 ):
-    """Fit the energy model (E/atom with σ) on DATA and add it to MODEL_DIR as energy.json.
+    """Fit the energy model (E/atom with σ) on DATA and add it to MODEL_DIR (energy.json, energy.safetensors).
 
     The density weights are not touched: no retraining. `rhox train` fits it by itself.
 
@@ -490,7 +490,7 @@ def train_energy(
     out.print(f"energy model ({energy.kind} features) fitted on {m['n_configurations']} configurations: "
               f"leave-one-out MAE {m['loo_mae_meV_atom']:.1f} meV/atom (RMSE {m['loo_rmse_meV_atom']:.1f}), "
               f"noise σ {m['noise_sigma_meV_atom']:.1f} meV/atom", highlight=False, soft_wrap=True)
-    out.print(f"wrote {model_dir / 'energy.json'}")
+    out.print(f"wrote {model_dir / 'energy.json'} and {model_dir / 'energy.safetensors'}")
 
 
 @app.command()

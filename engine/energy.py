@@ -36,9 +36,9 @@ each gave the lowest test error (13 meV/atom MAE, 88/100/100 % within 1/2/3σ) a
 the descriptor settings, so the energy model survives fine-tuning of the density network and
 can be fitted for any model without touching its weights (:func:`train_energy`).
 
-**Files.** ``energy.json`` in the model directory (JSON only, no pickle): feature settings,
-standardisation, the posterior (mean, covariance, α, β), the data it was fitted on and its
-leave-one-out errors. Models without it load as before; :func:`predict_energy` then raises
+**Files.** In the model directory, ``energy.json`` (feature settings, β, the data it was fitted
+on and its leave-one-out errors) and ``energy.safetensors`` (float64 arrays: posterior mean and
+covariance, prior precisions, the features' standardisation); no pickle. Models without it load as before; :func:`predict_energy` then raises
 :class:`ModelError` "no energy model".
 
 Public functions: :func:`fit_energy`, :func:`train_energy` (fit on a dataset and save into a
@@ -102,14 +102,17 @@ class EnergyModel:
         """Predictive mean and σ (eV/atom) for raw features ``raw`` (n, p)."""
         return self.fit.predict(self.design(raw), noise=noise)
 
-    def to_dict(self) -> dict:
-        return {"format_version": ENERGY_FORMAT, "kind": ENERGY_KIND, "features": self.kind,
-                "species": list(self.species), "spacing": float(self.spacing),
-                "feat_mean": self.feat_mean.tolist(), "feat_std": self.feat_std.tolist(),
-                "posterior": self.fit.to_dict(), "units": "eV/atom", **self.meta}
+    def to_parts(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """``(record, arrays)``: the JSON record (settings, scalars, provenance) and float64 arrays."""
+        scalars, arrays = self.fit.to_parts()
+        record = {"format_version": ENERGY_FORMAT, "kind": ENERGY_KIND, "features": self.kind,
+                  "species": list(self.species), "spacing": float(self.spacing), "posterior": scalars,
+                  "units": "eV/atom", **self.meta}
+        arrays = {**arrays, "feat_mean": self.feat_mean, "feat_std": self.feat_std}
+        return record, {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in arrays.items()}
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "energy model") -> "EnergyModel":
+    def from_parts(cls, d: dict, arrays: dict, where: str = "energy model") -> "EnergyModel":
         try:
             if d.get("kind") != ENERGY_KIND:
                 raise ValueError(f"kind {d.get('kind')!r}, expected {ENERGY_KIND!r}")
@@ -120,8 +123,8 @@ class EnergyModel:
                 raise ValueError(f"unknown feature kind {kind!r}")
             species = tuple(str(s) for s in d["species"])
             spacing = float(d["spacing"])
-            mean, std = np.asarray(d["feat_mean"], float), np.asarray(d["feat_std"], float)
-            fit = BayesLinearFit.from_dict(d["posterior"])
+            mean, std = np.asarray(arrays["feat_mean"], float), np.asarray(arrays["feat_std"], float)
+            fit = BayesLinearFit.from_parts(d["posterior"], arrays)
             if not (spacing > 0 and np.all(np.isfinite(mean)) and np.all(std > 0) and mean.shape == std.shape
                     and len(fit.m) == len(species) + len(mean)):
                 raise ValueError("spacing, standardisation and posterior do not fit together")
@@ -129,7 +132,7 @@ class EnergyModel:
             what = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
             raise ModelError(f"{where} is incomplete or inconsistent: {what}") from None
         meta = {k: v for k, v in d.items() if k not in ("format_version", "kind", "features", "species", "spacing",
-                                                         "feat_mean", "feat_std", "posterior", "units")}
+                                                         "posterior", "units")}
         return cls(kind=kind, species=species, spacing=spacing, feat_mean=mean, feat_std=std, fit=fit, meta=meta)
 
 
@@ -268,19 +271,44 @@ def energy_path(directory: str | os.PathLike) -> Path:
 
 
 def save_energy(energy: EnergyModel, directory: str | os.PathLike) -> Path:
-    """Write ``energy.json`` into model directory ``directory`` atomically (tmp + rename)."""
-    path = energy_path(directory)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(energy.to_dict(), indent=1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write ``energy.json`` and ``energy.safetensors`` into model directory ``directory``.
+
+    Each file is written beside its target and renamed into place; the arrays go first and the
+    record last, so a reader that finds the record finds arrays at least as new.
+    """
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    record, arrays = energy.to_parts()
+    done = []
+    for name, write in ((keys.MODEL_ENERGY_ARRAYS, lambda p: save_file(arrays, str(p))),
+                        (keys.MODEL_ENERGY, lambda p: p.write_text(json.dumps(record, indent=1)))):
+        path = directory / name
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            write(tmp)
+            os.chmod(tmp, 0o644)  # as the model's other files (safetensors writes owner-only files)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        done.append(path)
+    return done[-1]
+
+
+def drop_energy(directory: str | os.PathLike) -> None:
+    """Remove a model directory's energy model (both files), if it has one."""
+    for name in (keys.MODEL_ENERGY, keys.MODEL_ENERGY_ARRAYS):
+        (Path(directory) / name).unlink(missing_ok=True)
 
 
 def load_energy(directory: str | os.PathLike | None) -> EnergyModel | None:
-    """The energy model in a model directory, or None when it has none. JSON only: nothing runs."""
+    """The energy model in a model directory, or None when it has none (no ``energy.json``).
+
+    JSON and safetensors only: nothing is unpickled or executed.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
     if directory is None:
         return None
     path = energy_path(directory)
@@ -292,14 +320,19 @@ def load_energy(directory: str | os.PathLike | None) -> EnergyModel | None:
         raise ModelError(f"{path} is not readable JSON: {err}") from None
     if not isinstance(d, dict):
         raise ModelError(f"{path} does not hold an energy model")
-    return EnergyModel.from_dict(d, str(path))
+    apath = Path(directory) / keys.MODEL_ENERGY_ARRAYS
+    try:
+        arrays = load_file(str(apath))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelError(f"{apath} (the energy model's arrays) is missing or unreadable: {err}") from None
+    return EnergyModel.from_parts(d, arrays, str(path))
 
 
 def train_energy(model_dir: str | os.PathLike, dataset: str | os.PathLike, kind: str = "descriptor",
                  progress: Callable[[int, int], None] | None = None) -> EnergyModel:
     """Fit an energy model on ``dataset`` for the model in ``model_dir`` and save it there.
 
-    The density weights and config are not touched: only ``energy.json`` is (re)written. A
+    The density weights and config are not touched: only the energy files are (re)written. A
     dataset with species the model does not know is refused before anything is written.
     """
     from .model import load_model

@@ -51,7 +51,7 @@ class RhoxModel:
     baseline: DensityNet | None = None
     meta: dict = field(default_factory=dict)
     directory: Path | None = None  # where it was loaded from (not saved): finds its training data again
-    energy: Any = None  # the energy model (engine/energy.py: EnergyModel) or None; saved as energy.json
+    energy: Any = None  # the energy model (engine/energy.py: EnergyModel) or None; saved as energy.json + energy.safetensors
 
     def to(self, device: str | torch.device) -> "RhoxModel":
         self.net.to(device)

@@ -101,44 +101,59 @@ def test_fit_saves_an_energy_model_beside_the_weights(explorer_model, explorer_d
     assert model.energy is not None and np.allclose(model.energy.fit.m, energy.fit.m)
 
 
-def test_energy_round_trip_is_json_and_predicts_the_same(model_copy, explorer_data):
-    from rhox.engine.energy import load_energy, predict_energy, save_energy
+def test_energy_round_trip_without_pickle_predicts_the_same(model_copy, explorer_data):
+    from safetensors.numpy import load_file
+
+    from rhox.engine.energy import drop_energy, load_energy, predict_energy, save_energy
     from rhox.engine.model import load_model
     from rhox.engine.training import load_samples
 
     model = load_model(model_copy)
     atoms = load_samples(explorer_data)[0].atoms
     before = predict_energy(atoms, model)
-    text = (model_copy / "energy.json").read_text()
-    json.loads(text)  # plain JSON: nothing is unpickled or executed when it loads
-    (model_copy / "energy.json").unlink()
+    record = json.loads((model_copy / "energy.json").read_text())  # plain JSON
+    arrays = load_file(str(model_copy / "energy.safetensors"))     # plain arrays: nothing unpickled or run
+    p = len(arrays["m"])
+    assert arrays["S"].shape == (p, p) and record["features"] == "descriptor"
+    drop_energy(model_copy)
+    assert load_model(model_copy).energy is None
     save_energy(model.energy, model_copy)
     again = load_model(model_copy)
     assert predict_energy(atoms, again) == pytest.approx(before, rel=1e-12)
-    assert load_energy(model_copy).to_dict() == model.energy.to_dict()
+    r1, a1 = load_energy(model_copy).to_parts()
+    r0, a0 = model.energy.to_parts()
+    assert r1 == r0 and all(np.array_equal(a1[k], a0[k]) for k in a0)
 
 
 def test_a_model_without_energy_loads_and_says_so(model_copy, explorer_data):
-    from rhox.engine.energy import predict_energy
+    from rhox.engine.energy import drop_energy, predict_energy
     from rhox.engine.errors import ModelError
     from rhox.engine.model import load_model
     from rhox.engine.training import load_samples
 
-    (model_copy / "energy.json").unlink()
+    drop_energy(model_copy)
     model = load_model(model_copy)
     assert model.energy is None
     with pytest.raises(ModelError, match="no energy model"):
         predict_energy(load_samples(explorer_data)[0].atoms, model)
 
 
-def test_a_damaged_energy_file_is_refused(model_copy):
+def test_damaged_energy_files_are_refused(model_copy):
+    from safetensors.numpy import load_file, save_file
+
     from rhox.engine.errors import ModelError
     from rhox.engine.model import load_model
 
-    d = json.loads((model_copy / "energy.json").read_text())
-    d["posterior"]["m"] = d["posterior"]["m"][:-1]
-    (model_copy / "energy.json").write_text(json.dumps(d))
+    arrays = load_file(str(model_copy / "energy.safetensors"))
+    arrays["m"] = arrays["m"][:-1].copy()
+    save_file(arrays, str(model_copy / "energy.safetensors"))
     with pytest.raises(ModelError, match="inconsistent"):
+        load_model(model_copy)
+    (model_copy / "energy.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelError, match="unreadable"):
+        load_model(model_copy)
+    (model_copy / "energy.safetensors").unlink()
+    with pytest.raises(ModelError, match="missing"):
         load_model(model_copy)
     (model_copy / "energy.json").write_text("{not json")
     with pytest.raises(ModelError, match="not readable JSON"):
@@ -188,13 +203,15 @@ def _run(args, cwd):
 
 
 def test_cli_train_energy_adds_energy_without_touching_the_density(model_copy, explorer_data, tmp_path):
-    (model_copy / "energy.json").unlink()
+    from rhox.engine.energy import drop_energy
+
+    drop_energy(model_copy)
     before = tree_digest(model_copy)
     r = _run(["train-energy", str(model_copy), str(explorer_data)], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "leave-one-out MAE" in r.stdout and "meV/atom" in r.stdout
     after = tree_digest(model_copy)
-    assert set(after) - set(before) == {"energy.json"}
+    assert set(after) - set(before) == {"energy.json", "energy.safetensors"}
     assert all(after[k] == v for k, v in before.items())  # weights and config untouched
     n = json.loads((model_copy / "energy.json").read_text())["n_configurations"]
     info = _run(["info", str(model_copy)], tmp_path)
@@ -267,9 +284,10 @@ def test_explorer_shows_the_energy_after_a_prediction_and_maps_mixing(explorer_m
 def test_explorer_says_when_the_model_has_no_energy(model_copy):
     import panel as pn
 
+    from rhox.engine.energy import drop_energy
     from rhox.explorer import App
 
-    (model_copy / "energy.json").unlink()
+    drop_energy(model_copy)
     app = App(model_path=model_copy)
     pn.panel(app).get_root()
     app.wait()
