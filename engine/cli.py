@@ -286,7 +286,9 @@ def _model_info(directory: Path) -> None:
 
 def _energy_info(directory: Path) -> None:
     """The ``rhox info MODEL_DIR`` line on the energy model (read as JSON, torch-free)."""
-    path = directory / "energy.json"
+    from . import keys
+
+    path = directory / keys.MODEL_ENERGY
     if not path.is_file():
         out.print("energy model: none (rhox train-energy fits one)")
         return
@@ -469,6 +471,7 @@ def train_energy(
 
     Example: rhox train-energy assets/model assets/sigesn_train.db
     """
+    from . import keys
     from .energy import FEATURE_KINDS
     from .energy import train_energy as run
     from .errors import InputError
@@ -490,7 +493,7 @@ def train_energy(
     out.print(f"energy model ({energy.kind} features) fitted on {m['n_configurations']} configurations: "
               f"leave-one-out MAE {m['loo_mae_meV_atom']:.1f} meV/atom (RMSE {m['loo_rmse_meV_atom']:.1f}), "
               f"noise σ {m['noise_sigma_meV_atom']:.1f} meV/atom", highlight=False, soft_wrap=True)
-    out.print(f"wrote {model_dir / 'energy.json'} and {model_dir / 'energy.safetensors'}")
+    out.print(f"wrote {model_dir / keys.MODEL_ENERGY} and {model_dir / keys.MODEL_ENERGY_ARRAYS}")
 
 
 @app.command()

@@ -269,7 +269,7 @@ def _train_net(net: DensityNet, model: RhoxModel, train: list[ConfigData], val: 
 def _fit_energy(samples: Sequence[DensitySample], model: RhoxModel, dataset, status: Callable[[str], None]):
     """The energy model (:mod:`rhox.engine.energy`) on every configuration of the run, or None.
 
-    Saved beside the density weights (``energy.json``). A dataset it cannot be fitted on (fewer
+    Saved beside the density weights (``energy.json``, ``energy.safetensors``). A dataset it cannot be fitted on (fewer
     than 3 configurations, a missing energy) only leaves the model without one, said in the status.
     """
     from .energy import fit_energy_on_samples
