@@ -1,4 +1,4 @@
-"""The ``rhox`` command: generate, info, train, evaluate, predict, build, learn, serve.
+"""The ``rhox`` command: generate, info, train, train-energy, evaluate, predict, build, learn, serve.
 
 Every command turns bad input into one line ``error: ...`` on stderr and exit code 2, and
 writes nothing in that case.
@@ -276,11 +276,29 @@ def _model_info(directory: Path) -> None:
                   f"training: {training.get('n_configurations')} configurations", highlight=False)
     if config.get("sigma_scale") is not None:
         out.print(f"σ scale (fitted on validation data): {config['sigma_scale']:.3f}", highlight=False)
+    _energy_info(directory)
     comps = config.get("train_compositions") or []
     if comps:
         out.print(f"training compositions ({len(comps)}): {', '.join(comps)}", highlight=False, soft_wrap=True)
     for line in describe(config, directory):
         out.print(line, highlight=False, soft_wrap=True)
+
+
+def _energy_info(directory: Path) -> None:
+    """The ``rhox info MODEL_DIR`` line on the energy model (read as JSON, torch-free)."""
+    from . import keys
+
+    path = directory / keys.MODEL_ENERGY
+    if not path.is_file():
+        out.print("energy model: none (rhox train-energy fits one)")
+        return
+    try:
+        e = json.loads(path.read_text())
+        out.print(f"energy model: {e['features']} features, fitted on {e['n_configurations']} configurations; "
+                  f"leave-one-out MAE {e['loo_mae_meV_atom']:.1f} meV/atom, noise σ {e['noise_sigma_meV_atom']:.1f} "
+                  f"meV/atom", highlight=False, soft_wrap=True)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        out.print(f"energy model: {path} is unreadable ({type(err).__name__})", highlight=False)
 
 
 @app.command()
@@ -411,6 +429,7 @@ def evaluate(
         summary.add_row(name, f"{b['L1%']:.3f}", f"{b['NRMSE%']:.3f}", f"{b['dN']:.2e}", "", "", "")
     out.print(summary)
     out.print(f"rank correlation (mean σ vs L1% per configuration): {a['rank_corr_sigma_L1']:.2f}")
+    _print_energy_report(report.get("energy"))
     if "L1%_unseen_compositions" in a:
         out.print(f"L1% on the {a['n_unseen_compositions']} configurations whose composition is not in the "
                   f"training set: {a['L1%_unseen_compositions']:.3f}")
@@ -424,6 +443,57 @@ def evaluate(
         tmp.write_text(json.dumps(slim, indent=1))
         os.replace(tmp, json_path)
         out.print(f"summary: {json_path}")
+
+
+def _print_energy_report(e: Optional[dict]) -> None:
+    """The energy lines of ``rhox evaluate`` (meV/atom, calibration over configurations)."""
+    if e is None:
+        out.print("energy: no energy model in this model directory (rhox train-energy fits one)")
+        return
+    out.print(f"energy ({e['n_configurations']} configurations): MAE {e['mae_meV_atom']:.1f} meV/atom, "
+              f"RMSE {e['rmse_meV_atom']:.1f}, max {e['max_meV_atom']:.1f}, mean σ {e['mean_sigma_meV_atom']:.1f}; "
+              f"within 1/2/3σ: {e['cal1']:.0f}/{e['cal2']:.0f}/{e['cal3']:.0f} % (nominal 68.3/95.4/99.7)",
+              highlight=False, soft_wrap=True)
+
+
+@app.command("train-energy")
+@user_errors
+def train_energy(
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR", help="Model directory to add the energy model to."),
+    dataset: Path = typer.Argument(..., metavar="DATA", help="ASE database of DFT samples with energies "
+                                                              "(e.g. the model's training data)."),
+    features: str = typer.Option("descriptor", help="descriptor (composition + grid mean/σ of the descriptor) or "
+                                                    "composition (fractions and their products only)."),
+):
+    """Fit the energy model (E/atom with σ) on DATA and add it to MODEL_DIR (energy.json, energy.safetensors).
+
+    The density weights are not touched: no retraining. `rhox train` fits it by itself.
+
+    Example: rhox train-energy assets/model assets/sigesn_train.db
+    """
+    from . import keys
+    from .energy import FEATURE_KINDS
+    from .energy import train_energy as run
+    from .errors import InputError
+    from .model_config import read_model_config
+    from .progress import progress_reporter
+    from .store import check_dataset_file
+
+    if features not in FEATURE_KINDS:
+        raise InputError(f"unknown energy features {features!r}: use {' or '.join(FEATURE_KINDS)}")
+    if not model_dir.is_dir():
+        raise InputError(f"model directory {model_dir} does not exist")
+    read_model_config(model_dir)  # refuses a folder that is not a model before any work
+    if not dataset.is_file():
+        raise InputError(f"dataset {dataset} does not exist")
+    check_dataset_file(dataset)
+    with progress_reporter(console, "energy features", "configurations") as progress:
+        energy = run(model_dir, dataset, kind=features, progress=progress)
+    m = energy.meta
+    out.print(f"energy model ({energy.kind} features) fitted on {m['n_configurations']} configurations: "
+              f"leave-one-out MAE {m['loo_mae_meV_atom']:.1f} meV/atom (RMSE {m['loo_rmse_meV_atom']:.1f}), "
+              f"noise σ {m['noise_sigma_meV_atom']:.1f} meV/atom", highlight=False, soft_wrap=True)
+    out.print(f"wrote {model_dir / keys.MODEL_ENERGY} and {model_dir / keys.MODEL_ENERGY_ARRAYS}")
 
 
 @app.command()
@@ -501,6 +571,7 @@ def predict(
                         for name, arr in singles.items()]
     out.print(f"{len(atoms)} atoms, grid {'x'.join(map(str, fields.shape))}, S={samples}: {dt:.2f} s; "
               f"∫ρ = {fields.integrate():.3f} e, mean σ = {fields.sigma_total.mean():.2e} e/Å³")
+    _print_energy(model, atoms)
     if report:
         from .trust import trust_report, write_report
 
@@ -676,6 +747,22 @@ def build(
               highlight=False, soft_wrap=True)
 
 
+def _print_energy(model, atoms) -> None:
+    """``energy: E ± σ eV/atom`` of a prediction, or why there is none."""
+    from .energy import predict_energy
+    from .errors import InputError
+
+    if model.energy is None:
+        out.print("energy: no energy model in this model directory (rhox train-energy fits one)")
+        return
+    try:
+        e, s = predict_energy(atoms, model)
+    except InputError as err:  # e.g. an element the energy model never saw (allowed for the density)
+        out.print(f"energy: not predicted ({err})", highlight=False, soft_wrap=True)
+        return
+    out.print(f"energy: {e:.4f} ± {s:.4f} eV/atom (DFT total energy per atom, σ predictive)", highlight=False)
+
+
 def _predict_zarr(model, atoms, store: Path, spacing, samples, allow_foreign, resume, formats) -> None:
     """``rhox predict ... --out RESULT.zarr``: the streamed prediction, with progress and ETA."""
     import time
@@ -695,6 +782,7 @@ def _predict_zarr(model, atoms, store: Path, spacing, samples, allow_foreign, re
     out.print(f"{len(atoms)} atoms, grid {'x'.join(map(str, summary.shape))}, S={samples}: "
               f"{summary.n_blocks} blocks{again} in {dt:.2f} s; ∫ρ = {summary.integral:.3f} e, "
               f"mean σ = {summary.mean_sigma:.2e} e/Å³")
+    _print_energy(model, atoms)
     out.print(f"wrote {store}")
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from . import keys
 from . import metrics
 from .dft import DFTSettings, superposition_density
+from .energy import evaluate_energy
 from .model import RhoxModel
 from .predict import predict
 from .training import load_samples
@@ -29,7 +30,8 @@ def evaluate(
 ) -> dict:
     """Per-configuration and aggregate measures of ``model`` on every sample of ``dataset``.
 
-    Returns ``{"aggregate": {...}, "configurations": [...], "baselines": {...}, "curves": {...}}``.
+    Returns ``{"aggregate": {...}, "configurations": [...], "baselines": {...}, "curves": {...},
+    "energy": {...} or None}`` (``energy``: :func:`rhox.engine.energy.evaluate_energy`, meV/atom).
     Aggregate ``L1%``/``NRMSE%``/``dN`` are means over configurations; ``cal1..3`` are over
     all grid points pooled; ``rank_corr_sigma_L1`` is the Spearman correlation between
     per-configuration mean σ and L1%.
@@ -87,7 +89,9 @@ def evaluate(
                  for name, br in base_rows.items() if br}
     exp, obs = metrics.coverage_curve(pred, rho, sig)
     exp_raw, obs_raw = metrics.coverage_curve(pred, rho, sig_raw)
-    return {"aggregate": agg, "configurations": rows, "baselines": baselines,
+    # The energy model's errors (meV/atom) and calibration, when the model has one.
+    energy = evaluate_energy(model, dataset) if model.energy is not None else None
+    return {"aggregate": agg, "configurations": rows, "baselines": baselines, "energy": energy,
             "curves": {"expected": exp.tolist(), "observed": obs.tolist(), "observed_raw": obs_raw.tolist()},
             "pooled": {"abs_error": np.abs(pred - rho).tolist(), "sigma": sig.tolist()}}
 

@@ -54,6 +54,8 @@ FIELD_PSEUDO = "pseudo_density_no_compensation"
 # --- model directory -----------------------------------------------------------------------
 MODEL_CONFIG = "config.json"
 MODEL_WEIGHTS = "weights.safetensors"
+MODEL_ENERGY = "energy.json"      # the energy model (engine/energy.py), optional: settings and record
+MODEL_ENERGY_ARRAYS = "energy.safetensors"  # its arrays: posterior mean/covariance, standardisation
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint.json"
 

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ class RhoxModel:
     baseline: DensityNet | None = None
     meta: dict = field(default_factory=dict)
     directory: Path | None = None  # where it was loaded from (not saved): finds its training data again
+    energy: Any = None  # the energy model (engine/energy.py: EnergyModel) or None; saved as energy.json + energy.safetensors
 
     def to(self, device: str | torch.device) -> "RhoxModel":
         self.net.to(device)
@@ -99,6 +101,10 @@ def save_model(model: RhoxModel, directory: str | os.PathLike) -> Path:
     try:
         save_file(tensors, str(tmp / keys.MODEL_WEIGHTS))
         (tmp / keys.MODEL_CONFIG).write_text(json.dumps(config, indent=1))
+        if model.energy is not None:
+            from .energy import save_energy
+
+            save_energy(model.energy, tmp)
         if directory.exists():
             # Replace the whole directory: reports and plots of the old weights must not survive.
             old = directory.with_name(f".{directory.name}.old")
@@ -160,6 +166,9 @@ def load_model(directory: str | os.PathLike | None = None, device: str | torch.d
                       y_std=float(y_std), species=tuple(config["species"]),
                       grid_spacing=float(config["grid_spacing"]), system=config.get("system", ""),
                       baseline=baseline, meta=meta, directory=directory)
+    from .energy import load_energy
+
+    model.energy = load_energy(directory)  # None for models without one: they load as before
     net.eval()
     if baseline is not None:
         baseline.eval()

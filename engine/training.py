@@ -266,6 +266,24 @@ def _train_net(net: DensityNet, model: RhoxModel, train: list[ConfigData], val: 
     return history
 
 
+def _fit_energy(samples: Sequence[DensitySample], model: RhoxModel, dataset, status: Callable[[str], None]):
+    """The energy model (:mod:`rhox.engine.energy`) on every configuration of the run, or None.
+
+    Saved beside the density weights (``energy.json``, ``energy.safetensors``). A dataset it cannot be fitted on (fewer
+    than 3 configurations, a missing energy) only leaves the model without one, said in the status.
+    """
+    from .energy import fit_energy_on_samples
+
+    status(f"fitting the energy model on {len(samples)} configurations")
+    try:
+        energy = fit_energy_on_samples(samples, model, dataset=dataset)
+    except (DatasetError, InputError) as err:
+        status(f"no energy model: {err}")
+        return None
+    status(f"energy model: leave-one-out error {energy.meta['loo_mae_meV_atom']:.1f} meV/atom (MAE)")
+    return energy
+
+
 def _save_checkpoint(path: Path, net, opt, sched, gen, best, history, run: dict) -> None:
     """Weights and optimiser state (torch, read back weights-only) and the run's record (JSON), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)  # made on the first checkpoint: a refused run leaves none
@@ -441,6 +459,7 @@ def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch
     nov = _fit_novelty(model, train, val, cfg.seed, status)
     if nov is not None:
         model.meta["novelty"] = novelty.novelty_summary(nov)
+    model.energy = _fit_energy(samples, model, dataset, status)
     save_model(model, out_dir)
     if nov is not None:
         novelty.save_novelty(nov, out_dir)

@@ -22,6 +22,7 @@ from panel.theme.fast import Fast
 
 from rhox.engine.errors import RhoxError, one_line
 from rhox.explorer import resources
+from rhox.explorer.energy import EnergyView
 from rhox.explorer.jobs import JOB_TYPES, JobManager, dft_batch_job
 from rhox.explorer.scene import SceneView
 from rhox.explorer.model_chooser import ModelChooser
@@ -103,6 +104,8 @@ class App(pn.viewable.Viewer):
         self._extra: list[tuple[str, pn.viewable.Viewable]] = []
         self.trust = TrustView(self.state, self.session)
         self.add_panel("Trust report", self.trust)
+        self.energy = EnergyView(self.state, self.session)  # energy ± σ of each prediction, mixing-energy map
+        self.add_panel("Energy", self.energy)
         self._build_widgets()
         self.state.pick.param.watch(self._on_pick, ["picked"])
         # The picker is the costliest part of the page to build (HoloViews): in a served session it

@@ -6,6 +6,7 @@ The public API, in ASE's manner (a few names; the modules stay importable for mo
     atoms = rhox.random_alloy("SiGeSn", "Si0.5Ge0.25Sn0.25", repeat=1, seed=0)
     model = rhox.load_model()                 # the bundled SiGeSn model
     fields = rhox.predict(model, atoms)       # mean, σ total/epistemic/aleatoric, electrons/Å³
+    e, sigma = rhox.predict_energy(atoms, model)          # DFT energy per atom and its σ, eV
     rhox.write("density.cube", atoms, fields.mean)        # format from the extension: rhox.FORMATS
     rhox.write("fields.vti", atoms, fields.as_dict())     # vtk holds every field in one file
     atoms, rho = rhox.read("density.cube")                # back in electrons/Å³
@@ -45,6 +46,7 @@ __all__ = [
     "load_model",
     "parse_composition",
     "predict",
+    "predict_energy",
     "random_alloy",
     "read",
     "write",
@@ -55,6 +57,7 @@ __all__ = [
 _LAZY = {
     "load_model": ("rhox.engine.model", "load_model"),
     "predict": ("rhox.engine.predict", "predict"),
+    "predict_energy": ("rhox.engine.energy", "predict_energy"),
     "random_alloy": ("rhox.engine.structures", "random_alloy"),
     "parse_composition": ("rhox.engine.composition", "parse_composition"),
     "FORMATS": ("rhox.engine.io", "FORMATS"),

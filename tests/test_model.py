@@ -86,7 +86,8 @@ def test_save_replaces_the_directory_and_refuses_nan(tmp_path):
     shutil.copytree(default_model_dir(), out)
     assert (out / "evaluation.json").exists()
     save_model(model, out)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "weights.safetensors"]
+    # reports and plots are gone; the model's energy model is saved with it
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "energy.json", "energy.safetensors", "weights.safetensors"]
     assert load_model(out).net.config == model.net.config
     with torch.no_grad():
         model.net.layers[0].weight_mu[0, 0] = float("inf")
