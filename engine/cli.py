@@ -443,11 +443,17 @@ def predict(
     report: bool = typer.Option(False, "--report", help="Also print and write (STEM_report.json) the trust "
                                                         "report: σ summary, training domain, recommendation."),
     resume: bool = typer.Option(False, "--resume", help="With --out RESULT.zarr: continue an interrupted run."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="With --out RESULT.zarr: compute the blocks on a "
+                                          "Dask LocalCluster of N single-threaded processes."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="With --out RESULT.zarr: compute the blocks on "
+                                            "the workers of this Dask scheduler (tcp://HOST:PORT); they must reach "
+                                            "the store under the same path (a shared file system)."),
 ):
     """Predict density and uncertainty; write cube files (mean, σ total, σ epistemic) and a VTK file.
 
     With --out RESULT.zarr the fields stream block by block into a chunked zarr store instead (any
-    size: memory stays bounded), and a killed run continues with --resume.
+    size: memory stays bounded), and a killed run continues with --resume. --workers N or
+    --scheduler ADDRESS spread the blocks over Dask workers, each writing its own chunks.
     """
     import time
 
@@ -462,6 +468,12 @@ def predict(
 
     # Everything that can be refused is checked before the model runs, and nothing is written until the end.
     fmts = list({fmt.name: fmt for fmt in map(get_format, formats or ["cube", "vtk"])}.values())
+    if (workers is not None or scheduler is not None) and out_dir.suffix != ".zarr":
+        raise InputError("--workers and --scheduler spread a streamed prediction: give --out RESULT.zarr")
+    if workers is not None or scheduler is not None:
+        from .stream import check_workers
+
+        check_workers(workers, scheduler)  # a bad count or an unreachable scheduler: refused before any work
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output folder {out_dir} is an existing file, not a folder")
     images = _read_structures([str(structure)])
@@ -480,7 +492,7 @@ def predict(
         raise InputError(f"report file {report_path} is an existing folder")
     model = load_model(model_dir, resolve_device(device))
     if out_dir.suffix == ".zarr":
-        _predict_zarr(model, atoms, out_dir, spacing, samples, allow_foreign, resume, formats)
+        _predict_zarr(model, atoms, out_dir, spacing, samples, allow_foreign, resume, formats, workers, scheduler)
         return
     if resume:
         raise InputError("--resume continues a streamed prediction: give --out RESULT.zarr")
@@ -676,7 +688,8 @@ def build(
               highlight=False, soft_wrap=True)
 
 
-def _predict_zarr(model, atoms, store: Path, spacing, samples, allow_foreign, resume, formats) -> None:
+def _predict_zarr(model, atoms, store: Path, spacing, samples, allow_foreign, resume, formats, workers=None,
+                  scheduler=None) -> None:
     """``rhox predict ... --out RESULT.zarr``: the streamed prediction, with progress and ETA."""
     import time
 
@@ -689,11 +702,14 @@ def _predict_zarr(model, atoms, store: Path, spacing, samples, allow_foreign, re
     t0 = time.perf_counter()
     with progress_reporter(console, "predicting") as progress:
         summary = predict_to_zarr(model, atoms, store, spacing=spacing, n_samples=samples, resume=resume,
-                                  allow_foreign=allow_foreign, progress=progress)
+                                  allow_foreign=allow_foreign, progress=progress, workers=workers,
+                                  scheduler=scheduler)
     dt = time.perf_counter() - t0
     again = f" ({summary.blocks_resumed} found done)" if summary.blocks_resumed else ""
+    on = (f" on {workers} Dask workers" if workers is not None else
+          f" on the Dask scheduler {scheduler}" if scheduler is not None else "")
     out.print(f"{len(atoms)} atoms, grid {'x'.join(map(str, summary.shape))}, S={samples}: "
-              f"{summary.n_blocks} blocks{again} in {dt:.2f} s; ∫ρ = {summary.integral:.3f} e, "
+              f"{summary.n_blocks} blocks{again}{on} in {dt:.2f} s; ∫ρ = {summary.integral:.3f} e, "
               f"mean σ = {summary.mean_sigma:.2e} e/Å³")
     out.print(f"wrote {store}")
 
