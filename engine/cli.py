@@ -1,4 +1,4 @@
-"""The ``rhox`` command: generate, info, train, evaluate, predict, build, learn, serve.
+"""The ``rhox`` command: generate, info, train, evaluate, predict, slice, build, learn, serve.
 
 Every command turns bad input into one line ``error: ...`` on stderr and exit code 2, and
 writes nothing in that case.
@@ -712,6 +712,38 @@ def _predict_zarr(model, atoms, store: Path, spacing, samples, allow_foreign, re
               f"{summary.n_blocks} blocks{again}{on} in {dt:.2f} s; ∫ρ = {summary.integral:.3f} e, "
               f"mean σ = {summary.mean_sigma:.2e} e/Å³")
     out.print(f"wrote {store}")
+
+
+@app.command(name="slice")
+@user_errors
+def slice_(
+    store: Path = typer.Argument(..., metavar="RESULT.zarr", help="A store written by rhox predict --out RESULT.zarr."),
+    plane: Optional[str] = typer.Option(None, help="A lattice plane: z=0.5 (fractional) or x=12.3A (Å along a); "
+                                                   "the nearest grid plane is taken."),
+    box: Optional[str] = typer.Option(None, help="A sub-box X0:X1,Y0:Y1,Z0:Z1 in fractional coordinates (0 to 1)."),
+    field: str = typer.Option("mean", help="mean | sigma_total | sigma_epistemic | sigma_aleatoric"),
+    out_path: Path = typer.Option(..., "--out", "-o", help="File to write: a plane as .png, .cube or .vti; "
+                                                            "a box as .cube, .xsf or .vti."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="png, cube, xsf or vtk (default: from the suffix)."),
+):
+    """Export a plane (PNG image with colour bar, cube, VTK) or a sub-box (cube, xsf, VTK, with its
+    own origin and the atoms inside it) of a streamed prediction, reading only the chunks it needs.
+
+    Example: rhox slice big.zarr --plane z=0.5 --field sigma_total -o plane.png
+    """
+    from .errors import InputError
+    from .slicing import box_region, check_field, export_region, open_store, output_format, plane_region
+
+    if (plane is None) == (box is None):
+        raise InputError("give one region: --plane AXIS=POSITION or --box X0:X1,Y0:Y1,Z0:Z1")
+    info = open_store(store)
+    check_field(info, field)
+    output_format(out_path, fmt, plane is not None)
+    region = plane_region(info, plane) if plane is not None else box_region(info, box)
+    written, values = export_region(info, field, region, out_path, fmt)
+    out.print(f"{field} on the {region.label}: {values.size} points, from {values.min():.4g} to {values.max():.4g} "
+              f"electrons/Å³", highlight=False, soft_wrap=True)
+    out.print(f"wrote {written}")
 
 
 @app.command()
