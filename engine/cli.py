@@ -753,6 +753,8 @@ def serve(
     show: bool = typer.Option(False, help="Open a browser tab."),
     model: Optional[Path] = typer.Option(None, help="Model directory (default: the bundled one)."),
     data: Optional[Path] = typer.Option(None, help="Dataset (default: the bundled one)."),
+    result: Optional[Path] = typer.Option(None, help="A prediction store (RESULT.zarr) to open: overview and "
+                                                     "full-resolution box."),
 ):
     """Start the explorer with `panel serve`, bound to 127.0.0.1 unless told otherwise."""
     import importlib.util
@@ -764,6 +766,16 @@ def serve(
         env["RHOX_MODEL"] = str(model.resolve())
     if data:
         env["RHOX_DATA"] = str(data.resolve())
+    if result:
+        from .errors import RhoxError, one_line
+        from .keys import ENV_RESULT
+        from .slicing import open_store
+
+        try:
+            open_store(result)  # not a store: one line now, not a message in every session
+        except RhoxError as err:
+            fail(one_line(err))
+        env[ENV_RESULT] = str(result.resolve())
     cmd = [sys.executable, "-m", "panel", "serve", str(app_file), "--address", host, "--port", str(port),
            "--allow-websocket-origin", f"{host}:{port}", "--num-procs", "1"]
     if host == "127.0.0.1":

@@ -178,17 +178,22 @@ def read_region(info: StoreInfo, field: str, region: Region) -> np.ndarray:
     return data
 
 
-def read_strided(info: StoreInfo, field: str, max_points: int = 64,
-                 ) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """A downsampled copy of a whole field: every ``step[c]``-th point, at most ``max_points`` along
-    each axis. Returns ``(values, step)``; value ``[i, j, k]`` is the grid point ``(i*sx, j*sy, k*sz)``.
-    Not-yet-computed points are NaN."""
+def overview_indices(shape, max_points: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grid indices of a downsampled copy: ``m = min(n, max_points)`` per axis, index ``round(i n / m)``,
+    so that point ``i`` of the copy sits within half a grid step of the fractional position ``i / m``
+    (the copy is a uniform periodic grid of the cell, as the full field is)."""
+    return tuple(np.round(np.arange(m) * n / m).astype(np.int64) % n  # type: ignore[return-value]
+                 for n, m in ((int(n), min(int(n), int(max_points))) for n in shape))
+
+
+def read_overview(info: StoreInfo, fields=None, max_points: int = 64) -> dict[str, np.ndarray]:
+    """Downsampled copies (at most ``max_points`` per axis, see :func:`overview_indices`) of ``fields``
+    (default: all the store holds), electrons/Å³. Points not yet computed are NaN."""
     import zarr
 
-    check_field(info, field)
-    step = tuple(max(1, math.ceil(n / max_points)) for n in info.shape)
-    array = zarr.open_group(str(info.path), mode="r")[field]
-    return np.asarray(array[::step[0], ::step[1], ::step[2]]), step  # type: ignore[return-value]
+    group = zarr.open_group(str(info.path), mode="r")
+    idx = overview_indices(info.shape, max_points)
+    return {f: np.asarray(group[check_field(info, f)].oindex[idx]) for f in (fields or info.fields)}
 
 
 def region_atoms(info: StoreInfo, region: Region, margin: float = 0.5) -> Atoms:
@@ -297,19 +302,27 @@ def _write_grid(path: Path, fmt: str, info: StoreInfo, field: str, region: Regio
                 write_xsf(fh, [atoms], data=values, origin=origin, span_vectors=span)
 
         return _atomic(path, go)
+    grid = region_grid(info, region, {field: data})
+    path = path.with_suffix(".vti" if grid.__class__.__name__ == "ImageData" else ".vts")
+    return _atomic(path, lambda tmp: grid.save(str(tmp)))
+
+
+def region_grid(info: StoreInfo, region: Region, fields: dict[str, np.ndarray]):
+    """A PyVista grid of the region's points at their Cartesian positions (Å) with ``fields`` as point
+    data: an ``ImageData`` for an orthogonal cell, a ``StructuredGrid`` otherwise. No periodic closure
+    is added: the region's own points only."""
     import pyvista as pv
 
-    cell = info.cell
-    if np.allclose(cell - np.diag(np.diag(cell)), 0):
+    origin, steps = region.origin(info), region.steps(info)
+    if np.allclose(info.cell - np.diag(np.diag(info.cell)), 0):
         grid = pv.ImageData(dimensions=region.count, spacing=tuple(np.diag(steps)), origin=tuple(origin))
-        path = path.with_suffix(".vti")
     else:
         idx = np.meshgrid(*[np.arange(k, dtype=np.float64) for k in region.count], indexing="ij")
         pts = origin + np.stack(idx, -1) @ steps
         grid = pv.StructuredGrid(pts[..., 0], pts[..., 1], pts[..., 2])
-        path = path.with_suffix(".vts")
-    grid.point_data[field] = np.asarray(data, dtype=np.float32).ravel(order="F")  # VTK: x fastest
-    return _atomic(path, lambda tmp: grid.save(str(tmp)))
+    for name, values in fields.items():
+        grid.point_data[name] = np.asarray(values, dtype=np.float32).ravel(order="F")  # VTK: x fastest
+    return grid
 
 
 def export_region(info: StoreInfo, field: str, region: Region, out: str | Path, fmt: str | None = None
