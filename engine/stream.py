@@ -182,11 +182,11 @@ def store_atoms(path: str | Path) -> Atoms:
                  cell=np.asarray(group.attrs["cell"], dtype=np.float64), pbc=list(group.attrs["pbc"]))
 
 
-_OPENED: dict = {}  # per process: (store, structure fingerprint) -> (atoms, arrays); a worker reads the structure once
+_OPENED: dict = {}  # per process: (store, run) -> (atoms, arrays); a worker reads the structure once per run
 
 
 def _open_for_blocks(store: str, run: dict):
-    key = (store, run["structure"])
+    key = (store, json.dumps(run, sort_keys=True))  # a store made again for another grid opens afresh
     if key not in _OPENED:
         import zarr
 
@@ -359,8 +359,11 @@ def _run_on_dask(store: str, run: dict, model, runs: list[tuple[int, int]], work
         client = Client(scheduler, timeout="20s")
         threads = None  # the cluster's owner chose its workers' threads
     else:
+        import logging
+
+        # Quiet: the nanny's notes on stopping its workers are not the user's business.
         cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                               dashboard_address=None, host="127.0.0.1")
+                               dashboard_address=None, host="127.0.0.1", silence_logs=logging.ERROR)
         client = Client(cluster)
         threads = 1
     futures = []
