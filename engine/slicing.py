@@ -270,7 +270,8 @@ def _write_png(path: Path, info: StoreInfo, field: str, region: Region, data: np
         ax.scatter(rel @ e1, rel @ e2, s=12, facecolors="none", edgecolors="white", linewidths=0.8)
     ax.set_aspect("equal")
     ax.set_xlabel(f"along {'abc'[u]} (Å)")
-    ax.set_ylabel(f"in the ({'abc'[u]}, {'abc'[v]}) plane, normal to {'abc'[u]} (Å)")
+    ax.set_ylabel(f"along {'abc'[v]} (Å)" if abs(e2 @ steps[v]) > (1 - 1e-9) * np.linalg.norm(steps[v]) else
+                  f"in the ({'abc'[u]}, {'abc'[v]}) plane, normal to {'abc'[u]} (Å)")
     ax.set_title(f"{field}, {region.label}", fontsize=9)
     fig.tight_layout()
     _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))

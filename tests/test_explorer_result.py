@@ -99,3 +99,11 @@ def test_rhox_result_environment_opens_the_store_at_start(store, tmp_path, monke
     app.wait()
     assert app.result.settings.path == str(store)
     assert app.result.data is not None and app.result.data.kind == "overview"
+
+
+def test_serve_refuses_a_result_that_is_not_a_store(tmp_path):
+    from conftest import assert_refused
+
+    (tmp_path / "plain").mkdir()
+    assert_refused(["serve", "--result", "plain"], tmp_path, "plain", "not a rhox prediction store")
+    assert_refused(["serve", "--result", "missing.zarr"], tmp_path, "missing.zarr", "does not exist")
