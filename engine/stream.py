@@ -333,11 +333,15 @@ def predict_to_zarr(
 
             compute_blocks(where, run, a, b, model, on_block=on_block)
     else:
-        n_workers = workers if workers is not None else 1
-        todo = n_blocks - len(done)
-        size = task_blocks or max(1, min(4, todo // (4 * n_workers)))
-        _run_on_dask(where, run, model, _missing_runs(done, n_blocks, size), workers, scheduler,
-                     finished, save, lambda: progress(len(done), n_blocks) if progress else None)
+        def runs_for(n_workers: int) -> list[tuple[int, int]]:
+            # Up to 4 blocks per task (the weight sets and halo search are set up once per task),
+            # fewer when there are not 4 tasks per worker.
+            todo = n_blocks - len(done)
+            return _missing_runs(done, n_blocks, task_blocks or max(1, min(4, todo // (4 * n_workers))))
+
+        if len(done) < n_blocks:
+            _run_on_dask(where, run, model, runs_for, workers, scheduler, finished, save,
+                         lambda: progress(len(done), n_blocks) if progress else None)
     n_points = int(np.prod(shape))
     import zarr
 
@@ -347,11 +351,10 @@ def predict_to_zarr(
                          mean_sigma=float(sums[1] / n_points))
 
 
-def _run_on_dask(store: str, run: dict, model, runs: list[tuple[int, int]], workers: int | None,
-                 scheduler: str | None, finished, save, report) -> None:
-    """Send the runs of blocks to Dask workers; record each as it ends. Nothing of the fields comes back."""
-    if not runs:
-        return
+def _run_on_dask(store: str, run: dict, model, runs_for: Callable[[int], list[tuple[int, int]]],
+                 workers: int | None, scheduler: str | None, finished, save, report) -> None:
+    """Send runs of blocks (``runs_for(number of workers)``) to Dask workers; record each as it ends.
+    Nothing of the fields comes back."""
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
@@ -370,7 +373,7 @@ def _run_on_dask(store: str, run: dict, model, runs: list[tuple[int, int]], work
     try:
         model_future = client.scatter(model, broadcast=True)  # sent once per worker, not once per task
         futures = [client.submit(compute_blocks, store, run, a, b, model_future, threads, pure=False)
-                   for a, b in runs]
+                   for a, b in runs_for(max(1, sum(client.nthreads().values())))]  # task slots
         for fut in as_completed(futures):
             for i, s_mean, s_sigma in fut.result():  # a worker's error is raised here, as it was raised there
                 finished(i, s_mean, s_sigma)
