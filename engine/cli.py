@@ -1,4 +1,4 @@
-"""The ``rhox`` command: generate, info, train, train-energy, evaluate, predict, build, learn, serve.
+"""The ``rhox`` command: generate, info, train, train-energy, evaluate, predict, slice, build, learn, serve.
 
 Every command turns bad input into one line ``error: ...`` on stderr and exit code 2, and
 writes nothing in that case.
@@ -513,11 +513,17 @@ def predict(
     report: bool = typer.Option(False, "--report", help="Also print and write (STEM_report.json) the trust "
                                                         "report: σ summary, training domain, recommendation."),
     resume: bool = typer.Option(False, "--resume", help="With --out RESULT.zarr: continue an interrupted run."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="With --out RESULT.zarr: compute the blocks on a "
+                                          "Dask LocalCluster of N single-threaded processes."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="With --out RESULT.zarr: compute the blocks on "
+                                            "the workers of this Dask scheduler (tcp://HOST:PORT); they must reach "
+                                            "the store under the same path (a shared file system)."),
 ):
     """Predict density and uncertainty; write cube files (mean, σ total, σ epistemic) and a VTK file.
 
     With --out RESULT.zarr the fields stream block by block into a chunked zarr store instead (any
-    size: memory stays bounded), and a killed run continues with --resume.
+    size: memory stays bounded), and a killed run continues with --resume. --workers N or
+    --scheduler ADDRESS spread the blocks over Dask workers, each writing its own chunks.
     """
     import time
 
@@ -532,6 +538,12 @@ def predict(
 
     # Everything that can be refused is checked before the model runs, and nothing is written until the end.
     fmts = list({fmt.name: fmt for fmt in map(get_format, formats or ["cube", "vtk"])}.values())
+    if (workers is not None or scheduler is not None) and out_dir.suffix != ".zarr":
+        raise InputError("--workers and --scheduler spread a streamed prediction: give --out RESULT.zarr")
+    if workers is not None or scheduler is not None:
+        from .stream import check_workers
+
+        check_workers(workers, scheduler)  # a bad count or an unreachable scheduler: refused before any work
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output folder {out_dir} is an existing file, not a folder")
     images = _read_structures([str(structure)])
@@ -550,7 +562,7 @@ def predict(
         raise InputError(f"report file {report_path} is an existing folder")
     model = load_model(model_dir, resolve_device(device))
     if out_dir.suffix == ".zarr":
-        _predict_zarr(model, atoms, out_dir, spacing, samples, allow_foreign, resume, formats)
+        _predict_zarr(model, atoms, out_dir, spacing, samples, allow_foreign, resume, formats, workers, scheduler)
         return
     if resume:
         raise InputError("--resume continues a streamed prediction: give --out RESULT.zarr")
@@ -763,7 +775,8 @@ def _print_energy(model, atoms) -> None:
     out.print(f"energy: {e:.4f} ± {s:.4f} eV/atom (DFT total energy per atom, σ predictive)", highlight=False)
 
 
-def _predict_zarr(model, atoms, store: Path, spacing, samples, allow_foreign, resume, formats) -> None:
+def _predict_zarr(model, atoms, store: Path, spacing, samples, allow_foreign, resume, formats, workers=None,
+                  scheduler=None) -> None:
     """``rhox predict ... --out RESULT.zarr``: the streamed prediction, with progress and ETA."""
     import time
 
@@ -776,14 +789,49 @@ def _predict_zarr(model, atoms, store: Path, spacing, samples, allow_foreign, re
     t0 = time.perf_counter()
     with progress_reporter(console, "predicting") as progress:
         summary = predict_to_zarr(model, atoms, store, spacing=spacing, n_samples=samples, resume=resume,
-                                  allow_foreign=allow_foreign, progress=progress)
+                                  allow_foreign=allow_foreign, progress=progress, workers=workers,
+                                  scheduler=scheduler)
     dt = time.perf_counter() - t0
     again = f" ({summary.blocks_resumed} found done)" if summary.blocks_resumed else ""
+    on = (f" on {workers} Dask workers" if workers is not None else
+          f" on the Dask scheduler {scheduler}" if scheduler is not None else "")
     out.print(f"{len(atoms)} atoms, grid {'x'.join(map(str, summary.shape))}, S={samples}: "
-              f"{summary.n_blocks} blocks{again} in {dt:.2f} s; ∫ρ = {summary.integral:.3f} e, "
+              f"{summary.n_blocks} blocks{again}{on} in {dt:.2f} s; ∫ρ = {summary.integral:.3f} e, "
               f"mean σ = {summary.mean_sigma:.2e} e/Å³")
     _print_energy(model, atoms)
     out.print(f"wrote {store}")
+
+
+@app.command(name="slice")
+@user_errors
+def slice_(
+    store: Path = typer.Argument(..., metavar="RESULT.zarr", help="A store written by rhox predict --out RESULT.zarr."),
+    plane: Optional[str] = typer.Option(None, help="A lattice plane: z=0.5 (fractional) or x=12.3A (Å along a); "
+                                                   "the nearest grid plane is taken."),
+    box: Optional[str] = typer.Option(None, help="A sub-box X0:X1,Y0:Y1,Z0:Z1 in fractional coordinates (0 to 1)."),
+    field: str = typer.Option("mean", help="mean | sigma_total | sigma_epistemic | sigma_aleatoric"),
+    out_path: Path = typer.Option(..., "--out", "-o", help="File to write: a plane as .png, .cube or .vti; "
+                                                            "a box as .cube, .xsf or .vti."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="png, cube, xsf or vtk (default: from the suffix)."),
+):
+    """Export a plane (PNG image with colour bar, cube, VTK) or a sub-box (cube, xsf, VTK, with its
+    own origin and the atoms inside it) of a streamed prediction, reading only the chunks it needs.
+
+    Example: rhox slice big.zarr --plane z=0.5 --field sigma_total -o plane.png
+    """
+    from .errors import InputError
+    from .slicing import box_region, check_field, export_region, open_store, output_format, plane_region
+
+    if (plane is None) == (box is None):
+        raise InputError("give one region: --plane AXIS=POSITION or --box X0:X1,Y0:Y1,Z0:Z1")
+    info = open_store(store)
+    check_field(info, field)
+    output_format(out_path, fmt, plane is not None)
+    region = plane_region(info, plane) if plane is not None else box_region(info, box)
+    written, values = export_region(info, field, region, out_path, fmt)
+    out.print(f"{field} on the {region.label}: {values.size} points, from {values.min():.4g} to {values.max():.4g} "
+              f"electrons/Å³", highlight=False, soft_wrap=True)
+    out.print(f"wrote {written}")
 
 
 @app.command()
@@ -793,6 +841,8 @@ def serve(
     show: bool = typer.Option(False, help="Open a browser tab."),
     model: Optional[Path] = typer.Option(None, help="Model directory (default: the bundled one)."),
     data: Optional[Path] = typer.Option(None, help="Dataset (default: the bundled one)."),
+    result: Optional[Path] = typer.Option(None, help="A prediction store (RESULT.zarr) to open: overview and "
+                                                     "full-resolution box."),
 ):
     """Start the explorer with `panel serve`, bound to 127.0.0.1 unless told otherwise."""
     import importlib.util
@@ -804,6 +854,16 @@ def serve(
         env["RHOX_MODEL"] = str(model.resolve())
     if data:
         env["RHOX_DATA"] = str(data.resolve())
+    if result:
+        from .errors import RhoxError, one_line
+        from .keys import ENV_RESULT
+        from .slicing import open_store
+
+        try:
+            open_store(result)  # not a store: one line now, not a message in every session
+        except RhoxError as err:
+            fail(one_line(err))
+        env[ENV_RESULT] = str(result.resolve())
     cmd = [sys.executable, "-m", "panel", "serve", str(app_file), "--address", host, "--port", str(port),
            "--allow-websocket-origin", f"{host}:{port}", "--num-procs", "1"]
     if host == "127.0.0.1":

@@ -63,6 +63,7 @@ CHECKPOINT_STATE = "checkpoint.json"
 ENV_MODEL = "RHOX_MODEL"       # model directory used by default (rhox serve --model sets it)
 ENV_DATA = "RHOX_DATA"         # dataset used by default in the explorer (rhox serve --data)
 ENV_WORKDIR = "RHOX_WORKDIR"   # where explorer sessions keep their files (default: temp dir)
+ENV_RESULT = "RHOX_RESULT"     # prediction store (zarr) the explorer opens at start (rhox serve --result)
 
 # --- streamed prediction store (zarr) ---------------------------------------------------------
 STREAM_PROGRESS = "rhox_progress.json"  # record of the blocks done, replaced atomically after each

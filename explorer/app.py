@@ -6,10 +6,12 @@ runs this script and gets its own :class:`App` (its own state, scene and jobs). 
 
 Environment: ``RHOX_MODEL`` (model directory, default the bundled model), ``RHOX_DATA`` (dataset,
 default the bundled one; DFT results go to a per-session copy), ``RHOX_WORKDIR`` (where session
-directories go, default the system's temp directory).
+directories go, default the system's temp directory), ``RHOX_RESULT`` (a prediction store opened at
+start in the big-prediction panel).
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,10 +22,12 @@ import panel as pn
 import param
 from panel.theme.fast import Fast
 
+from rhox.engine import keys
 from rhox.engine.errors import RhoxError, one_line
 from rhox.explorer import resources
 from rhox.explorer.energy import EnergyView
 from rhox.explorer.jobs import JOB_TYPES, JobManager, dft_batch_job
+from rhox.explorer.result import ResultView
 from rhox.explorer.scene import SceneView
 from rhox.explorer.model_chooser import ModelChooser
 from rhox.explorer.simplex import TRI_FRAME_HEIGHT, CompositionPicker
@@ -106,6 +110,8 @@ class App(pn.viewable.Viewer):
         self.add_panel("Trust report", self.trust)
         self.energy = EnergyView(self.state, self.session)  # energy ± σ of each prediction, mixing-energy map
         self.add_panel("Energy", self.energy)
+        self.result = ResultView(self.session, self.state.notify, os.environ.get(keys.ENV_RESULT))  # big zarr results
+        self.add_panel("Big prediction (zarr store): overview and full-resolution box", self.result)
         self._build_widgets()
         self.state.pick.param.watch(self._on_pick, ["picked"])
         # The picker is the costliest part of the page to build (HoloViews): in a served session it

@@ -112,8 +112,10 @@ def test_existing_model_needs_overwrite_and_overwrite_drops_old_reports(work):
     (work / "m" / "calibration.png").write_bytes(b"old plot")
     assert_refused(["train", "data.db", "--out", "m", *FAST], work, "already holds a model", "overwrit")
     _train(work, "--out", "m", "--overwrite", *FAST, "--seed", "3")
-    # the old reports are gone; the new model's energy model (engine/energy.py) is written with it
-    assert sorted(p.name for p in (work / "m").iterdir()) == ["config.json", "energy.json", "energy.safetensors", "weights.safetensors"]
+    # the old reports are gone; the new model's energy model (engine/energy.py) and descriptor
+    # novelty (engine/novelty.py) are written with it
+    assert sorted(p.name for p in (work / "m").iterdir()) == ["config.json", "energy.json", "energy.safetensors",
+                                                             "novelty.safetensors", "weights.safetensors"]
     assert json.loads((work / "m" / "config.json").read_text())["training"]["config"]["seed"] == 3
 
 

@@ -174,3 +174,28 @@ def test_store_larger_than_the_free_disk_is_refused_before_any_write(tiny_model,
     with pytest.raises(InputError, match="24x24x24 grid"):
         predict_to_zarr(model, sige, tmp_path / "r.zarr", shape=(24, 24, 24), n_samples=2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_record_lists_blocks_done_as_ranges_and_an_old_prefix_record_resumes(tiny_model, sige, tmp_path):
+    """The record holds the blocks done as [start, stop) ranges; a record of the first layout (a count
+    of blocks done from the start, float sums) still resumes to the uninterrupted fields."""
+    _, model = tiny_model
+    predict_to_zarr(model, sige, tmp_path / "a.zarr", shape=SHAPE, n_samples=2, seed=6)
+
+    def killer(done, total):
+        if done == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        predict_to_zarr(model, sige, tmp_path / "b.zarr", shape=SHAPE, n_samples=2, seed=6, progress=killer)
+    path = tmp_path / "b.zarr" / keys.STREAM_PROGRESS
+    record = json.loads(path.read_text())
+    assert record["done"] == [[0, 5]] and record["blocks_done"] == 5 and len(record["sums_exact"]) == 2
+    old = {k: record[k] for k in ("run", "blocks_done", "sum_mean", "sum_sigma_total")}
+    path.write_text(json.dumps(old))
+    resumed = predict_to_zarr(model, sige, tmp_path / "b.zarr", shape=SHAPE, n_samples=2, seed=6, resume=True)
+    assert resumed.blocks_resumed == 5
+    a, b = read_zarr_fields(tmp_path / "a.zarr"), read_zarr_fields(tmp_path / "b.zarr")
+    for name in FIELD_NAMES:
+        assert np.array_equal(a[name], b[name]), name
+    assert json.loads(path.read_text())["done"] == [[0, 8]]
