@@ -30,7 +30,7 @@ from ase import Atoms
 from . import keys
 from .errors import InputError
 from .grid import iter_blocks
-from .predict import FIELD_NAMES, check_species, plan_grid, predict_blocks
+from .predict import EPISTEMIC_ABSENT, FIELD_NAMES, check_species, field_names, on_device, plan_grid, predict_blocks
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def _create_store(store: Path, atoms: Atoms, shape, block, run: dict) -> None:
     try:
         group = zarr.open_group(str(tmp), mode="w")
         chunks = tuple(min(b, n) for b, n in zip(block, shape))
-        for name in FIELD_NAMES:
+        for name in field_names(run["n_samples"]):
             group.create_array(name, shape=shape, chunks=chunks, dtype="float32", fill_value=np.nan)
         n = len(atoms)
         group.create_array("numbers", shape=(n,), chunks=(min(n, 2**20),), dtype="int16")[:] = atoms.numbers
@@ -109,6 +109,8 @@ def _create_store(store: Path, atoms: Atoms, shape, block, run: dict) -> None:
             "pbc": [bool(p) for p in atoms.pbc], "grid": "value [i,j,k] at fractional (i/nx, j/ny, k/nz)",
             "complete": False, **run,
         })
+        if not run["n_samples"]:  # mean-only: no sigma_epistemic array, and the store says why
+            group.attrs["sigma_epistemic"] = EPISTEMIC_ABSENT
         _write_json(tmp / keys.STREAM_PROGRESS, {"run": run, "blocks_done": 0, "sum_mean": 0.0,
                                                  "sum_sigma_total": 0.0})
         os.replace(tmp, store)
@@ -130,6 +132,7 @@ def predict_to_zarr(
     resume: bool = False,
     allow_foreign: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    device=None,
 ) -> StreamSummary:
     """Predict the fields of ``atoms`` into the zarr store ``path``, block by block.
 
@@ -138,13 +141,15 @@ def predict_to_zarr(
     existing ``path`` is refused unless ``resume``; with ``resume`` a store of the same model,
     structure and settings continues from its last recorded block (another prediction is refused,
     naming what differs), and a missing store starts afresh. ``progress(done, total)`` after each
-    block.
+    block. ``n_samples == 0``: the mean-only prediction (no ``sigma_epistemic`` array; the group's
+    attribute of that name says why). ``device``: as :func:`engine.predict.predict`.
     """
     import zarr
 
     store = Path(path)
     check_species(model, atoms, allow_foreign)
     shape = plan_grid(model, atoms, shape, spacing, n_samples, max_bytes=_free_bytes(store))
+    model = on_device(model, device)
     block = tuple(int(b) for b in block)
     run = {"model": model_fingerprint(model), "structure": structure_fingerprint(atoms), "shape": list(shape),
            "block": list(block), "n_samples": int(n_samples), "seed": int(seed), "network": network,
@@ -163,7 +168,7 @@ def predict_to_zarr(
         _create_store(store, atoms, shape, block, run)
         record = _read_record(store)
     group = zarr.open_group(str(store), mode="r+")
-    arrays = {name: group[name] for name in FIELD_NAMES}
+    arrays = {name: group[name] for name in field_names(int(n_samples))}
     tiles = list(iter_blocks(shape, block))
     done0 = int(record["blocks_done"])
     sums = np.array([record["sum_mean"], record["sum_sigma_total"]], dtype=np.float64)
@@ -173,7 +178,7 @@ def predict_to_zarr(
     with torch.no_grad():
         for tile, vals in predict_blocks(model, atoms, shape, n_samples, block, seed, network, calibrated,
                                          skip=done0):
-            for name in FIELD_NAMES:
+            for name in arrays:
                 bad = int(np.count_nonzero(~np.isfinite(vals[name])))
                 if bad:
                     from .errors import ModelError
@@ -196,8 +201,9 @@ def predict_to_zarr(
 
 
 def read_zarr_fields(path: str | Path) -> dict[str, np.ndarray]:
-    """All four fields of a (small enough) store as numpy arrays, electrons/Å³."""
+    """The fields of a (small enough) store as numpy arrays, electrons/Å³ (all four; three for a
+    mean-only prediction, which has no ``sigma_epistemic``)."""
     import zarr
 
     group = zarr.open_group(str(path), mode="r")
-    return {name: np.asarray(group[name][...]) for name in FIELD_NAMES}
+    return {name: np.asarray(group[name][...]) for name in FIELD_NAMES if name in group}
