@@ -196,6 +196,46 @@ def on_device(model: RhoxModel, device: str | torch.device | None) -> RhoxModel:
     return copy.deepcopy(model).to(target)
 
 
+def _descriptor_threads(device: torch.device) -> int:
+    """CPU threads computing the next blocks' descriptors while the GPU runs the network: the
+    neighbour search runs on the CPU (numpy/scipy, which release the GIL in their array work), so on
+    a GPU it is the bottleneck and several blocks at once keep the GPU fed. On the CPU, blocks run
+    one after the other (torch's own threads already share the cores)."""
+    if device.type != "cuda":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores - 1))
+
+
+def _descriptor_stream(calc, cell, shape, tiles, device):
+    """``(tile, descriptors)`` for each tile in order; with several descriptor threads, up to twice
+    that many blocks are computed ahead. Each block is computed exactly as alone (same numbers)."""
+    n = _descriptor_threads(device)
+    if n == 1:
+        for tile in tiles:
+            yield tile, calc(grid_points(cell, shape, tile))
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="rhox-descriptors") as pool:
+        pending: deque = deque()
+        it = iter(tiles)
+        for tile in it:
+            pending.append((tile, pool.submit(lambda t: calc(grid_points(cell, shape, t)), tile)))
+            if len(pending) >= 2 * n:
+                break
+        while pending:
+            tile, fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(lambda t: calc(grid_points(cell, shape, t)), nxt)))
+            yield tile, fut.result()
+
+
 def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], n_samples: int = 20,
                    block: tuple[int, int, int] = (24, 24, 24), seed: int = 0, network: str = "bnn",
                    calibrated: bool = True, skip: int = 0,
@@ -220,11 +260,9 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
     calc = BlockedDescriptorCalculator(atoms, model.descriptor, device=model.device)
     scale = float(model.meta.get("sigma_scale", 1.0)) if calibrated else 1.0
     ys = model.y_std
-    for i, tile in enumerate(iter_blocks(shape, block)):
-        if i < skip:
-            continue
-        pts = grid_points(atoms.cell.array, shape, tile)
-        x = model.standardize(calc(pts))
+    tiles = [t for i, t in enumerate(iter_blocks(shape, block)) if i >= skip]
+    for tile, x in _descriptor_stream(calc, atoms.cell.array, shape, tiles, model.device):
+        x = model.standardize(x)
         p = predict_with_uncertainty(net, x, weight_sets, epistemic=not mean_only)
         sub = tuple(s.stop - s.start for s in tile)
         out = {"mean": (p["mean"] * ys + model.y_mean),
