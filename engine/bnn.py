@@ -73,8 +73,12 @@ class BayesLinear(nn.Module):
 
     def sample_weights(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One draw (W, b) from the posterior."""
-        ew = torch.randn(self.weight_mu.shape, generator=generator, device=self.weight_mu.device)
-        eb = torch.randn(self.bias_mu.shape, generator=generator, device=self.bias_mu.device)
+        # Drawn by the generator's device (the CPU in sample_weight_sets), then moved: a CUDA
+        # generator gives other numbers for the same seed, and a GPU prediction must sample the
+        # same weight sets as the CPU one.
+        dev = generator.device if generator is not None else self.weight_mu.device
+        ew = torch.randn(self.weight_mu.shape, generator=generator, device=dev).to(self.weight_mu.device)
+        eb = torch.randn(self.bias_mu.shape, generator=generator, device=dev).to(self.bias_mu.device)
         return self.weight_mu + self.weight_sigma * ew, self.bias_mu + self.bias_sigma * eb
 
     def kl(self) -> torch.Tensor:
@@ -199,7 +203,7 @@ class DensityNet(nn.Module):
         device = next(self.parameters()).device
         if not self.bayesian:
             return [[(l.weight, l.bias) for l in self.layers]]
-        gen = torch.Generator(device=device).manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # on the CPU whatever the device: same draws everywhere
         return [[l.sample_weights(gen) for l in self.layers] for _ in range(n)]
 
     def kl(self) -> torch.Tensor:
