@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Measure this checkout's code (a worktree too), not whichever rhox is installed.
+sys.path.insert(0, str(HERE.parent))
 COMPOSITION = "Si0.4Ge0.3Sn0.3"
 
 
