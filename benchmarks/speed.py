@@ -12,20 +12,22 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rhox.engine.bnn import predict_with_uncertainty
-from rhox.engine.descriptors import DescriptorCalculator
-from rhox.engine.dft import run_dft, settings_for
-from rhox.engine.grid import grid_points, grid_shape_for_spacing
-from rhox.engine.model import load_model
-from rhox.engine.predict import predict
-from rhox.engine.structures import random_alloy
-from rhox.engine.thermal import einstein_snapshots
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's rhox, not the installed one
+from rhox.engine.bnn import predict_with_uncertainty  # noqa: E402
+from rhox.engine.descriptors import DescriptorCalculator  # noqa: E402
+from rhox.engine.dft import run_dft, settings_for  # noqa: E402
+from rhox.engine.grid import grid_points, grid_shape_for_spacing  # noqa: E402
+from rhox.engine.model import load_model  # noqa: E402
+from rhox.engine.predict import predict  # noqa: E402
+from rhox.engine.structures import random_alloy  # noqa: E402
+from rhox.engine.thermal import einstein_snapshots  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
