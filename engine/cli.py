@@ -493,9 +493,10 @@ def predict(
     import torch
 
     torch.set_num_threads(n_threads)
-    console.print(f"{model.device.type}, {n_threads} thread(s) ({why})", highlight=False)
+    # On stdout, with the results: stderr carries only a refusal's one line.
+    out.print(f"{model.device.type}, {n_threads} thread(s) ({why})", highlight=False)
     if samples == 0:
-        console.print(EPISTEMIC_ABSENT, highlight=False)
+        out.print(EPISTEMIC_ABSENT, highlight=False)
     if out_dir.suffix == ".zarr":
         _predict_zarr(model, atoms, out_dir, spacing, samples, allow_foreign, resume, formats)
         return
