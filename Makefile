@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 5006
 
-.PHONY: app test install install-test system-deps assets bench serve clean-venv data-transfer study-transfer
+.PHONY: app test install install-test system-deps assets bench bench-scale serve clean-venv data-transfer study-transfer
 
 # Debian packages: libxc + OpenBLAS let GPAW build with its fast paths; chromium drives the
 # browser tests. Installed when run as root; otherwise we say what is missing and go on
@@ -83,6 +83,10 @@ study-transfer: install
 
 bench: install-test
 	$(PY) benchmarks/run_all.py
+
+# Prediction against atom count (issue 10): SiGeSn at 0.5 Å, S = 20 and the mean-only path, 1e3 to 1e6 atoms.
+bench-scale: install-test
+	$(PY) benchmarks/scale.py --predict 20 0 --spacing 0.5 --atoms 1e3 1e4 1e5 1e6 --full-up-to 1e4 --threads 1 2 --no-build
 
 clean-venv:
 	rm -rf $(VENV)

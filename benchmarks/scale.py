@@ -12,6 +12,12 @@ computed: its time is the measured points/s extrapolated to the grid's point cou
 such). Each case runs with 1 and with 2 torch threads (``--threads``): on a shared 2-core machine
 two threads that fight other processes for the cores can be several times slower than one.
 Writes benchmarks/results/scale.json.
+
+``--predict S ...`` times the whole prediction (descriptors + network; S = 0 is the mean-only path)
+instead, on a few blocks from the middle of the grid, extrapolated to the whole grid; with
+``--full-up-to N`` structures of up to N atoms are predicted fully (whole grid streamed to zarr, wall
+time and peak RSS measured, nothing extrapolated). ``make bench-scale`` runs
+``--predict 20 0 --spacing 0.5 --atoms 1e3 1e4 1e5 1e6 --full-up-to 1e4 --threads 1 2 --no-build``.
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Measure this checkout's code (a worktree too), not whichever rhox is installed.
+sys.path.insert(0, str(HERE.parent))
 COMPOSITION = "Si0.4Ge0.3Sn0.3"
 
 
@@ -137,6 +145,37 @@ def one_predict(n_atoms: float, n_samples: int, n_blocks: int, block: int, spaci
             "peak_rss_MB": peak_mb(), "threads": torch.get_num_threads()}
 
 
+def one_full(n_atoms: float, n_samples: int, spacing: float | None) -> dict:
+    """The whole prediction of the whole grid streamed to a zarr store, as ``rhox predict --out X.zarr``
+    does (wall time from model load to the last block, peak RSS of this process)."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from rhox.engine.build import build_alloy
+    from rhox.engine.grid import grid_shape_for_spacing
+    from rhox.engine.model import load_model
+    from rhox.engine.stream import predict_to_zarr
+
+    torch.set_num_threads(int(os.environ.get("RHOX_BENCH_THREADS", "2")))
+    rep = repeat_for(n_atoms)
+    atoms = build_alloy("SiGeSn", COMPOSITION, (rep,) * 3, temperature=300.0, seed=0)
+    t0 = time.perf_counter()
+    model = load_model()
+    spacing = spacing or model.grid_spacing
+    shape = grid_shape_for_spacing(atoms.cell.array, spacing)
+    with tempfile.TemporaryDirectory() as tmp:
+        summ = predict_to_zarr(model, atoms, Path(tmp) / "r.zarr", spacing=spacing, n_samples=n_samples)
+    wall = time.perf_counter() - t0
+    total = int(np.prod(shape))
+    return {"atoms": len(atoms), "repeat": rep, "method": f"full S={n_samples}", "n_samples": n_samples,
+            "spacing_A": spacing, "grid": list(shape), "grid_points": total, "blocks": summ.n_blocks,
+            "wall_s": wall, "points_per_s": total / wall, "whole_grid_s_extrapolated": wall, "run": "fully",
+            "integral_e": summ.integral, "peak_rss_MB": peak_mb(), "rss_after_structure_MB": None,
+            "threads": torch.get_num_threads()}
+
+
 def build_timing(n_atoms: float, out_dir: Path) -> dict:
     """Wall time and peak RSS of ``rhox build`` writing ``n_atoms`` atoms as extxyz and LAMMPS data."""
     rows = []
@@ -167,13 +206,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                     help="torch threads per case (on a busy machine one thread can beat two)")
     ap.add_argument("--no-build", action="store_true", help="skip timing rhox build")
+    ap.add_argument("--out", default=None, help="JSON to write (default: benchmarks/results/scale[_predict].json)")
     ap.add_argument("--predict", type=int, nargs="*", default=None, metavar="S",
                     help="time the whole prediction (network included) with these S instead of descriptors only")
+    ap.add_argument("--full-up-to", type=float, default=0,
+                    help="with --predict: run the whole grid (to zarr) up to this many atoms; larger ones are "
+                         "extrapolated from timed blocks")
     ap.add_argument("--one", nargs=2, metavar=("ATOMS", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         n, method = float(args.one[0]), args.one[1]
-        if method.startswith("predict"):
+        if method.startswith("full"):
+            print(json.dumps(one_full(n, int(method.split(":")[1]), args.spacing)))
+        elif method.startswith("predict"):
             print(json.dumps(one_predict(n, int(method.split(":")[1]), args.blocks, args.block, args.spacing)))
         else:
             print(json.dumps(one(n, method, args.blocks, args.block, args.spacing)))
@@ -185,11 +230,13 @@ def main() -> None:
         results.update(build_timing(max(args.atoms), HERE / "results"))
         for r in results["build"]:
             print(f"build {r['atoms']:>9,} atoms {r['format']}: {r['wall_s']:.1f} s, peak {r['peak_rss_MB']:.0f} MB")
-    methods = ("halo", "whole") if args.predict is None else tuple(f"predict:{s}" for s in (args.predict or [20, 1]))
+    methods = ("halo", "whole") if args.predict is None else tuple(f"predict:{s}" for s in (args.predict or [20, 0]))
     for n in args.atoms:
         for method, threads in ((m, t) for m in methods for t in args.threads):
             if method == "whole" and n > args.whole_up_to:
                 continue
+            if method.startswith("predict") and n <= args.full_up_to:
+                method = method.replace("predict", "full")
             cmd = [sys.executable, __file__, "--one", str(n), method, "--blocks", str(args.blocks),
                    "--block", str(args.block)] + (["--spacing", str(args.spacing)] if args.spacing else [])
             env = dict(os.environ, RHOX_BENCH_THREADS=str(threads))
@@ -197,11 +244,12 @@ def main() -> None:
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             r["load_average"] = os.getloadavg()[0]
             results["cases"].append(r)
+            what = "took" if r.get("run") == "fully" else "would take"
             print(f"{r['atoms']:>9,} atoms {r['method']:5s} {threads} thread(s): {r['points_per_s']:,.0f} points/s, "
-                  f"peak RSS {r['peak_rss_MB']:.0f} MB (structure alone {r['rss_after_structure_MB']:.0f} MB); "
-                  f"grid {'x'.join(map(str, r['grid']))} would take {r['whole_grid_s_extrapolated'] / 3600:.2f} h")
+                  f"peak RSS {r['peak_rss_MB']:.0f} MB; grid {'x'.join(map(str, r['grid']))} {what} "
+                  f"{r['whole_grid_s_extrapolated'] / 3600:.3f} h (load {r['load_average']:.1f})", flush=True)
     results["machine"]["load_average_at_end"] = os.getloadavg()
-    out = HERE / "results" / ("scale.json" if args.predict is None else "scale_predict.json")
+    out = Path(args.out) if args.out else HERE / "results" / ("scale.json" if args.predict is None else "scale_predict.json")
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))
     os.replace(tmp, out)

@@ -12,20 +12,22 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rhox.engine.bnn import predict_with_uncertainty
-from rhox.engine.descriptors import DescriptorCalculator
-from rhox.engine.dft import run_dft, settings_for
-from rhox.engine.grid import grid_points, grid_shape_for_spacing
-from rhox.engine.model import load_model
-from rhox.engine.predict import predict
-from rhox.engine.structures import random_alloy
-from rhox.engine.thermal import einstein_snapshots
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's rhox, not the installed one
+from rhox.engine.bnn import predict_with_uncertainty  # noqa: E402
+from rhox.engine.descriptors import DescriptorCalculator  # noqa: E402
+from rhox.engine.dft import run_dft, settings_for  # noqa: E402
+from rhox.engine.grid import grid_points, grid_shape_for_spacing  # noqa: E402
+from rhox.engine.model import load_model  # noqa: E402
+from rhox.engine.predict import predict  # noqa: E402
+from rhox.engine.structures import random_alloy  # noqa: E402
+from rhox.engine.thermal import einstein_snapshots  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -39,13 +41,59 @@ def best_of(fn, n=3):
     return min(times)
 
 
+GPAW_64_ATOMS_S = 218.4  # GPAW on the same 64-atom structure and 48³ grid, quiet machine (README §3)
+
+
+def threads_study(model, out: dict) -> None:
+    """rhox on the 64-atom cell (48³ grid, GPAW's) with the thread count chosen from the free cores
+    (``choose_threads``) against fixed 1 and 2 threads, as the machine is and with one more busy
+    process (a ``while True: pass`` loop), S = 20 and S = 1; speed-up over GPAW's quiet 218.4 s."""
+    import subprocess
+    import sys
+
+    from rhox.engine.predict import choose_threads
+
+    atoms = einstein_snapshots(random_alloy("SiGeSn", "Si0.5Ge0.25Sn0.25", 2, seed=0), 300, seed=0)[0]
+    rows = []
+    for busy in (0, 1):
+        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+        try:
+            time.sleep(1.0)
+            for how in ("auto", 2, 1):
+                n, why = choose_threads(None if how == "auto" else how)
+                torch.set_num_threads(n)
+                for s in (20, 1):
+                    predict(model, atoms, shape=(48, 48, 48), n_samples=s)  # warm
+                    t = best_of(lambda: predict(model, atoms, shape=(48, 48, 48), n_samples=s), n=2)
+                    row = {"extra_busy_processes": busy, "threads_rule": str(how), "threads": n, "why": why,
+                           "n_samples": s, "predict_s": t, "speedup_vs_gpaw_quiet": GPAW_64_ATOMS_S / t,
+                           "load_average": os.getloadavg()[0]}
+                    rows.append(row)
+                    print(f"busy+{busy} threads {how} -> {n} ({why}), S={s}: {t:.2f} s, "
+                          f"{GPAW_64_ATOMS_S / t:.0f}x GPAW (load {row['load_average']:.1f})", flush=True)
+        finally:
+            if hog:
+                hog.kill()
+                hog.wait()
+    out["threads_study"] = {"gpaw_64_atoms_s": GPAW_64_ATOMS_S, "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-gpaw", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results" / "speed.json"))
+    ap.add_argument("--threads-study", action="store_true",
+                    help="only the 64-atom thread-choice study (auto vs 1 and 2 threads, with and without a busy process)")
     args = ap.parse_args()
+    if args.threads_study:
+        model = load_model(args.model, args.device)
+        res = {"benchmark": "threads", "date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count()}
+        threads_study(model, res)
+        Path(args.out).write_text(json.dumps(res, indent=1))
+        print(f"wrote {args.out}")
+        return
     torch.set_num_threads(os.cpu_count() or 1)
     model = load_model(args.model, args.device)
     res = {"benchmark": "speed", "device": args.device, "threads": torch.get_num_threads(),

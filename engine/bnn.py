@@ -73,8 +73,12 @@ class BayesLinear(nn.Module):
 
     def sample_weights(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One draw (W, b) from the posterior."""
-        ew = torch.randn(self.weight_mu.shape, generator=generator, device=self.weight_mu.device)
-        eb = torch.randn(self.bias_mu.shape, generator=generator, device=self.bias_mu.device)
+        # Drawn by the generator's device (the CPU in sample_weight_sets), then moved: a CUDA
+        # generator gives other numbers for the same seed, and a GPU prediction must sample the
+        # same weight sets as the CPU one.
+        dev = generator.device if generator is not None else self.weight_mu.device
+        ew = torch.randn(self.weight_mu.shape, generator=generator, device=dev).to(self.weight_mu.device)
+        eb = torch.randn(self.bias_mu.shape, generator=generator, device=dev).to(self.bias_mu.device)
         return self.weight_mu + self.weight_sigma * ew, self.bias_mu + self.bias_sigma * eb
 
     def kl(self) -> torch.Tensor:
@@ -199,7 +203,7 @@ class DensityNet(nn.Module):
         device = next(self.parameters()).device
         if not self.bayesian:
             return [[(l.weight, l.bias) for l in self.layers]]
-        gen = torch.Generator(device=device).manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # on the CPU whatever the device: same draws everywhere
         return [[l.sample_weights(gen) for l in self.layers] for _ in range(n)]
 
     def kl(self) -> torch.Tensor:
@@ -266,27 +270,74 @@ def loss_fn(net: "DensityNet | BNNEnsemble", x: torch.Tensor, y: torch.Tensor,
     return nll + net.kl() / n_train, nll
 
 
+NETWORK_ROWS = 16384
+"""Rows (points x weight sets) of the network's activations processed at once. Measured on a
+2-core CPU (S = 20, 108-96-96-48-2): chunks of ~800 points run at 110k points/s against 65k for a
+whole 24³ tile, since the (S, P, width) activations then stay in cache."""
+
+
+def posterior_mean_weights(net: "DensityNet | BNNEnsemble") -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The posterior-mean weight set (μ of every weight) of each network: one set, or one per
+    ensemble member. For the mean-only prediction (``samples 0``): one pass, no sampling."""
+    nets = net.members if isinstance(net, BNNEnsemble) else [net]
+    out = []
+    for m in nets:
+        if m.bayesian:
+            out.append([(l.weight_mu, l.bias_mu) for l in m.layers])
+        else:
+            out.append([(l.weight, l.bias) for l in m.layers])
+    return out
+
+
+def _stack_weights(weight_sets, dtype: torch.dtype):
+    """First layer's S weight matrices stacked into one (S*H, D) matrix; later layers as (S, in, out)."""
+    w0 = torch.cat([ws[0][0] for ws in weight_sets]).to(dtype)
+    b0 = torch.cat([ws[0][1] for ws in weight_sets]).to(dtype)
+    rest = [(torch.stack([ws[i][0] for ws in weight_sets]).transpose(1, 2).to(dtype).contiguous(),
+             torch.stack([ws[i][1] for ws in weight_sets])[:, None, :].to(dtype))
+            for i in range(1, len(weight_sets[0]))]
+    return w0, b0, rest
+
+
 @torch.no_grad()
-def predict_with_uncertainty(net: DensityNet, x: torch.Tensor, weight_sets) -> dict[str, torch.Tensor]:
+def predict_with_uncertainty(net: DensityNet, x: torch.Tensor, weight_sets, epistemic: bool = True,
+                             ) -> dict[str, torch.Tensor]:
     """Mean and variance decomposition over the given weight sets, in standardised units.
 
     All S weight sets run together: one matrix product for the first layer (the S weight
-    matrices stacked) and batched products after it, which keeps BLAS busy on big tiles.
+    matrices stacked, (D, S*H)) and batched products (``baddbmm``) after it, on chunks of
+    points small enough that the (S, P, width) activations stay in cache (:data:`NETWORK_ROWS`).
+    The network runs in the dtype of ``x`` (float32 from the descriptors); the statistics over the
+    S samples (mean, epistemic and aleatoric variance) are computed in float64 (two-pass variance,
+    so that a small epistemic variance is not lost to cancellation) and returned in ``x``'s dtype.
+
+    ``epistemic=False`` (the mean-only prediction on :func:`posterior_mean_weights`) leaves out
+    ``var_epistemic`` and gives ``var_total`` = aleatoric variance.
     """
     s = len(weight_sets)
-    n_layers = len(weight_sets[0])
-    w0 = torch.cat([ws[0][0] for ws in weight_sets])            # (S*H, D)
-    b0 = torch.cat([ws[0][1] for ws in weight_sets])
-    h = F.linear(x, w0, b0).reshape(len(x), s, -1).transpose(0, 1)  # (S, P, H)
-    for i in range(1, n_layers):
-        h = F.silu(h, inplace=True)  # in place: these (S, P, H) tensors are large
-        w = torch.stack([ws[i][0] for ws in weight_sets])           # (S, out, in)
-        b = torch.stack([ws[i][1] for ws in weight_sets])           # (S, out)
-        h = torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
-    means = h[..., 0]
-    variances = torch.exp(h[..., 1].clamp(LOGVAR_MIN, LOGVAR_MAX))
-    mean = means.mean(0)
-    epistemic = means.var(0, unbiased=False) if s > 1 else torch.zeros_like(mean)
-    aleatoric = variances.mean(0)
-    return {"mean": mean, "var_epistemic": epistemic, "var_aleatoric": aleatoric,
-            "var_total": epistemic + aleatoric}
+    w0, b0, rest = _stack_weights(weight_sets, x.dtype)
+    n = len(x)
+    mean = torch.empty(n, dtype=torch.float64, device=x.device)
+    epi = torch.empty(n, dtype=torch.float64, device=x.device)
+    alea = torch.empty(n, dtype=torch.float64, device=x.device)
+    step = max(64, NETWORK_ROWS // s) if x.device.type == "cpu" else max(1024, 2**22 // s)
+    for a in range(0, n, step):
+        xc = x[a : a + step]
+        h = F.linear(xc, w0, b0).reshape(len(xc), s, -1).transpose(0, 1)  # (S, P, H)
+        for w, b in rest:
+            h = F.silu(h, inplace=True)  # in place: the (S, P, H) activations are the big tensors
+            h = torch.baddbmm(b, h, w)
+        means = h[..., 0].double()
+        variances = torch.exp(h[..., 1].clamp(LOGVAR_MIN, LOGVAR_MAX).double())
+        m = means.mean(0)
+        mean[a : a + step] = m
+        epi[a : a + step] = ((means - m) ** 2).mean(0) if s > 1 else 0.0
+        alea[a : a + step] = variances.mean(0)
+    dt = x.dtype
+    out = {"mean": mean.to(dt), "var_aleatoric": alea.to(dt)}
+    if epistemic:
+        out["var_epistemic"] = epi.to(dt)
+        out["var_total"] = (epi + alea).to(dt)
+    else:
+        out["var_total"] = out["var_aleatoric"]
+    return out

@@ -503,8 +503,12 @@ def predict(
     model_dir: Optional[Path] = typer.Option(None, "--model", "-m", help="Model directory, or a bundled model by name: SiGeSn (the default), Al, SiGe."),
     out_dir: Path = typer.Option(Path("prediction"), "-o", "--out", help="Output folder."),
     spacing: Optional[float] = typer.Option(None, help="Grid spacing in Å (default: the training grids')."),
-    samples: int = typer.Option(20, help="Weight samples S for the epistemic uncertainty (>= 1)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    samples: int = typer.Option(20, help="Weight samples S for the epistemic uncertainty; 0: mean and "
+                                         "aleatoric σ only (posterior-mean weights, one pass; no epistemic σ)."),
+    fast: bool = typer.Option(False, "--fast", help="Same as --samples 0: mean and aleatoric σ only."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N (descriptors and network; the "
+                                            "neighbour search stays on the CPU)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: the cores not busy with other work)."),
     allow_foreign: bool = typer.Option(False, help="Predict even for species the model never saw (warns)."),
     index: int = typer.Option(-1, help="Which image of a multi-image file."),
     formats: Optional[List[str]] = typer.Option(
@@ -530,7 +534,7 @@ def predict(
     from .errors import InputError
     from .io import get_format, write
     from .model import load_model
-    from .predict import plan_grid
+    from .predict import EPISTEMIC_ABSENT, choose_threads, plan_grid
     from .predict import predict as run_predict
     from .progress import progress_reporter
     from .structures import close_pair_message, require_periodic
@@ -544,6 +548,13 @@ def predict(
         from .stream import check_workers
 
         check_workers(workers, scheduler)  # a bad count or an unreachable scheduler: refused before any work
+    if fast and samples not in (0, 20):  # 20 is the default: --fast alone means samples 0
+        raise InputError(f"fast is the mean-only prediction (samples 0); it contradicts {samples} weight samples")
+    if fast:
+        samples = 0
+    if samples < 0:
+        raise InputError(f"the number of weight samples must be a whole number >= 0 (0: mean only), got {samples}")
+    n_threads, why = choose_threads(threads)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output folder {out_dir} is an existing file, not a folder")
     images = _read_structures([str(structure)])
@@ -561,6 +572,13 @@ def predict(
     if report and report_path.is_dir():
         raise InputError(f"report file {report_path} is an existing folder")
     model = load_model(model_dir, resolve_device(device))
+    import torch
+
+    torch.set_num_threads(n_threads)
+    # On stdout, with the results: stderr carries only a refusal's one line.
+    out.print(f"{model.device.type}, {n_threads} thread(s) ({why})", highlight=False)
+    if samples == 0:
+        out.print(EPISTEMIC_ABSENT, highlight=False)
     if out_dir.suffix == ".zarr":
         _predict_zarr(model, atoms, out_dir, spacing, samples, allow_foreign, resume, formats, workers, scheduler)
         return
@@ -574,6 +592,7 @@ def predict(
     dt = time.perf_counter() - t0
     stem = structure.stem
     singles = {"density": fields.mean, "sigma_total": fields.sigma_total, "sigma_epistemic": fields.sigma_epistemic}
+    singles = {k: v for k, v in singles.items() if v is not None}  # mean-only: no epistemic σ file
     written = []
     for fmt in fmts:
         if fmt.multi_field:
@@ -581,7 +600,7 @@ def predict(
         else:
             written += [write(out_dir / f"{stem}_{name}{fmt.extension}", atoms, arr, format=fmt.name)
                         for name, arr in singles.items()]
-    out.print(f"{len(atoms)} atoms, grid {'x'.join(map(str, fields.shape))}, S={samples}: {dt:.2f} s; "
+    out.print(f"{len(atoms)} atoms, grid {'x'.join(map(str, fields.shape))}, S={samples or '0 (mean only)'}: {dt:.2f} s; "
               f"∫ρ = {fields.integrate():.3f} e, mean σ = {fields.sigma_total.mean():.2e} e/Å³")
     _print_energy(model, atoms)
     if report:
@@ -795,7 +814,7 @@ def _predict_zarr(model, atoms, store: Path, spacing, samples, allow_foreign, re
     again = f" ({summary.blocks_resumed} found done)" if summary.blocks_resumed else ""
     on = (f" on {workers} Dask workers" if workers is not None else
           f" on the Dask scheduler {scheduler}" if scheduler is not None else "")
-    out.print(f"{len(atoms)} atoms, grid {'x'.join(map(str, summary.shape))}, S={samples}: "
+    out.print(f"{len(atoms)} atoms, grid {'x'.join(map(str, summary.shape))}, S={samples or '0 (mean only)'}: "
               f"{summary.n_blocks} blocks{again}{on} in {dt:.2f} s; ∫ρ = {summary.integral:.3f} e, "
               f"mean σ = {summary.mean_sigma:.2e} e/Å³")
     _print_energy(model, atoms)

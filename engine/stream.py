@@ -43,7 +43,7 @@ from ase import Atoms
 
 from . import keys
 from .errors import InputError, ModelError
-from .predict import FIELD_NAMES, check_species, plan_grid, predict_blocks
+from .predict import EPISTEMIC_ABSENT, FIELD_NAMES, check_species, field_names, on_device, plan_grid, predict_blocks
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def _create_store(store: Path, atoms: Atoms, shape, block, run: dict) -> None:
     try:
         group = zarr.open_group(str(tmp), mode="w")
         chunks = tuple(min(b, n) for b, n in zip(block, shape))
-        for name in FIELD_NAMES:
+        for name in field_names(run["n_samples"]):
             group.create_array(name, shape=shape, chunks=chunks, dtype="float32", fill_value=np.nan)
         n = len(atoms)
         group.create_array("numbers", shape=(n,), chunks=(min(n, 2**20),), dtype="int16")[:] = atoms.numbers
@@ -122,6 +122,8 @@ def _create_store(store: Path, atoms: Atoms, shape, block, run: dict) -> None:
             "pbc": [bool(p) for p in atoms.pbc], "grid": "value [i,j,k] at fractional (i/nx, j/ny, k/nz)",
             "complete": False, **run,
         })
+        if not run["n_samples"]:  # mean-only: no sigma_epistemic array, and the store says why
+            group.attrs["sigma_epistemic"] = EPISTEMIC_ABSENT
         _write_json(tmp / keys.STREAM_PROGRESS, _record(run, set(), (Fraction(0), Fraction(0))))
         os.replace(tmp, store)
     finally:
@@ -203,7 +205,7 @@ def _open_for_blocks(store: str, run: dict):
             raise InputError(f"the store {store} seen from this worker holds another structure; every worker must "
                              f"reach the same store under the same path")
         _OPENED.clear()  # one store at a time per process
-        _OPENED[key] = (atoms, {name: group[name] for name in FIELD_NAMES})
+        _OPENED[key] = (atoms, {name: group[name] for name in field_names(int(run["n_samples"]))})
     return _OPENED[key]
 
 
@@ -227,7 +229,7 @@ def compute_blocks(store: str, run: dict, start: int, stop: int, model, threads:
                                 run["calibrated"], skip=start)
         try:
             for i, (tile, vals) in zip(range(start, stop), blocks):
-                for name in FIELD_NAMES:
+                for name in arrays:
                     bad = int(np.count_nonzero(~np.isfinite(vals[name])))
                     if bad:
                         raise ModelError(f"the prediction holds {bad} non-finite values (NaN or inf) in {name}: "
@@ -271,6 +273,7 @@ def predict_to_zarr(
     workers: int | None = None,
     scheduler: str | None = None,
     task_blocks: int | None = None,
+    device=None,
 ) -> StreamSummary:
     """Predict the fields of ``atoms`` into the zarr store ``path``, block by block.
 
@@ -285,11 +288,14 @@ def predict_to_zarr(
     ``scheduler``: on the workers of the running Dask scheduler at that address (``tcp://HOST:PORT``),
     which must reach ``path`` under the same name. ``task_blocks``: consecutive blocks per Dask task
     (default: up to 4, fewer when there are few blocks per worker). The fields equal a serial run's.
+    ``n_samples == 0``: the mean-only prediction (no ``sigma_epistemic`` array; the group's attribute
+    of that name says why). ``device``: as :func:`engine.predict.predict` (serial runs).
     """
     store = Path(path)
     check_workers(workers, scheduler)
     check_species(model, atoms, allow_foreign)
     shape = plan_grid(model, atoms, shape, spacing, n_samples, max_bytes=_free_bytes(store))
+    model = on_device(model, device)
     block = tuple(int(b) for b in block)
     run = {"model": model_fingerprint(model), "structure": structure_fingerprint(atoms), "shape": list(shape),
            "block": list(block), "n_samples": int(n_samples), "seed": int(seed), "network": network,
@@ -397,8 +403,9 @@ def total_blocks(shape, block) -> int:
 
 
 def read_zarr_fields(path: str | Path) -> dict[str, np.ndarray]:
-    """All four fields of a (small enough) store as numpy arrays, electrons/Å³."""
+    """The fields of a (small enough) store as numpy arrays, electrons/Å³ (all four; three for a
+    mean-only prediction, which has no ``sigma_epistemic``)."""
     import zarr
 
     group = zarr.open_group(str(path), mode="r")
-    return {name: np.asarray(group[name][...]) for name in FIELD_NAMES}
+    return {name: np.asarray(group[name][...]) for name in FIELD_NAMES if name in group}

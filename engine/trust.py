@@ -65,7 +65,8 @@ class TrustReport:
     structure: str
     n_atoms: int
     grid_shape: tuple[int, int, int]
-    sigma: dict             # {"total"|"epistemic": {"mean", "max", "mean_relative", "max_relative"}}
+    sigma: dict             # {"total"|"epistemic": {"mean", "max", "mean_relative", "max_relative"}};
+                            # "epistemic" is {"absent": why} for a mean-only prediction (samples 0)
     uncertain_fraction: float
     threshold: str          # the rule behind uncertain_fraction, in words
     max_sigma: dict         # {"value", "position", "nearest_atoms": [{"index", "symbol", "distance"}]}
@@ -91,8 +92,9 @@ class TrustReport:
         out = [f"trust report for {self.structure} ({self.n_atoms} atoms, grid {'x'.join(map(str, self.grid_shape))})",
                f"σ total: mean {t['mean']:.3e}, max {t['max']:.3e} e/Å³; relative to ρ: mean "
                f"{100 * t['mean_relative']:.2f} %, max {100 * t['max_relative']:.2f} %",
-               f"σ epistemic: mean {e['mean']:.3e}, max {e['max']:.3e} e/Å³; relative to ρ: mean "
-               f"{100 * e['mean_relative']:.2f} %, max {100 * e['max_relative']:.2f} %",
+               (f"σ epistemic: absent ({e['absent']})" if "absent" in e else
+                f"σ epistemic: mean {e['mean']:.3e}, max {e['max']:.3e} e/Å³; relative to ρ: mean "
+                f"{100 * e['mean_relative']:.2f} %, max {100 * e['max_relative']:.2f} %"),
                f"uncertain fraction: {100 * self.uncertain_fraction:.2f} % of the cell ({self.threshold})",
                f"largest σ total {m['value']:.3e} e/Å³ at ({', '.join(f'{x:.3f}' for x in m['position'])}) Å, "
                f"nearest atoms: {near}"]
@@ -268,14 +270,19 @@ def trust_report(model, atoms: Atoms, fields, name: str = "structure", novelty: 
     on the same grid when already computed (see :func:`novelty_check`)."""
     rho = np.asarray(fields.mean, dtype=np.float64)
     st = np.asarray(fields.sigma_total, dtype=np.float64)
-    se = np.asarray(fields.sigma_epistemic, dtype=np.float64)
+    # A mean-only prediction (samples 0) has no epistemic σ: absent, never reported as zero.
+    absent = getattr(fields, "sigma_epistemic", None) is None
+    if absent:
+        from .predict import EPISTEMIC_ABSENT  # lazily: this module stays torch-free
+    se = st if absent else np.asarray(fields.sigma_epistemic, dtype=np.float64)
     if rho.shape != st.shape or rho.shape != se.shape or rho.ndim != 3 or rho.size == 0:
         raise InputError(f"the fields of {name} do not share one 3-D grid (mean {rho.shape}, "
                          f"σ total {st.shape}, σ epistemic {se.shape})")
     if len(atoms) == 0:
         raise InputError(f"{name} holds no atoms")
     mask = rho > DENSITY_FLOOR * rho.max()
-    sigma = {"total": _sigma_stats(st, rho, mask), "epistemic": _sigma_stats(se, rho, mask)}
+    sigma = {"total": _sigma_stats(st, rho, mask),
+             "epistemic": {"absent": EPISTEMIC_ABSENT} if absent else _sigma_stats(se, rho, mask)}
     uncertain = float(np.mean(st[mask] > SIGMA_THRESHOLD * rho[mask])) if mask.any() else 1.0
     threshold = (f"σ total > {100 * SIGMA_THRESHOLD:g} % of ρ, over the points where ρ > "
                  f"{100 * DENSITY_FLOOR:g} % of its maximum")

@@ -29,7 +29,8 @@ def work(tmp_path):
     (["--spacing", "0"], ["grid spacing", "0"]),
     (["--spacing", "-0.2"], ["grid spacing", "-0.2"]),
     (["--spacing", "nan"], ["grid spacing", "nan"]),
-    (["--samples", "0"], ["weight samples", "0"]),
+    (["--samples", "-1"], ["weight samples", "-1"]),  # 0 is the mean-only prediction
+    (["--threads", "0"], ["threads", "got 0"]),
     (["--index", "5"], ["1 image", "index 5"]),
     (["--format", "pdf"], ["unknown density file format", "pdf"]),
 ])

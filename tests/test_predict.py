@@ -33,8 +33,9 @@ def test_plan_grid_by_hand(tiny_model, sige):
     for bad in (0.0, -0.2, float("nan"), float("inf")):
         with pytest.raises(InputError, match="grid spacing must be a finite positive length"):
             plan_grid(model, sige, spacing=bad)
-    with pytest.raises(InputError, match="weight samples"):
-        plan_grid(model, sige, n_samples=0)
+    with pytest.raises(InputError, match="weight samples must be a whole number >= 0"):
+        plan_grid(model, sige, n_samples=-1)
+    assert plan_grid(model, sige, shape=(4, 5, 6), n_samples=0) == (4, 5, 6)  # 0: the mean-only prediction
 
 
 def test_nan_prediction_is_an_error_not_a_number(tiny_model, sige):
