@@ -111,7 +111,8 @@ def _create_store(store: Path, atoms: Atoms, shape, block, run: dict) -> None:
     try:
         group = zarr.open_group(str(tmp), mode="w")
         chunks = tuple(min(b, n) for b, n in zip(block, shape))
-        for name in field_names(run["n_samples"]):
+        mean_only = run.get("n_samples", 1) == 0
+        for name in field_names(0 if mean_only else 1):
             group.create_array(name, shape=shape, chunks=chunks, dtype="float32", fill_value=np.nan)
         n = len(atoms)
         group.create_array("numbers", shape=(n,), chunks=(min(n, 2**20),), dtype="int16")[:] = atoms.numbers
@@ -122,7 +123,7 @@ def _create_store(store: Path, atoms: Atoms, shape, block, run: dict) -> None:
             "pbc": [bool(p) for p in atoms.pbc], "grid": "value [i,j,k] at fractional (i/nx, j/ny, k/nz)",
             "complete": False, **run,
         })
-        if not run["n_samples"]:  # mean-only: no sigma_epistemic array, and the store says why
+        if mean_only:  # mean-only: no sigma_epistemic array, and the store says why
             group.attrs["sigma_epistemic"] = EPISTEMIC_ABSENT
         _write_json(tmp / keys.STREAM_PROGRESS, _record(run, set(), (Fraction(0), Fraction(0))))
         os.replace(tmp, store)

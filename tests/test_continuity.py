@@ -17,7 +17,8 @@ from rhox.engine.descriptors import (
     tie_weight,
 )
 from rhox.engine.grid import grid_points, iter_blocks
-from rhox.engine.model import default_model_dir, load_model
+from rhox.engine.bundled import default_model_dir
+from rhox.engine.model import load_model
 from rhox.engine.structures import random_alloy
 
 needs_model = pytest.mark.skipif(not (default_model_dir() / "config.json").exists(),

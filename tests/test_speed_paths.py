@@ -58,7 +58,7 @@ def test_batched_chunked_network_matches_one_weight_set_at_a_time(model, monkeyp
 
 
 def test_mean_only_is_the_posterior_mean_network_and_has_no_epistemic_sigma(model, cell):
-    f = predict(model, cell, shape=(9, 10, 11), n_samples=0)
+    f = predict(model, cell, shape=(9, 10, 11), n_samples=0, blend=False)  # the known answer is unblended
     assert f.n_samples == 0 and f.sigma_epistemic is None and not f.has_epistemic
     assert set(f.as_dict()) == {"mean", "sigma_total", "sigma_aleatoric"}
     np.testing.assert_array_equal(f.sigma_total, f.sigma_aleatoric)  # total = aleatoric alone
