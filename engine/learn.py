@@ -57,12 +57,17 @@ LOG_FILE = "log.jsonl"
 PENDING_FILE = "pending.json"
 PICKED_FILE = "picked.json"
 DONE_FILE = "done.json"
+ACQUIRED_FILE = "acquired.json"
 MODEL_DIR = "model"
 SPREAD_STEPS = 1.5     # picks of one round at least this x step apart (barycentric; grid neighbours: √2 x step)
 MAX_TESS_LEVEL = 8     # beyond 2**7 divisions no cell rhox builds can realise new points
 
-# Scoring a candidate: 2 random configurations, 10 weight samples, a 0.45 Å grid (cheap; enough to rank).
-DEFAULT_ACQUISITION = {"n_configs": 2, "n_samples": 10, "spacing": 0.45}
+# Scoring a candidate: 2 random configurations, 10 weight samples, a 0.45 Å grid (cheap; enough to
+# rank), summarised by the 0.9-quantile of epistemic σ over their pooled grid points. The batch is
+# picked by local penalisation of score**exponent: 1.8 = ln 3.5 / ln 2, from the hand check of issue 9
+# (σ 2x from Sn 0.125 to 0.625 while L1% grew 3.5x: σ ranks right, understates the error's growth).
+DEFAULT_ACQUISITION = {"n_configs": 2, "n_samples": 10, "spacing": 0.45, "aggregate": "quantile", "quantile": 0.9,
+                       "exponent": 1.8}
 
 # Settings a resumed run may change; every other one is fixed when the run starts.
 CHANGEABLE = ("rounds", "target_l1", "target_metric")
@@ -80,6 +85,10 @@ class LearnSettings:
     :class:`~rhox.engine.training.TrainConfig` as dicts (empty: the system's defaults);
     ``acquisition`` the keywords of :func:`~rhox.engine.active.acquisition_scores`
     (``n_configs``, ``n_samples``, ``spacing`` in Å); ``cache`` the path of a DFT cache dataset.
+    ``seed`` seeds the picks (random strategy, scored configurations) and the training (unless
+    ``train`` sets its own seed); ``dft_seed`` (None: ``seed``) seeds the DFT structures alone, so
+    that runs of several seeds that share it get identical structures at a composition and share
+    one DFT cache (the study does this: seeds then differ in picks and training, not in DFT).
     """
 
     system: str
@@ -100,6 +109,7 @@ class LearnSettings:
     acquisition: dict = field(default_factory=lambda: dict(DEFAULT_ACQUISITION))
     eval_samples: int = 10
     cache: str | None = None
+    dft_seed: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -159,6 +169,11 @@ def check_settings_of_run(s: LearnSettings) -> LearnSettings:
     s.batch = _positive_int(s.batch, "batch size (compositions per round)")
     s.samples = _positive_int(s.samples, "number of configurations per composition")
     s.eval_samples = _positive_int(s.eval_samples, "number of weight samples for evaluation")
+    if isinstance(s.seed, bool) or not isinstance(s.seed, (int, np.integer)) or s.seed < 0:
+        raise InputError(f"seed must be a whole number >= 0, got {s.seed!r}")
+    if s.dft_seed is not None and (isinstance(s.dft_seed, bool) or not isinstance(s.dft_seed, (int, np.integer))
+                                   or s.dft_seed < 0):
+        raise InputError(f"seed of the DFT structures must be a whole number >= 0, got {s.dft_seed!r}")
     check_step(s.step)
     s.repeat = parse_repeat(s.repeat if not isinstance(s.repeat, list) else tuple(s.repeat))
     if not s.temperatures:
@@ -176,14 +191,24 @@ def check_settings_of_run(s: LearnSettings) -> LearnSettings:
     s.dft = check_settings(DFTSettings.from_dict({**settings_for(system.name).to_dict(), **s.dft})).to_dict()
     from .training import TrainConfig  # torch: only once the cheap checks have passed
 
-    s.train = TrainConfig(**known_fields(TrainConfig, {**_default_train(), **s.train}, "training")).to_dict()
+    s.train = TrainConfig(**known_fields(TrainConfig, {**_default_train(), "seed": int(s.seed), **s.train},
+                                         "training")).to_dict()
     bad = set(s.acquisition) - set(DEFAULT_ACQUISITION)
     if bad:
-        raise InputError(f"unknown acquisition setting(s) {sorted(bad)}; known: n_configs, n_samples, spacing")
+        raise InputError(f"unknown acquisition setting(s) {sorted(bad)}; known: {', '.join(DEFAULT_ACQUISITION)}")
     s.acquisition = {**DEFAULT_ACQUISITION, **s.acquisition}
     for k, what in (("n_configs", "number of configurations scored per candidate"),
                     ("n_samples", "number of weight samples per scored configuration")):
         s.acquisition[k] = _positive_int(s.acquisition[k], what)
+    from .active import AGGREGATES
+
+    if s.acquisition["aggregate"] not in AGGREGATES:
+        raise InputError(f"unknown σ aggregate {s.acquisition['aggregate']!r}; use one of {', '.join(AGGREGATES)}")
+    q, e = s.acquisition["quantile"], s.acquisition["exponent"]
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q < 1:
+        raise InputError(f"the σ quantile must lie strictly between 0 and 1, got {q!r}")
+    if isinstance(e, bool) or not isinstance(e, (int, float)) or not (math.isfinite(e) and e > 0):
+        raise InputError(f"the acquisition exponent must be a positive number, got {e!r}")
     sp = s.acquisition["spacing"]
     if sp is not None and not (isinstance(sp, (int, float)) and math.isfinite(sp) and sp > 0):
         raise InputError(f"acquisition grid spacing must be a positive number of Å, got {sp!r}")
@@ -280,17 +305,28 @@ def pick(s: LearnSettings, round_index: int, done: Sequence[np.ndarray], model_d
         rng = np.random.default_rng([s.seed, round_index])
         idx = rng.choice(len(left), size=min(s.batch, len(left)), replace=False)
         return [{"x": left[i].tolist(), "score": None, "by": "random"} for i in idx]
-    from .active import acquisition_scores
+    from .active import acquisition_stats, penalised_batch
     from .model import load_model
 
     model = load_model(model_dir)
     on_status(f"round {round_index}: scoring {len(left)} candidate compositions")
-    scores = acquisition_scores(model, s.system, left, repeat=s.repeat, seed=s.seed + 1000 * round_index,
-                                **s.acquisition)
+    a = s.acquisition
+    stats = acquisition_stats(model, s.system, left, repeat=s.repeat, n_configs=a["n_configs"],
+                              n_samples=a["n_samples"], spacing=a["spacing"], seed=s.seed + 1000 * round_index,
+                              quantile=a["quantile"])
+    scores = stats[a["aggregate"]]
+
+    def num(v):
+        return None if np.isnan(v) else float(v)
+
     if scored is not None:
-        scored.extend({"x": x.tolist(), "score": None if np.isnan(v) else float(v)} for x, v in zip(left, scores))
-    idx = spread_batch(left, scores, s.batch, SPREAD_STEPS * s.step - 1e-9)
-    return [{"x": left[i].tolist(), "score": float(scores[i]), "by": "epistemic σ"} for i in idx]
+        scored.extend({"x": x.tolist(), "score": num(v), "sigma_mean": num(m), "sigma_quantile": num(qv),
+                       "config_spread": num(cs)}
+                      for x, v, m, qv, cs in zip(left, scores, stats["mean"], stats["quantile"], stats["config_spread"]))
+    # spread: a hard minimum distance between picks of one round, and local penalisation at the same length
+    d = SPREAD_STEPS * s.step
+    idx = penalised_batch(left, scores, s.batch, length=d, exponent=a["exponent"], min_distance=d - 1e-9)
+    return [{"x": left[i].tolist(), "score": float(scores[i]), "by": f"epistemic σ ({a['aggregate']})"} for i in idx]
 
 
 # --- the run folder ------------------------------------------------------------------------------
@@ -403,6 +439,59 @@ def _evaluate(s: LearnSettings, model_dir: Path) -> dict | None:
             "rank_corr_sigma_L1": a["rank_corr_sigma_L1"], "n_configurations": a["n_configurations"]}
 
 
+def energy_error(s: LearnSettings, model_dir: Path) -> dict | None:
+    """The round's energy error on the test set (meV/atom), the record's ``energy`` field.
+
+    A seam: energy prediction (engine/energy.py, issue 9 item 5) is built separately; once it is
+    merged this returns its test-set error (e.g. ``{"MAE_meV_per_atom": ..., "cal1": ...}``).
+    Until then there is no energy model and the field is None.
+    """
+    return None
+
+
+def acquired_errors(parent: Path, db: Path, tasks: Sequence, picked: Sequence[dict], n_samples: int = 10) -> dict:
+    """How round r-1's model did on round r's new DFT cells, before it is trained on them.
+
+    This is the check of the acquisition signal on data the loop has anyway (never the test set):
+    for each picked composition, the previous model's L1% on its new cells, their mean and
+    0.9-quantile epistemic σ (e/Å³, uncalibrated) and the score it was picked by. ``summary``:
+    Spearman correlation of σ with L1% over the picks (does σ rank compositions right?), and the
+    least-squares slope of log L1% against log σ (the exponent k of L1 ∝ σ^k: > 1 when σ
+    understates how the error grows). ``tasks`` are the round's work items, in the order of
+    ``picked`` (``len(tasks) // len(picked)`` each).
+    """
+    from . import metrics
+    from .model import load_model
+    from .predict import predict
+    from .store import Dataset
+
+    model = load_model(parent)
+    ds = Dataset(db, readonly=True)
+    per = max(1, len(tasks) // max(1, len(picked)))
+    out = []
+    for j, p in enumerate(picked):
+        l1, sig, q = [], [], []
+        for t in tasks[j * per:(j + 1) * per]:
+            for smp in ds.samples(**{keys.TASK: t.key()}):
+                f = predict(model, smp.atoms, shape=smp.grid_shape, n_samples=n_samples, calibrated=False,
+                            allow_foreign=True)
+                l1.append(metrics.l1_percent(f.mean, smp.total_density))
+                sig.append(float(np.mean(f.sigma_epistemic)))
+                q.append(float(np.quantile(f.sigma_epistemic, 0.9)))
+        if l1:
+            out.append({"composition": p.get("composition"), "score": p.get("score"), "L1%": float(np.mean(l1)),
+                        "sigma_mean": float(np.mean(sig)), "sigma_q90": float(np.mean(q))})
+    summary: dict = {"n": len(out)}
+    if len(out) >= 3:
+        l1 = np.array([o["L1%"] for o in out])
+        for k in ("sigma_mean", "sigma_q90"):
+            sg = np.array([o[k] for o in out])
+            summary[f"spearman_{k}_L1"] = float(metrics.rank_correlation(sg, l1))
+            if np.all(sg > 0) and np.all(l1 > 0) and np.ptp(np.log(sg)) > 0:
+                summary[f"slope_log_L1_log_{k}"] = float(np.polyfit(np.log(sg), np.log(l1), 1)[0])
+    return {"picks": out, "summary": summary}
+
+
 def _model_complete(d: Path) -> bool:
     return (d / keys.MODEL_CONFIG).is_file() and (d / keys.MODEL_WEIGHTS).is_file()
 
@@ -485,11 +574,17 @@ def run_learning(
             break
         status(f"round {r}: DFT at {', '.join(p['composition'] for p in picked)}")
         tasks = plan(s.system, [p["x"] for p in picked], [s.repeat], s.samples, s.temperatures, (0,), 0,
-                     s.thermal, s.seed, dft)
+                     s.thermal, s.seed if s.dft_seed is None else s.dft_seed, dft)
         if on_plan:
             on_plan(r, len(tasks))
         results = execute(tasks, str(db), workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks,
                           on_result=on_result, cache=s.cache)
+        acquired = None
+        if parent is not None and not (rd / ACQUIRED_FILE).is_file():
+            status(f"round {r}: measuring round {r - 1}'s model on the new DFT cells")
+            _write_json(rd / ACQUIRED_FILE, acquired_errors(parent, db, tasks, picked, s.eval_samples))
+        if (rd / ACQUIRED_FILE).is_file():
+            acquired = json.loads((rd / ACQUIRED_FILE).read_text())
         model_dir = rd / MODEL_DIR
         t_train = time.perf_counter()
         if not _model_complete(model_dir):
@@ -512,7 +607,8 @@ def run_learning(
                                 "failed": sum("failed" in x["status"] for x in results)},
                   **_dft_totals(db),
                   "validation_L1%": float(meta["training"]["best_val_l1"]), "sigma_scale": float(meta["sigma_scale"]),
-                  "test": test, "train_seconds": train_seconds, "round_seconds": time.perf_counter() - t_round}
+                  "test": test, "energy": energy_error(s, model_dir), "acquired": acquired,
+                  "train_seconds": train_seconds, "round_seconds": time.perf_counter() - t_round}
         record["target_reached"] = _reached(s, record)
         _write_json(rd / DONE_FILE, record)  # the round is finished only once this exists
         records.append(record)

@@ -194,7 +194,7 @@ def test_two_round_run_end_to_end(reference_run):
     assert r0["n_dft"] == 3 and r1["n_dft"] == 4 and r1["n_failed"] == 0
     # round 1: one composition of the step-0.25 grid not yet run, chosen by its epistemic σ
     (p,) = r1["picked"]
-    assert p["by"] == "epistemic σ" and p["score"] > 0
+    assert p["by"] == "epistemic σ (quantile)" and p["score"] > 0
     assert p["composition"] in ("Si0.75Ge0.25", "Si0.25Ge0.75")
     # both candidates left were scored, and the pick is the higher score
     assert sorted(tuple(c["x"]) for c in r1["scores"]) == [(0.25, 0.75), (0.75, 0.25)]
