@@ -47,6 +47,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # the rhox of this checkout, not whichever one is installed
 DATA = HERE / "data"
 RESULTS = HERE / "results"
 RUNS = RESULTS / "active_sigesn_runs"
@@ -174,6 +175,61 @@ def run_all() -> None:
             if all(_finished(n) for n in phase):
                 break
     say("all runs finished")
+
+
+# --- CrFeCoNi DFT settings (issue 9 item 4) ------------------------------------------------------
+
+CRFECONI_SETTINGS_JSON = RESULTS / "active_crfeconi_settings.json"
+# Candidate settings for an 8-atom (2x1x1 FCC) spin-polarised cell, Cr antiparallel: the fast set
+# first, then the system's former defaults as the reference it is compared with.
+CRFECONI_TRIALS = {
+    "fast": {"ecut": 300.0, "kpt_density": 1.5, "smearing": 0.1, "density_convergence": 1e-4,
+             "max_iterations": 150},
+    "reference": {"ecut": 350.0, "kpt_density": 2.2, "smearing": 0.1, "density_convergence": 1e-5,
+                  "max_iterations": 150},
+}
+
+
+def crfeconi_settings() -> dict:
+    """Time one equiatomic 8-atom CrFeCoNi cell (300 K MD snapshot, seed 0) with each trial
+    setting (resumable: finished trials are kept in the JSON) and compare the densities."""
+    from rhox.engine.dft import DFTSettings, estimate_atoms_cost, kpoint_mesh, run_dft
+    from rhox.engine.structures import random_alloy
+    from rhox.engine.thermal import thermalize
+
+    res = json.loads(CRFECONI_SETTINGS_JSON.read_text()) if CRFECONI_SETTINGS_JSON.is_file() else {}
+    atoms = random_alloy("CrFeCoNi", {"Cr": 0.25, "Fe": 0.25, "Co": 0.25, "Ni": 0.25}, (2, 1, 1), seed=0)
+    atoms = thermalize(atoms, 300.0, method="md", seed=0)[0]
+    dens = {}
+    for name, kw in CRFECONI_TRIALS.items():
+        npz = RESULTS / f".active_crfeconi_{name}.npz"
+        if name in res and npz.is_file():
+            dens[name] = np.load(npz)["density"]
+            continue
+        st = DFTSettings(xc="PBE", spin_polarized=True, **kw)
+        say(f"CrFeCoNi 8-atom cell, {name} settings {kw}: k-points {kpoint_mesh(atoms, st)}")
+        cpu0 = time.process_time()
+        smp = run_dft(atoms, st)
+        res[name] = {"settings": st.to_dict(), "kpts": list(kpoint_mesh(atoms, st)),
+                     "wall_s": smp.provenance["wall_time_s"], "cpu_s": time.process_time() - cpu0,
+                     "scf_iterations": smp.provenance["iterations"], "grid": list(smp.grid_shape),
+                     "magmom": smp.magmom, "energy_eV_per_atom": smp.energy / len(atoms),
+                     "estimated_s": estimate_atoms_cost(atoms, st).seconds,
+                     "load_average": os.getloadavg()[0]}
+        dens[name] = smp.total_density
+        np.savez_compressed(npz, density=smp.total_density)
+        say(f"  {res[name]}")
+        tmp = CRFECONI_SETTINGS_JSON.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, indent=1))
+        os.replace(tmp, CRFECONI_SETTINGS_JSON)
+    if "fast" in dens and "reference" in dens and dens["fast"].shape == dens["reference"].shape:
+        from rhox.engine.metrics import l1_percent
+
+        res["fast_vs_reference_L1%"] = l1_percent(dens["fast"], dens["reference"])
+        res["fast_vs_reference_dE_meV_per_atom"] = 1000 * (res["fast"]["energy_eV_per_atom"]
+                                                           - res["reference"]["energy_eV_per_atom"])
+        CRFECONI_SETTINGS_JSON.write_text(json.dumps(res, indent=1))
+    return res
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -347,10 +403,12 @@ def report() -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("run", "report", "test-compositions"))
+    ap.add_argument("what", choices=("run", "report", "test-compositions", "crfeconi-settings"))
     a = ap.parse_args(argv)
     if a.what == "run":
         run_all()
+    elif a.what == "crfeconi-settings":
+        crfeconi_settings()
     elif a.what == "test-compositions":
         print("\n".join(test_compositions()))
     else:

@@ -337,6 +337,15 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def round_tasks(s: LearnSettings, picked: Sequence[dict]) -> list:
+    """The DFT work items of a round's picks (``[{x, ...}]``), in the order of ``picked``: their
+    structures are seeded by ``dft_seed`` (else ``seed``), so runs sharing it share the DFT cache."""
+    from .generate import plan
+
+    return plan(s.system, [p["x"] for p in picked], [s.repeat], s.samples, s.temperatures, (0,), 0, s.thermal,
+                s.seed if s.dft_seed is None else s.dft_seed, DFTSettings.from_dict(s.dft))
+
+
 def round_dir(run: Path, r: int) -> Path:
     return Path(run) / f"round-{r:03d}"
 
@@ -515,7 +524,7 @@ def run_learning(
     summary, ``on_epoch`` each training epoch's record. ``add``: hand-picked compositions for the
     next round that has not started (:func:`add_compositions`).
     """
-    from .generate import execute, plan
+    from .generate import execute
     from .store import Dataset
     from .training import TrainConfig, fit
 
@@ -534,7 +543,6 @@ def run_learning(
     sysm = get_system(s.system)
     records = read_records(run)
     _write_log(run, records)
-    dft = DFTSettings.from_dict(s.dft)
     cfg_dict = dict(s.train)
     cfg_dict["hidden"] = tuple(cfg_dict["hidden"])
     cfg = TrainConfig(**cfg_dict)
@@ -573,8 +581,7 @@ def run_learning(
             status(f"round {r}: no composition left to pick; the run ends")
             break
         status(f"round {r}: DFT at {', '.join(p['composition'] for p in picked)}")
-        tasks = plan(s.system, [p["x"] for p in picked], [s.repeat], s.samples, s.temperatures, (0,), 0,
-                     s.thermal, s.seed if s.dft_seed is None else s.dft_seed, dft)
+        tasks = round_tasks(s, picked)
         if on_plan:
             on_plan(r, len(tasks))
         results = execute(tasks, str(db), workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks,
