@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 5006
 
-.PHONY: app test install install-test system-deps assets bench serve clean-venv data-transfer
+.PHONY: app test install install-test system-deps assets bench serve clean-venv data-transfer study-active
 
 # Debian packages: libxc + OpenBLAS let GPAW build with its fast paths; chromium drives the
 # browser tests. Installed when run as root; otherwise we say what is missing and go on
@@ -70,6 +70,12 @@ assets: install
 # benchmarks/data/README.md). STAGES picks stages or single datasets, e.g. make data-transfer STAGES="sige-small al_small_train".
 data-transfer: install
 	RHOX="$(abspath $(VENV))/bin/rhox" WORKERS=$(or $(WORKERS),1) nice -n 19 bash benchmarks/transfer_data.sh $(STAGES)
+
+# The active-learning study (benchmarks/README.md section 8): hours of DFT and training on 2 cores,
+# one process at low priority; resumable (run it again), `report` also works on partial runs.
+study-active: install
+	OMP_NUM_THREADS=1 nice -n 15 $(PY) benchmarks/active_study.py run
+	$(PY) benchmarks/active_study.py report
 
 bench: install-test
 	$(PY) benchmarks/run_all.py

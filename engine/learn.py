@@ -11,11 +11,16 @@ the fewest points that span the simplex and probe its middle, so that strategies
 what they add afterwards. Later rounds pick ``batch`` compositions each:
 
 - ``active``: candidates are the simplex grid of spacing ``step`` (those the cell can realise,
-  not yet run); each is scored by :func:`rhox.engine.active.acquisition_scores` (the previous
-  model's epistemic σ over a few random configurations per composition) and the batch is taken
-  greedily by score, keeping picks of one round farther apart than grid neighbours (barycentric
-  distance >= 1.5 ``step``; neighbours are √2 ``step`` apart) so that it spreads out (relaxed
-  only when too few candidates are left); every candidate's score goes into the round's record;
+  not yet run); each is scored by :func:`rhox.engine.active.acquisition_stats`: the previous
+  model's epistemic σ on the grid points of ``n_configs`` random configurations of the
+  composition, pooled, and summarised by their mean and their 0.9-quantile (the score by
+  default: an unexplored composition's error sits in the tail, near the atoms of its less-seen
+  species, which a mean over the whole cell dilutes). The batch is picked by local penalisation
+  (:func:`rhox.engine.active.penalised_batch`) of score**1.8, an error estimate (σ ranks
+  compositions right but understates how fast the error grows: L1% ∝ σ^1.8 in issue 9's check),
+  with a hard minimum distance between picks of one round of 1.5 ``step`` (grid neighbours are
+  √2 ``step`` apart; relaxed only when too few candidates are left) and the penalty's length the
+  same; every candidate's scores go into the round's record;
 - ``tessellation``: the next points of :func:`rhox.engine.composition.tessellation` in level
   order (vertices, edge midpoints, face and body centres, then finer dyadic grids), the paper's
   baseline;
@@ -24,9 +29,16 @@ what they add afterwards. Later rounds pick ``batch`` compositions each:
 Compositions added by hand (:func:`add_compositions`, on the grid or off it) are taken first in
 the next round that has not started, on top of the batch.
 
+Each round from 1 also measures the previous round's model on the round's new DFT cells before
+training on them (:func:`acquired_errors`: L1% against σ per pick, their rank correlation and
+the slope of log L1% on log σ), so the acquisition signal is checked on every run without
+touching the test set. The record's ``energy`` field is :func:`energy_error`'s (a seam for the
+energy model; None until it is merged).
+
 Everything a run needs is in ``RUN/``: ``settings.json``, ``data.db``, per round
 ``round-NNN/picked.json`` (written before any DFT, so a resumed round runs the same points),
-``round-NNN/model/`` and ``round-NNN/done.json`` (the round's record, written atomically last).
+``round-NNN/acquired.json``, ``round-NNN/model/`` and ``round-NNN/done.json`` (the round's
+record, written atomically last).
 A run killed at any moment resumes with ``resume=True``: finished rounds are never recomputed,
 finished DFT is skipped (the dataset's task keys), training continues from its checkpoint.
 """
