@@ -62,13 +62,15 @@ TEST_SEED = 9001          # structure seed of the test cells (the runs use DFT s
 BATCH = 4
 CAP_ROUNDS = 12           # round 0 (4 points) + 11 x 4 = 48 >= the tessellation's 46
 SEEDS = (0, 1, 2)
-# Fine-tuning budget per round (~1-2 min here on a loaded machine): an eighth of each training
-# cell's grid points (neighbours are strongly correlated), few epochs from the parent's weights.
-TRAIN = {"hidden": [64, 64, 32], "max_epochs": 4, "patience": 2, "point_fraction": 0.125, "batch_size": 1024,
+# Fine-tuning budget per round (~1-2 min here on a loaded machine): TRAIN_STEPS optimiser steps
+# (the loop picks the epochs: 10 on round 0's 4 cells, 1 on 46), on an eighth of each training
+# cell's grid points (neighbours are strongly correlated), from the previous round's weights.
+TRAIN_STEPS = 60
+TRAIN = {"hidden": [64, 64, 32], "max_epochs": 20, "patience": 4, "point_fraction": 0.125, "batch_size": 1024,
          "val_fraction": 0.2,
          "baseline": False}
 BASE = {"system": SYSTEM, "batch": BATCH, "step": 0.125, "repeat": [1, 1, 1], "samples": 1, "temperatures": [300.0],
-        "thermal": "md", "dft_seed": 0, "eval_samples": 10, "train": TRAIN}
+        "thermal": "md", "dft_seed": 0, "eval_samples": 10, "train": TRAIN, "train_steps": TRAIN_STEPS}
 # Phases run in lock-step (one round of each run in turn); names are strategy-seed.
 PHASES = (("tessellation-s0", "active-s0"), ("random-s0", "active-s1"), ("active-s2", "random-s1", "random-s2"))
 

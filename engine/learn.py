@@ -101,6 +101,10 @@ class LearnSettings:
     ``train`` sets its own seed); ``dft_seed`` (None: ``seed``) seeds the DFT structures alone, so
     that runs of several seeds that share it get identical structures at a composition and share
     one DFT cache (the study does this: seeds then differ in picks and training, not in DFT).
+    ``train_steps`` (None: every round trains up to ``train['max_epochs']``) sets a round's
+    training budget in optimiser steps instead: the round's epochs are chosen so that epochs x
+    mini-batches per epoch ≈ ``train_steps`` (at least 1, at most ``max_epochs``), so a round
+    costs about the same whether it trains on 4 cells or 46 (:func:`round_epochs`).
     """
 
     system: str
@@ -122,6 +126,7 @@ class LearnSettings:
     eval_samples: int = 10
     cache: str | None = None
     dft_seed: int | None = None
+    train_steps: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -181,6 +186,8 @@ def check_settings_of_run(s: LearnSettings) -> LearnSettings:
     s.batch = _positive_int(s.batch, "batch size (compositions per round)")
     s.samples = _positive_int(s.samples, "number of configurations per composition")
     s.eval_samples = _positive_int(s.eval_samples, "number of weight samples for evaluation")
+    if s.train_steps is not None:
+        s.train_steps = _positive_int(s.train_steps, "number of training steps per round")
     if isinstance(s.seed, bool) or not isinstance(s.seed, (int, np.integer)) or s.seed < 0:
         raise InputError(f"seed must be a whole number >= 0, got {s.seed!r}")
     if s.dft_seed is not None and (isinstance(s.dft_seed, bool) or not isinstance(s.dft_seed, (int, np.integer))
@@ -356,6 +363,18 @@ def round_tasks(s: LearnSettings, picked: Sequence[dict]) -> list:
 
     return plan(s.system, [p["x"] for p in picked], [s.repeat], s.samples, s.temperatures, (0,), 0, s.thermal,
                 s.seed if s.dft_seed is None else s.dft_seed, DFTSettings.from_dict(s.dft))
+
+
+def round_epochs(n_configs: int, points_per_config: float, cfg, train_steps: int | None) -> int:
+    """Epochs of a round that trains on ``n_configs`` configurations of ``points_per_config`` grid
+    points each with ``cfg`` (a TrainConfig): ``cfg.max_epochs`` without ``train_steps``, else the
+    fewest epochs whose mini-batches reach ``train_steps``, capped at ``cfg.max_epochs``."""
+    if train_steps is None:
+        return cfg.max_epochs
+    n_val = min(max(1, round(cfg.val_fraction * n_configs)), n_configs - 1)  # as training.split_configurations
+    points = (n_configs - n_val) * max(1, round(points_per_config * cfg.point_fraction))
+    per_epoch = max(1, math.ceil(points / cfg.batch_size))
+    return int(min(cfg.max_epochs, max(1, math.ceil(train_steps / per_epoch))))
 
 
 def round_dir(run: Path, r: int) -> Path:
@@ -614,7 +633,12 @@ def run_learning(
                 shutil.rmtree(model_dir, ignore_errors=True)
             status(f"round {r}: training" + (f" from round {r - 1}'s model" if parent else "")
                    + (" (resumed from its checkpoint)" if has_ckpt else ""))
-            fit(db, model_dir, cfg, parent=parent, resume=has_ckpt, on_epoch=on_epoch)
+            round_cfg = cfg
+            if s.train_steps is not None:
+                grids = [int(np.prod(smp.grid_shape)) for smp in Dataset(db, readonly=True).samples()]
+                round_cfg = TrainConfig(**{**cfg_dict, "max_epochs": round_epochs(len(grids), float(np.mean(grids)),
+                                                                                  cfg, s.train_steps)})
+            fit(db, model_dir, round_cfg, parent=parent, resume=has_ckpt, on_epoch=on_epoch)
         train_seconds = time.perf_counter() - t_train
         from .model import load_model
 

@@ -97,6 +97,20 @@ def test_bad_acquisition_settings_refused(acq, words):
         learn.check_settings_of_run(learn.LearnSettings(**_given(acquisition=acq)))
 
 
+def test_round_epochs_reach_the_step_budget():
+    from rhox.engine.train_config import TrainConfig
+
+    cfg = TrainConfig(max_epochs=20, batch_size=1000, val_fraction=0.2, point_fraction=0.125)
+    # 5 cells: 1 for validation, 4 x 8000/8 = 4000 points = 4 mini-batches per epoch; 60 steps -> 15 epochs
+    assert learn.round_epochs(5, 8000, cfg, 60) == 15
+    # 46 cells: 9 for validation, 37 x 1000 = 37 mini-batches; 60 steps -> 2 epochs
+    assert learn.round_epochs(46, 8000, cfg, 60) == 2
+    assert learn.round_epochs(2, 8000, cfg, 10**6) == 20      # capped at max_epochs
+    assert learn.round_epochs(46, 8000, cfg, None) == 20      # no budget: max_epochs
+    with pytest.raises(InputError, match="training steps per round"):
+        learn.check_settings_of_run(learn.LearnSettings(**_given(train_steps=0)))
+
+
 def test_tessellation_strategy_walks_the_levels_in_order():
     s = learn.check_settings_of_run(learn.LearnSettings(**_given(system="SiGeSn", strategy="tessellation", batch=4)))
     done = [np.asarray(x) for x in learn.initial_compositions(3)]  # round 0
