@@ -63,10 +63,11 @@ BATCH = 4
 CAP_ROUNDS = 12           # round 0 (4 points) + 11 x 4 = 48 >= the tessellation's 46
 SEEDS = (0, 1, 2)
 # Fine-tuning budget per round (~1-2 min here on a loaded machine): TRAIN_STEPS optimiser steps
-# (the loop picks the epochs: 10 on round 0's 4 cells, 1 on 46), on an eighth of each training
+# (the loop picks the epochs: 1 on 46 cells; round 0, from scratch on 4 cells, 5x the steps: 50
+# epochs), on an eighth of each training
 # cell's grid points (neighbours are strongly correlated), from the previous round's weights.
 TRAIN_STEPS = 60
-TRAIN = {"hidden": [64, 64, 32], "max_epochs": 20, "patience": 4, "point_fraction": 0.125, "batch_size": 1024,
+TRAIN = {"hidden": [64, 64, 32], "max_epochs": 60, "patience": 8, "point_fraction": 0.125, "batch_size": 1024,
          "val_fraction": 0.2,
          "baseline": False}
 BASE = {"system": SYSTEM, "batch": BATCH, "step": 0.125, "repeat": [1, 1, 1], "samples": 1, "temperatures": [300.0],

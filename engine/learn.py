@@ -72,6 +72,7 @@ DONE_FILE = "done.json"
 ACQUIRED_FILE = "acquired.json"
 MODEL_DIR = "model"
 SPREAD_STEPS = 1.5     # picks of one round at least this x step apart (barycentric; grid neighbours: √2 x step)
+FIRST_ROUND_STEPS = 5   # round 0 trains from scratch: 5x the step budget of a fine-tuning round
 MAX_TESS_LEVEL = 8     # beyond 2**7 divisions no cell rhox builds can realise new points
 
 # Scoring a candidate: 2 random configurations, 10 weight samples, a 0.45 Å grid (cheap; enough to
@@ -104,7 +105,8 @@ class LearnSettings:
     ``train_steps`` (None: every round trains up to ``train['max_epochs']``) sets a round's
     training budget in optimiser steps instead: the round's epochs are chosen so that epochs x
     mini-batches per epoch ≈ ``train_steps`` (at least 1, at most ``max_epochs``), so a round
-    costs about the same whether it trains on 4 cells or 46 (:func:`round_epochs`).
+    costs about the same whether it trains on 4 cells or 46 (:func:`round_epochs`); round 0, which
+    trains from scratch (the same for every strategy), gets :data:`FIRST_ROUND_STEPS` times as many.
     """
 
     system: str
@@ -636,8 +638,9 @@ def run_learning(
             round_cfg = cfg
             if s.train_steps is not None:
                 grids = [int(np.prod(smp.grid_shape)) for smp in Dataset(db, readonly=True).samples()]
+                steps = s.train_steps * (FIRST_ROUND_STEPS if parent is None else 1)
                 round_cfg = TrainConfig(**{**cfg_dict, "max_epochs": round_epochs(len(grids), float(np.mean(grids)),
-                                                                                  cfg, s.train_steps)})
+                                                                                  cfg, steps)})
             fit(db, model_dir, round_cfg, parent=parent, resume=has_ckpt, on_epoch=on_epoch)
         train_seconds = time.perf_counter() - t_train
         from .model import load_model

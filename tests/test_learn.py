@@ -352,7 +352,7 @@ def test_hand_picked_composition_off_the_grid_joins_the_next_round(reference_run
     records = learn.run_learning(run, learn.prepare_run(run, {"rounds": 2}, resume=True))
     picked = records[1]["picked"]
     assert picked[0]["composition"] == "Si0.3Ge0.7" and picked[0]["by"] == "user"
-    assert len(picked) == 2 and picked[1]["by"] == "epistemic σ"  # plus the batch
+    assert len(picked) == 2 and picked[1]["by"] == "epistemic σ (quantile)"  # plus the batch
     from rhox.engine import keys
     from rhox.engine.store import Dataset
 
