@@ -72,7 +72,7 @@ DONE_FILE = "done.json"
 ACQUIRED_FILE = "acquired.json"
 MODEL_DIR = "model"
 SPREAD_STEPS = 1.5     # picks of one round at least this x step apart (barycentric; grid neighbours: √2 x step)
-FIRST_ROUND_STEPS = 5   # round 0 trains from scratch: 5x the step budget of a fine-tuning round
+FIRST_ROUND_STEPS = 8   # round 0 trains from scratch: 8x the step budget of a fine-tuning round
 MAX_TESS_LEVEL = 8     # beyond 2**7 divisions no cell rhox builds can realise new points
 
 # Scoring a candidate: 2 random configurations, 10 weight samples, a 0.45 Å grid (cheap; enough to
