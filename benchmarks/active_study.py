@@ -374,10 +374,33 @@ def _table(res: dict) -> str:
                          f"target) " + (f"mean {np.mean(f):.2f}, range {min(f):.2f}-{max(f):.2f} over {len(f)} seed(s)"
                                         if f else "not reached yet")
                          + (f"; not reached (or not yet) by {', '.join(miss)}" if miss else "") + ".")
+    # Test mean L1% at equal numbers of compositions (every run adds BATCH per round): strategy x count,
+    # mean over the seeds that got there [min-max]; readable on partial runs.
+    by: dict = {}
+    for r in res["runs"].values():
+        for n, v in zip(r["curve"]["n_compositions"], r["curve"]["L1%_mean"]):
+            if v is not None:
+                by.setdefault(r["strategy"], {}).setdefault(n, []).append(v)
+    counts = sorted({n for d in by.values() for n in d})
+    if counts:
+        lines.append("")
+        lines.append("Test mean L1% at equal DFT compositions (mean over seeds [min-max], seeds in brackets):")
+        lines.append("")
+        lines.append("| strategy | " + " | ".join(str(n) for n in counts) + " |")
+        lines.append("|---|" + "---:|" * len(counts))
+        for strat in ("tessellation", "active", "random"):
+            if strat in by:
+                cells = []
+                for n in counts:
+                    v = by[strat].get(n)
+                    cells.append("" if not v else f"{np.mean(v):.1f}" if len(v) == 1 else
+                                 f"{np.mean(v):.1f} [{min(v):.1f}-{max(v):.1f}] ({len(v)})")
+                lines.append(f"| {strat} | " + " | ".join(cells) + " |")
     sig = [a for r in res["runs"].values() for a in r["curve"]["acquired"] if a and "spearman_sigma_q90_L1" in a]
     if sig:
         rho = [a["spearman_sigma_q90_L1"] for a in sig]
         k = [a["slope_log_L1_log_sigma_q90"] for a in sig if "slope_log_L1_log_sigma_q90" in a]
+        lines.append("")
         lines.append(f"- Acquisition signal, measured each round on the new DFT cells with the previous round's "
                      f"model ({len(sig)} rounds of all runs): Spearman(σ q90, L1%) median {np.median(rho):.2f} "
                      f"(range {min(rho):.2f}-{max(rho):.2f})"
