@@ -175,7 +175,12 @@ def run_all() -> None:
             for name in phase:
                 if _finished(name):
                     continue
-                step_run(name, r, target())
+                try:
+                    step_run(name, r, target())
+                except Exception as err:  # one run's failure must not stop the others; rerun to retry
+                    from rhox.engine.errors import one_line
+
+                    say(f"{name}: round {r - 1} failed: {one_line(err)}")
             if all(_finished(n) for n in phase):
                 break
     say("all runs finished")
