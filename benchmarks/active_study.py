@@ -231,10 +231,16 @@ def crfeconi_settings() -> dict:
         tmp = CRFECONI_SETTINGS_JSON.with_suffix(".tmp")
         tmp.write_text(json.dumps(res, indent=1))
         os.replace(tmp, CRFECONI_SETTINGS_JSON)
-    if "fast" in dens and "reference" in dens and dens["fast"].shape == dens["reference"].shape:
+    if "fast" in dens and "reference" in dens:
+        from scipy.signal import resample
+
         from rhox.engine.metrics import l1_percent
 
-        res["fast_vs_reference_L1%"] = l1_percent(dens["fast"], dens["reference"])
+        ref = dens["reference"]
+        for axis, n in enumerate(dens["fast"].shape):  # Fourier resampling onto the fast grid (periodic)
+            if ref.shape[axis] != n:
+                ref = resample(ref, n, axis=axis)
+        res["fast_vs_reference_L1%"] = l1_percent(dens["fast"], ref)
         res["fast_vs_reference_dE_meV_per_atom"] = 1000 * (res["fast"]["energy_eV_per_atom"]
                                                            - res["reference"]["energy_eV_per_atom"])
         CRFECONI_SETTINGS_JSON.write_text(json.dumps(res, indent=1))
