@@ -409,13 +409,16 @@ def _table(res: dict) -> str:
                 lines.append(f"| {strat} | " + " | ".join(cells) + " |")
     sig = [a for r in res["runs"].values() for a in r["curve"]["acquired"] if a and "spearman_sigma_q90_L1" in a]
     if sig:
-        rho = [a["spearman_sigma_q90_L1"] for a in sig]
-        k = [a["slope_log_L1_log_sigma_q90"] for a in sig if "slope_log_L1_log_sigma_q90" in a]
         lines.append("")
-        lines.append(f"- Acquisition signal, measured each round on the new DFT cells with the previous round's "
-                     f"model ({len(sig)} rounds of all runs): Spearman(σ q90, L1%) median {np.median(rho):.2f} "
-                     f"(range {min(rho):.2f}-{max(rho):.2f})"
-                     + (f"; slope of log L1% on log σ median {np.median(k):.2f}" if k else "") + ".")
+        parts = []
+        for k, what in (("sigma_q90", "0.9-quantile"), ("sigma_mean", "mean")):
+            rho = [a[f"spearman_{k}_L1"] for a in sig if np.isfinite(a.get(f"spearman_{k}_L1", np.nan))]
+            sl = [a[f"slope_log_L1_log_{k}"] for a in sig if f"slope_log_L1_log_{k}" in a]
+            if rho:
+                parts.append(f"σ {what}: Spearman with L1% median {np.median(rho):.2f} (range {min(rho):.2f} to "
+                             f"{max(rho):.2f})" + (f", slope of log L1% on log σ median {np.median(sl):.2f}" if sl else ""))
+        lines.append(f"- Acquisition signal, measured each round on the round's new DFT cells with the previous "
+                     f"round's model ({len(sig)} rounds of all runs, 4 picks each): " + "; ".join(parts) + ".")
     return "\n".join(lines)
 
 
