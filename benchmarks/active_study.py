@@ -334,7 +334,7 @@ def _plot(res: dict) -> None:
         axes[1].plot(c["n_compositions"], c["L1%_worst"], **kw)
         axes[2].plot(np.array(c["dft_seconds"]) / 3600, c["L1%_mean"], **kw)
     tgt = res.get("target", {}).get("L1%_mean")
-    for ax, xl, yl in zip(axes, ("DFT compositions", "DFT compositions", "recorded DFT time (h, serial: ≈ CPU time)"),
+    for ax, xl, yl in zip(axes, ("DFT compositions", "DFT compositions", "recorded DFT wall time (h; serial)"),
                           ("test L1% (mean over configurations)", "test L1% (worst configuration)",
                            "test L1% (mean)")):
         ax.set_xlabel(xl)
