@@ -24,6 +24,9 @@ Design (SiGeSn, 8-atom cubic diamond cells, the loop's default DFT settings as t
   test mean L1% of its final model (the finest affordable level). Active and random: 3 seeds
   each, up to :data:`CAP_ROUNDS` rounds (as many compositions as the tessellation's 46),
   stopping once the target is reached (when it is known).
+- **Round 0** is identical for every strategy of a seed (same cached cells, training seed and
+  settings), so its model is trained once per seed and copied to the seed's other runs
+  (:func:`share_round0`).
 - **Order** (partial results useful early): the tessellation and active seed 0 in lock-step (one
   round of each in turn), then random seed 0 with active seed 1, then the rest. One process,
   one thread for DFT, ``nice``; every run is resumable at any point (the loop's own resume).
@@ -143,6 +146,29 @@ def _finished(name: str) -> bool:
     return (run_dir(name) / "finished.json").is_file()
 
 
+def share_round0(name: str) -> None:
+    """Give a new run the round-0 model of an earlier run of the same seed, if there is one.
+
+    Round 0 is the same for every strategy (vertices + centroid, the same cached DFT cells in
+    the same order, the same training seed and settings), so its model is trained once per seed:
+    the new run gets that run's ``round-000/picked.json`` and ``model/``; the loop then takes
+    round 0's DFT from the cache, sees the model complete and skips the training (its record
+    says ``train_seconds`` ≈ 0), evaluates it and writes its own record.
+    """
+    import shutil
+
+    seed = name.rsplit("-s", 1)[1]
+    for other in sorted(RUNS.glob(f"*-s{seed}")):
+        src = other / "round-000"
+        if other.name != name and (src / "done.json").is_file() and (src / "model" / "config.json").is_file():
+            dst = run_dir(name) / "round-000"
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / "picked.json", dst / "picked.json")
+            shutil.copytree(src / "model", dst / "model")
+            say(f"{name}: round 0's model taken from {other.name} (same data, seed and settings)")
+            return
+
+
 def step_run(name: str, rounds: int, target_l1: float | None) -> None:
     """Run ``name`` up to ``rounds`` rounds (creating it if new); mark it finished when it stops early."""
     from rhox.engine.learn import prepare_run, run_learning
@@ -157,6 +183,7 @@ def step_run(name: str, rounds: int, target_l1: float | None) -> None:
         given = dict(BASE, strategy=strategy, seed=int(seed), rounds=rounds, test=str(TEST_DB), cache=str(CACHE_DB),
                      target_l1=target_l1)
         s = prepare_run(run, given)
+        share_round0(name)
     recs = run_learning(run, s, on_status=lambda m: say(f"{name}: {m}"))
     last = recs[-1] if recs else {}
     if len(recs) < rounds or last.get("target_reached") or len(recs) >= CAP_ROUNDS:
