@@ -146,6 +146,18 @@ def _finished(name: str) -> bool:
     return (run_dir(name) / "finished.json").is_file()
 
 
+def _relocate(run: Path) -> None:
+    """Point a stored run at this checkout's test set and cache: the study's runs are committed
+    with absolute paths of the checkout that ran them, and the files move with the repository."""
+    path = run / "settings.json"
+    d = json.loads(path.read_text())
+    if d.get("test") != str(TEST_DB) or d.get("cache") != str(CACHE_DB):
+        d.update(test=str(TEST_DB), cache=str(CACHE_DB))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(d, indent=1))
+        os.replace(tmp, path)
+
+
 def share_round0(name: str) -> None:
     """Give a new run the round-0 model of an earlier run of the same seed, if there is one.
 
@@ -178,6 +190,7 @@ def step_run(name: str, rounds: int, target_l1: float | None) -> None:
     if strategy == "tessellation":
         target_l1 = None  # it sets the target: it runs every composition
     if (run / "settings.json").is_file():
+        _relocate(run)
         s = prepare_run(run, {"rounds": rounds, "target_l1": target_l1}, resume=True)
     else:
         given = dict(BASE, strategy=strategy, seed=int(seed), rounds=rounds, test=str(TEST_DB), cache=str(CACHE_DB),
@@ -292,7 +305,8 @@ def _curve(recs: list[dict]) -> dict:
             "cal1": [t(r, "cal1") for r in recs],
             "train_seconds": [round(r.get("train_seconds", 0.0), 1) for r in recs],
             "picked": [[p["composition"] for p in r["picked"]] for r in recs],
-            "acquired": [(r.get("acquired") or {}).get("summary") for r in recs]}
+            "acquired": [(r.get("acquired") or {}).get("summary") for r in recs],
+            "picked_L1%": [[p["L1%"] for p in (r.get("acquired") or {}).get("picks", [])] for r in recs]}
 
 
 def _first(curve: dict, target: float, metric: str = "L1%_mean", cost: str = "n_compositions"):
@@ -325,7 +339,7 @@ def collect() -> dict:
         t_sec = _first(tc, tgt, cost="dft_seconds")
         out["target"]["tessellation_first_reach"] = t_first
         red = {}
-        for strat in ("active", "random"):
+        for strat in (("active", "random") if tess["complete"] else ()):  # no factor against a provisional target
             rows = []
             for name, r in runs.items():
                 if r["strategy"] != strat:
@@ -391,6 +405,9 @@ def _table(res: dict) -> str:
                        f"of recorded DFT); the tessellation first reaches it at "
                        f"{_fmt(tgt['tessellation_first_reach'], '{:.0f}')} compositions.")
         lines.append("")
+        if not tgt["final"]:
+            lines.append("No reduction factor yet: the target is set by the tessellation's final model.")
+            lines.append("")
     lines.append("| run | rounds | compositions | DFT (h) | final L1% mean | final L1% worst | cal1 (%) | "
                  "compositions to target | factor (vs level 4) | factor (vs first reach) | factor (DFT s) |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -444,6 +461,12 @@ def _table(res: dict) -> str:
             if rho:
                 parts.append(f"σ {what}: Spearman with L1% median {np.median(rho):.2f} (range {min(rho):.2f} to "
                              f"{max(rho):.2f})" + (f", slope of log L1% on log σ median {np.median(sl):.2f}" if sl else ""))
+        hard = {}
+        for r in res["runs"].values():
+            hard.setdefault(r["strategy"], []).extend(v for rnd in r["curve"]["picked_L1%"] for v in rnd)
+        lines.append("- Previous round's model's L1% on the compositions each strategy picked (before training on "
+                     "them; higher = the picks went where the model was wrong): "
+                     + "; ".join(f"{k} mean {np.mean(v):.1f} ({len(v)} picks)" for k, v in hard.items() if v) + ".")
         lines.append(f"- Acquisition signal, measured each round on the round's new DFT cells with the previous "
                      f"round's model ({len(sig)} rounds of all runs, 4 picks each): " + "; ".join(parts) + ".")
     return "\n".join(lines)
