@@ -122,7 +122,8 @@ DEFAULT_SETTINGS: dict[str, DFTSettings] = {
     # 300 K MD cell (benchmarks/results/active_crfeconi_settings.json): 300 eV, k-density 1.5
     # (2x3x3 for 2x1x1), Fermi-Dirac 0.1 eV, density converged to 1e-4 per electron: 84 SCF
     # iterations, 220 CPU-s (3.7 min on a free core; 15 min of wall time at nice 15 under load 18).
-    # The former 350 eV / k-density 2.2 (2x4x4) / 1e-5 settings are the reference it is compared with.
+    # The former 350 eV / k-density 2.2 (2x4x4) / 1e-5 settings, on the same cell: 115 iterations,
+    # 700 CPU-s; the density differs by 0.34 % L1, the moment 6.03 vs 5.83 μB, E by +27 meV/atom.
     "CrFeCoNi": DFTSettings(ecut=300.0, kpt_density=1.5, xc="PBE", smearing=0.1, spin_polarized=True,
                             max_iterations=150, density_convergence=1e-4),
     "Al": DFTSettings(ecut=250.0, kpt_density=2.5, xc="PBE", smearing=0.1),
