@@ -267,6 +267,14 @@ def _buildable(s: LearnSettings, x: np.ndarray) -> bool:
     return True
 
 
+def _exact(s: LearnSettings, x: np.ndarray) -> bool:
+    """Whether the cell realises ``x`` exactly (whole atoms of every species): the tessellation stops
+    at the finest level the cell resolves (level 4, eighths, for 8 sites) instead of adding finer
+    points that round to compositions it already has."""
+    n = check_buildable(s.system, x, s.repeat)
+    return bool(np.allclose(np.asarray(x, dtype=float) * n, np.round(np.asarray(x, dtype=float) * n), atol=1e-6))
+
+
 def candidates(s: LearnSettings) -> np.ndarray:
     """The grid of spacing ``step`` restricted to compositions the cell realises (every species present)."""
     sysm = get_system(s.system)
@@ -314,7 +322,7 @@ def pick(s: LearnSettings, round_index: int, done: Sequence[np.ndarray], model_d
         out = []
         for level, pts in enumerate(tessellation_levels(sysm.n_species, MAX_TESS_LEVEL)):
             for x in pts:
-                if _key(x) not in taken and _buildable(s, x):
+                if _key(x) not in taken and _buildable(s, x) and _exact(s, x):
                     out.append({"x": x.tolist(), "score": None, "by": f"tessellation level {level}"})
                     if len(out) == s.batch:
                         return out

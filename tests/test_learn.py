@@ -124,6 +124,20 @@ def test_tessellation_strategy_walks_the_levels_in_order():
     assert len(set(xs)) == len(xs)
 
 
+def test_tessellation_stops_at_the_finest_level_the_cell_realises():
+    # 8-atom SiGeSn cells resolve eighths: level 4 (46 points with round 0's centroid) is the last
+    s = learn.check_settings_of_run(learn.LearnSettings(**_given(system="SiGeSn", strategy="tessellation", batch=4,
+                                                                 step=0.125)))
+    done = [np.asarray(x) for x in learn.initial_compositions(3)]
+    while True:
+        new = learn.pick(s, 1, done, None)
+        if not new:
+            break
+        done += [np.asarray(p["x"]) for p in new]
+    assert len(done) == 46
+    assert all(np.allclose(np.asarray(x) * 8, np.round(np.asarray(x) * 8)) for x in done[4:])
+
+
 def test_random_strategy_is_seeded_and_skips_what_was_run():
     s = learn.check_settings_of_run(learn.LearnSettings(**_given(system="SiGeSn", strategy="random", batch=3,
                                                                  step=0.125)))
