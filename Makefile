@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 5006
 
-.PHONY: app test install install-test system-deps assets bench bench-scale serve clean-venv data-transfer study-transfer
+.PHONY: app test install install-test system-deps assets bench bench-scale serve clean-venv data-transfer study-transfer study-active
 
 # Debian packages: libxc + OpenBLAS let GPAW build with its fast paths; chromium drives the
 # browser tests. Installed when run as root; otherwise we say what is missing and go on
@@ -80,6 +80,12 @@ data-transfer: install
 # one torch thread, niced; TRANSFER_SYSTEMS="Al" runs one system.
 study-transfer: install
 	OMP_NUM_THREADS=1 nice -n 10 $(PY) benchmarks/transfer_study.py $(TRANSFER_SYSTEMS)
+
+# The active-learning study (benchmarks/README.md section 8): hours of DFT and training on 2 cores,
+# one process at low priority; resumable (run it again), `report` also works on partial runs.
+study-active: install
+	OMP_NUM_THREADS=1 nice -n 15 $(PY) benchmarks/active_study.py run
+	$(PY) benchmarks/active_study.py report
 
 bench: install-test
 	$(PY) benchmarks/run_all.py

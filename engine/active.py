@@ -1,8 +1,10 @@
 """Bayesian active learning over the composition simplex: acquisition scores and suggestions.
 
-The score of a candidate composition is the model's mean epistemic σ (electrons/Å³) over the
-grid points of random configurations drawn at that composition: where more DFT data would
-teach the model most. :func:`acquisition_scores` is also the explorer's σ map (any σ field). The full loop (DFT at the best candidates, retrain, repeat) and the
+The score of a candidate composition is the model's epistemic σ (electrons/Å³) over the grid
+points of a few random configurations drawn at that composition, summarised by their mean or
+a high quantile (:func:`acquisition_stats`): where more DFT data would teach the model most.
+:func:`acquisition_scores` is also the explorer's σ map (any σ field). :func:`penalised_batch`
+spreads a batch out. The loop (DFT at the picks, retrain, repeat; engine/learn.py) and the
 tessellation baseline build on these functions.
 """
 from __future__ import annotations
@@ -18,11 +20,70 @@ from .predict import FIELD_NAMES, predict
 from .structures import get_system, random_alloy
 
 
+AGGREGATES = ("mean", "quantile")
+
+
+def acquisition_stats(
+    model: RhoxModel,
+    system: str,
+    compositions: np.ndarray,
+    repeat=1,
+    n_configs: int = 1,
+    n_samples: int = 10,
+    spacing: float | None = 0.45,
+    seed: int = 0,
+    quantile: float = 0.9,
+    progress: Callable[[int, int], None] | None = None,
+    field: str = "sigma_epistemic",
+    calibrated: bool = False,
+) -> dict[str, np.ndarray]:
+    """σ (e/Å³) aggregated at each composition (rows of barycentric vectors) in two ways.
+
+    For each composition, ``n_configs`` random ``repeat``-cells (seeds ``seed + 7919 c + i``) are
+    predicted on a grid of ``spacing`` Å (None: the model's training spacing) with ``n_samples``
+    weight samples; the grid points of all its configurations are pooled and ``field``
+    (``sigma_epistemic``, the acquisition signal; or ``sigma_total`` / ``sigma_aleatoric``) is
+    summarised as ``mean`` (over the points) and ``quantile`` (the ``quantile``-quantile of the
+    points: the high tail, where the density error of an unexplored composition concentrates,
+    near its atoms), plus ``config_spread`` (standard deviation of the per-configuration means:
+    how much one random configuration tells about its composition). ``calibrated`` applies the
+    model's σ scale. Compositions too dilute for the cell (no whole atom of a species) are NaN.
+    ``progress(done, total)`` is called after each composition; a caller may raise from it to
+    cancel (the explorer's jobs do).
+    """
+    if field not in FIELD_NAMES or field == "mean":
+        raise InputError(f"the σ map needs one of the σ fields {FIELD_NAMES[1:]}, got {field!r}")
+    if not (isinstance(quantile, (int, float)) and 0 < quantile < 1):
+        raise InputError(f"the σ quantile must lie strictly between 0 and 1, got {quantile!r}")
+    sysm = get_system(system)
+    n = len(compositions)
+    out = {k: np.full(n, np.nan) for k in ("mean", "quantile", "config_spread")}
+    for i, x in enumerate(np.asarray(compositions, dtype=float)):
+        vals, means = [], []
+        for c in range(n_configs):
+            try:
+                atoms = random_alloy(sysm, x, repeat, seed=seed + 7919 * c + i)
+            except ValueError:
+                break
+            f = predict(model, atoms, spacing=spacing, n_samples=n_samples, calibrated=calibrated, allow_foreign=True)
+            v = np.asarray(getattr(f, field), dtype=float).ravel()
+            vals.append(v)
+            means.append(float(v.mean()))
+        if vals:
+            pooled = np.concatenate(vals)
+            out["mean"][i] = float(np.mean(means))  # configurations of one cell size: the pooled mean
+            out["quantile"][i] = float(np.quantile(pooled, quantile))
+            out["config_spread"][i] = float(np.std(means))
+        if progress:
+            progress(i + 1, n)
+    return out
+
+
 def acquisition_scores(
     model: RhoxModel,
     system: str,
     compositions: np.ndarray,
-    repeat: int = 1,
+    repeat=1,
     n_configs: int = 1,
     n_samples: int = 10,
     spacing: float | None = 0.45,
@@ -30,35 +91,45 @@ def acquisition_scores(
     progress: Callable[[int, int], None] | None = None,
     field: str = "sigma_epistemic",
     calibrated: bool = False,
+    aggregate: str = "mean",
+    quantile: float = 0.9,
 ) -> np.ndarray:
-    """Mean predicted σ (e/Å³) at each composition (rows of barycentric vectors): the σ map.
+    """One σ (e/Å³) per composition: the σ map and the acquisition score.
 
-    For each composition, ``n_configs`` random ``repeat``-cells (seeds ``seed + 7919 c + i``) are
-    predicted on a grid of ``spacing`` Å (None: the model's training spacing) with ``n_samples``
-    weight samples, and ``field`` (``sigma_epistemic``, the acquisition score; or
-    ``sigma_total`` / ``sigma_aleatoric``) is averaged over all their grid points; ``calibrated``
-    applies the model's σ scale. Compositions too dilute for the cell (no whole atom of a
-    species) score NaN. ``progress(done, total)`` is called after each composition; a caller may
-    raise from it to cancel (the explorer's jobs do).
+    ``aggregate`` ``mean`` (the mean over the grid points of ``n_configs`` random configurations)
+    or ``quantile`` (their ``quantile``-quantile); see :func:`acquisition_stats` for the rest.
     """
-    if field not in FIELD_NAMES or field == "mean":
-        raise InputError(f"the σ map needs one of the σ fields {FIELD_NAMES[1:]}, got {field!r}")
-    sysm = get_system(system)
-    scores = np.full(len(compositions), np.nan)
-    for i, x in enumerate(np.asarray(compositions, dtype=float)):
-        vals = []
-        for c in range(n_configs):
-            try:
-                atoms = random_alloy(sysm, x, repeat, seed=seed + 7919 * c + i)
-            except ValueError:
-                break
-            f = predict(model, atoms, spacing=spacing, n_samples=n_samples, calibrated=calibrated, allow_foreign=True)
-            vals.append(float(np.mean(getattr(f, field))))
-        if vals:
-            scores[i] = float(np.mean(vals))
-        if progress:
-            progress(i + 1, len(compositions))
-    return scores
+    if aggregate not in AGGREGATES:
+        raise InputError(f"unknown σ aggregate {aggregate!r}; use one of {', '.join(AGGREGATES)}")
+    return acquisition_stats(model, system, compositions, repeat, n_configs, n_samples, spacing, seed, quantile,
+                             progress, field, calibrated)[aggregate]
+
+
+def penalised_batch(cands: np.ndarray, scores: np.ndarray, k: int, length: float, exponent: float = 1.0,
+                    min_distance: float = 0.0) -> list[int]:
+    """Indices of ``k`` candidates picked one by one by the highest penalised value (local penalisation).
+
+    Each candidate's value starts as ``score ** exponent`` (an error estimate: σ ranks
+    compositions correctly but understates how fast the error grows, error ∝ σ^exponent); after
+    each pick every other value is multiplied by ``1 - exp(-d² / (2 length²))``, ``d`` its
+    barycentric distance to the pick, so a batch does not spend several DFT calculations on one
+    region that the first of them will already teach. Candidates nearer than ``min_distance`` to
+    a pick are skipped while others remain. NaN scores are never picked.
+    """
+    v = np.where(np.isnan(scores), -np.inf, np.power(np.clip(np.nan_to_num(scores, nan=0.0), 0, None), exponent))
+    chosen: list[int] = []
+    avail = ~np.isnan(scores)
+    while len(chosen) < k and avail.any():
+        far = avail.copy()
+        for j in chosen:
+            far &= np.linalg.norm(cands - cands[j], axis=1) >= min_distance
+        pool = far if far.any() else avail
+        i = int(np.flatnonzero(pool)[np.argmax(v[pool])])
+        chosen.append(i)
+        avail[i] = False
+        d2 = np.sum((cands - cands[i]) ** 2, axis=1)
+        v = np.where(np.isfinite(v), v * (1 - np.exp(-d2 / (2 * length ** 2))), v)
+    return chosen
 
 
 def suggest(

@@ -11,11 +11,16 @@ the fewest points that span the simplex and probe its middle, so that strategies
 what they add afterwards. Later rounds pick ``batch`` compositions each:
 
 - ``active``: candidates are the simplex grid of spacing ``step`` (those the cell can realise,
-  not yet run); each is scored by :func:`rhox.engine.active.acquisition_scores` (the previous
-  model's epistemic σ over a few random configurations per composition) and the batch is taken
-  greedily by score, keeping picks of one round farther apart than grid neighbours (barycentric
-  distance >= 1.5 ``step``; neighbours are √2 ``step`` apart) so that it spreads out (relaxed
-  only when too few candidates are left); every candidate's score goes into the round's record;
+  not yet run); each is scored by :func:`rhox.engine.active.acquisition_stats`: the previous
+  model's epistemic σ on the grid points of ``n_configs`` random configurations of the
+  composition, pooled, and summarised by their mean and their 0.9-quantile (the score by
+  default: an unexplored composition's error sits in the tail, near the atoms of its less-seen
+  species, which a mean over the whole cell dilutes). The batch is picked by local penalisation
+  (:func:`rhox.engine.active.penalised_batch`) of score**1.8, an error estimate (σ ranks
+  compositions right but understates how fast the error grows: L1% ∝ σ^1.8 in issue 9's check),
+  with a hard minimum distance between picks of one round of 1.5 ``step`` (grid neighbours are
+  √2 ``step`` apart; relaxed only when too few candidates are left) and the penalty's length the
+  same; every candidate's scores go into the round's record;
 - ``tessellation``: the next points of :func:`rhox.engine.composition.tessellation` in level
   order (vertices, edge midpoints, face and body centres, then finer dyadic grids), the paper's
   baseline;
@@ -24,9 +29,16 @@ what they add afterwards. Later rounds pick ``batch`` compositions each:
 Compositions added by hand (:func:`add_compositions`, on the grid or off it) are taken first in
 the next round that has not started, on top of the batch.
 
+Each round from 1 also measures the previous round's model on the round's new DFT cells before
+training on them (:func:`acquired_errors`: L1% against σ per pick, their rank correlation and
+the slope of log L1% on log σ), so the acquisition signal is checked on every run without
+touching the test set. The record's ``energy`` field is :func:`energy_error`'s (a seam for the
+energy model; None until it is merged).
+
 Everything a run needs is in ``RUN/``: ``settings.json``, ``data.db``, per round
 ``round-NNN/picked.json`` (written before any DFT, so a resumed round runs the same points),
-``round-NNN/model/`` and ``round-NNN/done.json`` (the round's record, written atomically last).
+``round-NNN/acquired.json``, ``round-NNN/model/`` and ``round-NNN/done.json`` (the round's
+record, written atomically last).
 A run killed at any moment resumes with ``resume=True``: finished rounds are never recomputed,
 finished DFT is skipped (the dataset's task keys), training continues from its checkpoint.
 """
@@ -57,12 +69,18 @@ LOG_FILE = "log.jsonl"
 PENDING_FILE = "pending.json"
 PICKED_FILE = "picked.json"
 DONE_FILE = "done.json"
+ACQUIRED_FILE = "acquired.json"
 MODEL_DIR = "model"
 SPREAD_STEPS = 1.5     # picks of one round at least this x step apart (barycentric; grid neighbours: √2 x step)
+FIRST_ROUND_STEPS = 8   # round 0 trains from scratch: 8x the step budget of a fine-tuning round
 MAX_TESS_LEVEL = 8     # beyond 2**7 divisions no cell rhox builds can realise new points
 
-# Scoring a candidate: 2 random configurations, 10 weight samples, a 0.45 Å grid (cheap; enough to rank).
-DEFAULT_ACQUISITION = {"n_configs": 2, "n_samples": 10, "spacing": 0.45}
+# Scoring a candidate: 2 random configurations, 10 weight samples, a 0.45 Å grid (cheap; enough to
+# rank), summarised by the 0.9-quantile of epistemic σ over their pooled grid points. The batch is
+# picked by local penalisation of score**exponent: 1.8 = ln 3.5 / ln 2, from the hand check of issue 9
+# (σ 2x from Sn 0.125 to 0.625 while L1% grew 3.5x: σ ranks right, understates the error's growth).
+DEFAULT_ACQUISITION = {"n_configs": 2, "n_samples": 10, "spacing": 0.45, "aggregate": "quantile", "quantile": 0.9,
+                       "exponent": 1.8}
 
 # Settings a resumed run may change; every other one is fixed when the run starts.
 CHANGEABLE = ("rounds", "target_l1", "target_metric")
@@ -80,6 +98,15 @@ class LearnSettings:
     :class:`~rhox.engine.training.TrainConfig` as dicts (empty: the system's defaults);
     ``acquisition`` the keywords of :func:`~rhox.engine.active.acquisition_scores`
     (``n_configs``, ``n_samples``, ``spacing`` in Å); ``cache`` the path of a DFT cache dataset.
+    ``seed`` seeds the picks (random strategy, scored configurations) and the training (unless
+    ``train`` sets its own seed); ``dft_seed`` (None: ``seed``) seeds the DFT structures alone, so
+    that runs of several seeds that share it get identical structures at a composition and share
+    one DFT cache (the study does this: seeds then differ in picks and training, not in DFT).
+    ``train_steps`` (None: every round trains up to ``train['max_epochs']``) sets a round's
+    training budget in optimiser steps instead: the round's epochs are chosen so that epochs x
+    mini-batches per epoch ≈ ``train_steps`` (at least 1, at most ``max_epochs``), so a round
+    costs about the same whether it trains on 4 cells or 46 (:func:`round_epochs`); round 0, which
+    trains from scratch (the same for every strategy), gets :data:`FIRST_ROUND_STEPS` times as many.
     """
 
     system: str
@@ -100,6 +127,8 @@ class LearnSettings:
     acquisition: dict = field(default_factory=lambda: dict(DEFAULT_ACQUISITION))
     eval_samples: int = 10
     cache: str | None = None
+    dft_seed: int | None = None
+    train_steps: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -159,6 +188,13 @@ def check_settings_of_run(s: LearnSettings) -> LearnSettings:
     s.batch = _positive_int(s.batch, "batch size (compositions per round)")
     s.samples = _positive_int(s.samples, "number of configurations per composition")
     s.eval_samples = _positive_int(s.eval_samples, "number of weight samples for evaluation")
+    if s.train_steps is not None:
+        s.train_steps = _positive_int(s.train_steps, "number of training steps per round")
+    if isinstance(s.seed, bool) or not isinstance(s.seed, (int, np.integer)) or s.seed < 0:
+        raise InputError(f"seed must be a whole number >= 0, got {s.seed!r}")
+    if s.dft_seed is not None and (isinstance(s.dft_seed, bool) or not isinstance(s.dft_seed, (int, np.integer))
+                                   or s.dft_seed < 0):
+        raise InputError(f"seed of the DFT structures must be a whole number >= 0, got {s.dft_seed!r}")
     check_step(s.step)
     s.repeat = parse_repeat(s.repeat if not isinstance(s.repeat, list) else tuple(s.repeat))
     if not s.temperatures:
@@ -176,14 +212,24 @@ def check_settings_of_run(s: LearnSettings) -> LearnSettings:
     s.dft = check_settings(DFTSettings.from_dict({**settings_for(system.name).to_dict(), **s.dft})).to_dict()
     from .training import TrainConfig  # torch: only once the cheap checks have passed
 
-    s.train = TrainConfig(**known_fields(TrainConfig, {**_default_train(), **s.train}, "training")).to_dict()
+    s.train = TrainConfig(**known_fields(TrainConfig, {**_default_train(), "seed": int(s.seed), **s.train},
+                                         "training")).to_dict()
     bad = set(s.acquisition) - set(DEFAULT_ACQUISITION)
     if bad:
-        raise InputError(f"unknown acquisition setting(s) {sorted(bad)}; known: n_configs, n_samples, spacing")
+        raise InputError(f"unknown acquisition setting(s) {sorted(bad)}; known: {', '.join(DEFAULT_ACQUISITION)}")
     s.acquisition = {**DEFAULT_ACQUISITION, **s.acquisition}
     for k, what in (("n_configs", "number of configurations scored per candidate"),
                     ("n_samples", "number of weight samples per scored configuration")):
         s.acquisition[k] = _positive_int(s.acquisition[k], what)
+    from .active import AGGREGATES
+
+    if s.acquisition["aggregate"] not in AGGREGATES:
+        raise InputError(f"unknown σ aggregate {s.acquisition['aggregate']!r}; use one of {', '.join(AGGREGATES)}")
+    q, e = s.acquisition["quantile"], s.acquisition["exponent"]
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q < 1:
+        raise InputError(f"the σ quantile must lie strictly between 0 and 1, got {q!r}")
+    if isinstance(e, bool) or not isinstance(e, (int, float)) or not (math.isfinite(e) and e > 0):
+        raise InputError(f"the acquisition exponent must be a positive number, got {e!r}")
     sp = s.acquisition["spacing"]
     if sp is not None and not (isinstance(sp, (int, float)) and math.isfinite(sp) and sp > 0):
         raise InputError(f"acquisition grid spacing must be a positive number of Å, got {sp!r}")
@@ -219,6 +265,14 @@ def _buildable(s: LearnSettings, x: np.ndarray) -> bool:
     except InputError:
         return False
     return True
+
+
+def _exact(s: LearnSettings, x: np.ndarray) -> bool:
+    """Whether the cell realises ``x`` exactly (whole atoms of every species): the tessellation stops
+    at the finest level the cell resolves (level 4, eighths, for 8 sites) instead of adding finer
+    points that round to compositions it already has."""
+    n = check_buildable(s.system, x, s.repeat)
+    return bool(np.allclose(np.asarray(x, dtype=float) * n, np.round(np.asarray(x, dtype=float) * n), atol=1e-6))
 
 
 def candidates(s: LearnSettings) -> np.ndarray:
@@ -268,7 +322,7 @@ def pick(s: LearnSettings, round_index: int, done: Sequence[np.ndarray], model_d
         out = []
         for level, pts in enumerate(tessellation_levels(sysm.n_species, MAX_TESS_LEVEL)):
             for x in pts:
-                if _key(x) not in taken and _buildable(s, x):
+                if _key(x) not in taken and _buildable(s, x) and _exact(s, x):
                     out.append({"x": x.tolist(), "score": None, "by": f"tessellation level {level}"})
                     if len(out) == s.batch:
                         return out
@@ -280,17 +334,28 @@ def pick(s: LearnSettings, round_index: int, done: Sequence[np.ndarray], model_d
         rng = np.random.default_rng([s.seed, round_index])
         idx = rng.choice(len(left), size=min(s.batch, len(left)), replace=False)
         return [{"x": left[i].tolist(), "score": None, "by": "random"} for i in idx]
-    from .active import acquisition_scores
+    from .active import acquisition_stats, penalised_batch
     from .model import load_model
 
     model = load_model(model_dir)
     on_status(f"round {round_index}: scoring {len(left)} candidate compositions")
-    scores = acquisition_scores(model, s.system, left, repeat=s.repeat, seed=s.seed + 1000 * round_index,
-                                **s.acquisition)
+    a = s.acquisition
+    stats = acquisition_stats(model, s.system, left, repeat=s.repeat, n_configs=a["n_configs"],
+                              n_samples=a["n_samples"], spacing=a["spacing"], seed=s.seed + 1000 * round_index,
+                              quantile=a["quantile"])
+    scores = stats[a["aggregate"]]
+
+    def num(v):
+        return None if np.isnan(v) else float(v)
+
     if scored is not None:
-        scored.extend({"x": x.tolist(), "score": None if np.isnan(v) else float(v)} for x, v in zip(left, scores))
-    idx = spread_batch(left, scores, s.batch, SPREAD_STEPS * s.step - 1e-9)
-    return [{"x": left[i].tolist(), "score": float(scores[i]), "by": "epistemic σ"} for i in idx]
+        scored.extend({"x": x.tolist(), "score": num(v), "sigma_mean": num(m), "sigma_quantile": num(qv),
+                       "config_spread": num(cs)}
+                      for x, v, m, qv, cs in zip(left, scores, stats["mean"], stats["quantile"], stats["config_spread"]))
+    # spread: a hard minimum distance between picks of one round, and local penalisation at the same length
+    d = SPREAD_STEPS * s.step
+    idx = penalised_batch(left, scores, s.batch, length=d, exponent=a["exponent"], min_distance=d - 1e-9)
+    return [{"x": left[i].tolist(), "score": float(scores[i]), "by": f"epistemic σ ({a['aggregate']})"} for i in idx]
 
 
 # --- the run folder ------------------------------------------------------------------------------
@@ -299,6 +364,27 @@ def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
+
+
+def round_tasks(s: LearnSettings, picked: Sequence[dict]) -> list:
+    """The DFT work items of a round's picks (``[{x, ...}]``), in the order of ``picked``: their
+    structures are seeded by ``dft_seed`` (else ``seed``), so runs sharing it share the DFT cache."""
+    from .generate import plan
+
+    return plan(s.system, [p["x"] for p in picked], [s.repeat], s.samples, s.temperatures, (0,), 0, s.thermal,
+                s.seed if s.dft_seed is None else s.dft_seed, DFTSettings.from_dict(s.dft))
+
+
+def round_epochs(n_configs: int, points_per_config: float, cfg, train_steps: int | None) -> int:
+    """Epochs of a round that trains on ``n_configs`` configurations of ``points_per_config`` grid
+    points each with ``cfg`` (a TrainConfig): ``cfg.max_epochs`` without ``train_steps``, else the
+    fewest epochs whose mini-batches reach ``train_steps``, capped at ``cfg.max_epochs``."""
+    if train_steps is None:
+        return cfg.max_epochs
+    n_val = min(max(1, round(cfg.val_fraction * n_configs)), n_configs - 1)  # as training.split_configurations
+    points = (n_configs - n_val) * max(1, round(points_per_config * cfg.point_fraction))
+    per_epoch = max(1, math.ceil(points / cfg.batch_size))
+    return int(min(cfg.max_epochs, max(1, math.ceil(train_steps / per_epoch))))
 
 
 def round_dir(run: Path, r: int) -> Path:
@@ -403,6 +489,59 @@ def _evaluate(s: LearnSettings, model_dir: Path) -> dict | None:
             "rank_corr_sigma_L1": a["rank_corr_sigma_L1"], "n_configurations": a["n_configurations"]}
 
 
+def energy_error(s: LearnSettings, model_dir: Path) -> dict | None:
+    """The round's energy error on the test set (meV/atom), the record's ``energy`` field.
+
+    A seam: energy prediction (engine/energy.py, issue 9 item 5) is built separately; once it is
+    merged this returns its test-set error (e.g. ``{"MAE_meV_per_atom": ..., "cal1": ...}``).
+    Until then there is no energy model and the field is None.
+    """
+    return None
+
+
+def acquired_errors(parent: Path, db: Path, tasks: Sequence, picked: Sequence[dict], n_samples: int = 10) -> dict:
+    """How round r-1's model did on round r's new DFT cells, before it is trained on them.
+
+    This is the check of the acquisition signal on data the loop has anyway (never the test set):
+    for each picked composition, the previous model's L1% on its new cells, their mean and
+    0.9-quantile epistemic σ (e/Å³, uncalibrated) and the score it was picked by. ``summary``:
+    Spearman correlation of σ with L1% over the picks (does σ rank compositions right?), and the
+    least-squares slope of log L1% against log σ (the exponent k of L1 ∝ σ^k: > 1 when σ
+    understates how the error grows). ``tasks`` are the round's work items, in the order of
+    ``picked`` (``len(tasks) // len(picked)`` each).
+    """
+    from . import metrics
+    from .model import load_model
+    from .predict import predict
+    from .store import Dataset
+
+    model = load_model(parent)
+    ds = Dataset(db, readonly=True)
+    per = max(1, len(tasks) // max(1, len(picked)))
+    out = []
+    for j, p in enumerate(picked):
+        l1, sig, q = [], [], []
+        for t in tasks[j * per:(j + 1) * per]:
+            for smp in ds.samples(**{keys.TASK: t.key()}):
+                f = predict(model, smp.atoms, shape=smp.grid_shape, n_samples=n_samples, calibrated=False,
+                            allow_foreign=True)
+                l1.append(metrics.l1_percent(f.mean, smp.total_density))
+                sig.append(float(np.mean(f.sigma_epistemic)))
+                q.append(float(np.quantile(f.sigma_epistemic, 0.9)))
+        if l1:
+            out.append({"composition": p.get("composition"), "score": p.get("score"), "L1%": float(np.mean(l1)),
+                        "sigma_mean": float(np.mean(sig)), "sigma_q90": float(np.mean(q))})
+    summary: dict = {"n": len(out)}
+    if len(out) >= 3:
+        l1 = np.array([o["L1%"] for o in out])
+        for k in ("sigma_mean", "sigma_q90"):
+            sg = np.array([o[k] for o in out])
+            summary[f"spearman_{k}_L1"] = float(metrics.rank_correlation(sg, l1))
+            if np.all(sg > 0) and np.all(l1 > 0) and np.ptp(np.log(sg)) > 0:
+                summary[f"slope_log_L1_log_{k}"] = float(np.polyfit(np.log(sg), np.log(l1), 1)[0])
+    return {"picks": out, "summary": summary}
+
+
 def _model_complete(d: Path) -> bool:
     return (d / keys.MODEL_CONFIG).is_file() and (d / keys.MODEL_WEIGHTS).is_file()
 
@@ -426,7 +565,7 @@ def run_learning(
     summary, ``on_epoch`` each training epoch's record. ``add``: hand-picked compositions for the
     next round that has not started (:func:`add_compositions`).
     """
-    from .generate import execute, plan
+    from .generate import execute
     from .store import Dataset
     from .training import TrainConfig, fit
 
@@ -445,7 +584,6 @@ def run_learning(
     sysm = get_system(s.system)
     records = read_records(run)
     _write_log(run, records)
-    dft = DFTSettings.from_dict(s.dft)
     cfg_dict = dict(s.train)
     cfg_dict["hidden"] = tuple(cfg_dict["hidden"])
     cfg = TrainConfig(**cfg_dict)
@@ -484,12 +622,17 @@ def run_learning(
             status(f"round {r}: no composition left to pick; the run ends")
             break
         status(f"round {r}: DFT at {', '.join(p['composition'] for p in picked)}")
-        tasks = plan(s.system, [p["x"] for p in picked], [s.repeat], s.samples, s.temperatures, (0,), 0,
-                     s.thermal, s.seed, dft)
+        tasks = round_tasks(s, picked)
         if on_plan:
             on_plan(r, len(tasks))
         results = execute(tasks, str(db), workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks,
                           on_result=on_result, cache=s.cache)
+        acquired = None
+        if parent is not None and not (rd / ACQUIRED_FILE).is_file():
+            status(f"round {r}: measuring round {r - 1}'s model on the new DFT cells")
+            _write_json(rd / ACQUIRED_FILE, acquired_errors(parent, db, tasks, picked, s.eval_samples))
+        if (rd / ACQUIRED_FILE).is_file():
+            acquired = json.loads((rd / ACQUIRED_FILE).read_text())
         model_dir = rd / MODEL_DIR
         t_train = time.perf_counter()
         if not _model_complete(model_dir):
@@ -500,7 +643,13 @@ def run_learning(
                 shutil.rmtree(model_dir, ignore_errors=True)
             status(f"round {r}: training" + (f" from round {r - 1}'s model" if parent else "")
                    + (" (resumed from its checkpoint)" if has_ckpt else ""))
-            fit(db, model_dir, cfg, parent=parent, resume=has_ckpt, on_epoch=on_epoch)
+            round_cfg = cfg
+            if s.train_steps is not None:
+                grids = [int(np.prod(smp.grid_shape)) for smp in Dataset(db, readonly=True).samples()]
+                steps = s.train_steps * (FIRST_ROUND_STEPS if parent is None else 1)
+                round_cfg = TrainConfig(**{**cfg_dict, "max_epochs": round_epochs(len(grids), float(np.mean(grids)),
+                                                                                  cfg, steps)})
+            fit(db, model_dir, round_cfg, parent=parent, resume=has_ckpt, on_epoch=on_epoch)
         train_seconds = time.perf_counter() - t_train
         from .model import load_model
 
@@ -512,7 +661,8 @@ def run_learning(
                                 "failed": sum("failed" in x["status"] for x in results)},
                   **_dft_totals(db),
                   "validation_L1%": float(meta["training"]["best_val_l1"]), "sigma_scale": float(meta["sigma_scale"]),
-                  "test": test, "train_seconds": train_seconds, "round_seconds": time.perf_counter() - t_round}
+                  "test": test, "energy": energy_error(s, model_dir), "acquired": acquired,
+                  "train_seconds": train_seconds, "round_seconds": time.perf_counter() - t_round}
         record["target_reached"] = _reached(s, record)
         _write_json(rd / DONE_FILE, record)  # the round is finished only once this exists
         records.append(record)

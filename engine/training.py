@@ -82,13 +82,23 @@ def load_samples(dataset: str | os.PathLike) -> list[DensitySample]:
 
 
 def featurize(samples: Sequence[DensitySample], descriptor: DescriptorSettings, device: torch.device,
-              progress: Callable[[int, int], None] | None = None) -> list[ConfigData]:
-    """Descriptors of every grid point of every sample (float32) and their total density."""
+              progress: Callable[[int, int], None] | None = None,
+              keep: Sequence[np.ndarray | None] | None = None) -> list[ConfigData]:
+    """Descriptors of every grid point of every sample (float32) and their total density.
+
+    ``keep[i]``, if given and not None, holds the indices (into the flattened grid) of the
+    only points of sample ``i`` to describe (a training subset, :attr:`TrainConfig.point_fraction`).
+    """
     out = []
     for i, s in enumerate(samples):
         calc = DescriptorCalculator(s.atoms, descriptor, device=device)
-        x = calc(grid_points(s.atoms.cell.array, s.grid_shape))
-        y = torch.tensor(s.total_density.reshape(-1), dtype=torch.float32, device=device)
+        pts = grid_points(s.atoms.cell.array, s.grid_shape)
+        rho = s.total_density.reshape(-1)
+        k = keep[i] if keep is not None else None
+        if k is not None:
+            pts, rho = pts[k], rho[k]
+        x = calc(pts)
+        y = torch.tensor(rho, dtype=torch.float32, device=device)
         out.append(ConfigData(x, y, s))
         if progress:
             progress(i + 1, len(samples))
@@ -402,8 +412,15 @@ def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch
         # not be mixed with this one's.
         shutil.rmtree(ckpt_dir)
     status(f"computing descriptors for {len(samples)} configurations")
+    keep = None
+    if cfg.point_fraction < 1:
+        rng = np.random.default_rng([cfg.seed, 1])
+        keep = [None] * len(samples)
+        for i in train_idx:
+            n = int(np.prod(samples[i].grid_shape))
+            keep[i] = np.sort(rng.choice(n, max(1, round(n * cfg.point_fraction)), replace=False))
     data = featurize(samples, descriptor, device,
-                     progress=lambda i, n: status(f"descriptors {i}/{n}"))
+                     progress=lambda i, n: status(f"descriptors {i}/{n}"), keep=keep)
     train, val = [data[i] for i in train_idx], [data[i] for i in val_idx]
     species = tuple(sorted({s for smp in samples for s in smp.atoms.get_chemical_symbols()}))
     if parent_model is not None:

@@ -28,6 +28,7 @@ from rhox.explorer import resources
 from rhox.explorer.energy import EnergyView
 from rhox.explorer.jobs import JOB_TYPES, JobManager, dft_batch_job
 from rhox.explorer.result import ResultView
+from rhox.explorer.learn_run import LearnRunView  # also registers the "Run active learning" job
 from rhox.explorer.scene import SceneView
 from rhox.explorer.model_chooser import ModelChooser
 from rhox.explorer.simplex import TRI_FRAME_HEIGHT, CompositionPicker
@@ -204,6 +205,8 @@ class App(pn.viewable.Viewer):
         # jobs: one button (and its settings' widgets) per registered job type
         running = self.jobs.param.running
         self.job_settings = {name: jt.settings() for name, jt in JOB_TYPES.items() if jt.settings is not None}
+        self.learn_run = LearnRunView(self.state, self.job_settings.get("learn"))
+        self.add_panel("Active-learning run", self.learn_run)
         self.job_buttons = {}
         for name, jt in JOB_TYPES.items():
             btn = _action(jt.button, css_classes=[f"rhox-{name}"], disabled=running)

@@ -55,6 +55,62 @@ def test_spread_batch_known_answer():
     assert learn.spread_batch(cands, scores, 9, 0.0) == [1, 2, 3, 0]
 
 
+def test_penalised_batch_known_answer():
+    from rhox.engine.active import penalised_batch
+
+    cands = np.array([[1.0, 0.0], [0.9, 0.1], [0.5, 0.5], [0.0, 1.0]])
+    scores = np.array([1.0, 0.95, 0.5, 0.3])
+    # exponent 1: after the best (0), its neighbour 1 (d² = 0.02) keeps 1 - exp(-0.02 / 0.08) = 22 % of
+    # 0.95 = 0.21 < 0.5 of candidate 2 (d² = 0.5, kept whole)
+    assert penalised_batch(cands, scores, 2, length=0.2, exponent=1.0) == [0, 2]
+    # exponent 3 (error grows faster than σ): 0.857 x 0.22 = 0.19 beats 0.5³ = 0.125
+    assert penalised_batch(cands, scores, 2, length=0.2, exponent=3.0) == [0, 1]
+    # a hard minimum distance skips the neighbour while others remain; all are taken in the end
+    assert penalised_batch(cands, scores, 2, length=0.2, exponent=3.0, min_distance=0.5) == [0, 2]
+    assert sorted(penalised_batch(cands, scores, 9, length=0.2, min_distance=5.0)) == [0, 1, 2, 3]
+    # unbuildable (NaN) candidates are never taken
+    assert penalised_batch(cands, np.array([np.nan, 0.1, np.nan, 0.2]), 4, length=0.2) == [3, 1]
+
+
+def test_dft_seed_shares_structures_between_seeds_and_training_follows_the_seed():
+    def tasks(**kw):
+        s = learn.check_settings_of_run(learn.LearnSettings(**_given(**kw)))
+        return s, [t.key() for t in learn.round_tasks(s, [{"x": [0.5, 0.5]}, {"x": [0.25, 0.75]}])]
+
+    s0, k0 = tasks(seed=0, dft_seed=0)
+    s1, k1 = tasks(seed=1, dft_seed=0)
+    s2, k2 = tasks(seed=1)
+    assert k0 == k1                      # same DFT structures: one cache serves both seeds
+    assert set(k2).isdisjoint(k1)        # without a shared DFT seed, the run's seed makes new structures
+    assert (s0.train["seed"], s1.train["seed"]) == (0, 1)
+    assert learn.check_settings_of_run(learn.LearnSettings(**_given(seed=1, train={**TINY_TRAIN, "seed": 5}))
+                                       ).train["seed"] == 5  # an explicit training seed is kept
+    with pytest.raises(InputError, match="seed of the DFT structures"):
+        tasks(dft_seed=-1)
+
+
+@pytest.mark.parametrize("acq,words", [({"aggregate": "median"}, "σ aggregate 'median'"),
+                                       ({"quantile": 1.0}, "quantile"), ({"exponent": 0}, "exponent"),
+                                       ({"kappa": 2}, "unknown acquisition")])
+def test_bad_acquisition_settings_refused(acq, words):
+    with pytest.raises(InputError, match=words):
+        learn.check_settings_of_run(learn.LearnSettings(**_given(acquisition=acq)))
+
+
+def test_round_epochs_reach_the_step_budget():
+    from rhox.engine.train_config import TrainConfig
+
+    cfg = TrainConfig(max_epochs=20, batch_size=1000, val_fraction=0.2, point_fraction=0.125)
+    # 5 cells: 1 for validation, 4 x 8000/8 = 4000 points = 4 mini-batches per epoch; 60 steps -> 15 epochs
+    assert learn.round_epochs(5, 8000, cfg, 60) == 15
+    # 46 cells: 9 for validation, 37 x 1000 = 37 mini-batches; 60 steps -> 2 epochs
+    assert learn.round_epochs(46, 8000, cfg, 60) == 2
+    assert learn.round_epochs(2, 8000, cfg, 10**6) == 20      # capped at max_epochs
+    assert learn.round_epochs(46, 8000, cfg, None) == 20      # no budget: max_epochs
+    with pytest.raises(InputError, match="training steps per round"):
+        learn.check_settings_of_run(learn.LearnSettings(**_given(train_steps=0)))
+
+
 def test_tessellation_strategy_walks_the_levels_in_order():
     s = learn.check_settings_of_run(learn.LearnSettings(**_given(system="SiGeSn", strategy="tessellation", batch=4)))
     done = [np.asarray(x) for x in learn.initial_compositions(3)]  # round 0
@@ -66,6 +122,20 @@ def test_tessellation_strategy_walks_the_levels_in_order():
     assert all(p["by"] == "tessellation level 3" for p in second)
     xs = [tuple(p["x"]) for p in first + second]
     assert len(set(xs)) == len(xs)
+
+
+def test_tessellation_stops_at_the_finest_level_the_cell_realises():
+    # 8-atom SiGeSn cells resolve eighths: level 4 (46 points with round 0's centroid) is the last
+    s = learn.check_settings_of_run(learn.LearnSettings(**_given(system="SiGeSn", strategy="tessellation", batch=4,
+                                                                 step=0.125)))
+    done = [np.asarray(x) for x in learn.initial_compositions(3)]
+    while True:
+        new = learn.pick(s, 1, done, None)
+        if not new:
+            break
+        done += [np.asarray(p["x"]) for p in new]
+    assert len(done) == 46
+    assert all(np.allclose(np.asarray(x) * 8, np.round(np.asarray(x) * 8)) for x in done[4:])
 
 
 def test_random_strategy_is_seeded_and_skips_what_was_run():
@@ -194,12 +264,20 @@ def test_two_round_run_end_to_end(reference_run):
     assert r0["n_dft"] == 3 and r1["n_dft"] == 4 and r1["n_failed"] == 0
     # round 1: one composition of the step-0.25 grid not yet run, chosen by its epistemic σ
     (p,) = r1["picked"]
-    assert p["by"] == "epistemic σ" and p["score"] > 0
+    assert p["by"] == "epistemic σ (quantile)" and p["score"] > 0
+    # each candidate's record holds both aggregates; the score is the 0.9-quantile one
+    for c in r1["scores"]:
+        assert c["score"] == c["sigma_quantile"] and c["sigma_mean"] > 0 and c["config_spread"] >= 0
     assert p["composition"] in ("Si0.75Ge0.25", "Si0.25Ge0.75")
     # both candidates left were scored, and the pick is the higher score
     assert sorted(tuple(c["x"]) for c in r1["scores"]) == [(0.25, 0.75), (0.75, 0.25)]
     assert p["score"] == max(c["score"] for c in r1["scores"])
     assert r0["scores"] == []
+    # round 1's new cell was measured with round 0's model before training on it; no energy model yet
+    assert r0["acquired"] is None and r0["energy"] is None
+    (a,) = r1["acquired"]["picks"]
+    assert a["composition"] == p["composition"] and a["score"] == p["score"]
+    assert a["L1%"] > 0 and 0 < a["sigma_mean"] <= a["sigma_q90"]
     for r in records:
         t = r["test"]
         assert t["n_configurations"] == 4
@@ -288,7 +366,7 @@ def test_hand_picked_composition_off_the_grid_joins_the_next_round(reference_run
     records = learn.run_learning(run, learn.prepare_run(run, {"rounds": 2}, resume=True))
     picked = records[1]["picked"]
     assert picked[0]["composition"] == "Si0.3Ge0.7" and picked[0]["by"] == "user"
-    assert len(picked) == 2 and picked[1]["by"] == "epistemic σ"  # plus the batch
+    assert len(picked) == 2 and picked[1]["by"] == "epistemic σ (quantile)"  # plus the batch
     from rhox.engine import keys
     from rhox.engine.store import Dataset
 
@@ -369,3 +447,67 @@ def test_run_killed_during_dft_resumes_from_the_cli_to_the_same_records(referenc
     strip = [{k: v for k, v in r.items() if k != "n_cache_hits"} for r in _strip(learn.read_records(run))]
     expected = [{k: v for k, v in r.items() if k != "n_cache_hits"} for r in _strip(ref_records)]
     assert strip == expected
+
+
+# --- the acquisition signal on a small real model ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def si_rich_model(tmp_path_factory):
+    """A small BNN trained only on the Si end of SiGe (three Si2 cells and one SiGe cell)."""
+    from rhox.engine.training import TrainConfig, fit
+
+    root = tmp_path_factory.mktemp("si_rich")
+    data = two_atom_dft(root / "si.db", [(["Si", "Si"], 5.43), (["Si", "Si"], 5.40), (["Si", "Ge"], 5.50),
+                                         (["Si", "Si"], 5.46)], "SiGe")
+    cfg = TrainConfig(hidden=(32, 32), max_epochs=12, batch_size=512, learning_rate=3e-3, seed=0, val_fraction=0.25,
+                      patience=20, device="cpu", baseline=False, point_fraction=0.5)
+    return fit(data, root / "model", cfg), data
+
+
+@pytest.mark.dft
+def test_acquisition_ranks_an_unexplored_region_above_an_explored_one(si_rich_model):
+    from rhox.engine.active import acquisition_stats
+
+    model, _ = si_rich_model
+    stats = acquisition_stats(model, "SiGe", np.array([[1.0, 0.0], [0.0, 1.0]]), n_configs=2, n_samples=8,
+                              spacing=0.6, seed=3)
+    for agg in ("mean", "quantile"):
+        si, ge = stats[agg]
+        assert ge > si, (agg, si, ge)  # pure Ge was never seen: the model is less sure there
+
+
+@pytest.mark.dft
+def test_acquisition_stats_pool_the_points_of_every_configuration(si_rich_model):
+    from rhox.engine.active import acquisition_scores, acquisition_stats
+    from rhox.engine.predict import predict
+    from rhox.engine.structures import random_alloy
+
+    model, _ = si_rich_model
+    x = np.array([[0.5, 0.5]])
+    stats = acquisition_stats(model, "SiGe", x, n_configs=2, n_samples=4, spacing=0.6, seed=11, quantile=0.8)
+    f = [predict(model, random_alloy("SiGe", x[0], 1, seed=11 + 7919 * c), spacing=0.6, n_samples=4,
+                 calibrated=False, allow_foreign=True).sigma_epistemic.ravel() for c in range(2)]
+    assert stats["mean"][0] == pytest.approx(np.mean([v.mean() for v in f]), rel=1e-5)
+    assert stats["quantile"][0] == pytest.approx(np.quantile(np.concatenate(f), 0.8), rel=1e-5)
+    assert stats["config_spread"][0] == pytest.approx(np.std([v.mean() for v in f]), rel=1e-4)
+    q = acquisition_scores(model, "SiGe", x, n_configs=2, n_samples=4, spacing=0.6, seed=11, aggregate="quantile",
+                           quantile=0.8)
+    assert q[0] == stats["quantile"][0]
+    with pytest.raises(InputError, match="σ aggregate"):
+        acquisition_scores(model, "SiGe", x, aggregate="max")
+
+
+@pytest.mark.dft
+def test_point_fraction_trains_on_a_fixed_subset_of_grid_points(si_rich_model):
+    from rhox.engine.train_config import TrainConfig
+
+    model, data = si_rich_model
+    from rhox.engine.training import load_samples, split_configurations
+
+    samples = load_samples(data)
+    train_idx, _ = split_configurations(len(samples), 0.25, 0)
+    expect = sum(round(int(np.prod(samples[i].grid_shape)) * 0.5) for i in train_idx)
+    assert model.meta["training"]["train_points"] == expect
+    for bad in (0, 1.5, -0.1, True):
+        with pytest.raises(InputError, match="fraction of grid points"):
+            TrainConfig(point_fraction=bad)

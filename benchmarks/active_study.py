@@ -1,0 +1,510 @@
+"""The active-learning study (issue 9 item 7): how many DFT compositions does Bayesian active
+learning need across a composition simplex, against the tessellation and random baselines?
+
+    python benchmarks/active_study.py run       # DFT + learning runs (hours; resumable: run it again)
+    python benchmarks/active_study.py report    # curves, plots, the table in benchmarks/README.md §8
+    make study-active                           # both
+
+Design (SiGeSn, 8-atom cubic diamond cells, the loop's default DFT settings as the bundled data):
+
+- **Test set** (never used for training, stopping or σ scaling): :data:`N_TEST` compositions drawn
+  uniformly on the simplex (flat Dirichlet, seed 2026) among those an 8-atom cell realises (one
+  atom of each species at least), thinned to spread over the triangle by farthest-point
+  selection from a pool of 400; one CHGNet MD snapshot at 300 K each (structure seed 9001, not
+  the runs' seed), DFT into ``benchmarks/data/active_sigesn_test.db`` by ``rhox generate``.
+  Their lattice constants follow Vegard's law at the drawn composition, so they lie off the
+  runs' grid even where the 8 atoms realise a grid composition.
+- **Runs** (``rhox learn`` through :func:`rhox.engine.learn.run_learning`), all with batch
+  :data:`BATCH` compositions per round after round 0 (vertices + centroid), candidate grid of
+  eighths, one 300 K MD snapshot per composition, the same training settings
+  (:data:`TRAIN`), and one DFT cache ``benchmarks/data/active_sigesn_cache.db`` with one structure
+  seed (``dft_seed`` 0) for all: a composition's DFT is run once and shared by every run, and
+  the seeds of a strategy differ in picks and training only. The tessellation (level 4 = all
+  46 points: vertices, edge midpoints, centroid, quarters, eighths) sets the **target**: the
+  test mean L1% of its final model (the finest affordable level). Active and random: 3 seeds
+  each, up to :data:`CAP_ROUNDS` rounds (as many compositions as the tessellation's 46),
+  stopping once the target is reached (when it is known).
+- **Round 0** is identical for every strategy of a seed (same cached cells, training seed and
+  settings), so its model is trained once per seed and copied to the seed's other runs
+  (:func:`share_round0`).
+- **Order** (partial results useful early): the tessellation and active seed 0 in lock-step (one
+  round of each in turn), then random seed 0 with active seed 1, then the rest. One process,
+  one thread for DFT, ``nice``; every run is resumable at any point (the loop's own resume).
+
+``report`` works on partial results: it reads every ``RUN/log.jsonl``, says which runs are
+incomplete, writes ``benchmarks/results/active_sigesn.json`` (raw curves, reduction factors),
+``active_sigesn_curves.png`` and the table between the markers of benchmarks/README.md §8.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # the rhox of this checkout, not whichever one is installed
+DATA = HERE / "data"
+RESULTS = HERE / "results"
+RUNS = RESULTS / "active_sigesn_runs"
+LOG = RESULTS / "active_logs"
+
+SYSTEM = "SiGeSn"
+ELEMENTS = ("Si", "Ge", "Sn")
+TEST_DB = DATA / "active_sigesn_test.db"
+CACHE_DB = DATA / "active_sigesn_cache.db"
+N_TEST = 12
+TEST_SEED = 9001          # structure seed of the test cells (the runs use DFT seed 0)
+BATCH = 4
+CAP_ROUNDS = 12           # round 0 (4 points) + 11 x 4 = 48 >= the tessellation's 46
+SEEDS = (0, 1, 2)
+# Fine-tuning budget per round (~1-2 min here on a loaded machine): TRAIN_STEPS optimiser steps of
+# 512 points (the loop picks the epochs: 1 on 46 cells), on an eighth of each training cell's grid
+# points (neighbours are strongly correlated), from the previous round's weights. Round 0 trains
+# from scratch on 4 cells with 8x the steps (~110 epochs). No early stopping (patience = max
+# epochs): at round 0 the one validation cell is a composition never trained on (e.g. pure Sn),
+# whose error jumps from epoch to epoch; the best validation epoch is still the one kept.
+TRAIN_STEPS = 150
+TRAIN = {"hidden": [64, 64, 32], "max_epochs": 200, "patience": 200, "point_fraction": 0.125, "batch_size": 512,
+         "val_fraction": 0.2, "baseline": False}
+BASE = {"system": SYSTEM, "batch": BATCH, "step": 0.125, "repeat": [1, 1, 1], "samples": 1, "temperatures": [300.0],
+        "thermal": "md", "dft_seed": 0, "eval_samples": 10, "train": TRAIN, "train_steps": TRAIN_STEPS}
+# Phases run in lock-step (one round of each run in turn); names are strategy-seed.
+PHASES = (("tessellation-s0", "active-s0"), ("random-s0", "active-s1"), ("active-s2", "random-s1", "random-s2"))
+
+
+def say(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def test_compositions(n: int = N_TEST, seed: int = 2026, pool: int = 400) -> list[str]:
+    """The test compositions as exact formulas (fractions of 4 decimals summing to 1).
+
+    Flat-Dirichlet draws that an 8-atom cell realises, thinned by farthest-point selection
+    (starting from the first draw) so that they spread over the triangle.
+    """
+    from rhox.engine.composition import random_compositions
+    from rhox.engine.errors import InputError
+    from rhox.engine.structures import check_buildable
+
+    ok = []
+    for x in random_compositions(pool, len(ELEMENTS), seed=seed):
+        try:
+            check_buildable(SYSTEM, dict(zip(ELEMENTS, x)), 1)
+            ok.append(x)
+        except InputError:
+            pass
+    ok = np.array(ok)
+    chosen = [0]
+    d = np.linalg.norm(ok - ok[0], axis=1)
+    while len(chosen) < n:
+        i = int(np.argmax(d))
+        chosen.append(i)
+        d = np.minimum(d, np.linalg.norm(ok - ok[i], axis=1))
+    out = []
+    for x in ok[chosen]:
+        a, b = (Decimal(f"{v:.4f}") for v in x[:2])
+        out.append(f"Si{a}Ge{b}Sn{Decimal(1) - a - b}")
+    return out
+
+
+def make_test_set() -> None:
+    """DFT of the test cells (resumable: ``rhox generate`` skips finished cells)."""
+    cmd = [sys.executable, "-m", "rhox.engine.cli", "generate", SYSTEM, "--compositions", ";".join(test_compositions()),
+           "--repeat", "1", "--samples", "1", "--temperature", "300", "--thermal", "md", "--seed", str(TEST_SEED),
+           "--out", str(TEST_DB)]
+    say("test set: " + " ".join(cmd[2:]))
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def run_dir(name: str) -> Path:
+    return RUNS / name
+
+
+def _records(name: str) -> list[dict]:
+    from rhox.engine.learn import read_records
+
+    return read_records(run_dir(name)) if run_dir(name).is_dir() else []
+
+
+def target() -> float | None:
+    """The tessellation's final test mean L1%, once it has run every composition (else None)."""
+    recs = _records("tessellation-s0")
+    if recs and _finished("tessellation-s0"):
+        return float(recs[-1]["test"]["L1%_mean"])
+    return None
+
+
+def _finished(name: str) -> bool:
+    return (run_dir(name) / "finished.json").is_file()
+
+
+def _relocate(run: Path) -> None:
+    """Point a stored run at this checkout's test set and cache: the study's runs are committed
+    with absolute paths of the checkout that ran them, and the files move with the repository."""
+    path = run / "settings.json"
+    d = json.loads(path.read_text())
+    if d.get("test") != str(TEST_DB) or d.get("cache") != str(CACHE_DB):
+        d.update(test=str(TEST_DB), cache=str(CACHE_DB))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(d, indent=1))
+        os.replace(tmp, path)
+
+
+def share_round0(name: str) -> None:
+    """Give a new run the round-0 model of an earlier run of the same seed, if there is one.
+
+    Round 0 is the same for every strategy (vertices + centroid, the same cached DFT cells in
+    the same order, the same training seed and settings), so its model is trained once per seed:
+    the new run gets that run's ``round-000/picked.json`` and ``model/``; the loop then takes
+    round 0's DFT from the cache, sees the model complete and skips the training (its record
+    says ``train_seconds`` ≈ 0), evaluates it and writes its own record.
+    """
+    import shutil
+
+    seed = name.rsplit("-s", 1)[1]
+    for other in sorted(RUNS.glob(f"*-s{seed}")):
+        src = other / "round-000"
+        if other.name != name and (src / "done.json").is_file() and (src / "model" / "config.json").is_file():
+            dst = run_dir(name) / "round-000"
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / "picked.json", dst / "picked.json")
+            shutil.copytree(src / "model", dst / "model")
+            say(f"{name}: round 0's model taken from {other.name} (same data, seed and settings)")
+            return
+
+
+def step_run(name: str, rounds: int, target_l1: float | None) -> None:
+    """Run ``name`` up to ``rounds`` rounds (creating it if new); mark it finished when it stops early."""
+    from rhox.engine.learn import prepare_run, run_learning
+
+    strategy, seed = name.rsplit("-s", 1)
+    run = run_dir(name)
+    if strategy == "tessellation":
+        target_l1 = None  # it sets the target: it runs every composition
+    if (run / "settings.json").is_file():
+        _relocate(run)
+        s = prepare_run(run, {"rounds": rounds, "target_l1": target_l1}, resume=True)
+    else:
+        given = dict(BASE, strategy=strategy, seed=int(seed), rounds=rounds, test=str(TEST_DB), cache=str(CACHE_DB),
+                     target_l1=target_l1)
+        s = prepare_run(run, given)
+        share_round0(name)
+    recs = run_learning(run, s, on_status=lambda m: say(f"{name}: {m}"))
+    last = recs[-1] if recs else {}
+    if len(recs) < rounds or last.get("target_reached") or len(recs) >= CAP_ROUNDS:
+        why = ("target reached" if last.get("target_reached") else
+               "round cap" if len(recs) >= CAP_ROUNDS else "no composition left")
+        (run / "finished.json").write_text(json.dumps({"rounds": len(recs), "why": why}))
+        say(f"{name}: finished ({why}) after {len(recs)} rounds")
+
+
+def run_all() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    RUNS.mkdir(parents=True, exist_ok=True)
+    make_test_set()
+    for phase in PHASES:
+        for r in range(1, CAP_ROUNDS + 1):
+            for name in phase:
+                if _finished(name):
+                    continue
+                try:
+                    step_run(name, r, target())
+                except Exception as err:  # one run's failure must not stop the others; rerun to retry
+                    from rhox.engine.errors import one_line
+
+                    say(f"{name}: round {r - 1} failed: {one_line(err)}")
+            if all(_finished(n) for n in phase):
+                break
+    say("all runs finished")
+
+
+# --- CrFeCoNi DFT settings (issue 9 item 4) ------------------------------------------------------
+
+CRFECONI_SETTINGS_JSON = RESULTS / "active_crfeconi_settings.json"
+# Candidate settings for an 8-atom (2x1x1 FCC) spin-polarised cell, Cr antiparallel: the fast set
+# first, then the system's former defaults as the reference it is compared with.
+CRFECONI_TRIALS = {
+    "fast": {"ecut": 300.0, "kpt_density": 1.5, "smearing": 0.1, "density_convergence": 1e-4,
+             "max_iterations": 150},
+    "reference": {"ecut": 350.0, "kpt_density": 2.2, "smearing": 0.1, "density_convergence": 1e-5,
+                  "max_iterations": 150},
+}
+
+
+def crfeconi_settings() -> dict:
+    """Time one equiatomic 8-atom CrFeCoNi cell (300 K MD snapshot, seed 0) with each trial
+    setting (resumable: finished trials are kept in the JSON) and compare the densities."""
+    from rhox.engine.dft import DFTSettings, estimate_atoms_cost, kpoint_mesh, run_dft
+    from rhox.engine.structures import random_alloy
+    from rhox.engine.thermal import thermalize
+
+    res = json.loads(CRFECONI_SETTINGS_JSON.read_text()) if CRFECONI_SETTINGS_JSON.is_file() else {}
+    atoms = random_alloy("CrFeCoNi", {"Cr": 0.25, "Fe": 0.25, "Co": 0.25, "Ni": 0.25}, (2, 1, 1), seed=0)
+    atoms = thermalize(atoms, 300.0, method="md", seed=0)[0]
+    dens = {}
+    for name, kw in CRFECONI_TRIALS.items():
+        npz = RESULTS / f".active_crfeconi_{name}.npz"
+        if name in res and npz.is_file():
+            dens[name] = np.load(npz)["density"]
+            continue
+        st = DFTSettings(xc="PBE", spin_polarized=True, **kw)
+        say(f"CrFeCoNi 8-atom cell, {name} settings {kw}: k-points {kpoint_mesh(atoms, st)}")
+        cpu0 = time.process_time()
+        smp = run_dft(atoms, st)
+        res[name] = {"settings": st.to_dict(), "kpts": list(kpoint_mesh(atoms, st)),
+                     "wall_s": smp.provenance["wall_time_s"], "cpu_s": time.process_time() - cpu0,
+                     "scf_iterations": smp.provenance["iterations"], "grid": list(smp.grid_shape),
+                     "magmom": smp.magmom, "energy_eV_per_atom": smp.energy / len(atoms),
+                     "estimated_s": estimate_atoms_cost(atoms, st).seconds,
+                     "load_average": os.getloadavg()[0]}
+        dens[name] = smp.total_density
+        np.savez_compressed(npz, density=smp.total_density)
+        say(f"  {res[name]}")
+        tmp = CRFECONI_SETTINGS_JSON.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, indent=1))
+        os.replace(tmp, CRFECONI_SETTINGS_JSON)
+    if "fast" in dens and "reference" in dens:
+        from scipy.signal import resample
+
+        from rhox.engine.metrics import l1_percent
+
+        ref = dens["reference"]
+        for axis, n in enumerate(dens["fast"].shape):  # Fourier resampling onto the fast grid (periodic)
+            if ref.shape[axis] != n:
+                ref = resample(ref, n, axis=axis)
+        res["fast_vs_reference_L1%"] = l1_percent(dens["fast"], ref)
+        res["fast_vs_reference_dE_meV_per_atom"] = 1000 * (res["fast"]["energy_eV_per_atom"]
+                                                           - res["reference"]["energy_eV_per_atom"])
+        CRFECONI_SETTINGS_JSON.write_text(json.dumps(res, indent=1))
+    return res
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+README = HERE / "README.md"
+BEGIN, END = "<!-- active-study:begin -->", "<!-- active-study:end -->"
+OUT_JSON = RESULTS / "active_sigesn.json"
+OUT_PNG = RESULTS / "active_sigesn_curves.png"
+
+
+def _curve(recs: list[dict]) -> dict:
+    def t(r, k):
+        return r["test"][k] if r.get("test") else None
+
+    return {"round": [r["round"] for r in recs], "n_compositions": [r["n_compositions"] for r in recs],
+            "n_dft": [r["n_dft"] for r in recs], "dft_seconds": [round(r["dft_seconds"], 1) for r in recs],
+            "L1%_mean": [t(r, "L1%_mean") for r in recs], "L1%_worst": [t(r, "L1%_worst") for r in recs],
+            "cal1": [t(r, "cal1") for r in recs],
+            "train_seconds": [round(r.get("train_seconds", 0.0), 1) for r in recs],
+            "picked": [[p["composition"] for p in r["picked"]] for r in recs],
+            "acquired": [(r.get("acquired") or {}).get("summary") for r in recs],
+            "picked_L1%": [[p["L1%"] for p in (r.get("acquired") or {}).get("picks", [])] for r in recs]}
+
+
+def _first(curve: dict, target: float, metric: str = "L1%_mean", cost: str = "n_compositions"):
+    for v, c in zip(curve[metric], curve[cost]):
+        if v is not None and v <= target:
+            return c
+    return None
+
+
+def collect() -> dict:
+    """Every run's curve, which runs are incomplete, the target and the reduction factors."""
+    runs = {}
+    for d in sorted(RUNS.glob("*-s*")) if RUNS.is_dir() else []:
+        recs = _records(d.name)
+        if not recs:
+            continue
+        fin = json.loads((d / "finished.json").read_text()) if (d / "finished.json").is_file() else None
+        runs[d.name] = {"strategy": d.name.rsplit("-s", 1)[0], "seed": int(d.name.rsplit("-s", 1)[1]),
+                        "complete": fin is not None, "why_stopped": fin and fin["why"], "curve": _curve(recs)}
+    out = {"system": SYSTEM, "batch": BATCH, "cap_rounds": CAP_ROUNDS, "train": TRAIN, "runs": runs,
+           "test_set": {"file": str(TEST_DB.relative_to(ROOT)), "compositions": test_compositions()}}
+    tess = runs.get("tessellation-s0")
+    if tess:
+        tc = tess["curve"]
+        out["target"] = {"L1%_mean": tc["L1%_mean"][-1], "final": tess["complete"],
+                         "tessellation_compositions": tc["n_compositions"][-1],
+                         "tessellation_dft_seconds": tc["dft_seconds"][-1]}
+        tgt = tc["L1%_mean"][-1]
+        t_first = _first(tc, tgt)
+        t_sec = _first(tc, tgt, cost="dft_seconds")
+        out["target"]["tessellation_first_reach"] = t_first
+        red = {}
+        for strat in (("active", "random") if tess["complete"] else ()):  # no factor against a provisional target
+            rows = []
+            for name, r in runs.items():
+                if r["strategy"] != strat:
+                    continue
+                n = _first(r["curve"], tgt)
+                sec = _first(r["curve"], tgt, cost="dft_seconds")
+                rows.append({"run": name, "complete": r["complete"], "n_to_target": n, "dft_seconds_to_target": sec,
+                             "factor_vs_full_level": (tc["n_compositions"][-1] / n) if n else None,
+                             "factor_vs_first_reach": (t_first / n) if n and t_first else None,
+                             "factor_dft_seconds": (t_sec / sec) if sec and t_sec else None})
+            red[strat] = rows
+        out["reduction"] = red
+    return out
+
+
+def _fmt(v, f="{:.2f}"):
+    return "n/a" if v is None else f.format(v)
+
+
+def _plot(res: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"tessellation": "black", "active": "tab:red", "random": "tab:blue"}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+    for name, r in res["runs"].items():
+        c = r["curve"]
+        kw = dict(color=colors.get(r["strategy"], "gray"), marker="o", ms=3, lw=1.2,
+                  ls="-" if r["complete"] else "--", label=name + ("" if r["complete"] else " (incomplete)"))
+        axes[0].plot(c["n_compositions"], c["L1%_mean"], **kw)
+        axes[1].plot(c["n_compositions"], c["L1%_worst"], **kw)
+        axes[2].plot(np.array(c["dft_seconds"]) / 3600, c["L1%_mean"], **kw)
+    tgt = res.get("target", {}).get("L1%_mean")
+    for ax, xl, yl in zip(axes, ("DFT compositions", "DFT compositions", "recorded DFT wall time (h; serial)"),
+                          ("test L1% (mean over configurations)", "test L1% (worst configuration)",
+                           "test L1% (mean)")):
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.grid(alpha=0.3)
+        if tgt is not None and "mean" in yl:
+            ax.axhline(tgt, color="gray", ls=":", lw=1)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{SYSTEM}, 8-atom cells: active learning vs tessellation vs random (batch {BATCH}; "
+                 f"dotted: target = tessellation's final mean L1%)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(OUT_PNG, dpi=110)
+    plt.close(fig)
+
+
+def _table(res: dict) -> str:
+    lines = []
+    tgt = res.get("target")
+    incomplete = [n for n, r in res["runs"].items() if not r["complete"]]
+    lines.append(f"Runs: {', '.join(res['runs']) or 'none yet'}. "
+                 + (f"**Incomplete** (partial curves): {', '.join(incomplete)}." if incomplete else "All complete."))
+    lines.append("")
+    if tgt:
+        lines.append(f"Target: test mean L1% **{tgt['L1%_mean']:.2f}** = the tessellation's "
+                     + ("final model (level 4, " if tgt["final"] else "LATEST model (provisional: it has not finished; ")
+                     + f"{tgt['tessellation_compositions']} compositions, {tgt['tessellation_dft_seconds'] / 3600:.2f} h "
+                       f"of recorded DFT); the tessellation first reaches it at "
+                       f"{_fmt(tgt['tessellation_first_reach'], '{:.0f}')} compositions.")
+        lines.append("")
+        if not tgt["final"]:
+            lines.append("No reduction factor yet: the target is set by the tessellation's final model.")
+            lines.append("")
+    lines.append("| run | rounds | compositions | DFT (h) | final L1% mean | final L1% worst | cal1 (%) | "
+                 "compositions to target | factor (vs level 4) | factor (vs first reach) | factor (DFT s) |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    red = {row["run"]: row for rows in res.get("reduction", {}).values() for row in rows}
+    for name, r in res["runs"].items():
+        c = r["curve"]
+        rr = red.get(name, {})
+        lines.append(f"| {name}{'' if r['complete'] else ' (incomplete)'} | {len(c['round'])} | {c['n_compositions'][-1]} | "
+                     f"{c['dft_seconds'][-1] / 3600:.2f} | {_fmt(c['L1%_mean'][-1])} | {_fmt(c['L1%_worst'][-1])} | "
+                     f"{_fmt(c['cal1'][-1], '{:.0f}')} | {_fmt(rr.get('n_to_target'), '{:.0f}')} | "
+                     f"{_fmt(rr.get('factor_vs_full_level'))} | {_fmt(rr.get('factor_vs_first_reach'))} | "
+                     f"{_fmt(rr.get('factor_dft_seconds'))} |")
+    for strat, rows in res.get("reduction", {}).items():
+        f = [x["factor_vs_full_level"] for x in rows if x["factor_vs_full_level"]]
+        miss = [x["run"] for x in rows if not x["factor_vs_full_level"]]
+        if rows:
+            lines.append("")
+            lines.append(f"- **{strat}**: reduction factor (tessellation level 4's compositions / the run's, at the "
+                         f"target) " + (f"mean {np.mean(f):.2f}, range {min(f):.2f}-{max(f):.2f} over {len(f)} seed(s)"
+                                        if f else "not reached yet")
+                         + (f"; not reached (or not yet) by {', '.join(miss)}" if miss else "") + ".")
+    # Test mean L1% at equal numbers of compositions (every run adds BATCH per round): strategy x count,
+    # mean over the seeds that got there [min-max]; readable on partial runs.
+    by: dict = {}
+    for r in res["runs"].values():
+        for n, v in zip(r["curve"]["n_compositions"], r["curve"]["L1%_mean"]):
+            if v is not None:
+                by.setdefault(r["strategy"], {}).setdefault(n, []).append(v)
+    counts = sorted({n for d in by.values() for n in d})
+    if counts:
+        lines.append("")
+        lines.append("Test mean L1% at equal DFT compositions (mean over seeds [min-max], seeds in brackets):")
+        lines.append("")
+        lines.append("| strategy | " + " | ".join(str(n) for n in counts) + " |")
+        lines.append("|---|" + "---:|" * len(counts))
+        for strat in ("tessellation", "active", "random"):
+            if strat in by:
+                cells = []
+                for n in counts:
+                    v = by[strat].get(n)
+                    cells.append("" if not v else f"{np.mean(v):.1f}" if len(v) == 1 else
+                                 f"{np.mean(v):.1f} [{min(v):.1f}-{max(v):.1f}] ({len(v)})")
+                lines.append(f"| {strat} | " + " | ".join(cells) + " |")
+    sig = [a for r in res["runs"].values() for a in r["curve"]["acquired"] if a and "spearman_sigma_q90_L1" in a]
+    if sig:
+        lines.append("")
+        parts = []
+        for k, what in (("sigma_q90", "0.9-quantile"), ("sigma_mean", "mean")):
+            rho = [a[f"spearman_{k}_L1"] for a in sig if np.isfinite(a.get(f"spearman_{k}_L1", np.nan))]
+            sl = [a[f"slope_log_L1_log_{k}"] for a in sig if f"slope_log_L1_log_{k}" in a]
+            if rho:
+                parts.append(f"σ {what}: Spearman with L1% median {np.median(rho):.2f} (range {min(rho):.2f} to "
+                             f"{max(rho):.2f})" + (f", slope of log L1% on log σ median {np.median(sl):.2f}" if sl else ""))
+        hard = {}
+        for r in res["runs"].values():
+            hard.setdefault(r["strategy"], []).extend(v for rnd in r["curve"]["picked_L1%"] for v in rnd)
+        lines.append("- Previous round's model's L1% on the compositions each strategy picked (before training on "
+                     "them; higher = the picks went where the model was wrong): "
+                     + "; ".join(f"{k} mean {np.mean(v):.1f} ({len(v)} picks)" for k, v in hard.items() if v) + ".")
+        lines.append(f"- Acquisition signal, measured each round on the round's new DFT cells with the previous "
+                     f"round's model ({len(sig)} rounds of all runs, 4 picks each): " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
+def report() -> dict:
+    res = collect()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tmp = OUT_JSON.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    os.replace(tmp, OUT_JSON)
+    if res["runs"]:
+        _plot(res)
+    table = _table(res)
+    text = README.read_text()
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        tmp = README.with_suffix(".tmp")
+        tmp.write_text(head + BEGIN + "\n" + table + "\n" + END + tail)
+        os.replace(tmp, README)
+    print(table)
+    return res
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("run", "report", "test-compositions", "crfeconi-settings"))
+    a = ap.parse_args(argv)
+    if a.what == "run":
+        run_all()
+    elif a.what == "crfeconi-settings":
+        crfeconi_settings()
+    elif a.what == "test-compositions":
+        print("\n".join(test_compositions()))
+    else:
+        report()
+
+
+if __name__ == "__main__":
+    main()
