@@ -490,13 +490,22 @@ def _evaluate(s: LearnSettings, model_dir: Path) -> dict | None:
 
 
 def energy_error(s: LearnSettings, model_dir: Path) -> dict | None:
-    """The round's energy error on the test set (meV/atom), the record's ``energy`` field.
-
-    A seam: energy prediction (engine/energy.py, issue 9 item 5) is built separately; once it is
-    merged this returns its test-set error (e.g. ``{"MAE_meV_per_atom": ..., "cal1": ...}``).
-    Until then there is no energy model and the field is None.
+    """The round's energy error on the test set, the record's ``energy`` field: MAE, RMSE and
+    worst error in meV/atom and the 1/2/3σ coverage (:func:`engine.energy.evaluate_energy`,
+    without the per-configuration rows); None without a test set, ``{"unavailable": why}`` when
+    the round's model has no energy model (e.g. fewer than 3 configurations to fit it).
     """
-    return None
+    if not s.test:
+        return None
+    from .energy import evaluate_energy
+    from .errors import ModelError
+
+    try:
+        out = evaluate_energy(model_dir, s.test)
+    except ModelError as err:
+        return {"unavailable": str(err)}
+    out.pop("configurations", None)
+    return out
 
 
 def acquired_errors(parent: Path, db: Path, tasks: Sequence, picked: Sequence[dict], n_samples: int = 10) -> dict:

@@ -273,8 +273,14 @@ def test_two_round_run_end_to_end(reference_run):
     assert sorted(tuple(c["x"]) for c in r1["scores"]) == [(0.25, 0.75), (0.75, 0.25)]
     assert p["score"] == max(c["score"] for c in r1["scores"])
     assert r0["scores"] == []
-    # round 1's new cell was measured with round 0's model before training on it; no energy model yet
-    assert r0["acquired"] is None and r0["energy"] is None
+    # round 1's new cell was measured with round 0's model before training on it
+    assert r0["acquired"] is None
+    # the energy error on the test set, each round (engine/energy.py, fitted with the density model)
+    for r in records:
+        e = r["energy"]
+        assert "unavailable" in e or (e["n_configurations"] == 4 and e["mae_meV_atom"] >= 0
+                                      and e["rmse_meV_atom"] >= e["mae_meV_atom"])
+    assert "mae_meV_atom" in r1["energy"]   # 4 configurations: enough to fit the energy model
     (a,) = r1["acquired"]["picks"]
     assert a["composition"] == p["composition"] and a["score"] == p["score"]
     assert a["L1%"] > 0 and 0 < a["sigma_mean"] <= a["sigma_q90"]
