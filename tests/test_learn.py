@@ -450,8 +450,21 @@ def test_run_killed_during_dft_resumes_from_the_cli_to_the_same_records(referenc
     assert all(after[t] == uid for t, uid in done_before.items())  # finished DFT kept, not redone
     # The same records as the uninterrupted engine run with the same settings (timings and cache
     # hits aside): same picks and scores, same counts, same test errors.
-    strip = [{k: v for k, v in r.items() if k != "n_cache_hits"} for r in _strip(learn.read_records(run))]
-    expected = [{k: v for k, v in r.items() if k != "n_cache_hits"} for r in _strip(ref_records)]
+    # The energy fit sums over the dataset's rows, whose order follows the order the DFT finished in:
+    # equal to rounding, not bit for bit.
+    got, want = _strip(learn.read_records(run)), _strip(ref_records)
+    for a, b in zip(got, want):
+        ea, eb = a.pop("energy"), b.pop("energy")
+        assert (ea is None) == (eb is None) and ("unavailable" in (ea or {})) == ("unavailable" in (eb or {}))
+        if ea and "unavailable" not in ea:
+            assert ea.keys() == eb.keys()
+            for k in ea:
+                if isinstance(ea[k], float):
+                    assert ea[k] == pytest.approx(eb[k], rel=1e-6, abs=1e-9), k
+                else:
+                    assert ea[k] == eb[k], k
+    strip = [{k: v for k, v in r.items() if k != "n_cache_hits"} for r in got]
+    expected = [{k: v for k, v in r.items() if k != "n_cache_hits"} for r in want]
     assert strip == expected
 
 
