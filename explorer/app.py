@@ -251,6 +251,9 @@ class App(pn.viewable.Viewer):
 
     # --- text ------------------------------------------------------------------------------
     def _model_text(self, status: str) -> str:
+        if not self.state.model.data_path:
+            return (f"**Model:** {status}  \n**Dataset:** none yet for {self.state.pick.system} "
+                    "(Run DFT starts one)")
         data = Path(self.state.model.data_path)
         return f"**Model:** {status}  \n**Dataset:** {data.name}" + ("" if data.exists() else " (not found)")
 

@@ -476,6 +476,8 @@ def train_job(state: ExplorerState, settings: TrainSettings | None = None, datas
     else:
         data = state.session_dataset()
         if not data.exists():
+            if not state.model.data_path:
+                raise InputError(f"no {state.pick.system} data to train on yet: run DFT on a composition first")
             raise InputError(f"no dataset to train on: {state.model.data_path} does not exist (set RHOX_DATA)")
     parent = state.model.path if (fine_tune and state.model.info is not None) else None
     out_dir = state.workdir / f"model-{time.strftime('%H%M%S')}"

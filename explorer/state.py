@@ -155,6 +155,7 @@ class ModelInfo:
     train_compositions: list[str] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
     best_val_l1: float | None = None
+    dataset: str = ""  # the training dataset as recorded in the config (may be relative, may be gone)
 
     @property
     def name(self) -> str:
@@ -193,7 +194,19 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
         train_compositions=list(config.get("train_compositions") or []),
         history=list(config.get("history") or []),
         best_val_l1=training.get("best_val_l1"),
+        dataset=str(training.get("dataset") or ""),
     )
+
+
+def training_dataset(info: ModelInfo) -> Path | None:
+    """The file of the dataset ``info``'s model was trained on, when it can still be found: the
+    recorded path as it is (absolute, or relative to the working directory), else relative to the
+    model's folder or one of the folders above it (a checkout's ``benchmarks/data/...``); None otherwise."""
+    if not info.dataset:
+        return None
+    rec = Path(info.dataset).expanduser()
+    tries = [rec] if rec.is_absolute() else [rec] + [d / rec for d in (info.path, *info.path.resolve().parents)]
+    return next((t for t in tries if t.is_file()), None)
 
 
 def interactive_threads() -> None:
@@ -347,9 +360,13 @@ class ExplorerState(param.Parameterized):
         self._model = None
         self._model_lock = threading.Lock()
         self._workdir: Path | None = None
+        # Base dataset of each system met in this session: the one given (or bundled) belongs to the
+        # model the session starts with; a model of another system brings its own (read_model_info).
+        self._base_data: dict[str, str] = {}
         self.pick.param.watch(lambda e: self._on_system(), ["system"])
         self._on_system()
         self.read_model_info()
+        self._base_data.setdefault(self.pick.system, self.model.data_path)
 
     # --- system and model --------------------------------------------------------------
     @property
@@ -393,6 +410,11 @@ class ExplorerState(param.Parameterized):
                                            "prediction does not.")
             self.notify(self.model.status, "warning")
             return
+        if self._base_data and info.system:  # a switch: the dataset follows the model's system
+            if info.system not in self._base_data:
+                found = training_dataset(info)
+                self._base_data[info.system] = str(found) if found else ""
+            self.model.data_path = self._base_data[info.system]
         self.model.param.update(info=info, ready=False, status=f"{info.label()}: loading…")
         if info.system in PICKABLE_SYSTEMS and info.system != self.pick.system:
             self.pick.system = info.system
@@ -436,11 +458,13 @@ class ExplorerState(param.Parameterized):
         return self._workdir
 
     def session_dataset(self) -> Path:
-        """This session's dataset: a copy of the base dataset made on first write, in the work dir."""
+        """This session's dataset of the current system (``session-<system>.db`` in the work dir): a
+        copy of that system's base dataset made on first use, or a new dataset when it has none, so
+        DFT run for one system never lands in another system's data."""
         import shutil
 
-        target = self.workdir / "session.db"
-        if not target.exists():
+        target = self.workdir / f"session-{self.pick.system}.db"
+        if not target.exists() and self.model.data_path:
             src = Path(self.model.data_path)
             if src.is_file():
                 shutil.copyfile(src, target)

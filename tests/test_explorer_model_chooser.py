@@ -141,3 +141,39 @@ def test_the_chooser_offers_every_bundled_model_and_starts_on_the_default(monkey
     assert opts == [f"{n} (bundled{', default' if n == 'SiGeSn' else ''})" for n in bundled_models()]
     assert app.model_chooser.select.value == "SiGeSn (bundled, default)"
     assert app.state.pick.system == "SiGeSn"
+
+
+def test_each_system_keeps_its_own_session_dataset(explorer_model, explorer_data, user_folder, tmp_path, monkeypatch):
+    """Switching to a model of another system switches the dataset with it: DFT and training of Al
+    use the Al model's own training data (or a new dataset), never the SiGeSn session copy."""
+    import json
+    import shutil
+
+    from rhox.engine.store import Dataset
+    from rhox.explorer.state import ExplorerState
+
+    monkeypatch.setenv("RHOX_WORKDIR", str(tmp_path / "work"))
+    s = ExplorerState(model_path=explorer_model, data_path=explorer_data)
+    assert s.pick.system == "SiGeSn" and s.model.data_path == str(explorer_data)
+    sigesn = s.session_dataset()
+    assert sigesn.name == "session-SiGeSn.db" and Dataset(sigesn).count() == Dataset(explorer_data).count()
+
+    s.set_model(user_folder / "my_al")  # trained on benchmarks/data/al_small_train.db
+    assert s.pick.system == "Al" and Path(s.model.data_path).resolve() == (DATA / "al_small_train.db").resolve()
+    al = s.session_dataset()
+    assert al != sigesn and al.name == "session-Al.db"
+    assert {sym for r in Dataset(al).rows() for sym in r.toatoms().get_chemical_symbols()} == {"Al"}
+
+    # a model whose training data is gone: the system starts a new dataset, and says so
+    lost = tmp_path / "lost_sige"
+    shutil.copytree(user_folder / "my_sige", lost)
+    cfg = json.loads((lost / "config.json").read_text())
+    cfg["training"]["dataset"] = str(tmp_path / "deleted.db")
+    (lost / "config.json").write_text(json.dumps(cfg))
+    s.set_model(lost)
+    assert s.pick.system == "SiGe" and s.model.data_path == ""
+    assert s.session_dataset().name == "session-SiGe.db" and not s.session_dataset().exists()
+
+    s.set_model(explorer_model)  # back: the SiGeSn session copy is the same file, untouched
+    assert s.model.data_path == str(explorer_data) and s.session_dataset() == sigesn
+    assert Dataset(sigesn).count() == Dataset(explorer_data).count()

@@ -94,7 +94,7 @@ def test_stopping_the_server_stops_its_dft_child(tmp_path):
             child.kill()
     import ase.db
 
-    dbs = list(work.glob("rhox-session-*/session.db"))
+    dbs = list(work.glob("rhox-session-*/session-SiGeSn.db"))
     assert len(dbs) == 1
     db = ase.db.connect(str(dbs[0]))
     assert db.count("status=running") == 0  # the killed run left no reservation behind
