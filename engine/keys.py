@@ -68,3 +68,6 @@ ENV_RESULT = "RHOX_RESULT"     # prediction store (zarr) the explorer opens at s
 # --- streamed prediction store (zarr) ---------------------------------------------------------
 STREAM_PROGRESS = "rhox_progress.json"  # record of the blocks done, replaced atomically after each
 STREAM_FORMAT = "rhox_stream_format"    # group attribute: layout version of the store
+
+# The fields of a prediction (e/Å³), in the order files and stores list them.
+FIELD_NAMES = ("mean", "sigma_total", "sigma_epistemic", "sigma_aleatoric")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
+from . import keys
 from .bnn import posterior_mean_weights, predict_with_uncertainty
 from .descriptors import BlockedDescriptorCalculator, FrameBlender
 from .errors import InputError, ModelError
@@ -26,7 +27,7 @@ from .grid import grid_points, grid_shape_for_spacing, iter_blocks
 from .model import RhoxModel
 from .structures import require_periodic
 
-FIELD_NAMES = ("mean", "sigma_total", "sigma_epistemic", "sigma_aleatoric")
+FIELD_NAMES = keys.FIELD_NAMES
 BYTES_PER_POINT = 4 * len(FIELD_NAMES)  # the four float32 fields held in memory
 EPISTEMIC_ABSENT = ("epistemic σ not computed: mean-only prediction (samples 0 / fast) on the posterior-mean "
                     "weights; σ total is the aleatoric σ alone")

@@ -24,7 +24,6 @@ from ase import Atoms
 
 from . import keys
 from .errors import InputError
-from .predict import FIELD_NAMES
 
 AXES = {"x": 0, "y": 1, "z": 2, "a": 0, "b": 1, "c": 2}
 AXIS_NAMES = "xyz"
@@ -85,7 +84,7 @@ def open_store(path: str | Path) -> StoreInfo:
     if keys.STREAM_FORMAT not in attrs:
         raise InputError(f"{p} is not a rhox prediction store (a zarr group without {keys.STREAM_FORMAT}); "
                          f"make one with rhox predict --out RESULT.zarr")
-    fields = tuple(f for f in FIELD_NAMES if f in group)  # membership, not a listing: the store holds a record file
+    fields = tuple(f for f in keys.FIELD_NAMES if f in group)  # membership, not a listing: the store holds a record file
     return StoreInfo(path=p, shape=tuple(int(n) for n in attrs["shape"]),
                      cell=np.asarray(attrs["cell"], dtype=np.float64), fields=fields,
                      complete=bool(attrs.get("complete")), attrs=attrs)
