@@ -114,3 +114,15 @@ def training_domain(structures: Sequence[Atoms]) -> dict:
     temps = sorted({float(a.info[keys.INFO_TEMPERATURE]) for a in structures
                     if a.info.get(keys.INFO_TEMPERATURE) is not None})
     return {"neighbour_distances": neighbour_ranges(structures), "temperatures": temps}
+
+
+def merge_domains(a: Mapping | None, b: Mapping | None) -> dict:
+    """The union of two training domains (a fine-tuned model's own and its parent's): each pair of
+    species' neighbour-distance range widened to cover both (Å), the temperatures of both (K)."""
+    a, b = dict(a or {}), dict(b or {})
+    ranges = {k: list(v) for k, v in (a.get("neighbour_distances") or {}).items()}
+    for k, (lo, hi) in (b.get("neighbour_distances") or {}).items():
+        old = ranges.get(k, [lo, hi])
+        ranges[k] = [min(old[0], lo), max(old[1], hi)]
+    temps = sorted({float(t) for t in (a.get("temperatures") or []) + (b.get("temperatures") or [])})
+    return {"neighbour_distances": dict(sorted(ranges.items())), "temperatures": temps}

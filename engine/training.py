@@ -457,6 +457,8 @@ def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch
     scale = calibration_scale(model, val, seed=cfg.seed)
     if not (math.isfinite(scale) and scale > 0):
         raise ModelError(f"the calibration scale of σ came out as {scale}; no model saved")
+    own_compositions = {str(s.atoms.info.get("realised_composition", s.atoms.get_chemical_formula()))
+                        for s in samples}
     model.meta = {
         "training": {
             "dataset": str(dataset), "data_hash": run["data_hash"], "n_configurations": len(samples),
@@ -468,9 +470,12 @@ def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch
         },
         "history": history,
         "sigma_scale": scale,
-        "train_compositions": sorted({str(s.atoms.info.get("realised_composition", s.atoms.get_chemical_formula()))
-                                      for s in samples}),
-        "domain": domain.training_domain([s.atoms for s in samples]),
+        # A fine-tuned model has seen its parent's data too (through the parent's weights): its
+        # compositions and domain are the union, so the explorer's map and the trust report show both.
+        "train_compositions": sorted(own_compositions | set((parent_config or {}).get("train_compositions") or [])),
+        "fine_tune_compositions": sorted(own_compositions) if parent_config else None,
+        "domain": domain.merge_domains(domain.training_domain([s.atoms for s in samples]),
+                                       (parent_config or {}).get("domain")),
         "lineage": lineage.record(dataset, run["data_hash"], samples, parent, parent_config),
     }
     nov = _fit_novelty(model, train, val, cfg.seed, status)

@@ -145,3 +145,26 @@ def test_cli_train_prints_total_dft_cost(subset, tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())
     assert f"total DFT cost behind this model: {lineage.human_cpu_time(_cpu_seconds(subset))}" in text
+
+
+def test_fine_tuned_model_lists_its_parents_compositions_and_domain_too(tiny_model, tiny_dataset, tmp_path):
+    """A model fine-tuned on Si-only cells still knows (map, trust report) the parent's Ge and SiGe."""
+    path, _ = tiny_model
+    si_only = tmp_path / "si.db"
+    src, dst = ase.db.connect(str(tiny_dataset)), ase.db.connect(str(si_only))
+    for row in src.select(status="done"):
+        if set(row.toatoms().get_chemical_symbols()) == {"Si"}:
+            dst.write(row.toatoms(), key_value_pairs=row.key_value_pairs, data=row.data)
+    assert dst.count() == 2
+    cfg = TrainConfig(max_epochs=1, batch_size=512, seed=0, baseline=False, device="cpu", val_fraction=0.5)
+    fit(si_only, tmp_path / "child", cfg, parent=path)
+    parent = json.loads((path / keys.MODEL_CONFIG).read_text())
+    child = json.loads((tmp_path / "child" / keys.MODEL_CONFIG).read_text())
+    assert len(parent["train_compositions"]) == 3  # Si, Ge and SiGe cells
+    assert len(child["fine_tune_compositions"]) == 1 and child["fine_tune_compositions"][0].startswith("Si")
+    assert child["train_compositions"] == parent["train_compositions"]
+    assert parent["fine_tune_compositions"] is None
+    ranges = child["domain"]["neighbour_distances"]
+    assert set(ranges) == set(parent["domain"]["neighbour_distances"])  # Ge pairs come from the parent
+    for pair, (lo, hi) in parent["domain"]["neighbour_distances"].items():
+        assert ranges[pair][0] <= lo and ranges[pair][1] >= hi
