@@ -93,6 +93,10 @@ def test_fingerprints_by_hand_perfect_and_vacancy():
     undercoordinated = np.flatnonzero(np.isclose(fv[:, 3], second / two_r))
     assert len(undercoordinated) == 4
     np.testing.assert_allclose(fv[undercoordinated, :3], bond / two_r, rtol=1e-12)
+    from ase.geometry import get_distances
+
+    _, d = get_distances(gone[None], vac.positions[undercoordinated], cell=vac.cell, pbc=True)
+    np.testing.assert_allclose(d[0], bond, rtol=1e-12)  # and they are the missing atom's neighbours
     # A cutoff shorter than the second shell: missing neighbours count at the cutoff.
     short = an.fingerprints(_si(), cutoff=3.0)
     np.testing.assert_allclose(short[:, 4:], 3.0 / two_r)
