@@ -64,7 +64,7 @@ assets: install
 	$(VENV)/bin/rhox generate SiGeSn --compositions random:8 --repeat 1 --samples 1 \
 	  --temperature 600 --thermal md --seed 2 --workers 2 --out assets/sigesn_test.db
 	# The default model (issue 12 item 7): a base model trained on the 30 cells above (as bundled
-	# until then, initial posterior σ 1e-3), fine-tuned for 8 epochs on the same cells plus 8-atom
+	# until then, initial posterior σ 1e-3), fine-tuned for 4 epochs on the same cells plus 8-atom
 	# cells with one vacancy and 16-atom cells, keeping the base's deterministic baseline; its σ
 	# inflation for unfamiliar atom environments is fitted on the calibration cells of
 	# benchmarks/calib_data.py (strained and vacancy cells, no test set). Why fine-tuned rather than
@@ -79,7 +79,7 @@ assets: install
 	  --workers 2 --out assets/sigesn_train_defects.db
 	$(PY) benchmarks/calib_data.py
 	$(VENV)/bin/rhox train assets/sigesn_train_defects.db --parent build/sigesn_base --out assets/model --overwrite \
-	  --seed 0 --epochs 8 --lr 5e-4 --no-baseline --calibration benchmarks/data/sigesn_calib.db
+	  --seed 0 --epochs 4 --lr 5e-4 --no-baseline --calibration benchmarks/data/sigesn_calib.db
 	$(VENV)/bin/rhox evaluate assets/sigesn_test.db --model assets/model --json assets/model/evaluation.json
 	# The Al and SiGe models (assets/models/<system>/): the transfer study's best strategy on that
 	# system's train and fine-tune sets in benchmarks/data/, evaluated on its held-out test sets.
