@@ -15,6 +15,12 @@ module measures that directly and turns it into a σ inflation:
   points: the slope of log(68th percentile of |error|/σ) against log(novelty), over bins of
   novelty (0 when the error does not grow with novelty there).
 
+Models trained since the atom-environment novelty (:mod:`rhox.engine.atom_novelty`) carry that
+one instead, in the same file (metadata ``kind: atom``): this descriptor-space measure hardly
+separated strained or vacancy cells (benchmarks/README.md section 6) and stays for older models
+and the uncertainty study. :func:`load_novelty`, :func:`model_novelty` and :func:`novelty_field`
+handle both kinds.
+
 Everything is plain numpy; the fitted model is a few arrays (saved as ``novelty.safetensors``
 beside a model's weights, read back without executing anything) and three numbers.
 """

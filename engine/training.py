@@ -372,10 +372,8 @@ def _fit_novelty(samples, train_idx, status):
     """Atom-environment novelty of the new model's training atoms (:mod:`.atom_novelty`; for the
     trust report, the explorer and, once calibrated, the σ inflation), or None where the data are too
     few to fit it (said in the status line, never fatal)."""
-    from .atom_novelty import fit_atom_novelty
-
     try:
-        return fit_atom_novelty([samples[i].atoms for i in train_idx], list(train_idx))
+        return atom_novelty.fit_atom_novelty([samples[i].atoms for i in train_idx], list(train_idx))
     except (InputError, ModelError) as err:
         status(f"atom-environment novelty not recorded: {err}")
         return None
