@@ -260,7 +260,7 @@ def novelty_check(model, atoms: Atoms, fields, novelty: np.ndarray | None = None
     kind = "atom-environment" if atom else "descriptor"
     text = f"{kind} novelty mean {values['mean']:.2f}, max {values['max']:.2f} (training-like ≈ 1)"
     if atom:
-        text += (f"; most unfamiliar atoms " + ", ".join(f"{a['symbol']}{a['index']} {a['novelty']:.2f}"
+        text += ("; most unfamiliar atoms " + ", ".join(f"{a['symbol']}{a['index']} {a['novelty']:.2f}"
                                                          for a in values["atoms"]))
     if nov.q99 is None:
         return DomainCheck(NOVELTY_CHECK, None, text + "; the model records no bound", values)
