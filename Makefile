@@ -63,7 +63,23 @@ assets: install
 	  --temperature 300 --temperature 900 --thermal md --seed 1 --workers 2 --out assets/sigesn_train.db
 	$(VENV)/bin/rhox generate SiGeSn --compositions random:8 --repeat 1 --samples 1 \
 	  --temperature 600 --thermal md --seed 2 --workers 2 --out assets/sigesn_test.db
-	$(VENV)/bin/rhox train assets/sigesn_train.db --out assets/model --seed 0 --overwrite
+	# The default model (issue 12 item 7): a base model trained on the 30 cells above (as bundled
+	# until then, initial posterior σ 1e-3), fine-tuned for 4 epochs on the same cells plus 8-atom
+	# cells with one vacancy and 16-atom cells, keeping the base's deterministic baseline; its σ
+	# inflation for unfamiliar atom environments is fitted on the calibration cells of
+	# benchmarks/calib_data.py (strained and vacancy cells, no test set). Why fine-tuned rather than
+	# trained from scratch with init σ 0.03: see benchmarks/README.md section 6 (CPU time).
+	$(VENV)/bin/rhox train assets/sigesn_train.db --out build/sigesn_base --seed 0 --overwrite --init-sigma 0.001
+	test -f assets/sigesn_train_defects.db || cp assets/sigesn_train.db assets/sigesn_train_defects.db
+	$(VENV)/bin/rhox generate SiGeSn --compositions random:2 --repeat 2x1x1 --samples 1 \
+	  --temperature 300 --temperature 900 --thermal md --seed 4 --workers 2 --out assets/sigesn_train_defects.db
+	$(VENV)/bin/rhox generate SiGeSn \
+	  --compositions "Si0.375Ge0.25Sn0.375;Si0.25Ge0.375Sn0.375;Si0.5Ge0.375Sn0.125;Si0.125Ge0.5Sn0.375" \
+	  --repeat 1 --samples 1 --vacancies 1 --temperature 300 --temperature 900 --thermal md --seed 3 \
+	  --workers 2 --out assets/sigesn_train_defects.db
+	$(PY) benchmarks/calib_data.py
+	$(VENV)/bin/rhox train assets/sigesn_train_defects.db --parent build/sigesn_base --out assets/model --overwrite \
+	  --seed 0 --epochs 4 --lr 5e-4 --no-baseline --calibration benchmarks/data/sigesn_calib.db
 	$(VENV)/bin/rhox evaluate assets/sigesn_test.db --model assets/model --json assets/model/evaluation.json
 	# The Al and SiGe models (assets/models/<system>/): the transfer study's best strategy on that
 	# system's train and fine-tune sets in benchmarks/data/, evaluated on its held-out test sets.

@@ -11,6 +11,14 @@ DFT (default SiGeSn settings) on
 - ``vacancy``: benchmarks/data/sigesn_ood_vacancy.db, 8-atom cells with one vacancy;
 - ``large``: benchmarks/data/sigesn_ood_large.db, 64-atom cells (when present).
 
+``+atom_novelty`` methods add the atom-environment novelty's σ inflation
+(:mod:`rhox.engine.atom_novelty`): fitted on the method's training atoms, its coefficient
+calibrated on ``benchmarks/data/sigesn_calib.db`` (strained ±4 % and vacancy cells made by
+benchmarks/calib_data.py; no test set). ``bundled_before`` / ``bundled_after`` evaluate the
+bundled default model before and after its retraining (issue 12 item 7; the former a copy kept
+under benchmarks/results/uncertainty/bundled_before/, given the atom novelty here), not trained
+at the study's budget.
+
 Reported per method and set: L1%, coverage at 1/2/3σ (%), mean epistemic and total σ
 (e/Å³), and for each OOD set the ratios (OOD / test) of mean epistemic σ, of mean total σ and
 of L1%. Resumable: each trained method is saved under benchmarks/results/uncertainty/<method>/
@@ -33,6 +41,8 @@ from rhox.engine.bnn import NetConfig, make_net, predict_with_uncertainty
 from rhox.engine.bundled import asset_path
 from rhox.engine.descriptors import DescriptorSettings
 from rhox.engine.model import RhoxModel, load_model, save_model
+from rhox.engine.atom_novelty import fit_atom_novelty, fit_coefficient, save_atom_novelty
+from rhox.engine.grid import grid_points
 from rhox.engine.novelty import fit_novelty, inflate, load_novelty, save_novelty
 from rhox.engine.train_config import TrainConfig
 from rhox.engine.training import (ConfigData, _train_net, calibration_scale, featurize, grid_spacing, load_samples,
@@ -62,7 +72,14 @@ METHODS = {
     "kl_correlation_volume": ({"kl_weight": 30.0, **SHORT}, False),
     "init_sigma_0.03": ({"init_sigma": 0.03, **SHORT}, False),
     "init_sigma_0.03_kl_correlation_volume": ({"init_sigma": 0.03, "kl_weight": 30.0, **SHORT}, False),
+    "init_sigma_0.03+atom_novelty": ({"init_sigma": 0.03, **SHORT}, "atom"),
+    "bundled_before": ({}, False),
+    "bundled_before+atom_novelty": ({}, "atom"),
+    "bundled_after": ({}, False),
+    "bundled_after+atom_novelty": ({}, "atom"),
 }
+CALIB = HERE / "data" / "sigesn_calib.db"
+BUNDLED = {"bundled_before": OUT / "bundled_before", "bundled_after": asset_path("model")}
 N_SAMPLES = 12  # weight sets per prediction (split over the members of an ensemble)
 
 
@@ -123,8 +140,66 @@ def posterior_sigmas(model: RhoxModel) -> dict:
 
 
 @torch.no_grad()
+def raw_arrays(model: RhoxModel, c: ConfigData) -> tuple[np.ndarray, ...]:
+    """(mean, σ_epi², σ_ale²) of one configuration's points (calibrated σ, e/Å³ and e²/Å⁶)."""
+    ws = model.net.sample_weight_sets(N_SAMPLES, 0)
+    scale = float(model.meta["sigma_scale"])
+    p = predict_with_uncertainty(model.net, model.standardize(c.x), ws)
+    return ((p["mean"] * model.y_std + model.y_mean).numpy().astype(np.float64),
+            p["var_epistemic"].numpy().astype(np.float64) * (scale * model.y_std) ** 2,
+            p["var_aleatoric"].numpy().astype(np.float64) * (scale * model.y_std) ** 2)
+
+
+def grid_g(nov, c: ConfigData) -> np.ndarray:
+    """The atom novelty's grid novelty g at a configuration's grid points (its DFT grid)."""
+    atoms = c.sample.atoms
+    return nov.grid_novelty(atoms, grid_points(atoms.cell.array, c.sample.grid_shape))
+
+
+def atom_novelty_for(model: RhoxModel, name: str, train_samples, calib: list[ConfigData]):
+    """The atom novelty of a method (the bundled model's own when it has one), its σ-inflation
+    coefficient calibrated on the calibration set (cached in the method's folder)."""
+    own = load_novelty(model.directory) if getattr(model, "directory", None) else None
+    if getattr(own, "kind", None) == "atom" and own.coefficient > 0:
+        return own
+    out = OUT / name
+    nov = load_novelty(out) if out.is_dir() else None
+    if getattr(nov, "kind", None) == "atom":
+        return nov
+    nov = fit_atom_novelty([s.atoms for s in train_samples], list(range(len(train_samples))))
+    parts = []
+    for c in calib:
+        mean, ve, va = raw_arrays(model, c)
+        parts.append((grid_g(nov, c), mean, np.abs(mean - c.y.numpy()), np.sqrt(ve), np.sqrt(va)))
+    g, mean, err, se, sa = (np.concatenate(z) for z in zip(*parts))
+    nov.coefficient = fit_coefficient(g, mean, err, se, sa)
+    nov.calibration = {"dataset": str(CALIB), "n_configurations": len(calib), "points": int(len(g))}
+    out.mkdir(parents=True, exist_ok=True)
+    save_atom_novelty(nov, out)
+    return nov
+
+
+@torch.no_grad()
 def evaluate(model: RhoxModel, data: list[ConfigData], novelty=None) -> dict:
-    """Pooled L1%, coverage at 1/2/3σ and mean σ's over all grid points of a set (calibrated σ)."""
+    """Pooled L1%, coverage at 1/2/3σ and mean σ's over all grid points of a set (calibrated σ).
+
+    ``novelty``: a descriptor-space :class:`Novelty` (σ × max(1, n)^γ) or an atom-environment
+    novelty (σ_epi² + (c·ln g·ρ̂)²)."""
+    if getattr(novelty, "kind", None) == "atom":
+        err = norm = 0.0
+        cover, n, epi, tot = np.zeros(3), 0, 0.0, 0.0
+        for c in data:
+            mean, ve, va = raw_arrays(model, c)
+            ve = novelty.inflate(ve, mean, grid_g(novelty, c))
+            sigma = np.sqrt(ve + va)
+            y = c.y.numpy()
+            e = np.abs(mean - y)
+            err, norm = err + e.sum(), norm + np.abs(y).sum()
+            cover += [(e <= k * sigma).sum() for k in (1, 2, 3)]
+            epi, tot, n = epi + np.sqrt(ve).sum(), tot + sigma.sum(), n + len(y)
+        return {"l1_percent": float(100 * err / norm), "coverage_percent": (100 * cover / n).tolist(),
+                "mean_sigma_epistemic": float(epi / n), "mean_sigma_total": float(tot / n),
+                "n_configurations": len(data), "points": n}
     ws = model.net.sample_weight_sets(N_SAMPLES, 0)
     scale = float(model.meta["sigma_scale"])
     err = norm = 0.0
@@ -218,20 +293,38 @@ def main(methods: list[str] | None = None) -> dict:
     sets = {k: v for k, v in sets.items() if v}
     prev = OUT / "uncertainty.json"
     results = json.loads(prev.read_text()) if prev.is_file() else {}
+    calib = features("calib", CALIB, descriptor) if CALIB.is_file() else None
+    train_samples = [samples[i] for i in tr_idx]
     for name in methods or list(METHODS):
         changes, with_novelty = METHODS[name]
         base = name.split("+")[0]
-        model = train_method(base, changes, train, val, descriptor, samples)
-        nov = novelty_for(model, base, train, val) if with_novelty else None
+        if base in BUNDLED:
+            if not (BUNDLED[base] / "config.json").is_file():
+                say(f"{name}: no model at {BUNDLED[base]}, skipped")
+                continue
+            model = load_model(BUNDLED[base])
+        else:
+            model = train_method(base, changes, train, val, descriptor, samples)
+        if with_novelty == "atom":
+            if calib is None:
+                say(f"{name}: no calibration set {CALIB}, skipped")
+                continue
+            nov = atom_novelty_for(model, name, train_samples, calib)
+        else:
+            nov = novelty_for(model, base, train, val) if with_novelty else None
         say(f"evaluating {name}")
-        res = {"config_changes": changes, "novelty": with_novelty, "budget": {**BUDGET, **changes},
+        res = {"config_changes": changes, "novelty": with_novelty, "budget": None if base in BUNDLED else {**BUDGET, **changes},
                "point_fraction": POINT_FRACTION,
-               "best_val_l1": min(h["val_l1"] for h in model.meta["history"]),
-               "epochs": len(model.meta["history"]), "sigma_scale": model.meta["sigma_scale"],
+               "best_val_l1": min(h["val_l1"] for h in model.meta["history"] if h.get("network", "bnn") == "bnn"),
+               "epochs": len([h for h in model.meta["history"] if h.get("network", "bnn") == "bnn"]),
+               "sigma_scale": model.meta["sigma_scale"],
                "train_seconds": model.meta.get("study", {}).get("train_seconds"),
                "posterior_weight_sigma_median": posterior_sigmas(model),
                "sets": {k: evaluate(model, v, nov) for k, v in sets.items()}}
-        if nov is not None:
+        if getattr(nov, "kind", None) == "atom":
+            res["atom_novelty"] = {"coefficient": nov.coefficient, "q99": nov.q99, "scale": nov.scale,
+                                   "calibration": nov.calibration}
+        elif nov is not None:
             res["novelty_gamma"] = nov.gamma
         t = res["sets"]["test"]
         res["ratios"] = {k: {"sigma_epistemic": v["mean_sigma_epistemic"] / t["mean_sigma_epistemic"],

@@ -326,6 +326,8 @@ def train(
     kl_per: str = typer.Option(_TRAIN.kl_per, help="KL term scaled per grid point or per configuration: point | configuration."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model directory (its reports too)."),
+    calibration: Optional[Path] = typer.Option(None, help="DFT cells unlike the training ones (strained, with vacancies; "
+                                               "not a test set) to fit the σ inflation for unfamiliar atom environments."),
 ):
     """Train the Bayesian density model (and its deterministic baseline) on a dataset."""
     from rich.live import Live
@@ -349,6 +351,8 @@ def train(
                       kl_per=kl_per)
     if not dataset.is_file():
         raise InputError(f"dataset {dataset} does not exist")
+    if calibration is not None and not calibration.is_file():
+        raise InputError(f"calibration dataset {calibration} does not exist")
     table = Table(title="training")
     for col in ("net", "epoch", "loss", "NLL", "val L1%", "best", "lr", "s", "ETA ≤"):
         table.add_column(col, justify="right")
@@ -372,7 +376,7 @@ def train(
     live = Live(table, console=console, refresh_per_second=4) if console.is_terminal else nullcontext()
     with live:
         model = fit(dataset, out_dir, cfg, parent=parent, resume=resume, overwrite=overwrite, on_epoch=on_epoch,
-                    on_status=lambda m: console.print(m, highlight=False))
+                    on_status=lambda m: console.print(m, highlight=False), calibration=calibration)
     from .lineage import COST_COUNTED, human_cpu_time
 
     out.print(f"model written to {out_dir} (validation L1% {model.meta['training']['best_val_l1']:.2f}, "

@@ -15,6 +15,12 @@ module measures that directly and turns it into a σ inflation:
   points: the slope of log(68th percentile of |error|/σ) against log(novelty), over bins of
   novelty (0 when the error does not grow with novelty there).
 
+Models trained since the atom-environment novelty (:mod:`rhox.engine.atom_novelty`) carry that
+one instead, in the same file (metadata ``kind: atom``): this descriptor-space measure hardly
+separated strained or vacancy cells (benchmarks/README.md section 6) and stays for older models
+and the uncertainty study. :func:`load_novelty`, :func:`model_novelty` and :func:`novelty_field`
+handle both kinds.
+
 Everything is plain numpy; the fitted model is a few arrays (saved as ``novelty.safetensors``
 beside a model's weights, read back without executing anything) and three numbers.
 """
@@ -141,13 +147,24 @@ def save_novelty(nov: Novelty, directory: str | os.PathLike) -> Path:
     return path
 
 
-def load_novelty(directory: str | os.PathLike) -> Novelty | None:
-    """The novelty saved in a model directory, or None if it has none; :class:`ModelError` if unreadable."""
+def load_novelty(directory: str | os.PathLike):
+    """The novelty saved in a model directory (a :class:`Novelty`, or an
+    :class:`~rhox.engine.atom_novelty.AtomNovelty` when the file says ``kind: atom``), or None if it
+    has none; :class:`ModelError` if unreadable."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(directory) / NOVELTY_FILE
     if not path.is_file():
         return None
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            kind = (f.metadata() or {}).get("kind")
+    except (SafetensorError, OSError) as err:
+        raise ModelError(f"{path} is not a readable novelty file: {err}") from err
+    if kind == "atom":  # the atom-environment novelty (rhox.engine.atom_novelty) in the same file
+        from .atom_novelty import load_atom_novelty
+
+        return load_atom_novelty(directory)
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
@@ -222,14 +239,22 @@ def model_novelty(model) -> Novelty | None:
     return model.__dict__["_novelty"]
 
 
-def novelty_field(model, atoms, shape, nov: Novelty, block=(24, 24, 24)) -> np.ndarray:
+def novelty_field(model, atoms, shape, nov, block=(24, 24, 24)) -> np.ndarray:
     """Novelty (dimensionless, ≈1 training-like) of every point of the grid ``shape`` of ``atoms``,
-    block by block (memory bounded), as a float32 array of that shape."""
+    block by block (memory bounded), as a float32 array of that shape. ``nov``: a :class:`Novelty`
+    (descriptor space) or an :class:`~rhox.engine.atom_novelty.AtomNovelty` (its grid novelty g)."""
     import torch
 
     from .descriptors import BlockedDescriptorCalculator
     from .grid import grid_points, iter_blocks
 
+    if getattr(nov, "kind", None) == "atom":
+        per_atom = nov.atom_novelty(atoms)
+        out = np.empty(tuple(shape), dtype=np.float32)
+        for tile in iter_blocks(tuple(shape), block):
+            g = nov.grid_novelty(atoms, grid_points(atoms.cell.array, tuple(shape), tile), per_atom)
+            out[tile] = g.reshape([s.stop - s.start for s in tile])
+        return out
     calc = BlockedDescriptorCalculator(atoms, model.descriptor, device=model.device)
     out = np.empty(tuple(shape), dtype=np.float32)
     with torch.no_grad():

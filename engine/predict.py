@@ -244,7 +244,7 @@ def _descriptor_stream(describe, cell, shape, tiles, device):
 
 def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], n_samples: int = 20,
                    block: tuple[int, int, int] = (24, 24, 24), seed: int = 0, network: str = "bnn",
-                   calibrated: bool = True, skip: int = 0, blend: bool = True,
+                   calibrated: bool = True, skip: int = 0, blend: bool = True, novelty_inflation: bool = True,
                    ) -> Iterator[tuple[tuple[slice, slice, slice], dict[str, np.ndarray]]]:
     """Yield ``(block slices, fields of that block)`` over the grid of ``shape``.
 
@@ -258,6 +258,9 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
     (default) makes the field continuous where neighbour distances tie
     (:class:`~engine.descriptors.FrameBlender`: the competing local frames' predictions blended, the
     other neighbours' listing softened); points away from ties get the plain numbers, bit for bit.
+    ``novelty_inflation`` (default): where the model carries a calibrated atom-environment novelty
+    (:mod:`~engine.atom_novelty`), the calibrated epistemic σ gets its term for unfamiliar atom
+    environments, σ_epi² + (c·ln g·ρ̂)², and σ total with it (BNN, calibrated, sampled only).
     """
     net = model.net if network == "bnn" else model.baseline
     if net is None:
@@ -278,6 +281,9 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
             p["var_epistemic"] = torch.zeros_like(p["mean"])
         return p
 
+    nov = inflating_novelty(model) if (novelty_inflation and calibrated and not mean_only and network == "bnn") else None
+    per_atom = nov.atom_novelty(atoms) if nov is not None else None
+
     tiles = [t for i, t in enumerate(iter_blocks(shape, block)) if i >= skip]
     for tile, pts, d in _descriptor_stream(describe, atoms.cell.array, shape, tiles, model.device):
         p = evaluate(d)
@@ -292,7 +298,21 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
         if not mean_only:
             out["sigma_epistemic"] = torch.sqrt(p["var_epistemic"]) * ys * scale
         out["sigma_aleatoric"] = torch.sqrt(p["var_aleatoric"]) * ys * scale
-        yield tile, {k: v.reshape(sub).cpu().numpy() for k, v in out.items()}
+        vals = {k: v.reshape(sub).cpu().numpy() for k, v in out.items()}
+        if nov is not None:
+            g = nov.grid_novelty(atoms, np.asarray(pts, dtype=np.float64).reshape(-1, 3), per_atom).reshape(sub)
+            var_e = nov.inflate(vals["sigma_epistemic"].astype(np.float64) ** 2, vals["mean"], g)
+            vals["sigma_epistemic"] = np.sqrt(var_e).astype(np.float32)
+            vals["sigma_total"] = np.sqrt(var_e + vals["sigma_aleatoric"].astype(np.float64) ** 2).astype(np.float32)
+        yield tile, vals
+
+
+def inflating_novelty(model: RhoxModel):
+    """The model's atom-environment novelty when it inflates σ (calibrated, coefficient > 0), else None."""
+    from .novelty import model_novelty
+
+    nov = model_novelty(model)
+    return nov if getattr(nov, "kind", None) == "atom" and nov.coefficient > 0 else None
 
 
 def predict(
@@ -308,6 +328,7 @@ def predict(
     progress: Callable[[int, int], None] | None = None,
     blend: bool = True,
     device: str | torch.device | None = None,
+    novelty_inflation: bool = True,
 ) -> DensityFields:
     """Density and uncertainty of ``atoms`` on a grid.
 
@@ -317,7 +338,7 @@ def predict(
     posterior-mean weights, ``sigma_epistemic`` None). ``device`` (``cpu``, ``cuda``, ``auto``;
     default: the model's) runs descriptors and network there. ``progress(done, total)`` is called
     after each block. A prediction holding NaN or inf raises :class:`ModelError`. ``blend``: see
-    :func:`predict_blocks`.
+    :func:`predict_blocks`, as is ``novelty_inflation``.
     """
     check_species(model, atoms, allow_foreign)
     shape = plan_grid(model, atoms, shape, spacing, n_samples)
@@ -327,7 +348,7 @@ def predict(
     done = 0
     with torch.no_grad():
         for tile, vals in predict_blocks(model, atoms, shape, n_samples, (24, 24, 24), seed, network, calibrated,
-                                     blend=blend):
+                                     blend=blend, novelty_inflation=novelty_inflation):
             for k, v in vals.items():
                 fields[k][tile] = v
             done += 1

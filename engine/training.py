@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import domain, keys, lineage, metrics, novelty
+from . import atom_novelty, domain, keys, lineage, metrics
 from .bnn import DensityNet, NetConfig, gaussian_nll, leading_layers, loss_fn, make_net, predict_with_uncertainty
 from .descriptors import DescriptorCalculator, DescriptorSettings
 from .dft import DensitySample
@@ -341,8 +341,14 @@ def fit(
     on_status: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     overwrite: bool = False,
+    calibration: str | os.PathLike | None = None,
 ) -> RhoxModel:
     """Train a model on ``dataset`` and save it to ``out_dir``; returns the model.
+
+    ``calibration``: a dataset of DFT cells unlike the training ones (strained, defective; never a
+    test set) on which the σ inflation of the atom-environment novelty is fitted
+    (:func:`rhox.engine.atom_novelty.calibrate`); without it the novelty is recorded but inflates
+    nothing.
 
     ``on_epoch`` receives each epoch's record (loss, validation L1%, ...); ``should_stop``
     is polled between mini-batches (a GUI's Cancel); a stopped run saves the best model so far.
@@ -357,22 +363,24 @@ def fit(
     # Training uses every core; the caller's setting (an app predicting on one thread) comes back after.
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     try:
-        return _fit(dataset, out_dir, cfg, parent, resume, overwrite, on_epoch, on_status, should_stop)
+        return _fit(dataset, out_dir, cfg, parent, resume, overwrite, on_epoch, on_status, should_stop, calibration)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit_novelty(model, train, val, seed, status):
-    """Descriptor-space novelty of the new model (for the trust report), or None where the data
-    are too few to fit it (said in the status line, never fatal)."""
+def _fit_novelty(samples, train_idx, status):
+    """Atom-environment novelty of the new model's training atoms (:mod:`.atom_novelty`; for the
+    trust report, the explorer and, once calibrated, the σ inflation), or None where the data are too
+    few to fit it (said in the status line, never fatal)."""
     try:
-        return novelty.fit_model_novelty(model, train, val, seed=seed)
+        return atom_novelty.fit_atom_novelty([samples[i].atoms for i in train_idx], list(train_idx))
     except (InputError, ModelError) as err:
-        status(f"descriptor novelty not recorded: {err}")
+        status(f"atom-environment novelty not recorded: {err}")
         return None
 
 
-def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch, on_status, should_stop) -> RhoxModel:
+def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch, on_status, should_stop,
+         calibration=None) -> RhoxModel:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     device = resolve_device(cfg.device)
@@ -381,6 +389,7 @@ def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch
     check_output_dir(out_dir, overwrite, resume)
     status = on_status or (lambda msg: None)
     samples = load_samples(dataset)
+    calib_samples = load_samples(calibration) if calibration is not None else None  # refused before training
     train_idx, val_idx = split_configurations(len(samples), cfg.val_fraction, cfg.seed)
     parent_model = load_model(parent, device) if parent else None
     # The parent's own record, kept before its meta is replaced by this run's (lineage.record).
@@ -478,14 +487,20 @@ def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch
                                        (parent_config or {}).get("domain")),
         "lineage": lineage.record(dataset, run["data_hash"], samples, parent, parent_config),
     }
-    nov = _fit_novelty(model, train, val, cfg.seed, status)
+    nov = _fit_novelty(samples, train_idx, status)
+    model.__dict__["_novelty"] = nov  # what novelty.model_novelty would read back from out_dir
+    if nov is not None and calib_samples is not None:
+        status(f"calibrating the novelty's σ inflation on {len(calib_samples)} configurations of {calibration}")
+        nov = atom_novelty.calibrate(model, calibration, seed=cfg.seed)
+        status(f"σ inflation coefficient {nov.coefficient:.4g}: calibration-set coverage 1/2/3σ "
+               + "/".join(f"{c:.1f}" for c in nov.calibration["coverage_percent_before"]) + " % before, "
+               + "/".join(f"{c:.1f}" for c in nov.calibration["coverage_percent_after"]) + " % after")
     if nov is not None:
-        model.meta["novelty"] = novelty.novelty_summary(nov)
+        model.meta["novelty"] = atom_novelty.summary(nov)
     model.energy = _fit_energy(samples, model, dataset, status)
     save_model(model, out_dir)
     if nov is not None:
-        novelty.save_novelty(nov, out_dir)
-        model.__dict__["_novelty"] = nov  # what novelty.model_novelty would read back from out_dir
+        atom_novelty.save_atom_novelty(nov, out_dir)
     status(f"saved model to {out_dir} (validation L1% {model.meta['training']['best_val_l1']:.2f}, σ scale {scale:.2f}; "
            f"DFT cost behind it {lineage.human_cpu_time(model.meta['lineage']['dft_cpu_seconds_total'])})")
     return model

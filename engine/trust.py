@@ -13,7 +13,7 @@ summary for the CLI (``rhox predict STRUCTURE --report``) and the explorer:
 - **Training domain**: species; composition (distance to the nearest training composition, see
   :mod:`rhox.engine.domain`); temperature when the structure says it (``atoms.info``);
   nearest-neighbour distances per species pair against the training range, with a
-  :data:`NEIGHBOUR_TOLERANCE` margin; descriptor-space novelty against the validation points'
+  :data:`NEIGHBOUR_TOLERANCE` margin; the atom-environment novelty against the training atoms'
   (:func:`novelty_check`; models trained before it was recorded say "not available").
 - **Recommendation**: ``trust`` when every domain check passes and the uncertain fraction is at
   most :data:`MAX_UNCERTAIN_FRACTION`; otherwise ``check with DFT``, with the reasons.
@@ -221,41 +221,57 @@ def neighbour_check(atoms: Atoms, domain: dict) -> DomainCheck:
         f"{p} {lo:.3f}-{hi:.3f} Å (training {train[p][0]:.3f}-{train[p][1]:.3f})" for p, (lo, hi) in here.items()), values)
 
 
-NOVELTY_UNAVAILABLE = ("not available for this model: it carries no descriptor-space novelty data "
-                       "(novelty.safetensors, recorded by training since rhox 0.2; retrain the model to get it)")
+NOVELTY_CHECK = "environment novelty"
+NOVELTY_UNAVAILABLE = ("not available for this model: it carries no atom-environment novelty data "
+                       "(novelty.safetensors, recorded by training; retrain the model to get it)")
 
 
 def novelty_check(model, atoms: Atoms, fields, novelty: np.ndarray | None = None) -> DomainCheck:
-    """Descriptor-space novelty of the grid points against the model's training data.
+    """How unfamiliar the structure's atom environments are to the model.
 
-    Uses the novelty the model was trained with (:func:`rhox.engine.novelty.model_novelty`);
-    ``novelty``: the field already computed on the prediction's grid (the explorer's), else it is
-    computed here. Over the occupied points (ρ̂ above :data:`DENSITY_FLOOR` of its maximum),
-    the fraction whose novelty exceeds the 99th percentile of the validation points' (1 % for
-    training-like structures) must be at most :data:`MAX_NOVEL_FRACTION`. A model without
-    novelty data gets ``inside=None`` and says so (:data:`NOVELTY_UNAVAILABLE`).
+    Uses the novelty the model was trained with (:func:`rhox.engine.novelty.model_novelty`: the
+    atom-environment novelty of :mod:`rhox.engine.atom_novelty`, or for models of rhox 0.2 the
+    descriptor-space one); ``novelty``: the field already computed on the prediction's grid (the
+    explorer's), else it is computed here. Over the occupied points (ρ̂ above :data:`DENSITY_FLOOR`
+    of its maximum), the fraction whose novelty exceeds the model's bound ``q99`` (the 99th
+    percentile over the training atoms, or the validation points) must be at most
+    :data:`MAX_NOVEL_FRACTION`. A model without novelty data gets ``inside=None`` and says so
+    (:data:`NOVELTY_UNAVAILABLE`).
     """
     from .novelty import model_novelty, novelty_field
 
     nov = model_novelty(model)
     if nov is None:
-        return DomainCheck("descriptor novelty", None, NOVELTY_UNAVAILABLE)
+        return DomainCheck(NOVELTY_CHECK, None, NOVELTY_UNAVAILABLE)
+    atom = getattr(nov, "kind", None) == "atom"
     rho = np.asarray(fields.mean, dtype=np.float64)
     field_ = novelty_field(model, atoms, rho.shape, nov) if novelty is None else np.asarray(novelty)
     mask = rho > DENSITY_FLOOR * rho.max()
     vals = field_[mask] if mask.any() else field_.ravel()
     at = _grid_position(atoms, field_.shape, int(np.argmax(field_)))
-    values = {"mean": float(vals.mean()), "max": float(field_.max()), "position_of_max": at,
-              "q99_validation": nov.q99, "max_fraction": MAX_NOVEL_FRACTION}
-    text = f"novelty mean {values['mean']:.2f}, max {values['max']:.2f} (training-like points ≈ 1)"
+    values = {"kind": "atom environment" if atom else "descriptor", "mean": float(vals.mean()),
+              "max": float(field_.max()), "position_of_max": at, "q99": nov.q99, "max_fraction": MAX_NOVEL_FRACTION}
+    if atom:
+        per_atom = nov.atom_novelty(atoms)
+        worst = np.argsort(per_atom)[::-1][:N_NEAREST_ATOMS]
+        sym = atoms.get_chemical_symbols()
+        values["atoms"] = [{"index": int(i), "symbol": sym[i], "novelty": float(per_atom[i])} for i in worst]
+        values["atoms_above"] = int(np.sum(per_atom > nov.q99))
+    kind = "atom-environment" if atom else "descriptor"
+    text = f"{kind} novelty mean {values['mean']:.2f}, max {values['max']:.2f} (training-like ≈ 1)"
+    if atom:
+        text += ("; most unfamiliar atoms " + ", ".join(f"{a['symbol']}{a['index']} {a['novelty']:.2f}"
+                                                         for a in values["atoms"]))
     if nov.q99 is None:
-        return DomainCheck("descriptor novelty", None, text + "; the model records no validation bound", values)
+        return DomainCheck(NOVELTY_CHECK, None, text + "; the model records no bound", values)
     frac = float(np.mean(vals > nov.q99))
     values["fraction_above"] = frac
     inside = frac <= MAX_NOVEL_FRACTION
-    return DomainCheck("descriptor novelty", inside,
-                       f"{text}; {100 * frac:.1f} % of the cell above {nov.q99:.2f}, the 99th percentile of "
-                       f"validation points ({'within' if inside else 'more than'} {100 * MAX_NOVEL_FRACTION:g} %)",
+    ref = ("the training atoms' bound (99th percentile, at least 2)" if atom
+           else "the 99th percentile of validation points")
+    return DomainCheck(NOVELTY_CHECK, inside,
+                       f"{text}; {100 * frac:.1f} % of the cell above {nov.q99:.2f}, {ref} "
+                       f"({'within' if inside else 'more than'} {100 * MAX_NOVEL_FRACTION:g} %)",
                        values)
 
 

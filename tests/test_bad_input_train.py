@@ -161,3 +161,10 @@ def test_diverged_training_saves_nothing(work):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: training diverged") and "learning rate" in last
     assert tree_digest(work) == before and not (work / "m").exists() and not (work / "m.checkpoints").exists()
+
+
+def test_missing_or_foreign_calibration_set_refused_before_training(work):
+    assert_refused(["train", "data.db", "--out", "m", *FAST, "--calibration", "nope.db"], work,
+                   "calibration dataset", "nope.db", "does not exist")
+    (work / "notes.db").write_text("not a database")
+    assert_refused(["train", "data.db", "--out", "m", *FAST, "--calibration", "notes.db"], work, "notes.db")

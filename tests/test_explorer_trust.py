@@ -42,13 +42,13 @@ def test_trust_report_shown_after_a_prediction_and_novelty_colours_the_view(expl
     text = app.trust.text
     assert f"**Recommendation: {report.recommendation}**" in text
     assert "σ total: mean" in text and "largest σ total" in text and "nearest atoms" in text
-    assert "descriptor novelty:" in text and "not available" not in text
+    assert "environment novelty:" in text and "not available" not in text
     cards = [c for c in pn.Column(*app.main()).select(pn.Card) if c.title == "Trust report"]
     assert len(cards) == 1
     # The novelty field of the prediction's grid is in the state, ≈ 1 on training-like points.
     nov = app.state.model.novelty
     assert nov is not None and nov.shape == fields.shape and np.all(nov >= 0)
-    check = {c.name: c for c in report.domain}["descriptor novelty"]
+    check = {c.name: c for c in report.domain}["environment novelty"]
     assert check.inside is not None and check.values["max"] == pytest.approx(float(nov.max()), rel=1e-6)
 
     # Colour the isosurface by σ, then by novelty: the rendered scalars change to the novelty's.
@@ -84,9 +84,9 @@ def test_model_without_novelty_says_not_available(explorer_model, tmp_path):
     pn.panel(app).get_root()
     app.wait()
     assert app.trust.report is not None, app.trust.status
-    check = {c.name: c for c in app.trust.report.domain}["descriptor novelty"]
+    check = {c.name: c for c in app.trust.report.domain}["environment novelty"]
     assert check.inside is None and "not available" in check.detail
-    assert "descriptor novelty: n/a: not available" in app.trust.text
+    assert "environment novelty: n/a: not available" in app.trust.text
     assert app.state.model.novelty is None
     # The option exists but cannot colour by what is not there: the isosurface keeps one colour.
     app.scene.options.iso_color = Field.NOVELTY

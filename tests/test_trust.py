@@ -91,15 +91,16 @@ def test_compressed_cell_is_out_of_domain_and_training_like_is_inside(tiny_model
     checks = {c.name: c for c in inside.domain}
     assert inside.inside_domain and checks["neighbour distances"].inside is True
     assert checks["species"].inside and checks["composition"].inside
-    assert checks["descriptor novelty"].inside is True, checks["descriptor novelty"].detail
-    novel = {c.name: c for c in out.domain}["descriptor novelty"]
-    # Every environment of the squeezed cell is shorter than any seen: more of it lies beyond the
-    # validation points' 99th novelty percentile than the 5 % allowed (measured 7 % here; the
-    # PCA k-NN novelty separates weakly, see benchmarks/README.md section 6).
-    like_frac = checks["descriptor novelty"].values["fraction_above"]
+    assert checks[trust.NOVELTY_CHECK].inside is True, checks[trust.NOVELTY_CHECK].detail
+    novel = {c.name: c for c in out.domain}[trust.NOVELTY_CHECK]
+    # Every atom of the squeezed cell has all its bonds 10 % shorter than any seen: its
+    # atom-environment novelty lies beyond the training atoms' 99th percentile, and so does most of
+    # the occupied cell (not only the 5 % allowed).
+    like_frac = checks[trust.NOVELTY_CHECK].values["fraction_above"]
     assert novel.inside is False, novel.detail
-    assert novel.values["fraction_above"] > max(trust.MAX_NOVEL_FRACTION, 2 * like_frac), (novel.detail, like_frac)
-    assert novel.values["mean"] > checks["descriptor novelty"].values["mean"]
+    assert novel.values["fraction_above"] > max(0.5, 2 * like_frac), (novel.detail, like_frac)
+    assert novel.values["atoms_above"] == len(squeezed) and checks[trust.NOVELTY_CHECK].values["atoms_above"] == 0
+    assert novel.values["mean"] > checks[trust.NOVELTY_CHECK].values["mean"]
     bad = {c.name: c for c in out.domain}["neighbour distances"]
     assert not out.inside_domain and bad.inside is False and "below the training minimum" in bad.detail
     assert out.recommendation == trust.CHECK and any("neighbour distances" in x for x in out.reasons)
@@ -139,10 +140,10 @@ def test_cli_predict_report_prints_and_writes_the_same_numbers(tiny_model, tmp_p
     assert f"recommendation: {j['recommendation']}" in text
     assert j["inside_domain"] is True and j["structure"] == "sige.cif"
     # The model carries novelty data (training records it): the report includes it.
-    nov = {c["name"]: c for c in j["domain"]}["descriptor novelty"]
-    assert nov["inside"] is True and nov["values"]["q99_validation"] > 0
+    nov = {c["name"]: c for c in j["domain"]}[trust.NOVELTY_CHECK]
+    assert nov["inside"] is True and nov["values"]["q99"] > 0
     assert 0 <= nov["values"]["fraction_above"] <= trust.MAX_NOVEL_FRACTION
-    assert f"descriptor novelty: inside: novelty mean {nov['values']['mean']:.2f}" in text
+    assert f"{trust.NOVELTY_CHECK}: inside: atom-environment novelty mean {nov['values']['mean']:.2f}" in text
     assert not list((tmp_path / "p").glob("*.tmp"))
     # The JSON is the report of this very prediction (same seed, same fields).
     expect = trust.trust_report(model, atoms, predict(model, atoms, n_samples=5), "sige.cif").to_dict()
@@ -168,8 +169,11 @@ def test_training_records_novelty_and_a_model_without_it_says_not_available(tiny
     cfg = json.loads((path / keys.MODEL_CONFIG).read_text())
     nov = load_novelty(path)
     assert nov is not None and cfg["novelty"]["file"] == NOVELTY_FILE
-    assert cfg["novelty"]["q99_validation"] == pytest.approx(nov.q99) and nov.q99 > 1.0
-    assert cfg["novelty"]["n_reference"] == len(nov.reference)
+    assert nov.kind == "atom" and cfg["novelty"]["kind"] == "atom environment"
+    assert cfg["novelty"]["q99_training"] == pytest.approx(nov.q99) and nov.q99 >= 2.0
+    # The reference is every atom of the training configurations (2 atoms each), none of validation.
+    assert cfg["novelty"]["n_reference_atoms"] == len(nov.reference) == 2 * len(cfg["training"]["train_rows"])
+    assert nov.coefficient == 0.0  # no calibration set given: the novelty inflates nothing
     shutil.copytree(path, tmp_path / "old")
     (tmp_path / "old" / NOVELTY_FILE).unlink()
     old = load_model(tmp_path / "old")

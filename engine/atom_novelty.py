@@ -1,0 +1,308 @@
+"""Atom-environment novelty: how unlike the training atoms' surroundings a structure's atoms are.
+
+The grid-point descriptor mixes species attributes and geometry, and its leading directions are
+the species; a strained lattice or an atom next to a vacancy hardly moves a point in that space
+(benchmarks/README.md section 6). What changes there is the geometry of the atoms themselves: an
+atom beside a vacancy has three bonds instead of four (its 4th-nearest neighbour sits at the
+second-shell distance), a compressed atom has all its neighbours closer. So this module compares
+*atoms*, not grid points:
+
+- the **fingerprint** of an atom is the distances to its :data:`N_NEIGHBOURS` nearest neighbours,
+  each divided by the sum of the two atoms' covalent radii (so that Si-Si, Ge-Sn, ... bonds all
+  sit near 1), in increasing order (first shell, then the start of the second);
+- the **atom novelty** is the mean distance of a fingerprint to its ``k`` nearest training-atom
+  fingerprints (a k-d tree), divided by the median of that distance for training atoms measured
+  against the *other* training configurations (leave one configuration out): about 1 for an atom
+  like the training atoms, larger away from them;
+- the **grid novelty** g(r) = max over atoms a of 1 + (n_a − 1)₊·exp(−d²/(2L²)), d the distance
+  from r to atom a (periodic), L = :data:`DECAY_LENGTH` Å: 1 far from any novel atom, n_a on it,
+  about (1 + n_a)/2 at a bond midpoint;
+- the **σ inflation** adds, in quadrature, to the epistemic σ a term proportional to the
+  predicted density where the environment is novel: σ_epi'² = σ_epi² + (c·ln g·ρ̂)². Why this
+  form: the model's error near an unfamiliar atom is a fraction of the density it predicts there
+  (a misplaced bond charge), not a multiple of its own σ (which is flat there, the whole
+  problem); ln g grows with the novelty but saturates (a vacancy's neighbours have novelty ~10,
+  a ±4 % strain ~2-3; their errors differ by far less than 5x). ``c`` (dimensionless) is fitted
+  on a **calibration set** (cells the model never trained on, and no test set): the smallest c
+  with 1σ coverage of 68.3 % over the calibration points whose g exceeds 1.
+
+Everything is plain numpy/scipy/ASE; the fitted state is one array and a few numbers, saved as
+``novelty.safetensors`` (metadata ``kind: atom``) beside the model's weights, read back without
+executing code by :func:`rhox.engine.novelty.load_novelty`.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from .errors import InputError, ModelError
+
+from .novelty import NOVELTY_FILE
+
+ATOM_NOVELTY_FILE = NOVELTY_FILE  # one novelty file per model; its metadata says which kind
+N_NEIGHBOURS = 8          # first shell (4 in diamond) and the start of the second
+CUTOFF = 5.0              # Å: neighbour search radius (covers Sn's second shell, 4.6 Å)
+DECAY_LENGTH = 1.5        # Å: how far an atom's novelty reaches into the grid (σ of a Gaussian)
+REACH = 3.0               # in decay lengths: beyond it an atom contributes nothing
+K_NEAREST = 4
+MIN_BOUND = 2.0           # the out-of-domain bound is at least this novelty (see fit_atom_novelty)
+NOMINAL_1SIGMA = 0.6827
+
+
+def fingerprints(atoms: Atoms, n_neighbours: int = N_NEIGHBOURS, cutoff: float = CUTOFF) -> np.ndarray:
+    """(n_atoms, n_neighbours) sorted neighbour distances of each atom over the sum of the two
+    covalent radii (dimensionless; ≈1 for a bond). Missing neighbours (fewer than
+    ``n_neighbours`` within ``cutoff`` Å) count at the cutoff."""
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    n = len(atoms)
+    if n == 0:
+        raise InputError("a structure without atoms has no atom environments")
+    r = covalent_radii[atoms.numbers]
+    i, j, d = neighbor_list("ijd", atoms, cutoff, self_interaction=False)
+    ratio = d / (r[i] + r[j])
+    out = np.empty((n, n_neighbours))
+    pad = cutoff / (2 * r)
+    order = np.lexsort((ratio, i))
+    i, ratio = i[order], ratio[order]
+    starts = np.searchsorted(i, np.arange(n + 1))
+    for a in range(n):
+        v = ratio[starts[a]:starts[a + 1]][:n_neighbours]
+        out[a, :len(v)] = v
+        out[a, len(v):] = pad[a]
+    return out
+
+
+@dataclass
+class AtomNovelty:
+    """A fitted atom-environment novelty and its σ inflation.
+
+    ``reference`` (N, F): fingerprints of the training atoms; ``scale``: median leave-one-
+    configuration-out k-NN distance of training atoms (novelty 1 = typical); ``q99``: the trust
+    report's bound, the 99th percentile of those atoms' novelty but at least :data:`MIN_BOUND`; ``coefficient``: c of the σ
+    inflation (0 until calibrated); ``calibration``: what c was fitted on (a summary dict).
+    """
+
+    reference: np.ndarray
+    scale: float
+    q99: float
+    k: int = K_NEAREST
+    decay_length: float = DECAY_LENGTH
+    coefficient: float = 0.0
+    calibration: dict = field(default_factory=dict)
+    _tree: object = field(default=None, repr=False, compare=False)
+
+    kind = "atom"
+
+    def _kdtree(self):
+        if self._tree is None:
+            from scipy.spatial import cKDTree
+
+            self._tree = cKDTree(self.reference)
+        return self._tree
+
+    def atom_novelty(self, atoms: Atoms) -> np.ndarray:
+        """Novelty of each atom of ``atoms`` (dimensionless, ≈1 for training-like environments)."""
+        fp = fingerprints(atoms, self.reference.shape[1])
+        d, _ = self._kdtree().query(fp, k=self.k, workers=-1)
+        return d.reshape(len(fp), -1).mean(1) / self.scale
+
+    def grid_novelty(self, atoms: Atoms, points: np.ndarray, atom_novelty: np.ndarray | None = None) -> np.ndarray:
+        """g at each of ``points`` (P, 3) Å: max over atoms of 1 + (n_a − 1)₊·exp(−d²/2L²), periodic."""
+        n = self.atom_novelty(atoms) if atom_novelty is None else np.asarray(atom_novelty)
+        return spread(atoms, np.asarray(points, dtype=np.float64), n, self.decay_length)
+
+    def inflate(self, var_epistemic: np.ndarray, mean: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """Epistemic variance with the novelty term added: σ_epi² + (c·ln g·|ρ̂|)² (e²/Å⁶)."""
+        extra = self.coefficient * np.log(np.maximum(1.0, g)) * np.abs(mean)
+        return var_epistemic + extra ** 2
+
+
+def spread(atoms: Atoms, points: np.ndarray, atom_values: np.ndarray, length: float) -> np.ndarray:
+    """max over atoms of 1 + (v_a − 1)₊·exp(−d²/(2·length²)) at ``points`` (P, 3) Å, with periodic
+    images; only atoms with v_a > 1 are searched, within REACH·length."""
+    from scipy.spatial import cKDTree
+
+    out = np.ones(len(points))
+    hot = np.flatnonzero(np.asarray(atom_values) > 1.0)
+    if not len(hot) or not len(points):
+        return out
+    reach = REACH * length
+    cell = atoms.cell.array
+    frac = atoms.get_scaled_positions(wrap=True)[hot]
+    # Periodic images of the novel atoms that can lie within `reach` of a point of the cell.
+    widths = atoms.cell.volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    m = np.ceil(reach / widths).astype(int)
+    shifts = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in m], indexing="ij"), -1).reshape(-1, 3)
+    img = (frac[None] + shifts[:, None]).reshape(-1, 3)
+    src = np.tile(hot, len(shifts))
+    margin = reach / widths
+    keep = np.all((img > -margin) & (img < 1 + margin), axis=1)
+    img, src = img[keep] @ cell, src[keep]
+    pairs = cKDTree(points).sparse_distance_matrix(cKDTree(img), reach, output_type="ndarray")
+    if not len(pairs):
+        return out
+    p, a, d = pairs["i"], pairs["j"], pairs["v"]
+    val = 1.0 + (atom_values[src[a]] - 1.0) * np.exp(-0.5 * (d / length) ** 2)
+    np.maximum.at(out, p, val)
+    return out
+
+
+def fit_atom_novelty(structures, groups, k: int = K_NEAREST, decay_length: float = DECAY_LENGTH) -> AtomNovelty:
+    """Fit the novelty on training ``structures`` (ASE Atoms); ``groups``: the configuration of
+    each (structures of one group are left out together when scaling). At least 2 groups."""
+    fps = [fingerprints(a) for a in structures]
+    if len(set(groups)) < 2:
+        raise InputError("atom novelty needs training atoms from at least 2 configurations")
+    ref = np.concatenate(fps)
+    owner = np.concatenate([np.full(len(f), g) for f, g in zip(fps, groups)])
+    from scipy.spatial import cKDTree
+
+    dist = np.empty(len(ref))
+    for g in np.unique(owner):
+        own = owner == g
+        others = ref[~own]
+        if len(others) < k:
+            raise InputError(f"atom novelty needs at least {k} atoms outside each configuration")
+        d, _ = cKDTree(others).query(ref[own], k=k)
+        dist[own] = d.reshape(own.sum(), -1).mean(1)
+    scale = float(np.median(dist))
+    if not (math.isfinite(scale) and scale > 0):
+        raise ModelError(f"atom novelty: the median training-atom distance came out as {scale}")
+    # The trust report's bound: the 99th percentile of the training atoms' own novelty, but at least
+    # MIN_BOUND (twice the typical distance): a percentile over a few dozen atoms is the largest
+    # of them, and thermal jitter alone reaches ~1.5-2 (SiGeSn at 300-900 K).
+    bound = max(MIN_BOUND, float(np.quantile(dist / scale, 0.99)))
+    return AtomNovelty(reference=ref, scale=scale, q99=bound, k=k, decay_length=decay_length)
+
+
+def fit_coefficient(g: np.ndarray, mean: np.ndarray, error: np.ndarray, sigma_epistemic: np.ndarray,
+                    sigma_aleatoric: np.ndarray, target: float = NOMINAL_1SIGMA) -> float:
+    """Smallest c ≥ 0 with 1σ coverage ``target`` over the points with g > 1, where σ² =
+    σ_epi² + (c·ln g·|ρ̂|)² + σ_ale² (all arrays flat, e/Å³; ``error`` = |ρ̂ − ρ_DFT|). 0 when
+    they are covered already; bisection on the monotone coverage."""
+    sel = np.asarray(g) > 1.0
+    if sel.sum() < 10:
+        return 0.0
+    lg = np.log(g[sel]) * np.abs(mean[sel])
+    base = sigma_epistemic[sel] ** 2 + sigma_aleatoric[sel] ** 2
+    err = error[sel]
+
+    def coverage(c):
+        return float(np.mean(err <= np.sqrt(base + (c * lg) ** 2)))
+
+    if coverage(0.0) >= target:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while coverage(hi) < target:
+        hi *= 2
+        if hi > 1e6:
+            raise ModelError("atom novelty: no inflation coefficient reaches the target coverage")
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if coverage(mid) < target else (lo, mid)
+    return hi
+
+
+def save_atom_novelty(nov: AtomNovelty, directory: str | os.PathLike) -> Path:
+    """Write ``nov`` to ``directory/novelty.safetensors`` atomically (array + numbers as metadata)."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    path = Path(directory) / ATOM_NOVELTY_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"reference": np.ascontiguousarray(nov.reference)}, str(tmp),
+              metadata={"kind": "atom", "scale": repr(nov.scale), "q99": repr(nov.q99), "k": str(nov.k),
+                        "decay_length": repr(nov.decay_length), "coefficient": repr(nov.coefficient),
+                        "calibration": json.dumps(nov.calibration)})
+    os.replace(tmp, path)
+    return path
+
+
+def load_atom_novelty(directory: str | os.PathLike) -> AtomNovelty | None:
+    """The atom novelty saved in a model directory, None if it has none; :class:`ModelError` if unreadable."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(directory) / ATOM_NOVELTY_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            if meta.get("kind") != "atom":
+                raise KeyError("kind")
+            ref = f.get_tensor("reference")
+        nums = {k: float(meta[k]) for k in ("scale", "q99", "decay_length", "coefficient")}
+        k = int(meta["k"])
+        calib = json.loads(meta.get("calibration", "{}"))
+    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        raise ModelError(f"{path} is not a readable atom-novelty file: {err}") from err
+    if (ref.ndim != 2 or len(ref) < k or k < 1 or not np.all(np.isfinite(ref))
+            or not all(math.isfinite(v) for v in nums.values())
+            or nums["scale"] <= 0 or nums["q99"] <= 0 or nums["decay_length"] <= 0 or nums["coefficient"] < 0):
+        raise ModelError(f"{path}: inconsistent or non-finite atom-novelty arrays or numbers")
+    return AtomNovelty(reference=ref, k=k, calibration=calib if isinstance(calib, dict) else {}, **nums)
+
+
+def summary(nov: AtomNovelty) -> dict:
+    """The config.json entry of a model's atom novelty (the array lives in :data:`ATOM_NOVELTY_FILE`)."""
+    return {"file": ATOM_NOVELTY_FILE, "kind": "atom environment", "n_reference_atoms": int(len(nov.reference)),
+            "n_neighbours": int(nov.reference.shape[1]), "k": nov.k, "scale": nov.scale, "q99_training": nov.q99,
+            "decay_length_angstrom": nov.decay_length, "inflation": "σ_epi² + (c·ln g·ρ̂)²",
+            "coefficient": nov.coefficient, "calibration": nov.calibration}
+
+
+def calibration_arrays(model, samples, n_samples: int = 20, seed: int = 0):
+    """Flat arrays ``(g, mean, |error|, σ_epi, σ_ale)`` over every grid point of the DFT ``samples``
+    (e/Å³; calibrated σ, without any novelty inflation) and the model's novelty g there."""
+    from .grid import grid_points
+    from .predict import predict
+
+    nov = model_novelty_or_none(model)
+    out = []
+    for s in samples:
+        f = predict(model, s.atoms, shape=s.grid_shape, n_samples=n_samples, seed=seed, calibrated=True,
+                    novelty_inflation=False)
+        g = nov.grid_novelty(s.atoms, grid_points(s.atoms.cell.array, s.grid_shape))
+        out.append((g, f.mean.ravel(), np.abs(f.mean.ravel() - s.total_density.ravel()),
+                    f.sigma_epistemic.ravel(), f.sigma_aleatoric.ravel()))
+    return tuple(np.concatenate(z).astype(np.float64) for z in zip(*out))
+
+
+def model_novelty_or_none(model) -> AtomNovelty:
+    from .novelty import model_novelty
+
+    nov = model_novelty(model)
+    if getattr(nov, "kind", None) != "atom":
+        raise ModelError("the model carries no atom-environment novelty to calibrate (retrain it)")
+    return nov
+
+
+def calibrate(model, dataset: str | os.PathLike, n_samples: int = 20, seed: int = 0) -> AtomNovelty:
+    """Fit the σ-inflation coefficient of ``model``'s atom novelty on the DFT cells of ``dataset``
+    (a calibration set: cells the model did not train on, and no test set); returns the novelty with
+    ``coefficient`` and ``calibration`` (what it was fitted on, and the coverage before and after) set.
+    Nothing is written (see :func:`save_atom_novelty`)."""
+    from .training import load_samples
+
+    nov = model_novelty_or_none(model)
+    samples = load_samples(dataset)
+    g, mean, err, se, sa = calibration_arrays(model, samples, n_samples, seed)
+    nov.coefficient = fit_coefficient(g, mean, err, se, sa)
+    before = np.sqrt(se ** 2 + sa ** 2)
+    after = np.sqrt(nov.inflate(se ** 2, mean, g) + sa ** 2)
+    nov.calibration = {
+        "dataset": str(dataset), "n_configurations": len(samples), "points": int(len(g)),
+        "points_above_1": int(np.sum(g > 1)), "target_coverage_1sigma": NOMINAL_1SIGMA,
+        "coverage_percent_before": [float(100 * np.mean(err <= k * before)) for k in (1, 2, 3)],
+        "coverage_percent_after": [float(100 * np.mean(err <= k * after)) for k in (1, 2, 3)]}
+    return nov
