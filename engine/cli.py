@@ -518,9 +518,9 @@ def predict(
                                                         "report: σ summary, training domain, recommendation."),
     resume: bool = typer.Option(False, "--resume", help="With --out RESULT.zarr: continue an interrupted run."),
     no_blend: bool = typer.Option(False, "--no-blend", help="Skip frame blending (continuity across neighbour-"
-                                  "distance ties): about 1.6x faster with S=20, but the field then jumps by up to "
-                                  "a few % (7.5 % measured) where two neighbour distances cross; without ties the "
-                                  "numbers are the same. See benchmarks/README.md sections 5b and 9."),
+                                  "distance ties): 1.6-1.9x faster with S=20 (measured), but the field then jumps by "
+                                  "up to a few % (7.5 % measured) where two neighbour distances cross; away from "
+                                  "ties the numbers are the same. See benchmarks/README.md sections 5b and 9."),
     workers: Optional[int] = typer.Option(None, "--workers", help="With --out RESULT.zarr: compute the blocks on a "
                                           "Dask LocalCluster of N single-threaded processes."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="With --out RESULT.zarr: compute the blocks on "
