@@ -252,6 +252,15 @@ def gpaw_seconds(n_atoms: float) -> float:
     return t * (float(n_atoms) / n) ** GPAW_EXPONENT
 
 
+def _long(seconds: float) -> str:
+    """A long duration in the unit that reads best (h, days, years)."""
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.3g} h"
+    if seconds < 2 * 3.156e7:
+        return f"{seconds / 86400:.3g} days"
+    return f"{seconds / 3.156e7:.3g} years"
+
+
 def plot(files: list[str], out: Path) -> None:
     """Time for the whole grid against atom count (log-log) for every predict row of ``files``, with
     GPAW's measured cost and its N³ extrapolation; a markdown table on stdout."""
@@ -286,7 +295,7 @@ def plot(files: list[str], out: Path) -> None:
     ax.plot([r["natoms"] for r in g_rows], [r["wall_s"] for r in g_rows], "k^", label="GPAW SiGeSn, measured")
     xs = [g_n, 1e3, 1e4, 1e5, 1e6, 4e6]
     ax.plot(xs, [gpaw_seconds(x) for x in xs], "k:", label=f"GPAW, N³ from {g_n} atoms (extrapolated)")
-    for sec, name in ((3600, "1 h"), (86400, "1 day"), (3.15e7, "1 year")):
+    for sec, name in ((3600, "1 h"), (86400, "1 day"), (3.156e7, "1 year")):
         ax.axhline(sec, color="0.8", lw=0.8)
         ax.text(10, sec * 1.15, name, color="0.5", fontsize=8)
     ax.set_xscale("log")
@@ -308,7 +317,7 @@ def plot(files: list[str], out: Path) -> None:
         g = gpaw_seconds(r["atoms"])
         print(f"| {r['system']} | {r['atoms']:,} | {'x'.join(map(str, r['grid']))} | {r['n_samples']} | "
               f"{'yes' if r['blend'] else 'no'} | {r['threads']} | {r['points_per_s']:,.0f} | {when} | {how} | "
-              f"{r['peak_rss_MB']:.0f} MB | {r.get('load_average', float('nan')):.1f} | {g / 3.15e7:.3g} years |")
+              f"{r['peak_rss_MB']:.0f} MB | {r.get('load_average', float('nan')):.1f} | {_long(g)} |")
     print(f"wrote {out}")
 
 
