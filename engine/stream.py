@@ -44,6 +44,7 @@ from ase import Atoms
 from . import keys
 from .errors import InputError, ModelError
 from .predict import EPISTEMIC_ABSENT, FIELD_NAMES, check_species, field_names, on_device, plan_grid, predict_blocks
+from .progress import start_progress
 
 
 @dataclass(frozen=True)
@@ -329,7 +330,7 @@ def predict_to_zarr(
     done, sums = _done_from_record(record)
     done0 = len(done)
     if progress and done:
-        progress(len(done), n_blocks)  # a resumed run shows where it starts
+        start_progress(progress, len(done), n_blocks)  # a resumed run shows where it starts
 
     def finished(i: int, s_mean: float, s_sigma: float) -> None:
         done.add(i)
