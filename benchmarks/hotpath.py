@@ -5,7 +5,7 @@
 
 Builds the SiGeSn cell (Si0.4Ge0.3Sn0.3, Einstein 300 K) of about ``--atoms`` atoms, and streams 24³
 blocks of its 0.5 Å grid from the middle through ``engine.predict.predict_blocks`` (bundled model,
-S = 20, one torch thread), blended and unblended, with this checkout's descriptor module and with the
+S = 20 or ``--samples``, one torch thread), blended and unblended, with this checkout's descriptor module and with the
 one of ``--against``, one after the other in every round, so both see the same load. Before timing, the
 two versions' descriptors and frame candidates of one block are checked to be equal bit for bit (an
 optimisation must not change the numbers). Also prints the share of points with frame candidates and
@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--blocks", type=int, default=2, help="blocks timed per round and case")
     ap.add_argument("--atoms", type=float, default=85184)
+    ap.add_argument("--samples", type=int, default=20, help="weight samples S (0: the mean-only path)")
     ap.add_argument("--out", default=str(HERE / "results" / "hotpath.json"))
     args = ap.parse_args()
 
@@ -84,7 +85,7 @@ def main() -> None:
             for blend in (True, False):
                 P.BlockedDescriptorCalculator, P.FrameBlender = mod.BlockedDescriptorCalculator, mod.FrameBlender
                 with torch.no_grad():
-                    stream = P.predict_blocks(model, atoms, shape, 20, (24,) * 3, blend=blend,
+                    stream = P.predict_blocks(model, atoms, shape, args.samples, (24,) * 3, blend=blend,
                                               skip=len(tiles) // 2 + rnd * (args.blocks + 1))
                     next(stream)  # untimed: weight sets, halo set-up
                     t0, n = time.perf_counter(), 0
@@ -96,7 +97,7 @@ def main() -> None:
     P.BlockedDescriptorCalculator, P.FrameBlender = this.BlockedDescriptorCalculator, this.FrameBlender
     out = {"atoms": len(atoms), "grid": list(shape), "against": args.against, "same_numbers": bool(same),
            "frame_candidate_points": len(c0.base_rows) / len(pts), "candidates_per_point": len(c0.rows) / len(pts),
-           "softened_listing_points": softened, "load_average_per_round": load, "threads": 1, "n_samples": 20,
+           "softened_listing_points": softened, "load_average_per_round": load, "threads": 1, "n_samples": args.samples,
            "points_per_s": {k: {"median": float(np.median(v)), "runs": v} for k, v in runs.items()}}
     for k, v in out["points_per_s"].items():
         print(f"{k:20s} median {v['median']:,.0f} pt/s  ({', '.join(f'{x:,.0f}' for x in v['runs'])})")
