@@ -518,9 +518,10 @@ def predict(
                                                         "report: σ summary, training domain, recommendation."),
     resume: bool = typer.Option(False, "--resume", help="With --out RESULT.zarr: continue an interrupted run."),
     no_blend: bool = typer.Option(False, "--no-blend", help="Skip frame blending (continuity across neighbour-"
-                                  "distance ties): about 1.7x faster with S=20, 2.5x with samples 0 (measured), but the field jumps by "
-                                  "up to a few % (7.5 % measured) where two neighbour distances cross; away from "
-                                  "ties the numbers are the same. See benchmarks/README.md sections 5b and 9."),
+                                  "distance ties): about 1.7x faster with S=20, 2.5x with samples 0 (measured), "
+                                  "but the field jumps by up to a few % (7.5 % measured) where two neighbour "
+                                  "distances cross; away from ties the numbers are the same. See "
+                                  "benchmarks/README.md sections 5b and 9."),
     workers: Optional[int] = typer.Option(None, "--workers", help="With --out RESULT.zarr: compute the blocks on a "
                                           "Dask LocalCluster of N single-threaded processes."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="With --out RESULT.zarr: compute the blocks on "
