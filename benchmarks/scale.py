@@ -308,7 +308,8 @@ def plot(files: list[str], out: Path) -> None:
     tmp = out.with_name(f".{out.stem}.tmp.png")
     fig.savefig(tmp, dpi=120)
     os.replace(tmp, out)
-    print("| system | atoms | grid (0.5 Å) | S | blend | threads | points/s | whole grid | how | peak RSS | load | GPAW (N³) |")
+    print("| system | atoms | grid (0.5 Å) | S | blend | threads | points/s | whole grid | how | peak RSS | load "
+          "| GPAW (N³) |")
     print("|---|---:|:---:|---:|:---:|---:|---:|---:|---|---:|---:|---:|")
     for r in sorted(rows, key=lambda r: (r["system"], r["atoms"], -r["n_samples"], not r["blend"])):
         t = r["whole_grid_s_extrapolated"]
@@ -383,7 +384,8 @@ def main() -> None:
             r["load_average"] = os.getloadavg()[0]
             results["cases"].append(r)
             what = "took" if r.get("run") == "fully" else "would take"
-            print(f"{args.system} {r['atoms']:>9,} atoms {r['method']:5s} {threads} thread(s): {r['points_per_s']:,.0f} points/s, "
+            print(f"{args.system} {r['atoms']:>9,} atoms {r['method']:5s} {threads} thread(s): "
+                  f"{r['points_per_s']:,.0f} points/s, "
                   f"peak RSS {r['peak_rss_MB']:.0f} MB; grid {'x'.join(map(str, r['grid']))} {what} "
                   f"{r['whole_grid_s_extrapolated'] / 3600:.3f} h (load {r['load_average']:.1f})", flush=True)
     results["machine"]["load_average_at_end"] = os.getloadavg()

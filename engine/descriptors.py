@@ -904,11 +904,15 @@ class FrameBlender:
 
         Rows without a listing tie get the calculator's descriptor of their first K neighbours
         (the same computation, so bit for bit; tests/test_continuity.py checks it); only rows with
-        a listing tie (a minority) pay for the frame features of all M columns and the softening."""
+        a listing tie (about 70 % of a 0.5 Å grid) pay for the frame features of all M columns and
+        the softening."""
         calc, s = self.calc, self.calc.settings
         k = s.n_neighbors
         t64 = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=calc.device)  # noqa: E731
-        attr = lambda i: calc._table[calc._element[torch.as_tensor(np.ascontiguousarray(i), device=calc.device)]]  # noqa: E731
+
+        def attr(i: np.ndarray) -> torch.Tensor:
+            return calc._table[calc._element[torch.as_tensor(np.ascontiguousarray(i), device=calc.device)]]
+
         rows, rest = _listing_ties(dist, vec, k, self.listing_width, self._usable(dist, vec))
         out = torch.empty((len(dist), s.length), dtype=torch.float64, device=calc.device)
         plain = np.ones(len(dist), bool)
@@ -918,7 +922,8 @@ class FrameBlender:
             out[p] = _frame_features(t64(vec[plain, :k]), t64(dist[plain, :k]), attr(idx[plain, :k]), s.radial)
         if rows.size:
             r = torch.as_tensor(rows, device=calc.device)
-            full = _frame_features(t64(vec[rows]), t64(dist[rows]), attr(idx[rows]), s.radial).reshape(len(rows), dist.shape[1], -1)
+            full = _frame_features(t64(vec[rows]), t64(dist[rows]), attr(idx[rows]), s.radial)
+            full = full.reshape(len(rows), dist.shape[1], -1)
             d = dist[rows]
             h = d[:, :k, None] - d[:, None, :]
             # The bump is exactly 0 from one width on: evaluate it only where it is not (and on
