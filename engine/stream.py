@@ -44,6 +44,7 @@ from ase import Atoms
 from . import keys
 from .errors import InputError, ModelError
 from .predict import EPISTEMIC_ABSENT, FIELD_NAMES, check_species, field_names, on_device, plan_grid, predict_blocks
+from .progress import start_progress
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,10 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
+
+
+_RUN_DEFAULTS = {"blend": True}
+"""Settings a run records only when they differ from these (stores from before the setting resume)."""
 
 
 def _read_record(store: Path) -> dict:
@@ -227,7 +232,7 @@ def compute_blocks(store: str, run: dict, start: int, stop: int, model, threads:
     out = []
     with torch.no_grad():
         blocks = predict_blocks(model, atoms, shape, run["n_samples"], block, run["seed"], run["network"],
-                                run["calibrated"], skip=start)
+                                run["calibrated"], skip=start, blend=run.get("blend", True))
         try:
             for i, (tile, vals) in zip(range(start, stop), blocks):
                 for name in arrays:
@@ -275,6 +280,7 @@ def predict_to_zarr(
     scheduler: str | None = None,
     task_blocks: int | None = None,
     device=None,
+    blend: bool = True,
 ) -> StreamSummary:
     """Predict the fields of ``atoms`` into the zarr store ``path``, block by block.
 
@@ -290,7 +296,9 @@ def predict_to_zarr(
     which must reach ``path`` under the same name. ``task_blocks``: consecutive blocks per Dask task
     (default: up to 4, fewer when there are few blocks per worker). The fields equal a serial run's.
     ``n_samples == 0``: the mean-only prediction (no ``sigma_epistemic`` array; the group's attribute
-    of that name says why). ``device``: as :func:`engine.predict.predict` (serial runs).
+    of that name says why). ``device``: as :func:`engine.predict.predict` (serial runs). ``blend``: as
+    :func:`engine.predict.predict_blocks` (False: no frame blending; faster, not continuous at
+    neighbour-distance ties); recorded in the store, so a resumed run blends as the first did.
     """
     store = Path(path)
     check_workers(workers, scheduler)
@@ -301,13 +309,17 @@ def predict_to_zarr(
     run = {"model": model_fingerprint(model), "structure": structure_fingerprint(atoms), "shape": list(shape),
            "block": list(block), "n_samples": int(n_samples), "seed": int(seed), "network": network,
            "calibrated": bool(calibrated)}
+    if not blend:  # only then: stores written before this setting existed (all blended) still resume
+        run["blend"] = False
     exists = store.exists() or store.is_symlink()
     if exists and not resume:
         raise InputError(f"{store} already exists; resume it (an interrupted prediction of the same structure "
                          f"and model) or remove it")
     if exists:
         record = _read_record(store)
-        differ = [k for k in run if record.get("run", {}).get(k) != run[k]]
+        old = record.get("run", {})
+        differ = [k for k in sorted(set(run) | set(old))
+                  if old.get(k, _RUN_DEFAULTS.get(k)) != run.get(k, _RUN_DEFAULTS.get(k))]
         if differ:
             raise InputError(f"{store} holds a different prediction ({', '.join(differ)} differ); "
                              f"remove it or choose another output")
@@ -318,7 +330,7 @@ def predict_to_zarr(
     done, sums = _done_from_record(record)
     done0 = len(done)
     if progress and done:
-        progress(len(done), n_blocks)  # a resumed run shows where it starts
+        start_progress(progress, len(done), n_blocks)  # a resumed run shows where it starts
 
     def finished(i: int, s_mean: float, s_sigma: float) -> None:
         done.add(i)

@@ -143,3 +143,27 @@ def test_streamed_mean_only_store_has_no_epistemic_array(model, cell, tmp_path):
     assert set(got) == {"mean", "sigma_total", "sigma_aleatoric"}
     for k, v in got.items():
         np.testing.assert_array_equal(v, getattr(one, k))
+
+
+def test_cli_no_blend_streams_the_unblended_field_and_resume_keeps_the_choice(model, cell, tmp_path):
+    import subprocess
+
+    from ase.io import write
+
+    from rhox.engine.stream import read_zarr_fields
+
+    write(tmp_path / "c.xyz", cell)
+    args = ["predict", "c.xyz", "--out", "r.zarr", "--spacing", "0.6", "--samples", "2", "--threads", "1"]
+    proc = subprocess.run(rhox_cmd() + args + ["--no-blend"], cwd=tmp_path, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = read_zarr_fields(tmp_path / "r.zarr")
+    plain = predict(model, cell, spacing=0.6, n_samples=2, blend=False)
+    blended = predict(model, cell, spacing=0.6, n_samples=2)
+    for k, v in got.items():
+        np.testing.assert_array_equal(v, getattr(plain, k))
+    # The flag matters on this cell: blending moves the tie-zone points (and only those).
+    moved = blended.mean != plain.mean
+    assert 0 < moved.mean() < 1
+    # A resumed run must not mix blended and unblended blocks: without --no-blend it is another prediction.
+    assert_refused(args + ["--resume"], tmp_path, "different prediction", "blend")

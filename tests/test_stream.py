@@ -199,3 +199,25 @@ def test_record_lists_blocks_done_as_ranges_and_an_old_prefix_record_resumes(tin
     for name in FIELD_NAMES:
         assert np.array_equal(a[name], b[name]), name
     assert json.loads(path.read_text())["done"] == [[0, 8]]
+
+
+def test_progress_eta_of_a_resumed_run_counts_only_its_own_work(monkeypatch):
+    # Known answer on a fake clock: 50 of 100 blocks found done at t = 0, 60 done at t = 10 s: 10 blocks
+    # in 10 s, 40 to go -> ETA 40 s (counting the found blocks as work would say 6.7 s).
+    import io
+
+    from rich.console import Console
+
+    from rhox.engine import progress as progress_mod
+
+    clock = iter([0.0, 0.0, 0.0, 10.0, 20.0])
+    monkeypatch.setattr(progress_mod.time, "perf_counter", lambda: next(clock))
+    buf = io.StringIO()
+    with progress_mod.progress_reporter(Console(file=buf, force_terminal=False, width=200), "predicting") as p:
+        progress_mod.start_progress(p, 50, 100)
+        p(60, 100)
+        p(80, 100)
+    lines = buf.getvalue().splitlines()
+    assert lines[0].endswith("50/100 blocks (50%), 0.0 s elapsed, ETA unknown yet")
+    assert lines[1].endswith("60/100 blocks (60%), 10.0 s elapsed, ETA 40.0 s")
+    assert lines[2].endswith("80/100 blocks (80%), 20.0 s elapsed, ETA 13.3 s")  # 30 blocks in 20 s, 20 to go

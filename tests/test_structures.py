@@ -126,3 +126,24 @@ def test_check_distances_finds_the_closest_pair_and_periodic_images():
         require_distances(bad, "x.cif")
     assert close_pair_message(si, "ok.cif") is None
     assert "atom 0 (Si) and its own periodic image are 0.800 Å apart" in close_pair_message(thin)
+
+
+def test_close_pairs_of_a_periodic_cell_are_ase_neighbor_lists():
+    # The k-d tree path for periodic cells (light on memory for millions of atoms) finds exactly the
+    # pairs, images included, that ASE's neighbor_list finds, in a skewed cell with a short vector.
+    from ase import Atoms
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    from rhox.engine.structures import _close_pairs_periodic
+
+    rng = np.random.default_rng(0)
+    cell = [[1.25, 0.0, 0.0], [0.7, 6.0, 0.0], [-0.9, 1.3, 5.5]]
+    atoms = Atoms(rng.choice(["Si", "Ge", "Sn", "H"], 40), scaled_positions=rng.random((40, 3)), cell=cell,
+                  pbc=True)
+    radii = covalent_radii[atoms.numbers] * 0.5
+    want = neighbor_list("ijd", atoms, radii, self_interaction=False)
+    got = _close_pairs_periodic(atoms, radii)
+    assert len(want[0]) > 40 and np.any(want[0] == want[1])  # crowded: many pairs, some atoms meet their own image
+    key = lambda i, j, d: sorted(zip(i.tolist(), j.tolist(), np.round(d, 9).tolist()))  # noqa: E731
+    assert key(*got) == key(*want)
