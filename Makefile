@@ -109,6 +109,13 @@ bench: install-test
 # Prediction against atom count (issue 10): SiGeSn at 0.5 Å, S = 20 and the mean-only path, 1e3 to 1e6 atoms.
 bench-scale: install-test
 	$(PY) benchmarks/scale.py --predict 20 0 --spacing 0.5 --atoms 1e3 1e4 1e5 1e6 --full-up-to 1e4 --threads 1 2 --no-build
+	# The curves of benchmarks/README.md 5b: SiGeSn and Al from 1e3 to 1e6 (Al to 4e6) atoms, S = 20 and
+	# mean-only, one thread, against GPAW's measured cost extrapolated as N^3 (plot + table).
+	$(PY) benchmarks/scale.py --system SiGeSn --predict 20 0 --spacing 0.5 --atoms 1e3 1e4 1e5 1e6 \
+	  --full-up-to 1e3 --threads 1 --blocks 4 --no-build --out benchmarks/results/scale_curve_sigesn.json
+	$(PY) benchmarks/scale.py --system Al --predict 20 0 --spacing 0.5 --atoms 1e3 1e4 1e5 1e6 4e6 \
+	  --full-up-to 1e3 --threads 1 --blocks 4 --no-build --out benchmarks/results/scale_curve_al.json
+	$(PY) benchmarks/scale.py --plot benchmarks/results/scale_curve_sigesn.json benchmarks/results/scale_curve_al.json
 
 clean-venv:
 	rm -rf $(VENV)
