@@ -65,19 +65,30 @@ TEST_SEED = 9001          # structure seed of the test cells (the runs use DFT s
 BATCH = 4
 CAP_ROUNDS = 12           # round 0 (4 points) + 11 x 4 = 48 >= the tessellation's 46
 SEEDS = (0, 1, 2)
-# Fine-tuning budget per round (~1-2 min here on a loaded machine): TRAIN_STEPS optimiser steps of
-# 512 points (the loop picks the epochs: 1 on 46 cells), on an eighth of each training cell's grid
-# points (neighbours are strongly correlated), from the previous round's weights. Round 0 trains
-# from scratch on 4 cells with 8x the steps (~110 epochs). No early stopping (patience = max
-# epochs): at round 0 the one validation cell is a composition never trained on (e.g. pure Sn),
-# whose error jumps from epoch to epoch; the best validation epoch is still the one kept.
-TRAIN_STEPS = 150
-TRAIN = {"hidden": [64, 64, 32], "max_epochs": 200, "patience": 200, "point_fraction": 0.125, "batch_size": 512,
+# Training (v2): every round trains to convergence, so that a model's accuracy reflects its data and
+# not how many rounds it has had (v1 fine-tuned a fixed 150 steps per round: its curves tracked the
+# round count). A round fine-tunes from the previous round's weights until the validation L1% of the
+# run's validation cells (20 % of its cells) has not improved for PATIENCE_STEPS optimiser steps,
+# capped at MAX_STEPS steps of 2048 points (about 6 epochs on 46 cells); the best validation epoch is
+# kept. Each cell contributes an eighth of its grid points (neighbours are strongly correlated).
+# Round 0 (4 cells, from scratch, identical for every run) trains once, capped at 8 x MAX_STEPS, and
+# is shared by every run (share_round0).
+PATIENCE_STEPS = 100
+MAX_STEPS = 400
+TRAIN = {"hidden": [64, 64, 32], "max_epochs": 200, "patience": 200, "point_fraction": 0.125, "batch_size": 2048,
          "val_fraction": 0.2, "baseline": False}
 BASE = {"system": SYSTEM, "batch": BATCH, "step": 0.125, "repeat": [1, 1, 1], "samples": 1, "temperatures": [300.0],
-        "thermal": "md", "dft_seed": 0, "eval_samples": 10, "train": TRAIN, "train_steps": TRAIN_STEPS}
-# Phases run in lock-step (one round of each run in turn); names are strategy-seed.
-PHASES = (("tessellation-s0", "active-s0"), ("random-s0", "active-s1"), ("active-s2", "random-s1", "random-s2"))
+        "thermal": "md", "dft_seed": 0, "eval_samples": 10, "train": TRAIN, "train_steps": "converge",
+        "patience_steps": PATIENCE_STEPS, "max_steps": MAX_STEPS}
+# Run names are VARIANT-sSEED; a variant is a strategy with its acquisition settings. active_density is
+# active learning whose candidates are ranked by their expected error reduction over the candidate
+# pool (density-weighted σ) instead of σ alone: the acquisition change measured against plain σ.
+VARIANTS = {"tessellation": ("tessellation", {}), "active": ("active", {}), "random": ("random", {}),
+            "active_density": ("active", {"acquisition": {"weighting": "density"}})}
+# Order: the tessellation first (it sets the target at which the others stop), then one seed of each
+# other variant in lock-step (one round of each in turn), seed by seed.
+PHASES = (("tessellation-s0",), ("active-s0", "random-s0", "active_density-s0"), ("active-s1", "random-s1"),
+          ("active-s2", "random-s2"), ("active_density-s1", "active_density-s2"))
 
 
 def say(msg: str) -> None:
@@ -159,25 +170,25 @@ def _relocate(run: Path) -> None:
 
 
 def share_round0(name: str) -> None:
-    """Give a new run the round-0 model of an earlier run of the same seed, if there is one.
+    """Give a new run the round-0 model of an earlier run, if there is one.
 
-    Round 0 is the same for every strategy (vertices + centroid, the same cached DFT cells in
-    the same order, the same training seed and settings), so its model is trained once per seed:
-    the new run gets that run's ``round-000/picked.json`` and ``model/``; the loop then takes
-    round 0's DFT from the cache, sees the model complete and skips the training (its record
-    says ``train_seconds`` ≈ 0), evaluates it and writes its own record.
+    Round 0 is the same for every run (vertices + centroid, the same cached DFT cells in the same
+    order, the same settings), so its model is trained once (by the first run, the tessellation,
+    training seed 0) and shared: the new run gets that run's ``round-000/picked.json`` and
+    ``model/``; the loop then takes round 0's DFT from the cache, sees the model complete and skips
+    the training (its record says ``train_seconds`` ≈ 0), evaluates it and writes its own record.
+    Seeds therefore differ from round 1 on (picks, scored configurations, training).
     """
     import shutil
 
-    seed = name.rsplit("-s", 1)[1]
-    for other in sorted(RUNS.glob(f"*-s{seed}")):
+    for other in sorted(RUNS.glob("*-s*")):
         src = other / "round-000"
         if other.name != name and (src / "done.json").is_file() and (src / "model" / "config.json").is_file():
             dst = run_dir(name) / "round-000"
             dst.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / "picked.json", dst / "picked.json")
             shutil.copytree(src / "model", dst / "model")
-            say(f"{name}: round 0's model taken from {other.name} (same data, seed and settings)")
+            say(f"{name}: round 0's model taken from {other.name} (same data and settings)")
             return
 
 
@@ -185,7 +196,8 @@ def step_run(name: str, rounds: int, target_l1: float | None) -> None:
     """Run ``name`` up to ``rounds`` rounds (creating it if new); mark it finished when it stops early."""
     from rhox.engine.learn import prepare_run, run_learning
 
-    strategy, seed = name.rsplit("-s", 1)
+    variant, seed = name.rsplit("-s", 1)
+    strategy, extra = VARIANTS[variant]
     run = run_dir(name)
     if strategy == "tessellation":
         target_l1 = None  # it sets the target: it runs every composition
@@ -193,8 +205,8 @@ def step_run(name: str, rounds: int, target_l1: float | None) -> None:
         _relocate(run)
         s = prepare_run(run, {"rounds": rounds, "target_l1": target_l1}, resume=True)
     else:
-        given = dict(BASE, strategy=strategy, seed=int(seed), rounds=rounds, test=str(TEST_DB), cache=str(CACHE_DB),
-                     target_l1=target_l1)
+        given = dict(BASE, **extra, strategy=strategy, seed=int(seed), rounds=rounds, test=str(TEST_DB),
+                     cache=str(CACHE_DB), target_l1=target_l1)
         s = prepare_run(run, given)
         share_round0(name)
     recs = run_learning(run, s, on_status=lambda m: say(f"{name}: {m}"))
