@@ -65,17 +65,18 @@ TEST_SEED = 9001          # structure seed of the test cells (the runs use DFT s
 BATCH = 4
 CAP_ROUNDS = 12           # round 0 (4 points) + 11 x 4 = 48 >= the tessellation's 46
 SEEDS = (0, 1, 2)
-# Training (v2): every round trains to convergence, so that a model's accuracy reflects its data and
-# not how many rounds it has had (v1 fine-tuned a fixed 150 steps per round: its curves tracked the
-# round count). A round fine-tunes from the previous round's weights until the validation L1% of the
-# run's validation cells (20 % of its cells) has not improved for PATIENCE_STEPS optimiser steps,
-# capped at MAX_STEPS steps of 2048 points (about 6 epochs on 46 cells); the best validation epoch is
-# kept. Each cell contributes an eighth of its grid points (neighbours are strongly correlated).
-# Round 0 (4 cells, from scratch, identical for every run) trains once, capped at 8 x MAX_STEPS, and
-# is shared by every run (share_round0).
-PATIENCE_STEPS = 100
-MAX_STEPS = 400
-TRAIN = {"hidden": [64, 64, 32], "max_epochs": 200, "patience": 200, "point_fraction": 0.125, "batch_size": 2048,
+# Training (v2): every round fine-tunes to convergence, so that a model's accuracy reflects its data
+# and not how many rounds it has had (v1 fine-tuned a fixed 150 steps per round: its curves tracked
+# the round count). A round fine-tunes from the previous round's weights until the validation L1% of
+# the run's validation cells (20 % of its cells) has not improved for PATIENCE_STEPS optimiser steps,
+# capped at MAX_STEPS steps of 512 points (about 2 epochs on 46 cells; 1.3x v1's budget); the best
+# validation epoch is kept. Each cell contributes an eighth of its grid points (neighbours are
+# strongly correlated). Round 0 (4 cells, from scratch, identical for every run) trains 8 x MAX_STEPS
+# without early stopping, once, and is shared by every run (share_round0). Sized for ~1.5 h of
+# background work on this 2-core machine at load 10-18 (a 512-point step takes ~0.1-0.4 s there).
+PATIENCE_STEPS = 50
+MAX_STEPS = 200
+TRAIN = {"hidden": [64, 64, 32], "max_epochs": 200, "patience": 200, "point_fraction": 0.125, "batch_size": 512,
          "val_fraction": 0.2, "baseline": False}
 BASE = {"system": SYSTEM, "batch": BATCH, "step": 0.125, "repeat": [1, 1, 1], "samples": 1, "temperatures": [300.0],
         "thermal": "md", "dft_seed": 0, "eval_samples": 10, "train": TRAIN, "train_steps": "converge",
@@ -301,6 +302,7 @@ def crfeconi_settings() -> dict:
 
 # --- report ---------------------------------------------------------------------------------------
 
+LEVEL3 = 16               # compositions of tessellation level 3 (quarters grid + centroid)
 README = HERE / "README.md"
 BEGIN, END = "<!-- active-study:begin -->", "<!-- active-study:end -->"
 OUT_JSON = RESULTS / "active_sigesn.json"
@@ -318,7 +320,8 @@ def _curve(recs: list[dict]) -> dict:
             "train_seconds": [round(r.get("train_seconds", 0.0), 1) for r in recs],
             "picked": [[p["composition"] for p in r["picked"]] for r in recs],
             "acquired": [(r.get("acquired") or {}).get("summary") for r in recs],
-            "picked_L1%": [[p["L1%"] for p in (r.get("acquired") or {}).get("picks", [])] for r in recs]}
+            "picked_L1%": [[p["L1%"] for p in (r.get("acquired") or {}).get("picks", [])] for r in recs],
+            "training": [r.get("training") for r in recs]}
 
 
 def _first(curve: dict, target: float, metric: str = "L1%_mean", cost: str = "n_compositions"):
@@ -346,24 +349,36 @@ def collect() -> dict:
         out["target"] = {"L1%_mean": tc["L1%_mean"][-1], "final": tess["complete"],
                          "tessellation_compositions": tc["n_compositions"][-1],
                          "tessellation_dft_seconds": tc["dft_seconds"][-1]}
-        tgt = tc["L1%_mean"][-1]
-        t_first = _first(tc, tgt)
-        t_sec = _first(tc, tgt, cost="dft_seconds")
-        out["target"]["tessellation_first_reach"] = t_first
-        red = {}
-        for strat in (("active", "random") if tess["complete"] else ()):  # no factor against a provisional target
-            rows = []
-            for name, r in runs.items():
-                if r["strategy"] != strat:
-                    continue
-                n = _first(r["curve"], tgt)
-                sec = _first(r["curve"], tgt, cost="dft_seconds")
-                rows.append({"run": name, "complete": r["complete"], "n_to_target": n, "dft_seconds_to_target": sec,
-                             "factor_vs_full_level": (tc["n_compositions"][-1] / n) if n else None,
-                             "factor_vs_first_reach": (t_first / n) if n and t_first else None,
-                             "factor_dft_seconds": (t_sec / sec) if sec and t_sec else None})
-            red[strat] = rows
-        out["reduction"] = red
+        # A second, coarser target: the accuracy of the tessellation's level 3 (the grid of quarters
+        # plus the centroid: 16 compositions, the end of its round 3).
+        if LEVEL3 in tc["n_compositions"]:
+            out["target_level3"] = {"L1%_mean": tc["L1%_mean"][tc["n_compositions"].index(LEVEL3)],
+                                    "tessellation_compositions": LEVEL3}
+        out["reduction"] = {}
+        for key, tgt_n in (("reduction", None), ("reduction_level3", LEVEL3)):
+            if key == "reduction_level3" and "target_level3" not in out:
+                continue
+            tgt = out["target"]["L1%_mean"] if tgt_n is None else out["target_level3"]["L1%_mean"]
+            t_first = _first(tc, tgt)
+            t_sec = _first(tc, tgt, cost="dft_seconds")
+            t_full = tc["n_compositions"][-1] if tgt_n is None else tgt_n
+            if tgt_n is None:
+                out["target"]["tessellation_first_reach"] = t_first
+            red = {}
+            for strat in ([v for v in VARIANTS if v != "tessellation"] if tess["complete"] else ()):
+                rows = []  # no factor against a provisional target
+                for name, r in runs.items():
+                    if r["strategy"] != strat:
+                        continue
+                    n = _first(r["curve"], tgt)
+                    sec = _first(r["curve"], tgt, cost="dft_seconds")
+                    rows.append({"run": name, "complete": r["complete"], "n_to_target": n,
+                                 "dft_seconds_to_target": sec,
+                                 "factor_vs_full_level": (t_full / n) if n else None,
+                                 "factor_vs_first_reach": (t_first / n) if n and t_first else None,
+                                 "factor_dft_seconds": (t_sec / sec) if sec and t_sec else None})
+                red[strat] = rows
+            out[key] = red
     return out
 
 
@@ -377,7 +392,7 @@ def _plot(res: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"tessellation": "black", "active": "tab:red", "random": "tab:blue"}
+    colors = {"tessellation": "black", "active": "tab:red", "random": "tab:blue", "active_density": "tab:green"}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
     for name, r in res["runs"].items():
         c = r["curve"]
@@ -420,27 +435,45 @@ def _table(res: dict) -> str:
         if not tgt["final"]:
             lines.append("No reduction factor yet: the target is set by the tessellation's final model.")
             lines.append("")
+    t3 = res.get("target_level3")
+    if t3:
+        lines.append(f"Coarser target: test mean L1% **{t3['L1%_mean']:.2f}** = the tessellation's model at level 3 "
+                     f"(quarters grid + centroid, {t3['tessellation_compositions']} compositions).")
+        lines.append("")
     lines.append("| run | rounds | compositions | DFT (h) | final L1% mean | final L1% worst | cal1 (%) | "
-                 "compositions to target | factor (vs level 4) | factor (vs first reach) | factor (DFT s) |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                 "compositions to target | factor (vs level 4) | factor (vs first reach) | factor (DFT s) | "
+                 "compositions to level-3 target | factor (vs level 3) |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     red = {row["run"]: row for rows in res.get("reduction", {}).values() for row in rows}
+    red3 = {row["run"]: row for rows in res.get("reduction_level3", {}).values() for row in rows}
     for name, r in res["runs"].items():
         c = r["curve"]
-        rr = red.get(name, {})
+        rr, r3 = red.get(name, {}), red3.get(name, {})
         lines.append(f"| {name}{'' if r['complete'] else ' (incomplete)'} | {len(c['round'])} | {c['n_compositions'][-1]} | "
                      f"{c['dft_seconds'][-1] / 3600:.2f} | {_fmt(c['L1%_mean'][-1])} | {_fmt(c['L1%_worst'][-1])} | "
                      f"{_fmt(c['cal1'][-1], '{:.0f}')} | {_fmt(rr.get('n_to_target'), '{:.0f}')} | "
                      f"{_fmt(rr.get('factor_vs_full_level'))} | {_fmt(rr.get('factor_vs_first_reach'))} | "
-                     f"{_fmt(rr.get('factor_dft_seconds'))} |")
-    for strat, rows in res.get("reduction", {}).items():
-        f = [x["factor_vs_full_level"] for x in rows if x["factor_vs_full_level"]]
-        miss = [x["run"] for x in rows if not x["factor_vs_full_level"]]
-        if rows:
-            lines.append("")
-            lines.append(f"- **{strat}**: reduction factor (tessellation level 4's compositions / the run's, at the "
-                         f"target) " + (f"mean {np.mean(f):.2f}, range {min(f):.2f}-{max(f):.2f} over {len(f)} seed(s)"
-                                        if f else "not reached yet")
-                         + (f"; not reached (or not yet) by {', '.join(miss)}" if miss else "") + ".")
+                     f"{_fmt(rr.get('factor_dft_seconds'))} | {_fmt(r3.get('n_to_target'), '{:.0f}')} | "
+                     f"{_fmt(r3.get('factor_vs_full_level'))} |")
+    for key, what in (("reduction", "level 4's compositions (46)"), ("reduction_level3", "level 3's compositions (16)")):
+        for strat, rows in res.get(key, {}).items():
+            f = [x["factor_vs_full_level"] for x in rows if x["factor_vs_full_level"]]
+            miss = [x["run"] for x in rows if not x["factor_vs_full_level"]]
+            if rows:
+                lines.append("")
+                lines.append(f"- **{strat}**, target {'level 4' if key == 'reduction' else 'level 3'}: reduction factor "
+                             f"(tessellation {what} / the run's, at the target) "
+                             + (f"per seed {', '.join(f'{v:.2f}' for v in f)}: mean {np.mean(f):.2f}, range "
+                                f"{min(f):.2f}-{max(f):.2f} over {len(f)} seed(s)" if f else "not reached")
+                             + (f"; not reached (or not yet) by {', '.join(miss)}" if miss else "") + ".")
+    tr = [x for r in res["runs"].values() for x in r["curve"].get("training", []) if x]
+    fine = [x for x in tr if x["patience"] < x["max_epochs"]]  # round 0 (no early stopping) left out
+    if fine:
+        lines.append("")
+        lines.append(f"- Training: {sum(x['converged'] for x in fine)} of {len(fine)} fine-tuning rounds stopped by the "
+                     f"patience (validation L1% no longer improving) before the cap; median "
+                     f"{np.median([x['steps'] for x in fine]):.0f} steps per round (range "
+                     f"{min(x['steps'] for x in fine)}-{max(x['steps'] for x in fine)}).")
     # Test mean L1% at equal numbers of compositions (every run adds BATCH per round): strategy x count,
     # mean over the seeds that got there [min-max]; readable on partial runs.
     by: dict = {}
@@ -455,7 +488,7 @@ def _table(res: dict) -> str:
         lines.append("")
         lines.append("| strategy | " + " | ".join(str(n) for n in counts) + " |")
         lines.append("|---|" + "---:|" * len(counts))
-        for strat in ("tessellation", "active", "random"):
+        for strat in VARIANTS:
             if strat in by:
                 cells = []
                 for n in counts:

@@ -646,7 +646,8 @@ def learn(
     train_steps: Optional[str] = typer.Option(None, help="Training per round in optimiser steps: N (about N steps; round 0, "
                                                          "from scratch, 8N), or 'converge' (early stopping on the run's "
                                                          "validation cells after --patience-steps without improvement, "
-                                                         "capped at --max-steps; round 0 at 8x the cap). "
+                                                         "capped at --max-steps; round 0, from scratch, trains 8x the cap without early "
+                                                         "stopping). "
                                                          "Default: --epochs with the training's patience."),
     patience_steps: Optional[int] = typer.Option(None, help="With --train-steps converge: steps without validation "
                                                             "improvement before a round stops (default 400)."),
