@@ -16,20 +16,19 @@ Design (SiGeSn, 8-atom cubic diamond cells, the loop's default DFT settings as t
   runs' grid even where the 8 atoms realise a grid composition.
 - **Runs** (``rhox learn`` through :func:`rhox.engine.learn.run_learning`), all with batch
   :data:`BATCH` compositions per round after round 0 (vertices + centroid), candidate grid of
-  eighths, one 300 K MD snapshot per composition, the same training settings
-  (:data:`TRAIN`), and one DFT cache ``benchmarks/data/active_sigesn_cache.db`` with one structure
-  seed (``dft_seed`` 0) for all: a composition's DFT is run once and shared by every run, and
-  the seeds of a strategy differ in picks and training only. The tessellation (level 4 = all
-  46 points: vertices, edge midpoints, centroid, quarters, eighths) sets the **target**: the
-  test mean L1% of its final model (the finest affordable level). Active and random: 3 seeds
-  each, up to :data:`CAP_ROUNDS` rounds (as many compositions as the tessellation's 46),
-  stopping once the target is reached (when it is known).
-- **Round 0** is identical for every strategy of a seed (same cached cells, training seed and
-  settings), so its model is trained once per seed and copied to the seed's other runs
-  (:func:`share_round0`).
-- **Order** (partial results useful early): the tessellation and active seed 0 in lock-step (one
-  round of each in turn), then random seed 0 with active seed 1, then the rest. One process,
-  one thread for DFT, ``nice``; every run is resumable at any point (the loop's own resume).
+  eighths, one 300 K MD snapshot per composition, the same training settings (:data:`TRAIN`,
+  every round trained to convergence: ``train_steps="converge"``, :data:`PATIENCE_STEPS`,
+  :data:`MAX_STEPS`), and one DFT cache ``benchmarks/data/active_sigesn_cache.db`` with one
+  structure seed (``dft_seed`` 0) for all: a composition's DFT is run once and shared by every
+  run. Variants (:data:`VARIANTS`): tessellation, active, active_density (density-weighted σ) and
+  random. The tessellation (level 4 = all 46 points: vertices, edge midpoints, centroid, quarters,
+  eighths) sets the **target**: the test mean L1% of its final model (the finest affordable
+  level); a coarser target is its accuracy at level 3 (16 compositions). Active and random: 3
+  seeds each, up to :data:`CAP_ROUNDS` rounds, stopping once the target is reached.
+- **Round 0** is identical for every run (same cached cells, settings), so its model is trained
+  once (by the tessellation) and copied to every other run (:func:`share_round0`).
+- **Order** (:data:`PHASES`): the tessellation first, then every other run in lock-step (one
+  round of each in turn). One process, ``nice``; every run is resumable at any point.
 
 ``report`` works on partial results: it reads every ``RUN/log.jsonl``, says which runs are
 incomplete, writes ``benchmarks/results/active_sigesn.json`` (raw curves, reduction factors),
@@ -86,10 +85,12 @@ BASE = {"system": SYSTEM, "batch": BATCH, "step": 0.125, "repeat": [1, 1, 1], "s
 # pool (density-weighted σ) instead of σ alone: the acquisition change measured against plain σ.
 VARIANTS = {"tessellation": ("tessellation", {}), "active": ("active", {}), "random": ("random", {}),
             "active_density": ("active", {"acquisition": {"weighting": "density"}})}
-# Order: the tessellation first (it sets the target at which the others stop), then one seed of each
-# other variant in lock-step (one round of each in turn), seed by seed.
-PHASES = (("tessellation-s0",), ("active-s0", "random-s0", "active_density-s0"), ("active-s1", "random-s1"),
-          ("active-s2", "random-s2"), ("active_density-s1", "active_density-s2"))
+# Order: the tessellation first (it sets the target at which the others stop), then every other run in
+# lock-step (one round of each in turn), so that an interrupted study has every seed to the same count:
+# the early rounds are the ones that decide a factor >= 2 (46/20 = 2.3).
+PHASES = (("tessellation-s0",),
+          ("active-s0", "active_density-s0", "random-s0", "active-s1", "random-s1", "active-s2", "random-s2",
+           "active_density-s1", "active_density-s2"))
 
 
 def say(msg: str) -> None:
