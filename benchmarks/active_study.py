@@ -16,20 +16,19 @@ Design (SiGeSn, 8-atom cubic diamond cells, the loop's default DFT settings as t
   runs' grid even where the 8 atoms realise a grid composition.
 - **Runs** (``rhox learn`` through :func:`rhox.engine.learn.run_learning`), all with batch
   :data:`BATCH` compositions per round after round 0 (vertices + centroid), candidate grid of
-  eighths, one 300 K MD snapshot per composition, the same training settings
-  (:data:`TRAIN`), and one DFT cache ``benchmarks/data/active_sigesn_cache.db`` with one structure
-  seed (``dft_seed`` 0) for all: a composition's DFT is run once and shared by every run, and
-  the seeds of a strategy differ in picks and training only. The tessellation (level 4 = all
-  46 points: vertices, edge midpoints, centroid, quarters, eighths) sets the **target**: the
-  test mean L1% of its final model (the finest affordable level). Active and random: 3 seeds
-  each, up to :data:`CAP_ROUNDS` rounds (as many compositions as the tessellation's 46),
-  stopping once the target is reached (when it is known).
-- **Round 0** is identical for every strategy of a seed (same cached cells, training seed and
-  settings), so its model is trained once per seed and copied to the seed's other runs
-  (:func:`share_round0`).
-- **Order** (partial results useful early): the tessellation and active seed 0 in lock-step (one
-  round of each in turn), then random seed 0 with active seed 1, then the rest. One process,
-  one thread for DFT, ``nice``; every run is resumable at any point (the loop's own resume).
+  eighths, one 300 K MD snapshot per composition, the same training settings (:data:`TRAIN`,
+  every round trained to convergence: ``train_steps="converge"``, :data:`PATIENCE_STEPS`,
+  :data:`MAX_STEPS`), and one DFT cache ``benchmarks/data/active_sigesn_cache.db`` with one
+  structure seed (``dft_seed`` 0) for all: a composition's DFT is run once and shared by every
+  run. Variants (:data:`VARIANTS`): tessellation, active, active_density (density-weighted σ) and
+  random. The tessellation (level 4 = all 46 points: vertices, edge midpoints, centroid, quarters,
+  eighths) sets the **target**: the test mean L1% of its final model (the finest affordable
+  level); a coarser target is its accuracy at level 3 (16 compositions). Active and random: 3
+  seeds each, up to :data:`CAP_ROUNDS` rounds, stopping once the target is reached.
+- **Round 0** is identical for every run (same cached cells, settings), so its model is trained
+  once (by the tessellation) and copied to every other run (:func:`share_round0`).
+- **Order** (:data:`PHASES`): the tessellation first, then every other run in lock-step (one
+  round of each in turn). One process, ``nice``; every run is resumable at any point.
 
 ``report`` works on partial results: it reads every ``RUN/log.jsonl``, says which runs are
 incomplete, writes ``benchmarks/results/active_sigesn.json`` (raw curves, reduction factors),
@@ -65,19 +64,32 @@ TEST_SEED = 9001          # structure seed of the test cells (the runs use DFT s
 BATCH = 4
 CAP_ROUNDS = 12           # round 0 (4 points) + 11 x 4 = 48 >= the tessellation's 46
 SEEDS = (0, 1, 2)
-# Fine-tuning budget per round (~1-2 min here on a loaded machine): TRAIN_STEPS optimiser steps of
-# 512 points (the loop picks the epochs: 1 on 46 cells), on an eighth of each training cell's grid
-# points (neighbours are strongly correlated), from the previous round's weights. Round 0 trains
-# from scratch on 4 cells with 8x the steps (~110 epochs). No early stopping (patience = max
-# epochs): at round 0 the one validation cell is a composition never trained on (e.g. pure Sn),
-# whose error jumps from epoch to epoch; the best validation epoch is still the one kept.
-TRAIN_STEPS = 150
+# Training (v2): every round fine-tunes to convergence, so that a model's accuracy reflects its data
+# and not how many rounds it has had (v1 fine-tuned a fixed 150 steps per round: its curves tracked
+# the round count). A round fine-tunes from the previous round's weights until the validation L1% of
+# the run's validation cells (20 % of its cells) has not improved for PATIENCE_STEPS optimiser steps,
+# capped at MAX_STEPS steps of 512 points (about 2 epochs on 46 cells; 1.3x v1's budget); the best
+# validation epoch is kept. Each cell contributes an eighth of its grid points (neighbours are
+# strongly correlated). Round 0 (4 cells, from scratch, identical for every run) trains 8 x MAX_STEPS
+# without early stopping, once, and is shared by every run (share_round0). Sized for ~1.5 h of
+# background work on this 2-core machine at load 10-18 (a 512-point step takes ~0.1-0.4 s there).
+PATIENCE_STEPS = 50
+MAX_STEPS = 200
 TRAIN = {"hidden": [64, 64, 32], "max_epochs": 200, "patience": 200, "point_fraction": 0.125, "batch_size": 512,
          "val_fraction": 0.2, "baseline": False}
 BASE = {"system": SYSTEM, "batch": BATCH, "step": 0.125, "repeat": [1, 1, 1], "samples": 1, "temperatures": [300.0],
-        "thermal": "md", "dft_seed": 0, "eval_samples": 10, "train": TRAIN, "train_steps": TRAIN_STEPS}
-# Phases run in lock-step (one round of each run in turn); names are strategy-seed.
-PHASES = (("tessellation-s0", "active-s0"), ("random-s0", "active-s1"), ("active-s2", "random-s1", "random-s2"))
+        "thermal": "md", "dft_seed": 0, "eval_samples": 10, "train": TRAIN, "train_steps": "converge",
+        "patience_steps": PATIENCE_STEPS, "max_steps": MAX_STEPS}
+# Run names are VARIANT-sSEED; a variant is a strategy with its acquisition settings. active_density is
+# active learning whose candidates are ranked by their expected error reduction over the candidate
+# pool (density-weighted σ) instead of σ alone: the acquisition change measured against plain σ.
+VARIANTS = {"tessellation": ("tessellation", {}), "active": ("active", {}), "random": ("random", {}),
+            "active_density": ("active", {"acquisition": {"weighting": "density"}})}
+# Order: the tessellation first (it sets the target at which the others stop), then seed 0 of every
+# other variant in lock-step (one round of each in turn), then seeds 1 and 2 in lock-step, so that an
+# interrupted study has its runs at comparable counts (the early rounds decide a factor >= 2.3 = 46/20).
+PHASES = (("tessellation-s0",), ("active-s0", "active_density-s0", "random-s0"),
+          ("active-s1", "random-s1", "active-s2", "random-s2", "active_density-s1", "active_density-s2"))
 
 
 def say(msg: str) -> None:
@@ -159,25 +171,25 @@ def _relocate(run: Path) -> None:
 
 
 def share_round0(name: str) -> None:
-    """Give a new run the round-0 model of an earlier run of the same seed, if there is one.
+    """Give a new run the round-0 model of an earlier run, if there is one.
 
-    Round 0 is the same for every strategy (vertices + centroid, the same cached DFT cells in
-    the same order, the same training seed and settings), so its model is trained once per seed:
-    the new run gets that run's ``round-000/picked.json`` and ``model/``; the loop then takes
-    round 0's DFT from the cache, sees the model complete and skips the training (its record
-    says ``train_seconds`` ≈ 0), evaluates it and writes its own record.
+    Round 0 is the same for every run (vertices + centroid, the same cached DFT cells in the same
+    order, the same settings), so its model is trained once (by the first run, the tessellation,
+    training seed 0) and shared: the new run gets that run's ``round-000/picked.json`` and
+    ``model/``; the loop then takes round 0's DFT from the cache, sees the model complete and skips
+    the training (its record says ``train_seconds`` ≈ 0), evaluates it and writes its own record.
+    Seeds therefore differ from round 1 on (picks, scored configurations, training).
     """
     import shutil
 
-    seed = name.rsplit("-s", 1)[1]
-    for other in sorted(RUNS.glob(f"*-s{seed}")):
+    for other in sorted(RUNS.glob("*-s*")):
         src = other / "round-000"
         if other.name != name and (src / "done.json").is_file() and (src / "model" / "config.json").is_file():
             dst = run_dir(name) / "round-000"
             dst.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / "picked.json", dst / "picked.json")
             shutil.copytree(src / "model", dst / "model")
-            say(f"{name}: round 0's model taken from {other.name} (same data, seed and settings)")
+            say(f"{name}: round 0's model taken from {other.name} (same data and settings)")
             return
 
 
@@ -185,7 +197,8 @@ def step_run(name: str, rounds: int, target_l1: float | None) -> None:
     """Run ``name`` up to ``rounds`` rounds (creating it if new); mark it finished when it stops early."""
     from rhox.engine.learn import prepare_run, run_learning
 
-    strategy, seed = name.rsplit("-s", 1)
+    variant, seed = name.rsplit("-s", 1)
+    strategy, extra = VARIANTS[variant]
     run = run_dir(name)
     if strategy == "tessellation":
         target_l1 = None  # it sets the target: it runs every composition
@@ -193,8 +206,8 @@ def step_run(name: str, rounds: int, target_l1: float | None) -> None:
         _relocate(run)
         s = prepare_run(run, {"rounds": rounds, "target_l1": target_l1}, resume=True)
     else:
-        given = dict(BASE, strategy=strategy, seed=int(seed), rounds=rounds, test=str(TEST_DB), cache=str(CACHE_DB),
-                     target_l1=target_l1)
+        given = dict(BASE, **extra, strategy=strategy, seed=int(seed), rounds=rounds, test=str(TEST_DB),
+                     cache=str(CACHE_DB), target_l1=target_l1)
         s = prepare_run(run, given)
         share_round0(name)
     recs = run_learning(run, s, on_status=lambda m: say(f"{name}: {m}"))
@@ -289,6 +302,7 @@ def crfeconi_settings() -> dict:
 
 # --- report ---------------------------------------------------------------------------------------
 
+LEVEL3 = 16               # compositions of tessellation level 3 (quarters grid + centroid)
 README = HERE / "README.md"
 BEGIN, END = "<!-- active-study:begin -->", "<!-- active-study:end -->"
 OUT_JSON = RESULTS / "active_sigesn.json"
@@ -306,7 +320,8 @@ def _curve(recs: list[dict]) -> dict:
             "train_seconds": [round(r.get("train_seconds", 0.0), 1) for r in recs],
             "picked": [[p["composition"] for p in r["picked"]] for r in recs],
             "acquired": [(r.get("acquired") or {}).get("summary") for r in recs],
-            "picked_L1%": [[p["L1%"] for p in (r.get("acquired") or {}).get("picks", [])] for r in recs]}
+            "picked_L1%": [[p["L1%"] for p in (r.get("acquired") or {}).get("picks", [])] for r in recs],
+            "training": [r.get("training") for r in recs]}
 
 
 def _first(curve: dict, target: float, metric: str = "L1%_mean", cost: str = "n_compositions"):
@@ -334,24 +349,36 @@ def collect() -> dict:
         out["target"] = {"L1%_mean": tc["L1%_mean"][-1], "final": tess["complete"],
                          "tessellation_compositions": tc["n_compositions"][-1],
                          "tessellation_dft_seconds": tc["dft_seconds"][-1]}
-        tgt = tc["L1%_mean"][-1]
-        t_first = _first(tc, tgt)
-        t_sec = _first(tc, tgt, cost="dft_seconds")
-        out["target"]["tessellation_first_reach"] = t_first
-        red = {}
-        for strat in (("active", "random") if tess["complete"] else ()):  # no factor against a provisional target
-            rows = []
-            for name, r in runs.items():
-                if r["strategy"] != strat:
-                    continue
-                n = _first(r["curve"], tgt)
-                sec = _first(r["curve"], tgt, cost="dft_seconds")
-                rows.append({"run": name, "complete": r["complete"], "n_to_target": n, "dft_seconds_to_target": sec,
-                             "factor_vs_full_level": (tc["n_compositions"][-1] / n) if n else None,
-                             "factor_vs_first_reach": (t_first / n) if n and t_first else None,
-                             "factor_dft_seconds": (t_sec / sec) if sec and t_sec else None})
-            red[strat] = rows
-        out["reduction"] = red
+        # A second, coarser target: the accuracy of the tessellation's level 3 (the grid of quarters
+        # plus the centroid: 16 compositions, the end of its round 3).
+        if LEVEL3 in tc["n_compositions"]:
+            out["target_level3"] = {"L1%_mean": tc["L1%_mean"][tc["n_compositions"].index(LEVEL3)],
+                                    "tessellation_compositions": LEVEL3}
+        out["reduction"] = {}
+        for key, tgt_n in (("reduction", None), ("reduction_level3", LEVEL3)):
+            if key == "reduction_level3" and "target_level3" not in out:
+                continue
+            tgt = out["target"]["L1%_mean"] if tgt_n is None else out["target_level3"]["L1%_mean"]
+            t_first = _first(tc, tgt)
+            t_sec = _first(tc, tgt, cost="dft_seconds")
+            t_full = tc["n_compositions"][-1] if tgt_n is None else tgt_n
+            if tgt_n is None:
+                out["target"]["tessellation_first_reach"] = t_first
+            red = {}
+            for strat in ([v for v in VARIANTS if v != "tessellation"] if tess["complete"] else ()):
+                rows = []  # no factor against a provisional target
+                for name, r in runs.items():
+                    if r["strategy"] != strat:
+                        continue
+                    n = _first(r["curve"], tgt)
+                    sec = _first(r["curve"], tgt, cost="dft_seconds")
+                    rows.append({"run": name, "complete": r["complete"], "n_to_target": n,
+                                 "dft_seconds_to_target": sec,
+                                 "factor_vs_full_level": (t_full / n) if n else None,
+                                 "factor_vs_first_reach": (t_first / n) if n and t_first else None,
+                                 "factor_dft_seconds": (t_sec / sec) if sec and t_sec else None})
+                red[strat] = rows
+            out[key] = red
     return out
 
 
@@ -365,7 +392,7 @@ def _plot(res: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"tessellation": "black", "active": "tab:red", "random": "tab:blue"}
+    colors = {"tessellation": "black", "active": "tab:red", "random": "tab:blue", "active_density": "tab:green"}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
     for name, r in res["runs"].items():
         c = r["curve"]
@@ -408,27 +435,45 @@ def _table(res: dict) -> str:
         if not tgt["final"]:
             lines.append("No reduction factor yet: the target is set by the tessellation's final model.")
             lines.append("")
+    t3 = res.get("target_level3")
+    if t3:
+        lines.append(f"Coarser target: test mean L1% **{t3['L1%_mean']:.2f}** = the tessellation's model at level 3 "
+                     f"(quarters grid + centroid, {t3['tessellation_compositions']} compositions).")
+        lines.append("")
     lines.append("| run | rounds | compositions | DFT (h) | final L1% mean | final L1% worst | cal1 (%) | "
-                 "compositions to target | factor (vs level 4) | factor (vs first reach) | factor (DFT s) |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                 "compositions to target | factor (vs level 4) | factor (vs first reach) | factor (DFT s) | "
+                 "compositions to level-3 target | factor (vs level 3) |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     red = {row["run"]: row for rows in res.get("reduction", {}).values() for row in rows}
+    red3 = {row["run"]: row for rows in res.get("reduction_level3", {}).values() for row in rows}
     for name, r in res["runs"].items():
         c = r["curve"]
-        rr = red.get(name, {})
+        rr, r3 = red.get(name, {}), red3.get(name, {})
         lines.append(f"| {name}{'' if r['complete'] else ' (incomplete)'} | {len(c['round'])} | {c['n_compositions'][-1]} | "
                      f"{c['dft_seconds'][-1] / 3600:.2f} | {_fmt(c['L1%_mean'][-1])} | {_fmt(c['L1%_worst'][-1])} | "
                      f"{_fmt(c['cal1'][-1], '{:.0f}')} | {_fmt(rr.get('n_to_target'), '{:.0f}')} | "
                      f"{_fmt(rr.get('factor_vs_full_level'))} | {_fmt(rr.get('factor_vs_first_reach'))} | "
-                     f"{_fmt(rr.get('factor_dft_seconds'))} |")
-    for strat, rows in res.get("reduction", {}).items():
-        f = [x["factor_vs_full_level"] for x in rows if x["factor_vs_full_level"]]
-        miss = [x["run"] for x in rows if not x["factor_vs_full_level"]]
-        if rows:
-            lines.append("")
-            lines.append(f"- **{strat}**: reduction factor (tessellation level 4's compositions / the run's, at the "
-                         f"target) " + (f"mean {np.mean(f):.2f}, range {min(f):.2f}-{max(f):.2f} over {len(f)} seed(s)"
-                                        if f else "not reached yet")
-                         + (f"; not reached (or not yet) by {', '.join(miss)}" if miss else "") + ".")
+                     f"{_fmt(rr.get('factor_dft_seconds'))} | {_fmt(r3.get('n_to_target'), '{:.0f}')} | "
+                     f"{_fmt(r3.get('factor_vs_full_level'))} |")
+    for key, what in (("reduction", "level 4's compositions (46)"), ("reduction_level3", "level 3's compositions (16)")):
+        for strat, rows in res.get(key, {}).items():
+            f = [x["factor_vs_full_level"] for x in rows if x["factor_vs_full_level"]]
+            miss = [x["run"] for x in rows if not x["factor_vs_full_level"]]
+            if rows:
+                lines.append("")
+                lines.append(f"- **{strat}**, target {'level 4' if key == 'reduction' else 'level 3'}: reduction factor "
+                             f"(tessellation {what} / the run's, at the target) "
+                             + (f"per seed {', '.join(f'{v:.2f}' for v in f)}: mean {np.mean(f):.2f}, range "
+                                f"{min(f):.2f}-{max(f):.2f} over {len(f)} seed(s)" if f else "not reached")
+                             + (f"; not reached (or not yet) by {', '.join(miss)}" if miss else "") + ".")
+    tr = [x for r in res["runs"].values() for x in r["curve"].get("training", []) if x]
+    fine = [x for x in tr if x["patience"] < x["max_epochs"]]  # round 0 (no early stopping) left out
+    if fine:
+        lines.append("")
+        lines.append(f"- Training: {sum(x['converged'] for x in fine)} of {len(fine)} fine-tuning rounds stopped by the "
+                     f"patience (validation L1% no longer improving) before the cap; median "
+                     f"{np.median([x['steps'] for x in fine]):.0f} steps per round (range "
+                     f"{min(x['steps'] for x in fine)}-{max(x['steps'] for x in fine)}).")
     # Test mean L1% at equal numbers of compositions (every run adds BATCH per round): strategy x count,
     # mean over the seeds that got there [min-max]; readable on partial runs.
     by: dict = {}
@@ -443,7 +488,7 @@ def _table(res: dict) -> str:
         lines.append("")
         lines.append("| strategy | " + " | ".join(str(n) for n in counts) + " |")
         lines.append("|---|" + "---:|" * len(counts))
-        for strat in ("tessellation", "active", "random"):
+        for strat in VARIANTS:
             if strat in by:
                 cells = []
                 for n in counts:

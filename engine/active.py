@@ -105,6 +105,28 @@ def acquisition_scores(
                              progress, field, calibrated)[aggregate]
 
 
+WEIGHTINGS = ("none", "density")
+
+
+def density_weighted(cands: np.ndarray, scores: np.ndarray, length: float, exponent: float = 1.0) -> np.ndarray:
+    """Each candidate's expected error reduction over the candidate pool (same units as
+    ``score ** exponent``): ``v_i = Σ_j exp(-d_ij² / (2 length²)) score_j ** exponent``, ``d_ij``
+    the barycentric distance between candidates i and j (j = i included).
+
+    A DFT calculation teaches the model about its neighbourhood, not one point: a candidate in
+    the middle of a region of high σ is worth more than one at a corner of the simplex whose
+    neighbourhood is mostly outside it (a corner point of a grid stands for 1/6 of the area an
+    interior one does, an edge point 1/2), so plain σ over-picks the edges. NaN scores count as
+    0 in the sums and stay NaN.
+    """
+    cands = np.asarray(cands, dtype=float)
+    s = np.asarray(scores, dtype=float)
+    e = np.power(np.clip(np.nan_to_num(s, nan=0.0), 0, None), exponent)
+    d2 = np.sum((cands[:, None, :] - cands[None, :, :]) ** 2, axis=-1)
+    v = np.exp(-d2 / (2 * length ** 2)) @ e
+    return np.where(np.isnan(s), np.nan, v)
+
+
 def penalised_batch(cands: np.ndarray, scores: np.ndarray, k: int, length: float, exponent: float = 1.0,
                     min_distance: float = 0.0) -> list[int]:
     """Indices of ``k`` candidates picked one by one by the highest penalised value (local penalisation).

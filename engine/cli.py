@@ -640,13 +640,28 @@ def learn(
     test: Optional[Path] = typer.Option(None, help="Fixed test dataset of the same system (never trained on)."),
     target_l1: Optional[float] = typer.Option(None, help="Stop when the test L1% (see --target-on) reaches this."),
     target_on: Optional[str] = typer.Option(None, help="mean | worst: which test L1% --target-l1 applies to (default mean)."),
-    seed: Optional[int] = typer.Option(None, help="Seed of structures, picks and training (default 0)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of picks and training, and of structures unless --dft-seed (default 0)."),
+    dft_seed: Optional[int] = typer.Option(None, help="Seed of the DFT structures alone, so runs of several --seed values "
+                                                      "share structures and a --cache (default: --seed)."),
     cache: Optional[Path] = typer.Option(None, help="DFT cache shared by runs and strategies (an ASE database)."),
     add: Optional[List[str]] = typer.Option(None, help="Composition to run in the next round, on or off the grid "
                                                         "(repeatable; e.g. Si0.3Ge0.7)."),
     score_configs: Optional[int] = typer.Option(None, help="Random configurations scored per candidate (default 2)."),
     score_samples: Optional[int] = typer.Option(None, help="Weight samples S per scored configuration (default 10)."),
+    aggregate: Optional[str] = typer.Option(None, help="How a candidate's epistemic σ over its grid points is summarised: "
+                                                       "mean | quantile | quantile:Q (default quantile:0.9)."),
+    weighting: Optional[str] = typer.Option(None, help="none: rank candidates by σ alone; density: by their expected "
+                                                       "error reduction over the candidate pool (default none)."),
     epochs: Optional[int] = typer.Option(None, help="Maximum training epochs per round (default 40)."),
+    train_steps: Optional[str] = typer.Option(None, help="Training per round in optimiser steps: N (about N steps; round 0, "
+                                                         "from scratch, 8N), or 'converge' (early stopping on the run's "
+                                                         "validation cells after --patience-steps without improvement, "
+                                                         "capped at --max-steps; round 0, from scratch, trains 8x the cap without early "
+                                                         "stopping). "
+                                                         "Default: --epochs with the training's patience."),
+    patience_steps: Optional[int] = typer.Option(None, help="With --train-steps converge: steps without validation "
+                                                            "improvement before a round stops (default 400)."),
+    max_steps: Optional[int] = typer.Option(None, help="With --train-steps converge: cap on a round's steps (default 4000)."),
     hidden: Optional[str] = typer.Option(None, help="Hidden layer widths (default 64,64,32)."),
     ecut: Optional[float] = typer.Option(None, help="Plane-wave cut-off, eV (default per system)."),
     kpt_density: Optional[float] = typer.Option(None, help="k-points per Å⁻¹ (default per system)."),
@@ -679,12 +694,18 @@ def learn(
         except ValueError:
             fail(f"hidden layer widths must be comma-separated integers, got {hidden!r}")
     dft = {k: v for k, v in dict(ecut=ecut, kpt_density=kpt_density, xc=xc).items() if v is not None}
+    from .learn import check_train_steps, parse_aggregate
+
+    acquisition = {k: v for k, v in dict(n_configs=score_configs, n_samples=score_samples, weighting=weighting).items()
+                   if v is not None}
+    if aggregate is not None:
+        acquisition.update(parse_aggregate(aggregate))
     given = dict(system=system, strategy=strategy, rounds=rounds, batch=batch, step=step, repeat=repeat,
                  samples=samples, temperatures=tuple(temperature) if temperature else None, thermal=thermal,
                  test=str(test) if test else None, target_l1=target_l1, target_metric=target_on, seed=seed,
                  cache=str(cache) if cache else None, dft=dft or None, train=train or None,
-                 acquisition={k: v for k, v in dict(n_configs=score_configs, n_samples=score_samples).items()
-                              if v is not None} or None)
+                 acquisition=acquisition or None, dft_seed=dft_seed, train_steps=check_train_steps(train_steps),
+                 patience_steps=patience_steps, max_steps=max_steps)
     settings = prepare_run(out_dir, given, resume=resume)
     if add:
         from .composition import parse_composition

@@ -111,6 +111,86 @@ def test_round_epochs_reach_the_step_budget():
         learn.check_settings_of_run(learn.LearnSettings(**_given(train_steps=0)))
 
 
+def test_round_plan_converge_turns_steps_into_epochs():
+    from rhox.engine.train_config import TrainConfig
+
+    cfg = TrainConfig(max_epochs=20, patience=7, batch_size=1000, val_fraction=0.2, point_fraction=0.125)
+    s = learn.check_settings_of_run(learn.LearnSettings(**_given(train_steps="converge", patience_steps=10,
+                                                                 max_steps=60)))
+    assert (s.train_steps, s.patience_steps, s.max_steps) == ("converge", 10, 60)
+    # 5 cells of 8000 points: 4 mini-batches per epoch; cap 60 steps = 15 epochs, patience 10 steps = 3
+    assert learn.round_plan(s, 5, 8000, cfg, first=False) == (15, 3)
+    # round 0 from scratch: 8 x the cap, and no early stopping (patience = the cap)
+    assert learn.round_plan(s, 5, 8000, cfg, first=True) == (120, 120)
+    # 46 cells: 37 mini-batches per epoch; cap 2 epochs, patience at least 2 epochs
+    assert learn.round_plan(s, 46, 8000, cfg, first=False) == (2, 2)
+    # a fixed budget keeps the training's own patience; no budget: max_epochs and patience as given
+    fixed = learn.check_settings_of_run(learn.LearnSettings(**_given(train_steps=60)))
+    assert learn.round_plan(fixed, 5, 8000, cfg, first=False) == (15, 7)
+    assert learn.round_plan(fixed, 5, 8000, cfg, first=True) == (20, 7)   # 8 x 60 steps capped at max_epochs
+    none = learn.check_settings_of_run(learn.LearnSettings(**_given()))
+    assert learn.round_plan(none, 5, 8000, cfg, first=False) == (20, 7)
+
+
+@pytest.mark.parametrize("value,expected", [(None, None), ("converge", "converge"), (300, 300), ("300", 300)])
+def test_check_train_steps_accepts(value, expected):
+    assert learn.check_train_steps(value) == expected
+
+
+@pytest.mark.parametrize("value", [0, -5, "fast", "1.5", True, 2.5])
+def test_check_train_steps_refuses(value):
+    with pytest.raises(InputError, match="training steps per round"):
+        learn.check_train_steps(value)
+
+
+@pytest.mark.parametrize("text,expected", [("mean", {"aggregate": "mean"}), ("quantile", {"aggregate": "quantile"}),
+                                           ("quantile:0.75", {"aggregate": "quantile", "quantile": 0.75})])
+def test_parse_aggregate(text, expected):
+    assert learn.parse_aggregate(text) == expected
+
+
+@pytest.mark.parametrize("text,words", [("median", "unknown σ aggregate"), ("mean:0.5", "unknown σ aggregate"),
+                                        ("quantile:1.5", "strictly between 0 and 1"),
+                                        ("quantile:high", "strictly between 0 and 1")])
+def test_parse_aggregate_refuses(text, words):
+    with pytest.raises(InputError, match=words):
+        learn.parse_aggregate(text)
+
+
+def test_density_weighted_known_answer():
+    from rhox.engine.active import density_weighted
+
+    # a binary segment: 0 is an end point, 1 and 2 interior neighbours (d = 0.25 √2 apart, d² = 0.125)
+    cands = np.array([[1.0, 0.0], [0.75, 0.25], [0.5, 0.5]])
+    scores = np.array([1.0, 0.8, np.nan])
+    k = np.exp(-0.125 / (2 * 0.25 ** 2))                 # kernel between neighbours, length 0.25: e^-1
+    v = density_weighted(cands, scores, 0.25, exponent=2.0)
+    # the NaN candidate counts 0 in the sums and stays NaN
+    np.testing.assert_allclose(v[:2], [1.0 + k * 0.64, 0.64 + k * 1.0])
+    assert np.isnan(v[2])
+    # with a third, equally uncertain neighbour the interior point overtakes the end point whose own σ is higher
+    v = density_weighted(cands, np.array([1.0, 0.8, 0.8]), 0.25, exponent=1.0)
+    assert v[1] > v[0]
+    assert v[1] == pytest.approx(0.8 + k * 1.0 + k * 0.8)
+
+
+def test_density_weighting_setting_is_checked():
+    s = learn.check_settings_of_run(learn.LearnSettings(**_given(acquisition={"weighting": "density"})))
+    assert s.acquisition["weighting"] == "density" and s.acquisition["aggregate"] == "quantile"
+    with pytest.raises(InputError, match="acquisition weighting 'area'"):
+        learn.check_settings_of_run(learn.LearnSettings(**_given(acquisition={"weighting": "area"})))
+
+
+def test_training_summary_from_a_models_meta():
+    hist = [{"network": "bnn", "val_l1": v} for v in (9.0, 5.0, 6.0, 7.0)] + [{"network": "det", "val_l1": 1.0}]
+    meta = {"history": hist, "training": {"train_points": 5000, "config": {"batch_size": 2048, "max_epochs": 10,
+                                                                           "patience": 2}}}
+    assert learn.training_summary(meta) == {"epochs": 4, "best_epoch": 2, "max_epochs": 10, "patience": 2,
+                                            "steps": 12, "converged": True}
+    meta["training"]["config"]["max_epochs"] = 4
+    assert learn.training_summary(meta)["converged"] is False
+
+
 def test_tessellation_strategy_walks_the_levels_in_order():
     s = learn.check_settings_of_run(learn.LearnSettings(**_given(system="SiGeSn", strategy="tessellation", batch=4)))
     done = [np.asarray(x) for x in learn.initial_compositions(3)]  # round 0
@@ -202,6 +282,14 @@ def _foreign_system_db(path: Path) -> None:
     (["--score-configs", "0"], ["configurations scored per candidate", "0"]),
     (["--add", "Si0.5Ge0.7"], ["sum to 1.2"]),
     (["--add", "Si0.02Ge0.98"], ["too few to place"]),
+    (["--train-steps", "0"], ["training steps per round", "0"]),
+    (["--train-steps", "fast"], ["training steps per round", "fast"]),
+    (["--train-steps", "converge", "--patience-steps", "0"], ["patience", "0"]),
+    (["--train-steps", "converge", "--max-steps", "-3"], ["cap on training steps", "-3"]),
+    (["--aggregate", "median"], ["σ aggregate", "median"]),
+    (["--aggregate", "quantile:1.5"], ["quantile", "1.5"]),
+    (["--weighting", "area"], ["weighting", "area"]),
+    (["--dft-seed", "-1"], ["seed of the DFT structures", "-1"]),
 ])
 def test_bad_options_refused_with_nothing_written(tmp_path, args, words):
     _foreign_system_db(tmp_path / "other.db")
@@ -224,6 +312,16 @@ def test_resume_refuses_a_changed_fixed_option(tmp_path):
     assert learn.prepare_run(run, {"batch": 1, "step": 0.25, "dft": {"ecut": 150.0}}, resume=True).batch == 1
     assert_refused(["learn", "--out", "run", "--resume", "--batch", "2"], tmp_path, "batch", "started with")
     assert_refused(["learn", "--out", "run", "--resume", "--ecut", "300"], tmp_path, "dft", "started with")
+    # the training budget, the structure seed and the acquisition are fixed for a run, too
+    assert_refused(["learn", "--out", "run", "--resume", "--train-steps", "converge"], tmp_path, "train_steps",
+                   "converge", "started with")
+    assert_refused(["learn", "--out", "run", "--resume", "--dft-seed", "3"], tmp_path, "dft_seed", "started with")
+    assert_refused(["learn", "--out", "run", "--resume", "--aggregate", "mean"], tmp_path, "acquisition",
+                   "started with")
+    assert_refused(["learn", "--out", "run", "--resume", "--weighting", "density"], tmp_path, "acquisition",
+                   "started with")
+    # given as stored, they are accepted
+    assert learn.prepare_run(run, {"acquisition": {"aggregate": "quantile", "quantile": 0.9}}, resume=True).batch == 1
 
 
 # --- a real run: tiny DFT, two rounds ------------------------------------------------------------------
