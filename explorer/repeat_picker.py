@@ -24,7 +24,7 @@ class RepeatPicker(pn.viewable.Viewer):
 
     def __init__(self, state, **params):
         super().__init__(state=state, **params)
-        self.widget = pn.widgets.Select(name="Repeat (cells along x, y, z)", sizing_mode="stretch_width",
+        self.widget = pn.widgets.Select(label="Repeat (cells along x, y, z)", sizing_mode="stretch_width",
                                         css_classes=["rhox-repeat"])
         self._sync_options()
         self.widget.param.watch(self._on_widget, "value")
