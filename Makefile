@@ -69,6 +69,9 @@ assets: install
 	# system's train and fine-tune sets in benchmarks/data/, evaluated on its held-out test sets.
 	$(MAKE) study-transfer
 	OMP_NUM_THREADS=1 $(PY) benchmarks/transfer_study.py --bundle
+	# The CrFeCoNi model (assets/models/CrFeCoNi/): the active run's bundled round, retrained from the
+	# committed DFT cache (benchmarks/data/active_crfeconi_*.db), evaluated on the held-out test set.
+	OMP_NUM_THREADS=1 $(PY) benchmarks/active_study_crfeconi.py bundle --rebuild
 
 # DFT datasets of the transfer-learning study (hours of GPAW on 2 cores; resumable, see
 # benchmarks/data/README.md). STAGES picks stages or single datasets, e.g. make data-transfer STAGES="sige-small al_small_train".

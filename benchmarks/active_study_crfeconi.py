@@ -63,6 +63,10 @@ BASE = {"system": SYSTEM, "strategy": "active", "batch": BATCH, "step": 0.125, "
         "temperatures": [300.0], "thermal": "md", "dft_seed": 0, "eval_samples": 10, "train": TRAIN,
         "train_steps": TRAIN_STEPS}
 RUN_NAME = "active-s0"
+ASSET = ROOT / "assets" / "models" / SYSTEM
+# The round whose model is bundled (assets/models/CrFeCoNi): the latest finished when this session
+# ended. `bundle --rebuild` (make assets) reruns the run up to it from the committed DFT cache.
+BUNDLE_ROUND = 0
 
 
 def say(msg: str) -> None:
@@ -199,15 +203,81 @@ def summary() -> None:
               f"cal1 {t.get('cal1', float('nan')):.2f}, energy {r.get('energy')}")
 
 
+def bundle(round_index: int = BUNDLE_ROUND, rebuild: bool = False) -> None:
+    """Copy round ``round_index``'s model of the active run to ``assets/models/CrFeCoNi`` with its
+    ``rhox evaluate`` on the held-out test set (``evaluation.json``, ``calibration.png``,
+    ``error_vs_uncertainty.png``) and a ``README.md`` saying what it has seen.
+
+    ``rebuild``: first run (or resume) the active run up to that round; with the committed DFT
+    cache this retrains without DFT (only a cell missing from the cache would be computed).
+    """
+    import shutil
+
+    from rhox.engine.learn import read_records, round_dir
+
+    run = RUNS / RUN_NAME
+    if rebuild:
+        make_test_set()
+        run_active(round_index + 1)
+    records = {r["round"]: r for r in read_records(run)} if run.is_dir() else {}
+    if round_index not in records:
+        raise SystemExit(f"round {round_index} of {run} is not finished: run `{Path(__file__).name} run` first")
+    rec = records[round_index]
+    src = round_dir(run, round_index) / "model"
+    tmp = ASSET.with_name(ASSET.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy2(src / "weights.safetensors", tmp / "weights.safetensors")
+    # Paths in the lineage relative to the checkout (no builder's machine path in the wheel).
+    (tmp / "config.json").write_text((src / "config.json").read_text().replace(str(ROOT) + os.sep, ""))
+    say(f"evaluating round {round_index}'s model on {TEST_DB.name}")
+    cmd = [sys.executable, "-m", "rhox.engine.cli", "evaluate", str(TEST_DB), "--model", str(tmp),
+           "--json", str(tmp / "evaluation.json"), "--plots", str(tmp)]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    ev = json.loads((tmp / "evaluation.json").read_text())
+    ev["dataset"] = str(TEST_DB.relative_to(ROOT))
+    (tmp / "evaluation.json").write_text(json.dumps(ev, indent=1))
+    comps = [p["composition"] for r in sorted(records) if r <= round_index for p in records[r]["picked"]]
+    a, en = ev["aggregate"], ev.get("energy") or {}
+    energy = (f"{en['mae_meV_atom']:.0f} meV/atom MAE (worst {en['max_meV_atom']:.0f}), "
+              f"{en['cal1']:.0f} % within 1σ" if "mae_meV_atom" in en else "not available")
+    (tmp / "README.md").write_text(f"""# Bundled CrFeCoNi model (issue 9 item 4): an early active-learning model
+
+**It has seen only {len(comps)} compositions** ({rec['n_dft']} DFT cells of 8 atoms, 2x1x1 FCC, one 300 K
+CHGNet MD snapshot each): {', '.join(comps)}. This is round {round_index} of the active-learning run
+`benchmarks/results/active_crfeconi_runs/{RUN_NAME}` (`benchmarks/active_study_crfeconi.py`;
+README section 8b): round 0 is the four pure elements plus the equiatomic centroid. Expect large
+errors away from those points; the uncertainty (σ) is the guide.
+
+Held-out test set `{ev['dataset']}` ({a['n_configurations']} random quaternary compositions in
+8-atom cells, never used for training, stopping or σ scaling), `rhox evaluate` with
+{a.get('n_samples', 20)} weight samples:
+
+- density: mean L1% **{a['L1%']:.2f}** (worst {a['L1%_max']:.2f}), NRMSE% {a['NRMSE%']:.2f};
+  calibration: {a['cal1']:.0f} / {a['cal2']:.0f} / {a['cal3']:.0f} % of grid points within 1/2/3σ
+  (ideal 68 / 95 / 99.7); rank correlation of σ with L1% over cells {a['rank_corr_sigma_L1']:.2f}
+- energy: {energy}
+
+Rebuild: `python benchmarks/active_study_crfeconi.py bundle --rebuild` (in `make assets`).
+""")
+    shutil.rmtree(ASSET, ignore_errors=True)
+    os.replace(tmp, ASSET)
+    say(f"bundled round {round_index}'s model as {ASSET}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("run", "summary", "compositions"))
+    p.add_argument("what", choices=("run", "summary", "compositions", "bundle"))
     p.add_argument("--rounds", type=int, default=ROUNDS)
+    p.add_argument("--round", type=int, default=BUNDLE_ROUND, help="bundle: the round whose model is bundled")
+    p.add_argument("--rebuild", action="store_true", help="bundle: first rerun the run up to that round")
     a = p.parse_args(argv)
     if a.what == "compositions":
         print("\n".join(test_compositions()))
     elif a.what == "summary":
         summary()
+    elif a.what == "bundle":
+        bundle(a.round, a.rebuild)
     else:
         make_test_set()
         run_active(a.rounds)
