@@ -229,7 +229,11 @@ def bundle(round_index: int = BUNDLE_ROUND, rebuild: bool = False) -> None:
     tmp.mkdir(parents=True)
     shutil.copy2(src / "weights.safetensors", tmp / "weights.safetensors")
     # Paths in the lineage relative to the checkout (no builder's machine path in the wheel).
-    (tmp / "config.json").write_text((src / "config.json").read_text().replace(str(ROOT) + os.sep, ""))
+    config = json.loads((src / "config.json").read_text().replace(str(ROOT) + os.sep, ""))
+    comps = [p["composition"] for r in sorted(records) if r <= round_index for p in records[r]["picked"]]
+    config["note"] = (f"Early CrFeCoNi model: round {round_index} of active learning, trained on only {rec['n_compositions']} "
+                      f"compositions (of those picked: {', '.join(comps)}; failed DFT cells: {rec['n_failed']}) in 8-atom 2x1x1 FCC cells; see README.md beside it.")
+    (tmp / "config.json").write_text(json.dumps(config, indent=1))
     say(f"evaluating round {round_index}'s model on {TEST_DB.name}")
     cmd = [sys.executable, "-m", "rhox.engine.cli", "evaluate", str(TEST_DB), "--model", str(tmp),
            "--json", str(tmp / "evaluation.json"), "--plots", str(tmp)]
@@ -237,14 +241,13 @@ def bundle(round_index: int = BUNDLE_ROUND, rebuild: bool = False) -> None:
     ev = json.loads((tmp / "evaluation.json").read_text())
     ev["dataset"] = str(TEST_DB.relative_to(ROOT))
     (tmp / "evaluation.json").write_text(json.dumps(ev, indent=1))
-    comps = [p["composition"] for r in sorted(records) if r <= round_index for p in records[r]["picked"]]
     a, en = ev["aggregate"], ev.get("energy") or {}
     energy = (f"{en['mae_meV_atom']:.0f} meV/atom MAE (worst {en['max_meV_atom']:.0f}), "
               f"{en['cal1']:.0f} % within 1σ" if "mae_meV_atom" in en else "not available")
     (tmp / "README.md").write_text(f"""# Bundled CrFeCoNi model (issue 9 item 4): an early active-learning model
 
-**It has seen only {len(comps)} compositions** ({rec['n_dft']} DFT cells of 8 atoms, 2x1x1 FCC, one 300 K
-CHGNet MD snapshot each): {', '.join(comps)}. This is round {round_index} of the active-learning run
+**It has seen only {rec['n_compositions']} compositions** ({rec['n_dft']} DFT cells of 8 atoms, 2x1x1 FCC, one
+300 K CHGNet MD snapshot each; picked: {', '.join(comps)}; failed DFT cells: {rec['n_failed']}). This is round {round_index} of the active-learning run
 `benchmarks/results/active_crfeconi_runs/{RUN_NAME}` (`benchmarks/active_study_crfeconi.py`;
 README section 8b): round 0 is the four pure elements plus the equiatomic centroid. Expect large
 errors away from those points; the uncertainty (σ) is the guide.
