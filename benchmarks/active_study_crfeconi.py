@@ -227,7 +227,9 @@ def bundle(round_index: int = BUNDLE_ROUND, rebuild: bool = False) -> None:
     tmp = ASSET.with_name(ASSET.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    shutil.copy2(src / "weights.safetensors", tmp / "weights.safetensors")
+    for f in src.iterdir():  # weights, and the energy and novelty models fitted with them
+        if f.is_file() and f.name != "config.json":
+            shutil.copy2(f, tmp / f.name)
     # Paths in the lineage relative to the checkout (no builder's machine path in the wheel).
     config = json.loads((src / "config.json").read_text().replace(str(ROOT) + os.sep, ""))
     comps = [p["composition"] for r in sorted(records) if r <= round_index for p in records[r]["picked"]]
@@ -244,6 +246,11 @@ def bundle(round_index: int = BUNDLE_ROUND, rebuild: bool = False) -> None:
     a, en = ev["aggregate"], ev.get("energy") or {}
     energy = (f"{en['mae_meV_atom']:.0f} meV/atom MAE (worst {en['max_meV_atom']:.0f}), "
               f"{en['cal1']:.0f} % within 1σ" if "mae_meV_atom" in en else "not available")
+    sup = (ev.get("baselines") or {}).get("superposition")
+    baseline = ("not computed" if not sup else
+                f"the superposition of free-atom densities (GPAW) has L1% {sup['L1%']:.2f} on the same cells"
+                + (f" (better than this model: {rec['n_compositions']} compositions are too few)"
+                   if sup["L1%"] < a["L1%"] else ""))
     (tmp / "README.md").write_text(f"""# Bundled CrFeCoNi model (issue 9 item 4): an early active-learning model
 
 **It has seen only {rec['n_compositions']} compositions** ({rec['n_dft']} DFT cells of 8 atoms, 2x1x1 FCC, one
@@ -259,6 +266,7 @@ Held-out test set `{ev['dataset']}` ({a['n_configurations']} random quaternary c
 - density: mean L1% **{a['L1%']:.2f}** (worst {a['L1%_max']:.2f}), NRMSE% {a['NRMSE%']:.2f};
   calibration: {a['cal1']:.0f} / {a['cal2']:.0f} / {a['cal3']:.0f} % of grid points within 1/2/3σ
   (ideal 68 / 95 / 99.7); rank correlation of σ with L1% over cells {a['rank_corr_sigma_L1']:.2f}
+- baseline: {baseline}
 - energy: {energy}
 
 Rebuild: `python benchmarks/active_study_crfeconi.py bundle --rebuild` (in `make assets`).
