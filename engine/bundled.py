@@ -17,9 +17,10 @@ def asset_path(name: str) -> Path:
     return Path(str(files("rhox.assets").joinpath(name)))
 
 
-#: Models rhox ships, by name (case-insensitive): the default SiGeSn model and the Al and SiGe
-#: models of the transfer study (benchmarks/README.md section 7), folders of ``rhox.assets``.
-BUNDLED_MODELS = {"SiGeSn": "model", "Al": "models/Al", "SiGe": "models/SiGe"}
+#: Models rhox ships, by name (case-insensitive): the default SiGeSn model, the Al and SiGe
+#: models of the transfer study (benchmarks/README.md section 7) and the CrFeCoNi model of the
+#: active-learning run (section 8b), folders of ``rhox.assets``.
+BUNDLED_MODELS = {"SiGeSn": "model", "Al": "models/Al", "SiGe": "models/SiGe", "CrFeCoNi": "models/CrFeCoNi"}
 
 
 def bundled_models() -> dict[str, Path]:

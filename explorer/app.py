@@ -185,8 +185,10 @@ class App(pn.viewable.Viewer):
                                            sizing_mode="stretch_width")
         self._auto = pn.widgets.Checkbox.from_param(self.param.predict_on_pick, label="Predict on pick")
 
-        self._repeat = pn.widgets.IntSlider.from_param(st.param.repeat, label="Repeat (cells per axis)", end=3,
-                                                       sizing_mode="stretch_width")
+        from .repeat_picker import RepeatPicker  # cubic or not (2x1x1 = 8 FCC atoms); sets the pick's step
+
+        self.repeat_picker = RepeatPicker(s)
+        self._repeat = self.repeat_picker.widget
         self._temperature = pn.widgets.FloatSlider.from_param(st.param.temperature, label="Temperature (K)", step=50,
                                                               end=1500, sizing_mode="stretch_width")
         self._seed = pn.widgets.IntInput.from_param(st.param.seed, width=100)

@@ -140,8 +140,8 @@ class EnergyView(pn.viewable.Viewer):
         repeat, temperature = self.state.structure.repeat, self.state.structure.temperature
         # Cells large enough to realise the grid's fractions in whole atoms (a 4-atom FCC cell
         # cannot hold eighths).
-        while site_count(system, repeat) * self.settings.step < 1 - 1e-9 and repeat < 4:
-            repeat += 1
+        while site_count(system, repeat) * self.settings.step < 1 - 1e-9 and max(repeat) < 4:
+            repeat = tuple(r + 1 for r in repeat)
         configs = self.settings.configs
         self._stop.clear()
         self.mapping = True

@@ -29,7 +29,8 @@ from rhox.engine.errors import InputError
 from rhox.engine.learn import STRATEGIES
 
 from .jobs import Job, register_job_type
-from .state import ExplorerState, describe
+from .repeat import lattice_step
+from .state import STEPS, ExplorerState, describe
 
 RUN_FOLDER = "learn-run"
 
@@ -76,7 +77,8 @@ def learn_job(state: ExplorerState, settings: LearnRunSettings | None = None, gi
                              f"or choose another run folder")
     else:
         given = {"system": state.pick.system, "strategy": s.strategy, "rounds": int(s.rounds), "batch": int(s.batch),
-                 "step": 0.25 if state.n_species > 3 else 0.125, "repeat": state.structure.repeat,
+                 "step": lattice_step(state.pick.system, state.structure.repeat, STEPS),
+                 "repeat": state.structure.repeat,
                  "thermal": "einstein", "test": s.test.strip() or None, **(given or {})}
         settings_ = prepare_run(run, given)
 

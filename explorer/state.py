@@ -50,7 +50,9 @@ from rhox.engine.composition import (
 from rhox.engine.errors import InputError, ModelError, RhoxError, one_line
 from rhox.engine.keys import ENV_WORKDIR
 from rhox.engine.model_config import read_model_config
-from rhox.engine.structures import SYSTEMS, get_system, require_periodic
+from rhox.engine.structures import SYSTEMS, format_repeat, get_system, require_periodic
+
+from .repeat import Repeat
 
 #: Weight samples S for interactive predictions (the CLI default is 20; 10 halves the time).
 INTERACTIVE_SAMPLES = 10
@@ -306,7 +308,7 @@ class SimplexMap(param.Parameterized):
 class StructureState(param.Parameterized):
     """How the structure is built, and the current structure."""
 
-    repeat = param.Integer(default=1, bounds=(1, 4), doc="Supercell repeat of the conventional cell per axis")
+    repeat = Repeat(default=(1, 1, 1), doc="Supercell repeat (NX, NY, NZ) of the conventional cell (an int N: NxNxN)")
     temperature = param.Number(default=300.0, bounds=(0.0, 3000.0),
                                doc="Temperature (K) of the Einstein-model thermal displacements")
     seed = param.Integer(default=0, bounds=(0, None), doc="Seed of the random configuration")
@@ -566,7 +568,7 @@ class ExplorerState(param.Parameterized):
             self.notify(one_line(err), "warning")
             return False
         label = (f"{atoms.info.get(INFO_REALISED, atoms.get_chemical_formula())}: {len(atoms)} atoms, "
-                 f"repeat {st.repeat}, {st.temperature:g} K, seed {st.seed}"
+                 f"repeat {format_repeat(st.repeat)}, {st.temperature:g} K, seed {st.seed}"
                  + (f", {st.vacancies} vacancies" if st.vacancies else ""))
         self.set_structure(atoms, label, Origin.BUILT)
         return True

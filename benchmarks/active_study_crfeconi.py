@@ -1,0 +1,299 @@
+"""CrFeCoNi by Bayesian active learning (issue 9 item 4): the DFT in the background, a model.
+
+    python benchmarks/active_study_crfeconi.py run       # test-set DFT, then the active run (resumable)
+    python benchmarks/active_study_crfeconi.py summary   # per-cell DFT times and moments, the run's records
+    make study-active-crfeconi                           # run (OMP_NUM_THREADS=1, nice 5)
+
+Design (kept close to the SiGeSn study, ``benchmarks/active_study.py``, README section 8):
+
+- **Cells**: 8-atom 2x1x1 FCC supercells (one atom = 1/8 of the composition), one CHGNet MD
+  snapshot at 300 K per composition, the system's default GPAW settings (``engine/dft.py``,
+  ``DEFAULT_SETTINGS["CrFeCoNi"]``: PW 300 eV, PBE, k-density 1.5 Å⁻¹, Fermi-Dirac 0.1 eV,
+  density converged to 1e-4, spin-polarised with Cr antiparallel), serial, one thread.
+- **Test set** (``benchmarks/data/active_crfeconi_test.db``; never used for training, stopping
+  or σ scaling): :data:`N_TEST` flat-Dirichlet compositions (seed 2027) that 8 atoms realise
+  (one atom of every species at least), thinned by farthest-point selection from a pool of 400 so
+  they spread over the tetrahedron; structure seed :data:`TEST_SEED` (the run's DFT seed is 0);
+  lattice constants by Vegard's law at the drawn composition, so the cells lie off the run's grid.
+- **Run** ``active-s0`` (``rhox learn CrFeCoNi --strategy active --repeat 2x1x1 --batch 4``
+  through :func:`rhox.engine.learn.run_learning`): round 0 = the 4 vertices + the centroid,
+  then 4 compositions per round from the grid of eighths (165 points, every one realised exactly
+  by 8 atoms), the same training settings as the SiGeSn study (64-64-32 BNN, 150 optimiser steps
+  of 512 points per fine-tuning round, 8x that from scratch in round 0), and one DFT cache
+  ``benchmarks/data/active_crfeconi_cache.db`` (``dft_seed`` 0) that later runs and strategies
+  (tessellation, random, other seeds) share: a composition's DFT runs once.
+
+Everything is resumable: run it again and the finished test cells, DFT items and rounds are
+skipped. The run folder is ``benchmarks/results/active_crfeconi_runs/active-s0``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # the rhox of this checkout, not whichever one is installed
+DATA = HERE / "data"
+RESULTS = HERE / "results"
+RUNS = RESULTS / "active_crfeconi_runs"
+
+SYSTEM = "CrFeCoNi"
+ELEMENTS = ("Cr", "Fe", "Co", "Ni")
+REPEAT = (2, 1, 1)        # 8 FCC sites: compositions in eighths
+TEST_DB = DATA / "active_crfeconi_test.db"
+CACHE_DB = DATA / "active_crfeconi_cache.db"
+N_TEST = 4             # 6 planned; 4 this session: at load ~15 a cell takes ~8 min of wall time
+TEST_SEED = 9002          # structure seed of the test cells (the run uses DFT seed 0)
+COMPOSITION_SEED = 2027   # the test compositions' draw (the SiGeSn study uses 2026)
+BATCH = 4
+ROUNDS = 4                # round 0 (5 points) + 3 x 4 = 17 compositions: what ~2 h of one core buys
+TRAIN_STEPS = 150
+TRAIN = {"hidden": [64, 64, 32], "max_epochs": 200, "patience": 200, "point_fraction": 0.125, "batch_size": 512,
+         "val_fraction": 0.2, "baseline": False}
+BASE = {"system": SYSTEM, "strategy": "active", "batch": BATCH, "step": 0.125, "repeat": list(REPEAT), "samples": 1,
+        "temperatures": [300.0], "thermal": "md", "dft_seed": 0, "eval_samples": 10, "train": TRAIN,
+        "train_steps": TRAIN_STEPS}
+RUN_NAME = "active-s0"
+ASSET = ROOT / "assets" / "models" / SYSTEM
+# The round whose model is bundled (assets/models/CrFeCoNi): the latest finished when this session
+# ended. `bundle --rebuild` (make assets) reruns the run up to it from the committed DFT cache.
+BUNDLE_ROUND = 1
+
+
+def say(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def test_compositions(n: int = N_TEST, seed: int = COMPOSITION_SEED, pool: int = 400) -> list[str]:
+    """The test compositions as exact formulas (fractions of 4 decimals summing to 1).
+
+    Flat-Dirichlet draws that an 8-atom cell realises (every species at least one atom),
+    thinned by farthest-point selection (from the first draw) to spread over the tetrahedron.
+    """
+    from rhox.engine.composition import random_compositions
+    from rhox.engine.errors import InputError
+    from rhox.engine.structures import check_buildable
+
+    ok = []
+    for x in random_compositions(pool, len(ELEMENTS), seed=seed):
+        try:
+            check_buildable(SYSTEM, dict(zip(ELEMENTS, x)), REPEAT)
+            ok.append(x)
+        except InputError:
+            pass
+    ok = np.array(ok)
+    chosen = [0]
+    d = np.linalg.norm(ok - ok[0], axis=1)
+    while len(chosen) < n:
+        i = int(np.argmax(d))
+        chosen.append(i)
+        d = np.minimum(d, np.linalg.norm(ok - ok[i], axis=1))
+    out = []
+    for x in ok[chosen]:
+        head = [Decimal(f"{v:.4f}") for v in x[:-1]]
+        fr = head + [Decimal(1) - sum(head)]
+        out.append("".join(f"{el}{f}" for el, f in zip(ELEMENTS, fr)))
+    return out
+
+
+def make_test_set() -> None:
+    """DFT of the test cells (resumable: ``rhox generate`` skips finished cells)."""
+    cmd = [sys.executable, "-m", "rhox.engine.cli", "generate", SYSTEM, "--compositions", ";".join(test_compositions()),
+           "--repeat", "x".join(map(str, REPEAT)), "--samples", "1", "--temperature", "300", "--thermal", "md",
+           "--seed", str(TEST_SEED), "--out", str(TEST_DB)]
+    say("test set: " + " ".join(cmd[2:]))
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def run_active(rounds: int = ROUNDS) -> None:
+    """The active run, up to ``rounds`` rounds (created on the first call, resumed afterwards)."""
+    from rhox.engine.learn import prepare_run, run_learning
+
+    run = RUNS / RUN_NAME
+    if (run / "settings.json").is_file():
+        d = json.loads((run / "settings.json").read_text())
+        if d.get("test") != str(TEST_DB) or d.get("cache") != str(CACHE_DB):  # committed from another checkout
+            d.update(test=str(TEST_DB), cache=str(CACHE_DB))
+            tmp = run / "settings.tmp"
+            tmp.write_text(json.dumps(d, indent=1))
+            os.replace(tmp, run / "settings.json")
+        s = prepare_run(run, {"rounds": rounds}, resume=True)
+    else:
+        s = prepare_run(run, dict(BASE, seed=0, rounds=rounds, test=str(TEST_DB), cache=str(CACHE_DB)))
+
+    def on_result(r: dict) -> None:
+        say(f"{RUN_NAME}: DFT {r.get('composition', '')} {r.get('status')} "
+            f"dft {r.get('dft_time', 0.0) or 0.0:.0f} s, wall {r.get('wall_time', 0.0) or 0.0:.0f} s"
+            + (f" ({r['reason']})" if r.get("reason") else ""))
+
+    run_learning(run, s, on_status=lambda m: say(f"{RUN_NAME}: {m}"), on_result=on_result)
+
+
+def species_moments(atoms, spin_density: np.ndarray) -> dict[str, float]:
+    """Mean local moment per species (μB) from the stored spin-resolved pseudo-density (2, nx, ny, nz).
+
+    Each grid point's (ρ↑ − ρ↓) dV goes to its nearest atom (periodic images): a Voronoi
+    partition of the smooth pseudo-density, enough to see the sign of each species' moment
+    (Cr antiparallel to Fe, Co, Ni), not a PAW-sphere-accurate value.
+    """
+    m = spin_density[0] - spin_density[1]
+    shape = m.shape
+    frac = np.stack(np.meshgrid(*[np.arange(n) / n for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    cell = atoms.cell.array
+    owner = np.empty(len(frac), dtype=int)
+    best = np.full(len(frac), np.inf)
+    shifts = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], dtype=float)
+    fpos = atoms.get_scaled_positions()
+    for k, f in enumerate(fpos):
+        d = frac[:, None, :] - f[None, None, :] - shifts[None, :, :]
+        d2 = (np.einsum("pij,jk->pik", d, cell) ** 2).sum(-1).min(1)
+        closer = d2 < best
+        best[closer], owner[closer] = d2[closer], k
+    dv = atoms.get_volume() / m.size
+    per_atom = np.bincount(owner, weights=m.ravel() * dv, minlength=len(atoms))
+    syms = atoms.get_chemical_symbols()
+    return {el: float(np.mean([per_atom[i] for i, e in enumerate(syms) if e == el])) for el in ELEMENTS if el in syms}
+
+
+def cell_table(db: Path) -> list[dict]:
+    """Per cell: composition, status, DFT wall time (s), SCF iterations, total moment (μB,
+    GPAW's), energy (eV/atom) and the mean moment of each species (:func:`species_moments`)."""
+    from ase.db import connect
+
+    if not db.is_file():
+        return []
+    out = []
+    for row in connect(str(db)).select():
+        c = {"composition": row.get("composition"), "status": row.get("status"), "wall_s": row.get("wall_time")}
+        if row.get("status") == "done":
+            prov = row.data.get("provenance") or {}
+            atoms = row.toatoms()
+            c.update(realised=row.get("realised"), iterations=prov.get("iterations"), magmom=prov.get("magmom"),
+                     energy_eV_atom=row.energy / row.natoms if row.get("energy") is not None else None,
+                     moments=species_moments(atoms, np.asarray(row.data["density"]))
+                     if np.ndim(row.data["density"]) == 4 else None)
+        elif row.get("reason"):
+            c["reason"] = row.get("reason")
+        out.append(c)
+    return out
+
+
+def summary() -> None:
+    from rhox.engine.learn import read_records
+
+    for name, db in (("test", TEST_DB), ("cache", CACHE_DB)):
+        cells = cell_table(db)
+        say(f"{name}: {len(cells)} cell(s) in {db.name}")
+        for c in cells:
+            print("  ", json.dumps(c, default=lambda v: round(v, 3) if isinstance(v, float) else str(v)))
+    run = RUNS / RUN_NAME
+    for r in (read_records(run) if run.is_dir() else []):
+        t = r.get("test") or {}
+        print(f"   round {r['round']}: {r['n_compositions']} compositions, {r['dft_seconds']:.0f} s DFT, "
+              f"test L1% mean {t.get('L1%_mean', float('nan')):.2f} worst {t.get('L1%_worst', float('nan')):.2f}, "
+              f"cal1 {t.get('cal1', float('nan')):.2f}, energy {r.get('energy')}")
+
+
+def bundle(round_index: int = BUNDLE_ROUND, rebuild: bool = False) -> None:
+    """Copy round ``round_index``'s model of the active run to ``assets/models/CrFeCoNi`` with its
+    ``rhox evaluate`` on the held-out test set (``evaluation.json``, ``calibration.png``,
+    ``error_vs_uncertainty.png``) and a ``README.md`` saying what it has seen.
+
+    ``rebuild``: first run (or resume) the active run up to that round; with the committed DFT
+    cache this retrains without DFT (only a cell missing from the cache would be computed).
+    """
+    import shutil
+
+    from rhox.engine.learn import read_records, round_dir
+
+    run = RUNS / RUN_NAME
+    if rebuild:
+        make_test_set()
+        run_active(round_index + 1)
+    records = {r["round"]: r for r in read_records(run)} if run.is_dir() else {}
+    if round_index not in records:
+        raise SystemExit(f"round {round_index} of {run} is not finished: run `{Path(__file__).name} run` first")
+    rec = records[round_index]
+    src = round_dir(run, round_index) / "model"
+    tmp = ASSET.with_name(ASSET.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in src.iterdir():  # weights, and the energy and novelty models fitted with them
+        if f.is_file() and f.name != "config.json":
+            shutil.copy2(f, tmp / f.name)
+    # Paths in the lineage relative to the checkout (no builder's machine path in the wheel).
+    config = json.loads((src / "config.json").read_text().replace(str(ROOT) + os.sep, ""))
+    comps = [p["composition"] for r in sorted(records) if r <= round_index for p in records[r]["picked"]]
+    config["note"] = (f"Early CrFeCoNi model: round {round_index} of active learning, trained on only {rec['n_compositions']} "
+                      f"compositions (of those picked: {', '.join(comps)}; failed DFT cells: {rec['n_failed']}) in 8-atom 2x1x1 FCC cells; see README.md beside it.")
+    (tmp / "config.json").write_text(json.dumps(config, indent=1))
+    say(f"evaluating round {round_index}'s model on {TEST_DB.name}")
+    cmd = [sys.executable, "-m", "rhox.engine.cli", "evaluate", str(TEST_DB), "--model", str(tmp),
+           "--json", str(tmp / "evaluation.json"), "--plots", str(tmp)]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    ev = json.loads((tmp / "evaluation.json").read_text())
+    ev["dataset"] = str(TEST_DB.relative_to(ROOT))
+    (tmp / "evaluation.json").write_text(json.dumps(ev, indent=1))
+    a, en = ev["aggregate"], ev.get("energy") or {}
+    energy = (f"{en['mae_meV_atom']:.0f} meV/atom MAE (worst {en['max_meV_atom']:.0f}), "
+              f"{en['cal1']:.0f} % within 1σ" if "mae_meV_atom" in en else "not available")
+    sup = (ev.get("baselines") or {}).get("superposition")
+    baseline = ("not computed" if not sup else
+                f"the superposition of free-atom densities (GPAW) has L1% {sup['L1%']:.2f} on the same cells"
+                + (f" (better than this model: {rec['n_compositions']} compositions are too few)"
+                   if sup["L1%"] < a["L1%"] else ""))
+    (tmp / "README.md").write_text(f"""# Bundled CrFeCoNi model (issue 9 item 4): an early active-learning model
+
+**It has seen only {rec['n_compositions']} compositions** ({rec['n_dft']} DFT cells of 8 atoms, 2x1x1 FCC, one
+300 K CHGNet MD snapshot each; picked: {', '.join(comps)}; failed DFT cells: {rec['n_failed']}). This is round {round_index} of the active-learning run
+`benchmarks/results/active_crfeconi_runs/{RUN_NAME}` (`benchmarks/active_study_crfeconi.py`;
+README section 8b): round 0 is the four pure elements plus the equiatomic centroid. Expect large
+errors away from those points; the uncertainty (σ) is the guide.
+
+Held-out test set `{ev['dataset']}` ({a['n_configurations']} random quaternary compositions in
+8-atom cells, never used for training, stopping or σ scaling), `rhox evaluate` with
+{a.get('n_samples', 20)} weight samples:
+
+- density: mean L1% **{a['L1%']:.2f}** (worst {a['L1%_max']:.2f}), NRMSE% {a['NRMSE%']:.2f};
+  calibration: {a['cal1']:.0f} / {a['cal2']:.0f} / {a['cal3']:.0f} % of grid points within 1/2/3σ
+  (ideal 68 / 95 / 99.7); rank correlation of σ with L1% over cells {a['rank_corr_sigma_L1']:.2f}
+- baseline: {baseline}
+- energy: {energy}
+
+Rebuild: `python benchmarks/active_study_crfeconi.py bundle --rebuild` (in `make assets`).
+""")
+    shutil.rmtree(ASSET, ignore_errors=True)
+    os.replace(tmp, ASSET)
+    say(f"bundled round {round_index}'s model as {ASSET}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=("run", "summary", "compositions", "bundle"))
+    p.add_argument("--rounds", type=int, default=ROUNDS)
+    p.add_argument("--round", type=int, default=BUNDLE_ROUND, help="bundle: the round whose model is bundled")
+    p.add_argument("--rebuild", action="store_true", help="bundle: first rerun the run up to that round")
+    a = p.parse_args(argv)
+    if a.what == "compositions":
+        print("\n".join(test_compositions()))
+    elif a.what == "summary":
+        summary()
+    elif a.what == "bundle":
+        bundle(a.round, a.rebuild)
+    else:
+        make_test_set()
+        run_active(a.rounds)
+        summary()
+
+
+if __name__ == "__main__":
+    main()
