@@ -660,6 +660,21 @@ def _model_complete(d: Path) -> bool:
     return (d / keys.MODEL_CONFIG).is_file() and (d / keys.MODEL_WEIGHTS).is_file()
 
 
+def _restore_round_data(s: LearnSettings, rd: Path, data, workers, scheduler, mpi_ranks, status) -> None:
+    """Put a finished round's DFT cells back into the run's dataset when they are missing from it (a
+    copy of the run without its ``data.db``): later rounds train on every round's cells. Taken from
+    the DFT cache when the run has one, else computed again."""
+    from .generate import execute
+
+    picked = json.loads((rd / PICKED_FILE).read_text())["picked"] if (rd / PICKED_FILE).is_file() else []
+    have = data.task_status()
+    missing = [t for t in round_tasks(s, picked) if have.get(t.key()) != keys.STATUS_DONE]
+    if missing:
+        status(f"{rd.name}: {len(missing)} of its DFT cells are missing from {DATA_FILE}; restoring them"
+               + (" from the DFT cache" if s.cache else " (no DFT cache: computing them again)"))
+        execute(missing, str(data.path), workers=workers, scheduler=scheduler, mpi_ranks=mpi_ranks, cache=s.cache)
+
+
 def run_learning(
     run: str | os.PathLike,
     settings: LearnSettings,
@@ -704,6 +719,7 @@ def run_learning(
     for r in range(s.rounds):
         rd = round_dir(run, r)
         if (rd / DONE_FILE).is_file():
+            _restore_round_data(s, rd, data, workers, scheduler, mpi_ranks, status)
             continue
         if records and _reached(s, records[-1]):
             status(f"target L1% {s.target_l1:g} reached in round {records[-1]['round']}")

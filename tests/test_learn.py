@@ -628,3 +628,24 @@ def test_point_fraction_trains_on_a_fixed_subset_of_grid_points(si_rich_model):
     for bad in (0, 1.5, -0.1, True):
         with pytest.raises(InputError, match="fraction of grid points"):
             TrainConfig(point_fraction=bad)
+
+
+@pytest.mark.dft
+def test_resumed_copy_without_its_dataset_gets_finished_rounds_cells_back_from_the_cache(reference_run, tmp_path,
+                                                                                         monkeypatch):
+    """A run copied without data.db (e.g. a clone that did not keep it): resuming puts every finished
+    round's cells back, from the DFT cache, so a next round would train on all of them."""
+    import shutil
+
+    import rhox.engine.generate as gen
+    from rhox.engine.store import Dataset
+
+    root, ref, given, ref_records = reference_run
+    run = tmp_path / "copy"
+    shutil.copytree(ref, run)
+    (run / "data.db").unlink()
+    calls = []
+    monkeypatch.setattr(gen, "run_dft", lambda *a, **k: calls.append(a) or pytest.fail("DFT recomputed"))
+    records = learn.run_learning(run, learn.prepare_run(run, {}, resume=True))
+    assert calls == [] and [r["round"] for r in records] == [0, 1]
+    assert set(Dataset(run / "data.db").task_status().items()) == set(Dataset(ref / "data.db").task_status().items())
