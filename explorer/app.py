@@ -185,7 +185,7 @@ class App(pn.viewable.Viewer):
                                            sizing_mode="stretch_width")
         self._auto = pn.widgets.Checkbox.from_param(self.param.predict_on_pick, label="Predict on pick")
 
-        from .repeat_picker import RepeatPicker  # cubic or not (2x1x1 = 8 FCC atoms); sets the pick's step
+        from rhox.explorer.repeat_picker import RepeatPicker  # cubic or not (2x1x1 = 8 FCC atoms); sets the pick's step
 
         self.repeat_picker = RepeatPicker(s)
         self._repeat = self.repeat_picker.widget
