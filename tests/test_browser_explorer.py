@@ -265,8 +265,15 @@ def test_train_job_shows_progress_and_cancels_while_the_page_answers(page):
     status = page.text(".rhox-job-status")
     assert any(w in status for w in ("descriptors", "training", "epoch ")), status
     # the page still answers clicks while the job runs
+    before = page.text(".rhox-message")
     page.click_composition([0.25, 0.5, 0.25])
     page.wait_text(".rhox-picked", "Si0.25Ge0.5Sn0.25", timeout=15)
+    # the pick's prediction reports in the message bar when done; wait for it, so that its report
+    # cannot land after (and hide) the cancellation notice checked below
+    t0 = time.time()
+    while not ("Predicted" in (msg := page.text(".rhox-message")) and msg != before):
+        assert time.time() - t0 < 120, msg
+        time.sleep(0.2)
     page.wait_text(".rhox-job-status", "validation L1%", timeout=120)  # epochs are reported...
     page.pg.wait_for_function("() => [...Bokeh.index.query(v => v.model.type == 'Figure' && "
                               "v.model.title && v.model.title.text == 'validation L1%')].length > 0",
