@@ -333,7 +333,6 @@ def train(
     from rich.live import Live
 
     from .errors import InputError
-    from .training import fit
 
     try:
         widths = tuple(int(h) for h in hidden.split(","))
@@ -373,6 +372,8 @@ def train(
 
     from contextlib import nullcontext
 
+    from .training import fit  # torch: imported once the cheap checks have passed
+
     live = Live(table, console=console, refresh_per_second=4) if console.is_terminal else nullcontext()
     with live:
         model = fit(dataset, out_dir, cfg, parent=parent, resume=resume, overwrite=overwrite, on_epoch=on_epoch,
@@ -397,9 +398,6 @@ def evaluate(
 ):
     """Measure a model on a dataset: L1%, NRMSE%, dN, calibration, against the baselines."""
     from .errors import InputError
-    from .evaluation import evaluate as run_eval
-    from .evaluation import plot_report
-    from .model import load_model
     from .progress import progress_reporter
 
     # Refuse unusable outputs and options before any work, so that nothing stray is left behind.
@@ -411,6 +409,10 @@ def evaluate(
         raise InputError(f"the number of weight samples must be at least 1, got {samples}")
     if not dataset.is_file():
         raise InputError(f"dataset {dataset} does not exist")
+    from .evaluation import evaluate as run_eval  # torch: imported once the cheap checks have passed
+    from .evaluation import plot_report
+    from .model import load_model
+
     model = load_model(model_dir)
     with progress_reporter(console, "evaluating", "configurations") as progress:
         report = run_eval(model, dataset, n_samples=samples, superposition=superposition, progress=progress)
@@ -542,14 +544,11 @@ def predict(
 
     from .errors import InputError
     from .io import get_format, write
-    from .model import load_model
-    from .predict import EPISTEMIC_ABSENT, choose_threads, plan_grid
-    from .predict import predict as run_predict
     from .progress import progress_reporter
     from .structures import close_pair_message, require_periodic
-    from .training import resolve_device
 
     # Everything that can be refused is checked before the model runs, and nothing is written until the end.
+    # The torch-backed modules are imported after the cheap checks: a refusal should not cost seconds.
     fmts = list({fmt.name: fmt for fmt in map(get_format, formats or ["cube", "vtk"])}.values())
     if (workers is not None or scheduler is not None) and out_dir.suffix != ".zarr":
         raise InputError("--workers and --scheduler spread a streamed prediction: give --out RESULT.zarr")
@@ -563,7 +562,8 @@ def predict(
         samples = 0
     if samples < 0:
         raise InputError(f"the number of weight samples must be a whole number >= 0 (0: mean only), got {samples}")
-    n_threads, why = choose_threads(threads)
+    if threads is not None and (int(threads) != threads or threads < 1):
+        raise InputError(f"the number of threads must be a whole number >= 1, got {threads}")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output folder {out_dir} is an existing file, not a folder")
     images = _read_structures([str(structure)])
@@ -580,9 +580,15 @@ def predict(
         raise InputError("the trust report is made for folder outputs, not yet for a streamed .zarr store")
     if report and report_path.is_dir():
         raise InputError(f"report file {report_path} is an existing folder")
-    model = load_model(model_dir, resolve_device(device))
     import torch
 
+    from .model import load_model
+    from .predict import EPISTEMIC_ABSENT, choose_threads, plan_grid
+    from .predict import predict as run_predict
+    from .training import resolve_device
+
+    n_threads, why = choose_threads(threads)
+    model = load_model(model_dir, resolve_device(device))
     torch.set_num_threads(n_threads)
     # On stdout, with the results: stderr carries only a refusal's one line.
     out.print(f"{model.device.type}, {n_threads} thread(s) ({why})", highlight=False)
