@@ -282,7 +282,7 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
         return p
 
     nov = inflating_novelty(model) if (novelty_inflation and calibrated and not mean_only and network == "bnn") else None
-    per_atom = nov.atom_novelty(atoms) if nov is not None else None
+    spreader = novelty_spreader(nov, atoms) if nov is not None else None
 
     tiles = [t for i, t in enumerate(iter_blocks(shape, block)) if i >= skip]
     for tile, pts, d in _descriptor_stream(describe, atoms.cell.array, shape, tiles, model.device):
@@ -300,11 +300,34 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
         out["sigma_aleatoric"] = torch.sqrt(p["var_aleatoric"]) * ys * scale
         vals = {k: v.reshape(sub).cpu().numpy() for k, v in out.items()}
         if nov is not None:
-            g = nov.grid_novelty(atoms, np.asarray(pts, dtype=np.float64).reshape(-1, 3), per_atom).reshape(sub)
+            g = spreader(np.asarray(pts, dtype=np.float64).reshape(-1, 3)).reshape(sub)
             var_e = nov.inflate(vals["sigma_epistemic"].astype(np.float64) ** 2, vals["mean"], g)
             vals["sigma_epistemic"] = np.sqrt(var_e).astype(np.float32)
             vals["sigma_total"] = np.sqrt(var_e + vals["sigma_aleatoric"].astype(np.float64) ** 2).astype(np.float32)
         yield tile, vals
+
+
+_SPREADER: dict = {}
+"""The last structure's novelty spreader (see :func:`novelty_spreader`), per process."""
+
+
+def novelty_spreader(nov, atoms: Atoms):
+    """``nov``'s grid novelty prepared for ``atoms`` (:class:`~engine.atom_novelty.Spreader`: call it on
+    a block's points). The per-atom novelty and the tree of novel atoms cost O(atoms) (tens of seconds
+    for a million), so the last one is kept per process and reused while the novelty and the structure
+    (atomic numbers, positions, cell: compared by their bytes' digest) are the same: a Dask worker
+    computes many runs of blocks of one structure."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in (atoms.numbers, atoms.positions, atoms.cell.array):
+        h.update(np.ascontiguousarray(a).tobytes())
+    key = (id(nov), h.hexdigest(), nov.scale, nov.decay_length, nov.k, len(nov.reference))
+    if _SPREADER.get("key") != key or _SPREADER.get("novelty") is not nov:
+        _SPREADER.clear()
+        spreader = nov.spreader(atoms)
+        _SPREADER.update(key=key, novelty=nov, spreader=spreader)  # holding nov keeps its id unique
+    return _SPREADER["spreader"]
 
 
 def inflating_novelty(model: RhoxModel):
