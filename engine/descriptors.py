@@ -312,7 +312,10 @@ class PeriodicNeighbourSearch:
             images = self._image_set(radius)
             n_images = len(images.positions)
             kq = min(n_query, n_images)
-            d, j = images.tree.query(x[todo], k=kq, distance_upper_bound=images.radius, workers=-1)
+            # As many search threads as torch's (the threads this process was given): on every core
+            # (-1), two Dask workers of one thread each ran four search threads on two cores.
+            d, j = images.tree.query(x[todo], k=kq, distance_upper_bound=images.radius,
+                                     workers=torch.get_num_threads())
             d = d.reshape(len(todo), kq)
             j = j.reshape(len(todo), kq)
             if kq < k:

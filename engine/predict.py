@@ -269,7 +269,9 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
     net.eval()
     mean_only = n_samples == 0
     weight_sets = posterior_mean_weights(net) if mean_only else net.sample_weight_sets(n_samples, seed)
-    calc = BlockedDescriptorCalculator(atoms, model.descriptor, device=model.device)
+    digest = _structure_digest(atoms)
+    calc = _kept("descriptors", (digest, repr(model.descriptor), str(model.device)),
+                 lambda: BlockedDescriptorCalculator(atoms, model.descriptor, device=model.device))
     scale = float(model.meta.get("sigma_scale", 1.0)) if calibrated else 1.0
     ys = model.y_std
     blender = FrameBlender(calc) if blend else None  # continuous across distance ties
@@ -282,7 +284,7 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
         return p
 
     nov = inflating_novelty(model) if (novelty_inflation and calibrated and not mean_only and network == "bnn") else None
-    per_atom = nov.atom_novelty(atoms) if nov is not None else None
+    spreader = novelty_spreader(nov, atoms, digest) if nov is not None else None
 
     tiles = [t for i, t in enumerate(iter_blocks(shape, block)) if i >= skip]
     for tile, pts, d in _descriptor_stream(describe, atoms.cell.array, shape, tiles, model.device):
@@ -300,11 +302,49 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
         out["sigma_aleatoric"] = torch.sqrt(p["var_aleatoric"]) * ys * scale
         vals = {k: v.reshape(sub).cpu().numpy() for k, v in out.items()}
         if nov is not None:
-            g = nov.grid_novelty(atoms, np.asarray(pts, dtype=np.float64).reshape(-1, 3), per_atom).reshape(sub)
+            g = spreader(np.asarray(pts, dtype=np.float64).reshape(-1, 3)).reshape(sub)
             var_e = nov.inflate(vals["sigma_epistemic"].astype(np.float64) ** 2, vals["mean"], g)
             vals["sigma_epistemic"] = np.sqrt(var_e).astype(np.float32)
             vals["sigma_total"] = np.sqrt(var_e + vals["sigma_aleatoric"].astype(np.float64) ** 2).astype(np.float32)
         yield tile, vals
+
+
+_KEPT: dict = {}
+"""Per process, the last structure's set-up of each kind (descriptor calculator, novelty spreader), with
+its key and the objects the key names (held, so that their ids stay theirs)."""
+
+
+def _structure_digest(atoms: Atoms) -> str:
+    """SHA-256 of the atomic numbers, positions and cell (exact bytes): equal only for the same structure."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in (np.asarray(atoms.numbers), np.asarray(atoms.positions, dtype=np.float64),
+              np.asarray(atoms.cell.array, dtype=np.float64)):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _kept(kind: str, key, make: Callable, hold=()):
+    """``make()``, or what it gave last time in this process for the same ``kind`` and ``key``.
+
+    A Dask worker computes many runs of consecutive blocks of one structure; what costs O(atoms) to set
+    up (a million atoms: the per-atom novelty, tens of seconds; the descriptors' cell list, 0.2 s) is
+    made once per worker, not once per run. One structure per kind is kept."""
+    entry = _KEPT.get(kind)
+    if entry is None or entry[0] != key or any(x is not y for x, y in zip(entry[1], hold)):
+        _KEPT.pop(kind, None)  # let the old one go before making the new one
+        entry = _KEPT[kind] = (key, tuple(hold), make())
+    return entry[2]
+
+
+def novelty_spreader(nov, atoms: Atoms, digest: str | None = None):
+    """``nov``'s grid novelty prepared for ``atoms`` (:class:`~engine.atom_novelty.Spreader`: call it on
+    a block's points), kept per process while the novelty and the structure (atomic numbers,
+    positions, cell: ``digest``, by default computed here) are the same."""
+    digest = digest or _structure_digest(atoms)
+    key = (id(nov), digest, nov.scale, nov.decay_length, nov.k, nov.reference.shape)
+    return _kept("novelty", key, lambda: nov.spreader(atoms), hold=(nov,))
 
 
 def inflating_novelty(model: RhoxModel):

@@ -294,7 +294,7 @@ def predict_to_zarr(
     ``workers``: compute on a Dask LocalCluster of that many single-threaded worker processes;
     ``scheduler``: on the workers of the running Dask scheduler at that address (``tcp://HOST:PORT``),
     which must reach ``path`` under the same name. ``task_blocks``: consecutive blocks per Dask task
-    (default: up to 4, fewer when there are few blocks per worker). The fields equal a serial run's.
+    (default: up to 16, fewer when there are few blocks per worker). The fields equal a serial run's.
     ``n_samples == 0``: the mean-only prediction (no ``sigma_epistemic`` array; the group's attribute
     of that name says why). ``device``: as :func:`engine.predict.predict` (serial runs). ``blend``: as
     :func:`engine.predict.predict_blocks` (False: no frame blending; faster, not continuous at
@@ -353,10 +353,10 @@ def predict_to_zarr(
             compute_blocks(where, run, a, b, model, on_block=on_block)
     else:
         def runs_for(n_workers: int) -> list[tuple[int, int]]:
-            # Up to 4 blocks per task (the weight sets and halo search are set up once per task),
-            # fewer when there are not 4 tasks per worker.
+            # Up to 16 blocks per task (the weight sets are drawn once per task; the structure's set-up
+            # is kept by each worker), fewer when there are not 4 tasks per worker.
             todo = n_blocks - len(done)
-            return _missing_runs(done, n_blocks, task_blocks or max(1, min(4, todo // (4 * n_workers))))
+            return _missing_runs(done, n_blocks, task_blocks or max(1, min(16, todo // (4 * n_workers))))
 
         if len(done) < n_blocks:
             _run_on_dask(where, run, model, runs_for, workers, scheduler, finished, save,
