@@ -249,10 +249,10 @@ def novelty_field(model, atoms, shape, nov, block=(24, 24, 24)) -> np.ndarray:
     from .grid import grid_points, iter_blocks
 
     if getattr(nov, "kind", None) == "atom":
-        per_atom = nov.atom_novelty(atoms)
+        spread = nov.spreader(atoms)  # prepared once: per block it would make big structures quadratic
         out = np.empty(tuple(shape), dtype=np.float32)
         for tile in iter_blocks(tuple(shape), block):
-            g = nov.grid_novelty(atoms, grid_points(atoms.cell.array, tuple(shape), tile), per_atom)
+            g = spread(grid_points(atoms.cell.array, tuple(shape), tile))
             out[tile] = g.reshape([s.stop - s.start for s in tile])
         return out
     calc = BlockedDescriptorCalculator(atoms, model.descriptor, device=model.device)

@@ -167,3 +167,15 @@ def test_kept_spreader_follows_a_structure_changed_in_place(inflating, sige):
     assert again is not first
     np.testing.assert_array_equal(again(pts), nov.grid_novelty(sige, pts))
     assert not np.array_equal(again(pts), first(pts))
+
+
+def test_novelty_field_of_the_trust_report_equals_the_one_shot_grid_novelty(inflating, sige):
+    """engine.novelty.novelty_field (trust report, explorer colouring) prepares the spread once and
+    goes block by block; the field must be the whole-grid g, in float32."""
+    from rhox.engine.novelty import novelty_field
+
+    nov = inflating.__dict__["_novelty"]
+    field = novelty_field(inflating, sige, SHAPE, nov, block=(7, 24, 11))
+    want = nov.grid_novelty(sige, grid_points(sige.cell.array, SHAPE).reshape(-1, 3)).reshape(SHAPE)
+    assert (want > 1).any()
+    np.testing.assert_array_equal(field, want.astype(np.float32))
