@@ -239,6 +239,169 @@ def run_all() -> None:
     say("all runs finished")
 
 
+# --- prefix retraining: the picks alone, every model trained the same way (v3) ------------------------
+#
+# The runs' curves mix which compositions were picked with how the model was fine-tuned round after round
+# (v2: 20 of 27 rounds stopped at the step cap, still improving). Here every model is trained FROM SCRATCH
+# on the DFT cells of the first n compositions of a run's recorded pick order, with one budget for every
+# strategy, count and seed, and evaluated on the test set: the differences left are the picks'.
+
+PREFIX_JSON = RESULTS / "active_sigesn_prefix.json"
+PREFIX_PNG = RESULTS / "active_sigesn_prefix.png"
+PREFIX_BEGIN, PREFIX_END = "<!-- active-prefix:begin -->", "<!-- active-prefix:end -->"
+# Whose pick orders are retrained: the v2 runs of seed 0 (one acquisition run per strategy; the spread
+# over training seeds below is the training noise at fixed picks, not the spread over acquisition seeds).
+PREFIX_RUNS = {"tessellation": "tessellation-s0", "random": "random-s0", "active_density": "active_density-s0",
+               "active": "active-s0"}
+PREFIX_SEEDS = (0, 1, 2)
+# Counts in the order they are run (so that an interrupted study has whole columns, every seed): the whole
+# grid first (the target: the same 46 cells for every strategy), then the counts that decide a factor
+# (>= 3x needs the target by 15 compositions), then the rest. 4 = round 0, the same for every strategy.
+PREFIX_COUNTS = (46, 16, 8, 28, 12, 20, 4, 24, 32)
+PREFIX_ALL = 46           # the whole grid of eighths: every strategy's data are the same cells
+# One training for every strategy, count and seed: 6000 optimiser steps of 512 points (whole epochs: the
+# fewest that reach it), from scratch, 64-64-32 BNN, learning rate 2e-3 (halved after a third of the
+# budget without validation improvement), an eighth of each cell's grid points (a fixed subset per cell
+# and seed, so a cell is the same points in every prefix). No early stopping; the epoch with the lowest
+# validation L1% on PREFIX_VAL is kept. 6000 steps: on all 46 cells (the most data, the slowest to fit) the
+# validation L1% falls from 16.6 % (epoch 1) to 1.84 % at ~2800 steps and 1.33 % at 6100 (still creeping
+# down, by < 0.1 point per 600 steps at the end); v2's rounds had 105-285 steps each.
+PREFIX_STEPS = 6000
+PREFIX_TRAIN = {"hidden": [64, 64, 32], "batch_size": 512, "learning_rate": 2e-3, "point_fraction": 0.125}
+PREFIX_EVAL_SAMPLES = 10  # weight samples per test prediction, as the runs' evaluation
+PREFIX_VAL_FRACTION = 0.25  # of each validation cell's grid points (a fixed subset), to keep validation cheap
+# The validation set shared by every training (never the test set, never a run's cell): the bundled SiGeSn
+# model's 8 held-out cells (8-atom, random ternary compositions, 600 K MD snapshots, the same GPAW
+# settings) and the 2 off-lattice cells of the study's cache (Si0.8125Sn0.1875 and Si0.6875Sn0.3125,
+# realised as Si7Sn and Si6Sn2 at the off-grid composition's lattice constant; no run picked them).
+PREFIX_VAL_CACHE_COMPOSITIONS = ("Si0.8125Sn0.1875", "Si0.6875Sn0.3125")
+
+
+def _prefix_design() -> dict:
+    return {"steps": PREFIX_STEPS, "train": PREFIX_TRAIN, "eval_samples": PREFIX_EVAL_SAMPLES,
+            "val_fraction_of_points": PREFIX_VAL_FRACTION, "runs": PREFIX_RUNS,
+            "validation": ["assets/sigesn_test.db (8 cells)"]
+            + [f"{CACHE_DB.relative_to(ROOT)}: {c}" for c in PREFIX_VAL_CACHE_COMPOSITIONS],
+            "test": str(TEST_DB.relative_to(ROOT))}
+
+
+def pick_order(name: str) -> list[list[float]]:
+    """The compositions (barycentric, Si Ge Sn) a v2 run picked, in the order it ran them."""
+    return [p["x"] for r in _records(name) for p in r["picked"]]
+
+
+def _cache_rows(samples) -> dict[int, np.ndarray]:
+    """Barycentric composition (as asked, not as realised) of each cached cell, by index."""
+    from rhox.engine.composition import parse_composition
+
+    return {i: np.array(list(parse_composition(s.atoms.info["composition"], ELEMENTS, normalize=True).values()))
+            for i, s in enumerate(samples)}
+
+
+def _row_of(x, rows: dict[int, np.ndarray]) -> int:
+    hit = [i for i, c in rows.items() if np.max(np.abs(c - np.asarray(x))) < 1e-3]
+    if len(hit) != 1:
+        raise SystemExit(f"composition {x}: {len(hit)} cells in {CACHE_DB} (expected exactly one)")
+    return hit[0]
+
+
+def _save_prefix(res: dict) -> None:
+    tmp = PREFIX_JSON.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    os.replace(tmp, PREFIX_JSON)
+
+
+def prefix_jobs() -> list[tuple[str, int, int]]:
+    """``(strategy, n, seed)`` of every training, in the order run; n = 4 and the whole grid are the same
+    cells for every strategy, trained once (strategy ``all``); counts past a run's last pick are skipped."""
+    jobs = []
+    for n in PREFIX_COUNTS:
+        for seed in PREFIX_SEEDS:
+            if n in (4, PREFIX_ALL):
+                jobs.append(("all", n, seed))
+                continue
+            for strat, run in PREFIX_RUNS.items():
+                if len(pick_order(run)) >= n:
+                    jobs.append((strat, n, seed))
+    return jobs
+
+
+def run_prefix(budget_minutes: float | None = None) -> dict:
+    """Train and evaluate every prefix model not yet in :data:`PREFIX_JSON` (resumable: each finished
+    training is saved as it ends, and a rerun skips it); stop starting new ones after ``budget_minutes``."""
+    import torch
+
+    from rhox.engine.bundled import asset_path
+    from rhox.engine.composition import parse_composition
+    from rhox.engine.descriptors import DescriptorSettings
+    from rhox.engine.learn import configuration_l1, fit_from_scratch
+    from rhox.engine.train_config import TrainConfig
+    from rhox.engine.training import featurize, load_samples
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    res = json.loads(PREFIX_JSON.read_text()) if PREFIX_JSON.is_file() else {}
+    if res and res.get("design") != _prefix_design():
+        raise SystemExit(f"{PREFIX_JSON} was made with another design; move it aside to start afresh")
+    res.setdefault("design", _prefix_design())
+    res.setdefault("trainings", {})
+    cpu = torch.device("cpu")
+    descriptor = DescriptorSettings.from_dict({"kind": "frame"})
+    cache = load_samples(CACHE_DB)
+    rows = _cache_rows(cache)
+    orders = {s: [_row_of(x, rows) for x in pick_order(run)] for s, run in PREFIX_RUNS.items()}
+    tess = orders["tessellation"]
+    if sorted(tess) != sorted(set(tess)) or len(tess) != PREFIX_ALL:
+        raise SystemExit(f"the tessellation's picks are not the {PREFIX_ALL} grid cells")
+    val_rows = [_row_of(list(parse_composition(c, ELEMENTS).values()), rows) for c in PREFIX_VAL_CACHE_COMPOSITIONS]
+    if set(val_rows) & set(r for o in orders.values() for r in o):
+        raise SystemExit("a validation cell is among a run's picks")
+    val_samples = load_samples(asset_path("sigesn_test.db")) + [cache[i] for i in val_rows]
+    rng = np.random.default_rng(12345)
+    val_keep = [np.sort(rng.choice(int(np.prod(s.grid_shape)), round(np.prod(s.grid_shape) * PREFIX_VAL_FRACTION),
+                                   replace=False)) for s in val_samples]
+    val = featurize(val_samples, descriptor, cpu, keep=val_keep)
+    test = featurize(load_samples(TEST_DB), descriptor, cpu)
+    feats: dict[int, list] = {}
+
+    def cells(seed: int) -> list:
+        # An eighth of each cell's grid points, drawn per (seed, cell): the same points in every prefix.
+        if seed not in feats:
+            keep = [np.sort(np.random.default_rng([seed, i]).choice(
+                int(np.prod(s.grid_shape)), max(1, round(np.prod(s.grid_shape) * PREFIX_TRAIN["point_fraction"])),
+                replace=False)) for i, s in enumerate(cache)]
+            feats[seed] = featurize(cache, descriptor, cpu, keep=keep)
+        return feats[seed]
+
+    t_start = time.perf_counter()
+    jobs = prefix_jobs()
+    for strat, n, seed in jobs:
+        key = f"{strat}/n{n}/s{seed}"
+        if key in res["trainings"]:
+            continue
+        if budget_minutes is not None and time.perf_counter() - t_start > 60 * budget_minutes:
+            say(f"prefix: budget of {budget_minutes} min spent; rerun to continue")
+            break
+        chosen = sorted((tess if strat == "all" else orders[strat])[:n])  # sorted: the set, not the order
+        cfg = TrainConfig(hidden=tuple(PREFIX_TRAIN["hidden"]), batch_size=PREFIX_TRAIN["batch_size"],
+                          learning_rate=PREFIX_TRAIN["learning_rate"], seed=seed, baseline=False)
+        cpu0 = time.process_time()
+        model, summ = fit_from_scratch([cells(seed)[i] for i in chosen], val, descriptor, cfg, PREFIX_STEPS,
+                                       system=SYSTEM)
+        l1 = configuration_l1(model, test, n_samples=PREFIX_EVAL_SAMPLES, seed=seed)
+        res["trainings"][key] = {
+            "strategy": strat, "n": n, "seed": seed,
+            "compositions": [cache[i].atoms.info["composition"] for i in chosen],
+            "test_L1%_mean": float(l1.mean()), "test_L1%_worst": float(l1.max()),
+            "test_L1%": [round(float(v), 4) for v in l1], **{k: v for k, v in summ.items() if k != "seconds"},
+            "wall_s": round(summ["seconds"], 1), "cpu_s": round(time.process_time() - cpu0, 1),
+            "load_average": round(os.getloadavg()[0], 2)}
+        _save_prefix(res)
+        say(f"prefix {key}: test L1% mean {l1.mean():.2f} worst {l1.max():.2f} (val best {summ['best_val_l1']:.2f} "
+            f"at epoch {summ['best_epoch']}/{summ['epochs']}; {res['trainings'][key]['cpu_s']:.0f} CPU-s) "
+            f"[{len(res['trainings'])}/{len(jobs)}]")
+    return res
+
+
 # --- CrFeCoNi DFT settings (issue 9 item 4) ------------------------------------------------------
 
 CRFECONI_SETTINGS_JSON = RESULTS / "active_crfeconi_settings.json"
@@ -539,10 +702,14 @@ def report() -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("run", "report", "test-compositions", "crfeconi-settings"))
+    ap.add_argument("what", choices=("run", "prefix", "report", "test-compositions", "crfeconi-settings"))
+    ap.add_argument("--budget-minutes", type=float, default=None,
+                    help="prefix: start no new training after this many minutes (rerun to continue)")
     a = ap.parse_args(argv)
     if a.what == "run":
         run_all()
+    elif a.what == "prefix":
+        run_prefix(a.budget_minutes)
     elif a.what == "crfeconi-settings":
         crfeconi_settings()
     elif a.what == "test-compositions":
