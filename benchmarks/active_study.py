@@ -697,6 +697,189 @@ def report() -> dict:
         tmp.write_text(head + BEGIN + "\n" + table + "\n" + END + tail)
         os.replace(tmp, README)
     print(table)
+    prefix_report()  # the fair comparison (prefix retraining), if its trainings have begun
+    return res
+
+
+def _crossing(ns, vals, target: float) -> float | None:
+    """The count at which a falling curve (test L1% ``vals`` at counts ``ns``, ascending) first reaches
+    ``target``: interpolated linearly in log L1% against log n between the two counts around it (a power
+    law between neighbours); the first count if it is already there; None if it never is."""
+    for i, (n, v) in enumerate(zip(ns, vals)):
+        if v <= target:
+            if i == 0:
+                return float(n)
+            n0, v0 = ns[i - 1], vals[i - 1]
+            t = (np.log(v0) - np.log(target)) / (np.log(v0) - np.log(v))
+            return float(np.exp(np.log(n0) + t * (np.log(n) - np.log(n0))))
+    return None
+
+
+def prefix_summary(res: dict) -> dict:
+    """Curves (strategy x n: mean, sd, min, max over training seeds of the test mean and worst L1%), the
+    target (all 46 cells) and the reduction factors at equal accuracy, from :data:`PREFIX_JSON`'s trainings.
+
+    A strategy's curve includes the counts shared by every strategy (4 = round 0 and 46 = the whole grid).
+    Factors are computed per training seed (the tessellation's curve of seed s against the strategy's curve
+    of seed s: the same training seed, so a shared training fluctuation cancels in part) and summarised by
+    their mean and range; ``target_n`` is the tessellation count whose accuracy is the target (its own
+    accuracy at that count, same seed), factor = target_n / the count where the strategy reaches it."""
+    tr = res.get("trainings", {})
+    strategies = list(PREFIX_RUNS)
+    per = {s: {} for s in strategies}  # strategy -> n -> seed -> (mean, worst)
+    for t in tr.values():
+        for s in (strategies if t["strategy"] == "all" else [t["strategy"]]):
+            per[s].setdefault(t["n"], {})[t["seed"]] = (t["test_L1%_mean"], t["test_L1%_worst"])
+    curves = {}
+    for s, byn in per.items():
+        rows = {}
+        for n in sorted(byn):
+            m = np.array([v[0] for v in byn[n].values()])
+            w = np.array([v[1] for v in byn[n].values()])
+            rows[n] = {"seeds": sorted(byn[n]), "mean": float(m.mean()), "sd": float(m.std(ddof=1)) if len(m) > 1 else None,
+                       "min": float(m.min()), "max": float(m.max()), "worst_mean": float(w.mean())}
+        curves[s] = rows
+    out = {"curves": curves, "factors": {}}
+    full = curves["tessellation"].get(PREFIX_ALL)
+    if full:
+        out["target"] = {"n": PREFIX_ALL, **full}
+    tess = per["tessellation"]
+    for tn in sorted(n for n in tess if n not in (4,)):
+        fac = {}
+        for s in strategies:
+            if s == "tessellation":
+                continue
+            vals = []
+            for seed in PREFIX_SEEDS:
+                if seed not in tess[tn]:
+                    continue
+                ns = sorted(n for n in per[s] if seed in per[s][n])
+                cross = _crossing(ns, [per[s][n][seed][0] for n in ns], tess[tn][seed][0])
+                vals.append({"seed": seed, "n_to_target": cross, "factor": tn / cross if cross else None,
+                             "max_n_tried": max(ns) if ns else None})
+            f = [v["factor"] for v in vals if v["factor"]]
+            fac[s] = {"per_seed": vals, "mean": float(np.mean(f)) if f else None, "min": min(f) if f else None,
+                      "max": max(f) if f else None, "n_reached": len(f), "n_seeds": len(vals)}
+        out["factors"][tn] = fac
+    return out
+
+
+def _prefix_plot(summ: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    colors = {"tessellation": "black", "active": "tab:red", "random": "tab:blue", "active_density": "tab:green"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+    for k, (ax, key, what) in enumerate(zip(axes, ("mean", "worst_mean"),
+                                            ("test L1% (mean over the 12 test cells)", "test L1% (worst test cell)"))):
+        for i, (s, rows) in enumerate(summ["curves"].items()):
+            ns = np.array(sorted(rows), dtype=float)
+            if not len(ns):
+                continue
+            y = np.array([rows[n][key] for n in sorted(rows)])
+            kw = dict(color=colors.get(s, "gray"), marker="o", ms=3, lw=1.2, label=s, capsize=2)
+            if key == "mean":
+                lo = y - np.array([rows[n]["min"] for n in sorted(rows)])
+                hi = np.array([rows[n]["max"] for n in sorted(rows)]) - y
+                ax.errorbar(ns * (1 + 0.012 * (i - 1.5)), y, yerr=[lo, hi], **kw)
+            else:
+                ax.plot(ns, y, **{a: b for a, b in kw.items() if a != "capsize"})
+        tgt = summ.get("target")
+        if tgt and key == "mean":
+            ax.axhspan(tgt["min"], tgt["max"], color="gray", alpha=0.2, lw=0)
+            ax.axhline(tgt["mean"], color="gray", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks([4, 8, 12, 16, 20, 28, 46])
+        ax.set_xticklabels(["4", "8", "12", "16", "20", "28", "46"])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel("DFT compositions (the first n of each strategy's v2 pick order)")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{SYSTEM}, 8-atom cells: every model trained from scratch, {PREFIX_STEPS} steps, on the first n "
+                 f"picks (bars: min-max over {len(PREFIX_SEEDS)} training seeds; grey: all 46 cells)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(PREFIX_PNG, dpi=110)
+    plt.close(fig)
+
+
+def _prefix_table(res: dict, summ: dict) -> str:
+    tr = res.get("trainings", {})
+    lines = []
+    jobs = prefix_jobs()
+    lines.append(f"Trainings: {len(tr)} of {len(jobs)} planned"
+                 + ("" if len(tr) >= len(jobs) else " (**incomplete**: the columns missing below were not run)")
+                 + f"; {PREFIX_STEPS} steps each; CPU per training median "
+                 f"{np.median([t['cpu_s'] for t in tr.values()]):.0f} s (range {min(t['cpu_s'] for t in tr.values()):.0f}-"
+                 f"{max(t['cpu_s'] for t in tr.values()):.0f}); best validation epoch = the last one in "
+                 f"{sum(t['best_epoch'] == t['epochs'] for t in tr.values())} of {len(tr)} trainings." if tr else
+                 "No prefix training yet.")
+    if not tr:
+        return "\n".join(lines)
+    counts = sorted({n for rows in summ["curves"].values() for n in rows})
+    lines += ["", "Test mean L1% (%) of models trained from scratch on each strategy's first n compositions: mean ± sd "
+              "over training seeds (seeds); 4 and 46 are the same cells for every strategy:", "",
+              "| strategy | " + " | ".join(str(n) for n in counts) + " |", "|---|" + "---:|" * len(counts)]
+    for s, rows in summ["curves"].items():
+        cells = []
+        for n in counts:
+            r = rows.get(n)
+            cells.append("" if not r else f"{r['mean']:.2f}" + (f" ± {r['sd']:.2f}" if r["sd"] is not None else "")
+                         + f" ({len(r['seeds'])})")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += ["", "Worst test cell's L1% (%), mean over seeds:", "",
+              "| strategy | " + " | ".join(str(n) for n in counts) + " |", "|---|" + "---:|" * len(counts)]
+    for s, rows in summ["curves"].items():
+        lines.append(f"| {s} | " + " | ".join(f"{rows[n]['worst_mean']:.2f}" if n in rows else "" for n in counts) + " |")
+    tgt = summ.get("target")
+    if tgt:
+        lines += ["", f"Target (the finest affordable tessellation, level 4 = all {PREFIX_ALL} grid compositions, "
+                      f"from scratch): test mean L1% **{tgt['mean']:.2f}** (sd {_fmt(tgt['sd'])}, range "
+                      f"{tgt['min']:.2f}-{tgt['max']:.2f} over {len(tgt['seeds'])} seeds)."]
+    if summ["factors"]:
+        lines += ["", "Reduction factor at equal accuracy = (tessellation count n_t) / (the count at which the strategy's "
+                      "curve reaches the tessellation's accuracy at n_t), per training seed, interpolated log-log "
+                      "between counts; mean [min-max] over seeds (seeds reaching it / seeds):", "",
+                  "| accuracy of tessellation at n_t | " + " | ".join(s for s in PREFIX_RUNS if s != "tessellation")
+                  + " |", "|---|" + "---:|" * (len(PREFIX_RUNS) - 1)]
+        for tn, fac in summ["factors"].items():
+            tl = summ["curves"]["tessellation"][tn]
+            cells = []
+            for s, f in fac.items():
+                if f["mean"] is None:
+                    mx = max((v["max_n_tried"] or 0) for v in f["per_seed"]) if f["per_seed"] else 0
+                    cells.append(f"not reached by n = {mx} (< {tn / mx:.2f})" if mx else "n/a")
+                else:
+                    cells.append(f"{f['mean']:.2f} [{f['min']:.2f}-{f['max']:.2f}] ({f['n_reached']}/{f['n_seeds']})")
+            lines.append(f"| n_t = {tn}: {tl['mean']:.2f} % | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def prefix_report() -> dict | None:
+    """The prefix part of ``report``: summary into :data:`PREFIX_JSON`, the plot, the table in README §8."""
+    if not PREFIX_JSON.is_file():
+        return None
+    res = json.loads(PREFIX_JSON.read_text())
+    summ = prefix_summary(res)
+    res["summary"] = json.loads(json.dumps(summ))  # int keys -> strings, as they will be read back
+    _save_prefix(res)
+    if res.get("trainings"):
+        _prefix_plot(summ)
+    table = _prefix_table(res, summ)
+    text = README.read_text()
+    if PREFIX_BEGIN in text and PREFIX_END in text:
+        head, rest = text.split(PREFIX_BEGIN, 1)
+        _, tail = rest.split(PREFIX_END, 1)
+        tmp = README.with_suffix(".tmp")
+        tmp.write_text(head + PREFIX_BEGIN + "\n" + table + "\n" + PREFIX_END + tail)
+        os.replace(tmp, README)
+    print(table)
     return res
 
 
