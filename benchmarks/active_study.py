@@ -277,8 +277,8 @@ PREFIX_VAL_FRACTION = 0.25  # of each validation cell's grid points (a fixed sub
 PREFIX_VAL_CACHE_COMPOSITIONS = ("Si0.8125Sn0.1875", "Si0.6875Sn0.3125")
 
 
-def _prefix_design() -> dict:
-    return {"steps": PREFIX_STEPS, "train": PREFIX_TRAIN, "eval_samples": PREFIX_EVAL_SAMPLES,
+def _prefix_design(steps: int = PREFIX_STEPS) -> dict:
+    return {"steps": steps, "train": PREFIX_TRAIN, "eval_samples": PREFIX_EVAL_SAMPLES,
             "val_fraction_of_points": PREFIX_VAL_FRACTION, "runs": PREFIX_RUNS,
             "validation": ["assets/sigesn_test.db (8 cells)"]
             + [f"{CACHE_DB.relative_to(ROOT)}: {c}" for c in PREFIX_VAL_CACHE_COMPOSITIONS],
@@ -305,10 +305,16 @@ def _row_of(x, rows: dict[int, np.ndarray]) -> int:
     return hit[0]
 
 
-def _save_prefix(res: dict) -> None:
-    tmp = PREFIX_JSON.with_suffix(".tmp")
+def _save_prefix(res: dict, path: Path = PREFIX_JSON) -> None:
+    tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=1))
-    os.replace(tmp, PREFIX_JSON)
+    os.replace(tmp, path)
+
+
+# Is the budget generous enough? The tessellation's prefixes at 16, 28 and 46 compositions (seed 0) again
+# with twice the steps, into their own file: if the curves were data-limited, they would barely move.
+PREFIX_CHECK_JSON = RESULTS / "active_sigesn_prefix_check.json"
+PREFIX_CHECK_JOBS = [("tessellation", 16, 0), ("tessellation", 28, 0), ("all", 46, 0)]
 
 
 def prefix_jobs() -> list[tuple[str, int, int]]:
@@ -326,9 +332,11 @@ def prefix_jobs() -> list[tuple[str, int, int]]:
     return jobs
 
 
-def run_prefix(budget_minutes: float | None = None) -> dict:
-    """Train and evaluate every prefix model not yet in :data:`PREFIX_JSON` (resumable: each finished
-    training is saved as it ends, and a rerun skips it); stop starting new ones after ``budget_minutes``."""
+def run_prefix(budget_minutes: float | None = None, steps: int = PREFIX_STEPS, jobs: list | None = None,
+               out: Path = PREFIX_JSON) -> dict:
+    """Train and evaluate every prefix model (``jobs``, default :func:`prefix_jobs`) not yet in ``out``
+    (resumable: each finished training is saved as it ends, and a rerun skips it); stop starting new
+    ones after ``budget_minutes``. ``steps``: the budget of every training (:data:`PREFIX_STEPS`)."""
     import torch
 
     from rhox.engine.bundled import asset_path
@@ -339,10 +347,10 @@ def run_prefix(budget_minutes: float | None = None) -> dict:
     from rhox.engine.training import featurize, load_samples
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    res = json.loads(PREFIX_JSON.read_text()) if PREFIX_JSON.is_file() else {}
-    if res and res.get("design") != _prefix_design():
-        raise SystemExit(f"{PREFIX_JSON} was made with another design; move it aside to start afresh")
-    res.setdefault("design", _prefix_design())
+    res = json.loads(out.read_text()) if out.is_file() else {}
+    if res and res.get("design") != _prefix_design(steps):
+        raise SystemExit(f"{out} was made with another design; move it aside to start afresh")
+    res.setdefault("design", _prefix_design(steps))
     res.setdefault("trainings", {})
     cpu = torch.device("cpu")
     descriptor = DescriptorSettings.from_dict({"kind": "frame"})
@@ -373,7 +381,7 @@ def run_prefix(budget_minutes: float | None = None) -> dict:
         return feats[seed]
 
     t_start = time.perf_counter()
-    jobs = prefix_jobs()
+    jobs = prefix_jobs() if jobs is None else jobs
     for strat, n, seed in jobs:
         key = f"{strat}/n{n}/s{seed}"
         if key in res["trainings"]:
@@ -385,7 +393,7 @@ def run_prefix(budget_minutes: float | None = None) -> dict:
         cfg = TrainConfig(hidden=tuple(PREFIX_TRAIN["hidden"]), batch_size=PREFIX_TRAIN["batch_size"],
                           learning_rate=PREFIX_TRAIN["learning_rate"], seed=seed, baseline=False)
         cpu0 = time.process_time()
-        model, summ = fit_from_scratch([cells(seed)[i] for i in chosen], val, descriptor, cfg, PREFIX_STEPS,
+        model, summ = fit_from_scratch([cells(seed)[i] for i in chosen], val, descriptor, cfg, steps,
                                        system=SYSTEM)
         l1 = configuration_l1(model, test, n_samples=PREFIX_EVAL_SAMPLES, seed=seed)
         res["trainings"][key] = {
@@ -395,7 +403,7 @@ def run_prefix(budget_minutes: float | None = None) -> dict:
             "test_L1%": [round(float(v), 4) for v in l1], **{k: v for k, v in summ.items() if k != "seconds"},
             "wall_s": round(summ["seconds"], 1), "cpu_s": round(time.process_time() - cpu0, 1),
             "load_average": round(os.getloadavg()[0], 2)}
-        _save_prefix(res)
+        _save_prefix(res, out)
         say(f"prefix {key}: test L1% mean {l1.mean():.2f} worst {l1.max():.2f} (val best {summ['best_val_l1']:.2f} "
             f"at epoch {summ['best_epoch']}/{summ['epochs']}; {res['trainings'][key]['cpu_s']:.0f} CPU-s) "
             f"[{len(res['trainings'])}/{len(jobs)}]")
@@ -885,7 +893,7 @@ def prefix_report() -> dict | None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("run", "prefix", "report", "test-compositions", "crfeconi-settings"))
+    ap.add_argument("what", choices=("run", "prefix", "prefix-check", "report", "test-compositions", "crfeconi-settings"))
     ap.add_argument("--budget-minutes", type=float, default=None,
                     help="prefix: start no new training after this many minutes (rerun to continue)")
     a = ap.parse_args(argv)
@@ -893,6 +901,8 @@ def main(argv=None) -> None:
         run_all()
     elif a.what == "prefix":
         run_prefix(a.budget_minutes)
+    elif a.what == "prefix-check":
+        run_prefix(a.budget_minutes, steps=2 * PREFIX_STEPS, jobs=PREFIX_CHECK_JOBS, out=PREFIX_CHECK_JSON)
     elif a.what == "crfeconi-settings":
         crfeconi_settings()
     elif a.what == "test-compositions":
