@@ -737,7 +737,7 @@ def prefix_summary(res: dict) -> dict:
     per = {s: {} for s in strategies}  # strategy -> n -> seed -> (mean, worst)
     for t in tr.values():
         for s in (strategies if t["strategy"] == "all" else [t["strategy"]]):
-            per[s].setdefault(t["n"], {})[t["seed"]] = (t["test_L1%_mean"], t["test_L1%_worst"])
+            per[s].setdefault(t["n"], {})[t["seed"]] = (t["test_L1%_mean"], t["test_L1%_worst"], t["best_val_l1"])
     curves = {}
     for s, byn in per.items():
         rows = {}
@@ -745,7 +745,8 @@ def prefix_summary(res: dict) -> dict:
             m = np.array([v[0] for v in byn[n].values()])
             w = np.array([v[1] for v in byn[n].values()])
             rows[n] = {"seeds": sorted(byn[n]), "mean": float(m.mean()), "sd": float(m.std(ddof=1)) if len(m) > 1 else None,
-                       "min": float(m.min()), "max": float(m.max()), "worst_mean": float(w.mean())}
+                       "min": float(m.min()), "max": float(m.max()), "median": float(np.median(m)),
+                       "values": [float(v) for v in m], "worst_mean": float(w.mean())}
         curves[s] = rows
     out = {"curves": curves, "factors": {}}
     full = curves["tessellation"].get(PREFIX_ALL)
@@ -769,6 +770,21 @@ def prefix_summary(res: dict) -> dict:
             fac[s] = {"per_seed": vals, "mean": float(np.mean(f)) if f else None, "min": min(f) if f else None,
                       "max": max(f) if f else None, "n_reached": len(f), "n_seeds": len(vals)}
         out["factors"][tn] = fac
+    # The model a user would keep: of the seeds of one (strategy, n), the one with the lowest validation L1%
+    # (the shared validation set, never the test set); a training stuck far above the others is dropped so.
+    sel = {s: {n: min(byn[n].values(), key=lambda v: v[2])[0] for n in sorted(byn)} for s, byn in per.items()}
+    out["selected"] = {"curves": sel, "factors": {}}
+    for tn in sorted(n for n in sel["tessellation"] if n != 4):
+        out["selected"]["factors"][tn] = {}
+        for s in strategies:
+            if s != "tessellation":
+                ns = sorted(sel[s])
+                cross = _crossing(ns, [sel[s][n] for n in ns], sel["tessellation"][tn])
+                out["selected"]["factors"][tn][s] = tn / cross if cross else None
+    # Trainings stuck far above their siblings: validation L1% more than twice the lowest of the seeds of
+    # the same strategy and count.
+    out["stuck"] = sorted({f"{s}/n{n}/s{seed}" for s, byn in per.items() if s != "all" for n, d in byn.items()
+                           for seed, v in d.items() if v[2] > 2 * min(w[2] for w in d.values())})
     return out
 
 
@@ -781,22 +797,24 @@ def _prefix_plot(summ: dict) -> None:
 
     colors = {"tessellation": "black", "active": "tab:red", "random": "tab:blue", "active_density": "tab:green"}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
-    for k, (ax, key, what) in enumerate(zip(axes, ("mean", "worst_mean"),
-                                            ("test L1% (mean over the 12 test cells)", "test L1% (worst test cell)"))):
+    sel = summ.get("selected", {}).get("curves", {})
+    for k, (ax, what) in enumerate(zip(axes, ("test mean L1% (dots: each seed; line: median)",
+                                              "test mean L1%, the seed best on validation"))):
         for i, (s, rows) in enumerate(summ["curves"].items()):
-            ns = np.array(sorted(rows), dtype=float)
-            if not len(ns):
+            ns = sorted(rows)
+            if not ns:
                 continue
-            y = np.array([rows[n][key] for n in sorted(rows)])
-            kw = dict(color=colors.get(s, "gray"), marker="o", ms=3, lw=1.2, label=s, capsize=2)
-            if key == "mean":
-                lo = y - np.array([rows[n]["min"] for n in sorted(rows)])
-                hi = np.array([rows[n]["max"] for n in sorted(rows)]) - y
-                ax.errorbar(ns * (1 + 0.012 * (i - 1.5)), y, yerr=[lo, hi], **kw)
-            else:
-                ax.plot(ns, y, **{a: b for a, b in kw.items() if a != "capsize"})
+            kw = dict(color=colors.get(s, "gray"), marker="o", ms=3, lw=1.2, label=s)
+            shift = 1 + 0.015 * (i - 1.5)  # strategies side by side at one count
+            if k == 0:
+                ax.plot(np.array(ns) * shift, [rows[n]["median"] for n in ns], **kw)
+                for n in ns:
+                    ax.scatter([n * shift] * len(rows[n]["values"]), rows[n]["values"], s=10, alpha=0.6,
+                               color=kw["color"])
+            elif s in sel:
+                ax.plot(np.array(ns) * shift, [sel[s][n] for n in ns], **kw)
         tgt = summ.get("target")
-        if tgt and key == "mean":
+        if tgt:
             ax.axhspan(tgt["min"], tgt["max"], color="gray", alpha=0.2, lw=0)
             ax.axhline(tgt["mean"], color="gray", ls=":", lw=1)
         ax.set_xscale("log")
@@ -810,8 +828,8 @@ def _prefix_plot(summ: dict) -> None:
         ax.set_ylabel(what)
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{SYSTEM}, 8-atom cells: every model trained from scratch, {PREFIX_STEPS} steps, on the first n "
-                 f"picks (bars: min-max over {len(PREFIX_SEEDS)} training seeds; grey: all 46 cells)", fontsize=9)
+    fig.suptitle(f"{SYSTEM} 8-atom cells: from scratch, {PREFIX_STEPS} steps, on the first n picks; "
+                 f"{len(PREFIX_SEEDS)} training seeds; grey: all 46 cells (the target)", fontsize=9)
     fig.tight_layout()
     fig.savefig(PREFIX_PNG, dpi=110)
     plt.close(fig)
@@ -866,6 +884,33 @@ def _prefix_table(res: dict, summ: dict) -> str:
                 else:
                     cells.append(f"{f['mean']:.2f} [{f['min']:.2f}-{f['max']:.2f}] ({f['n_reached']}/{f['n_seeds']})")
             lines.append(f"| n_t = {tn}: {tl['mean']:.2f} % | " + " | ".join(cells) + " |")
+    sel = summ.get("selected")
+    if sel:
+        lines += ["", "The model a user would keep, of the seeds of one strategy and count the one with the lowest "
+                      "validation L1% (shared validation set): its test mean L1% (%), and the factor at equal accuracy "
+                      "on these curves:", "",
+                  "| strategy | " + " | ".join(str(n) for n in counts) + " |", "|---|" + "---:|" * len(counts)]
+        for s, rows in sel["curves"].items():
+            lines.append(f"| {s} | " + " | ".join(f"{rows[n]:.2f}" if n in rows else "" for n in counts) + " |")
+        lines += ["", "| accuracy of tessellation at n_t | " + " | ".join(s for s in PREFIX_RUNS if s != "tessellation")
+                  + " |", "|---|" + "---:|" * (len(PREFIX_RUNS) - 1)]
+        for tn, fac in sel["factors"].items():
+            lines.append(f"| n_t = {tn}: {sel['curves']['tessellation'][tn]:.2f} % | "
+                         + " | ".join(_fmt(f) if f else "not reached" for f in fac.values()) + " |")
+    if PREFIX_CHECK_JSON.is_file():
+        chk = json.loads(PREFIX_CHECK_JSON.read_text()).get("trainings", {})
+        rows = []
+        for key, t in chk.items():
+            base = tr.get(key)
+            if base:
+                rows.append(f"{key} {base['test_L1%_mean']:.2f} % → {t['test_L1%_mean']:.2f} % "
+                            f"(validation {base['best_val_l1']:.2f} → {t['best_val_l1']:.2f} %)")
+        if rows:
+            lines += ["", f"Budget check, the same training with {2 * PREFIX_STEPS} steps instead of {PREFIX_STEPS} "
+                          f"(test mean L1%): " + "; ".join(rows) + "."]
+    if summ.get("stuck"):
+        lines += ["", f"Trainings stuck far above their siblings (validation L1% > 2x the best seed's at the same strategy "
+                      f"and count): {', '.join(summ['stuck'])}."]
     return "\n".join(lines)
 
 
