@@ -239,6 +239,177 @@ def run_all() -> None:
     say("all runs finished")
 
 
+# --- prefix retraining: the picks alone, every model trained the same way (v3) ------------------------
+#
+# The runs' curves mix which compositions were picked with how the model was fine-tuned round after round
+# (v2: 20 of 27 rounds stopped at the step cap, still improving). Here every model is trained FROM SCRATCH
+# on the DFT cells of the first n compositions of a run's recorded pick order, with one budget for every
+# strategy, count and seed, and evaluated on the test set: the differences left are the picks'.
+
+PREFIX_JSON = RESULTS / "active_sigesn_prefix.json"
+PREFIX_PNG = RESULTS / "active_sigesn_prefix.png"
+PREFIX_BEGIN, PREFIX_END = "<!-- active-prefix:begin -->", "<!-- active-prefix:end -->"
+# Whose pick orders are retrained: the v2 runs of seed 0 (one acquisition run per strategy; the spread
+# over training seeds below is the training noise at fixed picks, not the spread over acquisition seeds).
+PREFIX_RUNS = {"tessellation": "tessellation-s0", "random": "random-s0", "active_density": "active_density-s0",
+               "active": "active-s0"}
+PREFIX_SEEDS = (0, 1, 2)
+# Counts in the order they are run (so that an interrupted study has whole columns, every seed): the whole
+# grid first (the target: the same 46 cells for every strategy), then the counts that decide a factor
+# (>= 3x needs the target by 15 compositions), then the rest. 4 = round 0, the same for every strategy.
+PREFIX_COUNTS = (46, 16, 8, 28, 12, 20, 4, 24, 32)
+PREFIX_ALL = 46           # the whole grid of eighths: every strategy's data are the same cells
+# One training for every strategy, count and seed: 6000 optimiser steps of 512 points (whole epochs: the
+# fewest that reach it), from scratch, 64-64-32 BNN, learning rate 2e-3 (halved after a third of the
+# budget without validation improvement), an eighth of each cell's grid points (a fixed subset per cell
+# and seed, so a cell is the same points in every prefix). No early stopping; the epoch with the lowest
+# validation L1% on PREFIX_VAL is kept. 6000 steps: on all 46 cells (the most data, the slowest to fit) the
+# validation L1% falls from 16.6 % (epoch 1) to 1.84 % at ~2800 steps and 1.33 % at 6100 (still creeping
+# down, by < 0.1 point per 600 steps at the end); v2's rounds had 105-285 steps each.
+PREFIX_STEPS = 6000
+PREFIX_TRAIN = {"hidden": [64, 64, 32], "batch_size": 512, "learning_rate": 2e-3, "point_fraction": 0.125}
+PREFIX_EVAL_SAMPLES = 10  # weight samples per test prediction, as the runs' evaluation
+PREFIX_VAL_FRACTION = 0.25  # of each validation cell's grid points (a fixed subset), to keep validation cheap
+# The validation set shared by every training (never the test set, never a run's cell): the bundled SiGeSn
+# model's 8 held-out cells (8-atom, random ternary compositions, 600 K MD snapshots, the same GPAW
+# settings) and the 2 off-lattice cells of the study's cache (Si0.8125Sn0.1875 and Si0.6875Sn0.3125,
+# realised as Si7Sn and Si6Sn2 at the off-grid composition's lattice constant; no run picked them).
+PREFIX_VAL_CACHE_COMPOSITIONS = ("Si0.8125Sn0.1875", "Si0.6875Sn0.3125")
+
+
+def _prefix_design(steps: int = PREFIX_STEPS) -> dict:
+    return {"steps": steps, "train": PREFIX_TRAIN, "eval_samples": PREFIX_EVAL_SAMPLES,
+            "val_fraction_of_points": PREFIX_VAL_FRACTION, "runs": PREFIX_RUNS,
+            "validation": ["assets/sigesn_test.db (8 cells)"]
+            + [f"{CACHE_DB.relative_to(ROOT)}: {c}" for c in PREFIX_VAL_CACHE_COMPOSITIONS],
+            "test": str(TEST_DB.relative_to(ROOT))}
+
+
+def pick_order(name: str) -> list[list[float]]:
+    """The compositions (barycentric, Si Ge Sn) a v2 run picked, in the order it ran them."""
+    return [p["x"] for r in _records(name) for p in r["picked"]]
+
+
+def _cache_rows(samples) -> dict[int, np.ndarray]:
+    """Barycentric composition (as asked, not as realised) of each cached cell, by index."""
+    from rhox.engine.composition import parse_composition
+
+    return {i: np.array(list(parse_composition(s.atoms.info["composition"], ELEMENTS, normalize=True).values()))
+            for i, s in enumerate(samples)}
+
+
+def _row_of(x, rows: dict[int, np.ndarray]) -> int:
+    hit = [i for i, c in rows.items() if np.max(np.abs(c - np.asarray(x))) < 1e-3]
+    if len(hit) != 1:
+        raise SystemExit(f"composition {x}: {len(hit)} cells in {CACHE_DB} (expected exactly one)")
+    return hit[0]
+
+
+def _save_prefix(res: dict, path: Path = PREFIX_JSON) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    os.replace(tmp, path)
+
+
+# Is the budget generous enough? The tessellation's prefixes at 16, 28 and 46 compositions (seed 0) again
+# with twice the steps, into their own file: if the curves were data-limited, they would barely move.
+PREFIX_CHECK_JSON = RESULTS / "active_sigesn_prefix_check.json"
+PREFIX_CHECK_JOBS = [("tessellation", 16, 0), ("tessellation", 28, 0), ("all", 46, 0)]
+
+
+def prefix_jobs() -> list[tuple[str, int, int]]:
+    """``(strategy, n, seed)`` of every training, in the order run; n = 4 and the whole grid are the same
+    cells for every strategy, trained once (strategy ``all``); counts past a run's last pick are skipped."""
+    jobs = []
+    for n in PREFIX_COUNTS:
+        for seed in PREFIX_SEEDS:
+            if n in (4, PREFIX_ALL):
+                jobs.append(("all", n, seed))
+                continue
+            for strat, run in PREFIX_RUNS.items():
+                if len(pick_order(run)) >= n:
+                    jobs.append((strat, n, seed))
+    return jobs
+
+
+def run_prefix(budget_minutes: float | None = None, steps: int = PREFIX_STEPS, jobs: list | None = None,
+               out: Path = PREFIX_JSON) -> dict:
+    """Train and evaluate every prefix model (``jobs``, default :func:`prefix_jobs`) not yet in ``out``
+    (resumable: each finished training is saved as it ends, and a rerun skips it); stop starting new
+    ones after ``budget_minutes``. ``steps``: the budget of every training (:data:`PREFIX_STEPS`)."""
+    import torch
+
+    from rhox.engine.bundled import asset_path
+    from rhox.engine.composition import parse_composition
+    from rhox.engine.descriptors import DescriptorSettings
+    from rhox.engine.learn import configuration_l1, fit_from_scratch
+    from rhox.engine.train_config import TrainConfig
+    from rhox.engine.training import featurize, load_samples
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    res = json.loads(out.read_text()) if out.is_file() else {}
+    if res and res.get("design") != _prefix_design(steps):
+        raise SystemExit(f"{out} was made with another design; move it aside to start afresh")
+    res.setdefault("design", _prefix_design(steps))
+    res.setdefault("trainings", {})
+    cpu = torch.device("cpu")
+    descriptor = DescriptorSettings.from_dict({"kind": "frame"})
+    cache = load_samples(CACHE_DB)
+    rows = _cache_rows(cache)
+    orders = {s: [_row_of(x, rows) for x in pick_order(run)] for s, run in PREFIX_RUNS.items()}
+    tess = orders["tessellation"]
+    if sorted(tess) != sorted(set(tess)) or len(tess) != PREFIX_ALL:
+        raise SystemExit(f"the tessellation's picks are not the {PREFIX_ALL} grid cells")
+    val_rows = [_row_of(list(parse_composition(c, ELEMENTS).values()), rows) for c in PREFIX_VAL_CACHE_COMPOSITIONS]
+    if set(val_rows) & set(r for o in orders.values() for r in o):
+        raise SystemExit("a validation cell is among a run's picks")
+    val_samples = load_samples(asset_path("sigesn_test.db")) + [cache[i] for i in val_rows]
+    rng = np.random.default_rng(12345)
+    val_keep = [np.sort(rng.choice(int(np.prod(s.grid_shape)), round(np.prod(s.grid_shape) * PREFIX_VAL_FRACTION),
+                                   replace=False)) for s in val_samples]
+    val = featurize(val_samples, descriptor, cpu, keep=val_keep)
+    test = featurize(load_samples(TEST_DB), descriptor, cpu)
+    feats: dict[int, list] = {}
+
+    def cells(seed: int) -> list:
+        # An eighth of each cell's grid points, drawn per (seed, cell): the same points in every prefix.
+        if seed not in feats:
+            keep = [np.sort(np.random.default_rng([seed, i]).choice(
+                int(np.prod(s.grid_shape)), max(1, round(np.prod(s.grid_shape) * PREFIX_TRAIN["point_fraction"])),
+                replace=False)) for i, s in enumerate(cache)]
+            feats[seed] = featurize(cache, descriptor, cpu, keep=keep)
+        return feats[seed]
+
+    t_start = time.perf_counter()
+    jobs = prefix_jobs() if jobs is None else jobs
+    for strat, n, seed in jobs:
+        key = f"{strat}/n{n}/s{seed}"
+        if key in res["trainings"]:
+            continue
+        if budget_minutes is not None and time.perf_counter() - t_start > 60 * budget_minutes:
+            say(f"prefix: budget of {budget_minutes} min spent; rerun to continue")
+            break
+        chosen = sorted((tess if strat == "all" else orders[strat])[:n])  # sorted: the set, not the order
+        cfg = TrainConfig(hidden=tuple(PREFIX_TRAIN["hidden"]), batch_size=PREFIX_TRAIN["batch_size"],
+                          learning_rate=PREFIX_TRAIN["learning_rate"], seed=seed, baseline=False)
+        cpu0 = time.process_time()
+        model, summ = fit_from_scratch([cells(seed)[i] for i in chosen], val, descriptor, cfg, steps,
+                                       system=SYSTEM)
+        l1 = configuration_l1(model, test, n_samples=PREFIX_EVAL_SAMPLES, seed=seed)
+        res["trainings"][key] = {
+            "strategy": strat, "n": n, "seed": seed,
+            "compositions": [cache[i].atoms.info["composition"] for i in chosen],
+            "test_L1%_mean": float(l1.mean()), "test_L1%_worst": float(l1.max()),
+            "test_L1%": [round(float(v), 4) for v in l1], **{k: v for k, v in summ.items() if k != "seconds"},
+            "wall_s": round(summ["seconds"], 1), "cpu_s": round(time.process_time() - cpu0, 1),
+            "load_average": round(os.getloadavg()[0], 2)}
+        _save_prefix(res, out)
+        say(f"prefix {key}: test L1% mean {l1.mean():.2f} worst {l1.max():.2f} (val best {summ['best_val_l1']:.2f} "
+            f"at epoch {summ['best_epoch']}/{summ['epochs']}; {res['trainings'][key]['cpu_s']:.0f} CPU-s) "
+            f"[{len(res['trainings'])}/{len(jobs)}]")
+    return res
+
+
 # --- CrFeCoNi DFT settings (issue 9 item 4) ------------------------------------------------------
 
 CRFECONI_SETTINGS_JSON = RESULTS / "active_crfeconi_settings.json"
@@ -534,15 +705,249 @@ def report() -> dict:
         tmp.write_text(head + BEGIN + "\n" + table + "\n" + END + tail)
         os.replace(tmp, README)
     print(table)
+    prefix_report()  # the fair comparison (prefix retraining), if its trainings have begun
+    return res
+
+
+def _crossing(ns, vals, target: float) -> float | None:
+    """The count at which a falling curve (test L1% ``vals`` at counts ``ns``, ascending) first reaches
+    ``target``: interpolated linearly in log L1% against log n between the two counts around it (a power
+    law between neighbours); the first count if it is already there; None if it never is."""
+    for i, (n, v) in enumerate(zip(ns, vals)):
+        if v <= target:
+            if i == 0:
+                return float(n)
+            n0, v0 = ns[i - 1], vals[i - 1]
+            t = (np.log(v0) - np.log(target)) / (np.log(v0) - np.log(v))
+            return float(np.exp(np.log(n0) + t * (np.log(n) - np.log(n0))))
+    return None
+
+
+def prefix_summary(res: dict) -> dict:
+    """Curves (strategy x n: mean, sd, min, max over training seeds of the test mean and worst L1%), the
+    target (all 46 cells) and the reduction factors at equal accuracy, from :data:`PREFIX_JSON`'s trainings.
+
+    A strategy's curve includes the counts shared by every strategy (4 = round 0 and 46 = the whole grid).
+    Factors are computed per training seed (the tessellation's curve of seed s against the strategy's curve
+    of seed s: the same training seed, so a shared training fluctuation cancels in part) and summarised by
+    their mean and range; ``target_n`` is the tessellation count whose accuracy is the target (its own
+    accuracy at that count, same seed), factor = target_n / the count where the strategy reaches it."""
+    tr = res.get("trainings", {})
+    strategies = list(PREFIX_RUNS)
+    per = {s: {} for s in strategies}  # strategy -> n -> seed -> (mean, worst)
+    for t in tr.values():
+        for s in (strategies if t["strategy"] == "all" else [t["strategy"]]):
+            per[s].setdefault(t["n"], {})[t["seed"]] = (t["test_L1%_mean"], t["test_L1%_worst"], t["best_val_l1"])
+    curves = {}
+    for s, byn in per.items():
+        rows = {}
+        for n in sorted(byn):
+            m = np.array([v[0] for v in byn[n].values()])
+            w = np.array([v[1] for v in byn[n].values()])
+            rows[n] = {"seeds": sorted(byn[n]), "mean": float(m.mean()), "sd": float(m.std(ddof=1)) if len(m) > 1 else None,
+                       "min": float(m.min()), "max": float(m.max()), "median": float(np.median(m)),
+                       "values": [float(v) for v in m], "worst_mean": float(w.mean())}
+        curves[s] = rows
+    out = {"curves": curves, "factors": {}}
+    full = curves["tessellation"].get(PREFIX_ALL)
+    if full:
+        out["target"] = {"n": PREFIX_ALL, **full}
+    tess = per["tessellation"]
+    for tn in sorted(n for n in tess if n not in (4,)):
+        fac = {}
+        for s in strategies:
+            if s == "tessellation":
+                continue
+            vals = []
+            for seed in PREFIX_SEEDS:
+                if seed not in tess[tn]:
+                    continue
+                ns = sorted(n for n in per[s] if seed in per[s][n])
+                cross = _crossing(ns, [per[s][n][seed][0] for n in ns], tess[tn][seed][0])
+                vals.append({"seed": seed, "n_to_target": cross, "factor": tn / cross if cross else None,
+                             "max_n_tried": max(ns) if ns else None})
+            f = [v["factor"] for v in vals if v["factor"]]
+            fac[s] = {"per_seed": vals, "mean": float(np.mean(f)) if f else None, "min": min(f) if f else None,
+                      "max": max(f) if f else None, "n_reached": len(f), "n_seeds": len(vals)}
+        out["factors"][tn] = fac
+    # The model a user would keep: of the seeds of one (strategy, n), the one with the lowest validation L1%
+    # (the shared validation set, never the test set); a training stuck far above the others is dropped so.
+    sel = {s: {n: min(byn[n].values(), key=lambda v: v[2])[0] for n in sorted(byn)} for s, byn in per.items()}
+    out["selected"] = {"curves": sel, "factors": {}}
+    for tn in sorted(n for n in sel["tessellation"] if n != 4):
+        out["selected"]["factors"][tn] = {}
+        for s in strategies:
+            if s != "tessellation":
+                ns = sorted(sel[s])
+                cross = _crossing(ns, [sel[s][n] for n in ns], sel["tessellation"][tn])
+                out["selected"]["factors"][tn][s] = tn / cross if cross else None
+    # Trainings stuck far above their siblings: validation L1% more than twice the lowest of the seeds of
+    # the same strategy and count.
+    out["stuck"] = sorted({f"{s}/n{n}/s{seed}" for s, byn in per.items() if s != "all" for n, d in byn.items()
+                           for seed, v in d.items() if v[2] > 2 * min(w[2] for w in d.values())})
+    return out
+
+
+def _prefix_plot(summ: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    colors = {"tessellation": "black", "active": "tab:red", "random": "tab:blue", "active_density": "tab:green"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+    sel = summ.get("selected", {}).get("curves", {})
+    for k, (ax, what) in enumerate(zip(axes, ("test mean L1% (dots: each seed; line: median)",
+                                              "test mean L1%, the seed best on validation"))):
+        for i, (s, rows) in enumerate(summ["curves"].items()):
+            ns = sorted(rows)
+            if not ns:
+                continue
+            kw = dict(color=colors.get(s, "gray"), marker="o", ms=3, lw=1.2, label=s)
+            shift = 1 + 0.015 * (i - 1.5)  # strategies side by side at one count
+            if k == 0:
+                ax.plot(np.array(ns) * shift, [rows[n]["median"] for n in ns], **kw)
+                for n in ns:
+                    ax.scatter([n * shift] * len(rows[n]["values"]), rows[n]["values"], s=10, alpha=0.6,
+                               color=kw["color"])
+            elif s in sel:
+                ax.plot(np.array(ns) * shift, [sel[s][n] for n in ns], **kw)
+        tgt = summ.get("target")
+        if tgt:
+            ax.axhspan(tgt["min"], tgt["max"], color="gray", alpha=0.2, lw=0)
+            ax.axhline(tgt["mean"], color="gray", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks([4, 8, 12, 16, 20, 28, 46])
+        ax.set_xticklabels(["4", "8", "12", "16", "20", "28", "46"])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel("DFT compositions (the first n of each strategy's v2 pick order)")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{SYSTEM} 8-atom cells: from scratch, {PREFIX_STEPS} steps, on the first n picks; "
+                 f"{len(PREFIX_SEEDS)} training seeds; grey: all 46 cells (the target)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(PREFIX_PNG, dpi=110)
+    plt.close(fig)
+
+
+def _prefix_table(res: dict, summ: dict) -> str:
+    tr = res.get("trainings", {})
+    lines = []
+    jobs = prefix_jobs()
+    lines.append(f"Trainings: {len(tr)} of {len(jobs)} planned"
+                 + ("" if len(tr) >= len(jobs) else " (**incomplete**: the columns missing below were not run)")
+                 + f"; {PREFIX_STEPS} steps each; CPU per training median "
+                 f"{np.median([t['cpu_s'] for t in tr.values()]):.0f} s (range {min(t['cpu_s'] for t in tr.values()):.0f}-"
+                 f"{max(t['cpu_s'] for t in tr.values()):.0f}); best validation epoch = the last one in "
+                 f"{sum(t['best_epoch'] == t['epochs'] for t in tr.values())} of {len(tr)} trainings." if tr else
+                 "No prefix training yet.")
+    if not tr:
+        return "\n".join(lines)
+    counts = sorted({n for rows in summ["curves"].values() for n in rows})
+    lines += ["", "Test mean L1% (%) of models trained from scratch on each strategy's first n compositions: mean ± sd "
+              "over training seeds (seeds); 4 and 46 are the same cells for every strategy:", "",
+              "| strategy | " + " | ".join(str(n) for n in counts) + " |", "|---|" + "---:|" * len(counts)]
+    for s, rows in summ["curves"].items():
+        cells = []
+        for n in counts:
+            r = rows.get(n)
+            cells.append("" if not r else f"{r['mean']:.2f}" + (f" ± {r['sd']:.2f}" if r["sd"] is not None else "")
+                         + f" ({len(r['seeds'])})")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += ["", "Worst test cell's L1% (%), mean over seeds:", "",
+              "| strategy | " + " | ".join(str(n) for n in counts) + " |", "|---|" + "---:|" * len(counts)]
+    for s, rows in summ["curves"].items():
+        lines.append(f"| {s} | " + " | ".join(f"{rows[n]['worst_mean']:.2f}" if n in rows else "" for n in counts) + " |")
+    tgt = summ.get("target")
+    if tgt:
+        lines += ["", f"Target (the finest affordable tessellation, level 4 = all {PREFIX_ALL} grid compositions, "
+                      f"from scratch): test mean L1% **{tgt['mean']:.2f}** (sd {_fmt(tgt['sd'])}, range "
+                      f"{tgt['min']:.2f}-{tgt['max']:.2f} over {len(tgt['seeds'])} seeds)."]
+    if summ["factors"]:
+        lines += ["", "Reduction factor at equal accuracy = (tessellation count n_t) / (the count at which the strategy's "
+                      "curve reaches the tessellation's accuracy at n_t), per training seed, interpolated log-log "
+                      "between counts; mean [min-max] over seeds (seeds reaching it / seeds):", "",
+                  "| accuracy of tessellation at n_t | " + " | ".join(s for s in PREFIX_RUNS if s != "tessellation")
+                  + " |", "|---|" + "---:|" * (len(PREFIX_RUNS) - 1)]
+        for tn, fac in summ["factors"].items():
+            tl = summ["curves"]["tessellation"][tn]
+            cells = []
+            for s, f in fac.items():
+                if f["mean"] is None:
+                    mx = max((v["max_n_tried"] or 0) for v in f["per_seed"]) if f["per_seed"] else 0
+                    cells.append(f"not reached by n = {mx} (< {tn / mx:.2f})" if mx else "n/a")
+                else:
+                    cells.append(f"{f['mean']:.2f} [{f['min']:.2f}-{f['max']:.2f}] ({f['n_reached']}/{f['n_seeds']})")
+            lines.append(f"| n_t = {tn}: {tl['mean']:.2f} % | " + " | ".join(cells) + " |")
+    sel = summ.get("selected")
+    if sel:
+        lines += ["", "The model a user would keep, of the seeds of one strategy and count the one with the lowest "
+                      "validation L1% (shared validation set): its test mean L1% (%), and the factor at equal accuracy "
+                      "on these curves:", "",
+                  "| strategy | " + " | ".join(str(n) for n in counts) + " |", "|---|" + "---:|" * len(counts)]
+        for s, rows in sel["curves"].items():
+            lines.append(f"| {s} | " + " | ".join(f"{rows[n]:.2f}" if n in rows else "" for n in counts) + " |")
+        lines += ["", "| accuracy of tessellation at n_t | " + " | ".join(s for s in PREFIX_RUNS if s != "tessellation")
+                  + " |", "|---|" + "---:|" * (len(PREFIX_RUNS) - 1)]
+        for tn, fac in sel["factors"].items():
+            lines.append(f"| n_t = {tn}: {sel['curves']['tessellation'][tn]:.2f} % | "
+                         + " | ".join(_fmt(f) if f else "not reached" for f in fac.values()) + " |")
+    if PREFIX_CHECK_JSON.is_file():
+        chk = json.loads(PREFIX_CHECK_JSON.read_text()).get("trainings", {})
+        rows = []
+        for key, t in chk.items():
+            base = tr.get(key)
+            if base:
+                rows.append(f"{key} {base['test_L1%_mean']:.2f} % → {t['test_L1%_mean']:.2f} % "
+                            f"(validation {base['best_val_l1']:.2f} → {t['best_val_l1']:.2f} %)")
+        if rows:
+            lines += ["", f"Budget check, the same training with {2 * PREFIX_STEPS} steps instead of {PREFIX_STEPS} "
+                          f"(test mean L1%): " + "; ".join(rows) + "."]
+    if summ.get("stuck"):
+        lines += ["", f"Trainings stuck far above their siblings (validation L1% > 2x the best seed's at the same strategy "
+                      f"and count): {', '.join(summ['stuck'])}."]
+    return "\n".join(lines)
+
+
+def prefix_report() -> dict | None:
+    """The prefix part of ``report``: summary into :data:`PREFIX_JSON`, the plot, the table in README §8."""
+    if not PREFIX_JSON.is_file():
+        return None
+    res = json.loads(PREFIX_JSON.read_text())
+    summ = prefix_summary(res)
+    res["summary"] = json.loads(json.dumps(summ))  # int keys -> strings, as they will be read back
+    _save_prefix(res)
+    if res.get("trainings"):
+        _prefix_plot(summ)
+    table = _prefix_table(res, summ)
+    text = README.read_text()
+    if PREFIX_BEGIN in text and PREFIX_END in text:
+        head, rest = text.split(PREFIX_BEGIN, 1)
+        _, tail = rest.split(PREFIX_END, 1)
+        tmp = README.with_suffix(".tmp")
+        tmp.write_text(head + PREFIX_BEGIN + "\n" + table + "\n" + PREFIX_END + tail)
+        os.replace(tmp, README)
+    print(table)
     return res
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("run", "report", "test-compositions", "crfeconi-settings"))
+    ap.add_argument("what", choices=("run", "prefix", "prefix-check", "report", "test-compositions", "crfeconi-settings"))
+    ap.add_argument("--budget-minutes", type=float, default=None,
+                    help="prefix: start no new training after this many minutes (rerun to continue)")
     a = ap.parse_args(argv)
     if a.what == "run":
         run_all()
+    elif a.what == "prefix":
+        run_prefix(a.budget_minutes)
+    elif a.what == "prefix-check":
+        run_prefix(a.budget_minutes, steps=2 * PREFIX_STEPS, jobs=PREFIX_CHECK_JOBS, out=PREFIX_CHECK_JSON)
     elif a.what == "crfeconi-settings":
         crfeconi_settings()
     elif a.what == "test-compositions":

@@ -830,5 +830,84 @@ def cost_to_reach(records: Sequence[dict], target: float, metric: str = "mean",
     return float(c[cost][hit[0]]) if len(hit) else None
 
 
+# --- prefix retraining: a model of the data alone ---------------------------------------------------
+# The loop fine-tunes round after round, so a round's model mixes the value of the data with the path
+# of the training. To compare which compositions strategies picked, the study retrains FROM SCRATCH on
+# each prefix of a recorded pick order, with one fixed budget of optimiser steps for every strategy and
+# count, keeping the epoch best on one validation set shared by all (benchmarks/README.md §8).
+
+def fit_from_scratch(train: Sequence, val: Sequence, descriptor, cfg, steps: int, system: str = ""):
+    """A new BNN trained on ``train`` for a fixed budget of ``steps`` optimiser steps; ``(model, summary)``.
+
+    ``train`` and ``val`` are :class:`rhox.engine.training.ConfigData` (descriptors already computed
+    with ``descriptor``; density in e/Å³), so that a study featurises its cells once. The input and
+    output normalisation comes from the training points only. The budget is whole epochs: the fewest
+    whose mini-batches (``cfg.batch_size`` points) reach ``steps``; there is no early stopping
+    (patience = the whole budget), but the weights of the epoch with the lowest validation L1% on
+    ``val`` (mean weights, pooled over its configurations) are kept, and σ's calibration scale is fitted
+    on ``val`` too. ``cfg`` (a TrainConfig) gives the network (``hidden``), learning rate, batch size
+    and seed; its ``max_epochs``, ``patience`` and ``baseline`` are overridden. ``summary``: ``epochs``,
+    ``steps``, ``best_epoch`` (1-based), ``best_val_l1``, ``final_val_l1`` (%), ``seconds``.
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from .bnn import NetConfig, make_net
+    from .model import RhoxModel
+    from .training import _train_net, calibration_scale, grid_spacing
+
+    if not train or not val:
+        raise InputError(f"training from scratch needs training and validation configurations, "
+                         f"got {len(train)} and {len(val)}")
+    steps = _positive_int(steps, "the number of optimiser steps")
+    t0 = time.perf_counter()
+    n_points = sum(len(c.y) for c in train)
+    per_epoch = max(1, math.ceil(n_points / cfg.batch_size))
+    epochs = max(1, math.ceil(steps / per_epoch))
+    cfg = replace(cfg, max_epochs=epochs, patience=epochs, baseline=False)
+    torch.manual_seed(cfg.seed)
+    device = train[0].x.device
+    xt = torch.cat([c.x for c in train])
+    yt = torch.cat([c.y for c in train])
+    x_std = xt.std(0).cpu().numpy()
+    net = make_net(NetConfig(descriptor.length, tuple(cfg.hidden), True, cfg.prior_sigma, cfg.init_sigma,
+                             cfg.members)).to(device)
+    model = RhoxModel(net=net, descriptor=descriptor, x_mean=xt.mean(0).cpu().numpy(),
+                      x_std=np.where(x_std > 1e-6, x_std, 1.0).astype(np.float32), y_mean=float(yt.mean()),
+                      y_std=float(yt.std()), system=system,
+                      species=tuple(sorted({s for c in train for s in c.sample.atoms.get_chemical_symbols()})),
+                      grid_spacing=grid_spacing([c.sample for c in train]))
+    del xt, yt
+    history = _train_net(net, model, list(train), list(val), cfg, epochs, None, "bnn", False, {}, None, None)
+    net.eval()
+    model.meta = {"sigma_scale": calibration_scale(model, list(val), seed=cfg.seed), "history": history}
+    vals = [h["val_l1"] for h in history]
+    best = int(np.argmin(vals))
+    summary = {"epochs": len(history), "steps": len(history) * per_epoch, "best_epoch": best + 1,
+               "best_val_l1": float(vals[best]), "final_val_l1": float(vals[-1]),
+               "seconds": time.perf_counter() - t0}
+    return model, summary
+
+
+def configuration_l1(model, data: Sequence, n_samples: int = 10, seed: int = 0) -> np.ndarray:
+    """L1% (%) of each configuration of ``data`` (ConfigData with every grid point), predicted by the mean
+    over ``n_samples`` weight samples of ``model``'s BNN, as :func:`rhox.engine.evaluation.evaluate`
+    predicts a test cell; descriptors computed once by the caller."""
+    import torch
+
+    from .bnn import predict_with_uncertainty
+    from .metrics import l1_percent
+
+    ws = model.net.sample_weight_sets(n_samples, seed)
+    out = []
+    with torch.no_grad():
+        for c in data:
+            p = predict_with_uncertainty(model.net, model.standardize(c.x), ws, epistemic=False)
+            out.append(l1_percent((p["mean"] * model.y_std + model.y_mean).cpu().numpy(), c.y.cpu().numpy()))
+    return np.array(out)
+
+
 __all__ = ["learning_curve", "cost_to_reach", "LearnSettings", "STRATEGIES", "prepare_run", "run_learning", "add_compositions", "read_records",
-           "candidates", "initial_compositions", "spread_batch", "pick", "check_step", "round_dir"]
+           "candidates", "initial_compositions", "spread_batch", "pick", "check_step", "round_dir",
+           "fit_from_scratch", "configuration_l1"]

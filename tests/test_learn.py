@@ -649,3 +649,90 @@ def test_resumed_copy_without_its_dataset_gets_finished_rounds_cells_back_from_t
     records = learn.run_learning(run, learn.prepare_run(run, {}, resume=True))
     assert calls == [] and [r["round"] for r in records] == [0, 1]
     assert set(Dataset(run / "data.db").task_status().items()) == set(Dataset(ref / "data.db").task_status().items())
+
+
+# --- prefix retraining (benchmarks/active_study.py prefix): a fixed budget from scratch ----------------
+
+@pytest.fixture(scope="module")
+def bundled_cells():
+    """Descriptors of the bundled SiGeSn test cells: 3 for training (1/16 of their points), 1 for
+    validation (a quarter), 2 whole for evaluation."""
+    import torch
+
+    from rhox.engine.bundled import asset_path
+    from rhox.engine.descriptors import DescriptorSettings
+    from rhox.engine.training import featurize, load_samples
+
+    samples = load_samples(asset_path("sigesn_test.db"))[:6]
+    rng = np.random.default_rng(0)
+
+    def keep(s, f):
+        n = int(np.prod(s.grid_shape))
+        return np.sort(rng.choice(n, round(n * f), replace=False))
+
+    d = DescriptorSettings.from_dict({"kind": "frame"})
+    cpu = torch.device("cpu")
+    train = featurize(samples[:3], d, cpu, keep=[keep(s, 1 / 16) for s in samples[:3]])
+    val = featurize(samples[3:4], d, cpu, keep=[keep(samples[3], 1 / 4)])
+    test = featurize(samples[4:], d, cpu)
+    return d, train, val, test, samples[4:]
+
+
+def _tiny_cfg(seed=0):
+    from rhox.engine.train_config import TrainConfig
+
+    return TrainConfig(hidden=(16, 16), batch_size=512, seed=seed, device="cpu")
+
+
+def test_fit_from_scratch_trains_the_step_budget_and_keeps_the_best_validation_epoch(bundled_cells):
+    import torch
+
+    from rhox.engine.training import validation_l1
+
+    d, train, val, test, _ = bundled_cells
+    n_points = sum(len(c.y) for c in train)
+    per_epoch = -(-n_points // 512)
+    model, summ = learn.fit_from_scratch(train, val, d, _tiny_cfg(), 2 * per_epoch + 1)
+    # the budget is whole epochs: the fewest that reach the steps asked for, and no early stopping
+    assert summ["epochs"] == 3 and summ["steps"] == 3 * per_epoch
+    hist = [h["val_l1"] for h in model.meta["history"]]
+    assert len(hist) == 3
+    # the weights kept are those of the epoch with the lowest validation L1%, whichever it was
+    assert summ["best_val_l1"] == pytest.approx(min(hist))
+    assert summ["best_epoch"] == int(np.argmin(hist)) + 1 and summ["final_val_l1"] == pytest.approx(hist[-1])
+    assert validation_l1(model.net, val, model) == pytest.approx(min(hist), rel=1e-5)
+    # normalisation from the training points alone (known answer: their mean)
+    x = torch.cat([c.x for c in train])
+    np.testing.assert_allclose(model.x_mean, x.mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    assert model.y_mean == pytest.approx(float(torch.cat([c.y for c in train]).mean()), rel=1e-6)
+    assert model.species == ("Ge", "Si", "Sn") and model.meta["sigma_scale"] > 0
+    # the seed fixes the run: the same seed gives the same model, another seed another one
+    again, _ = learn.fit_from_scratch(train, val, d, _tiny_cfg(), 2 * per_epoch + 1)
+    other, _ = learn.fit_from_scratch(train, val, d, _tiny_cfg(seed=1), 2 * per_epoch + 1)
+    a, b, c = (learn.configuration_l1(m, test, n_samples=4) for m in (model, again, other))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_fit_from_scratch_refuses_missing_validation_and_a_bad_budget(bundled_cells):
+    d, train, val, _, _ = bundled_cells
+    with pytest.raises(InputError, match="validation"):
+        learn.fit_from_scratch(train, [], d, _tiny_cfg(), 10)
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(InputError, match="optimiser steps"):
+            learn.fit_from_scratch(train, val, d, _tiny_cfg(), bad)
+
+
+def test_configuration_l1_is_the_l1_of_predicts_mean(bundled_cells):
+    """configuration_l1 on descriptors computed once = L1% of rhox.predict's mean on the DFT grid
+    (same weight samples, seed 0; without the frame blending at distance ties, which it leaves out)."""
+    from rhox.engine.metrics import l1_percent
+    from rhox.engine.predict import predict
+
+    d, train, val, test, samples = bundled_cells
+    model, _ = learn.fit_from_scratch(train, val, d, _tiny_cfg(), 30)
+    got = learn.configuration_l1(model, test, n_samples=6, seed=0)
+    want = [l1_percent(predict(model, s.atoms, shape=s.grid_shape, n_samples=6, seed=0, blend=False,
+                               calibrated=False, allow_foreign=True).mean, s.total_density) for s in samples]
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    assert got.shape == (2,) and np.all(got > 0)
