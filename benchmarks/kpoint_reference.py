@@ -44,6 +44,13 @@ OUT_JSON = HERE / "results" / "kpoint_reference.json"
 CONTROL_DB = HERE / "data" / "sigesn_kpoint_control.db"
 CONTROL_COMPOSITIONS = "Si0.375Ge0.125Sn0.5;Si0.25Ge0.125Sn0.625"
 CONTROL_SEED = 70
+CONTROL_SAMPLES = 6  # per composition
+# Large calibration cells: 64-atom 600 K cells (2x2x2, Γ, production settings) at compositions of no
+# test set, seed 80. Used only to fit, and to measure, a σ term for cells larger than the training
+# cells (section 6b); the 64-atom test cells are never used for fitting.
+LARGE_CALIB_DB = HERE / "data" / "sigesn_kpoint_calib_large.db"
+LARGE_CALIB_COMPOSITIONS = "Si0.5Ge0.25Sn0.25;Si0.25Ge0.25Sn0.5"
+LARGE_CALIB_SEED = 80
 
 # Test-set rows (assets/sigesn_test.db): Sn 0.125 (the cheapest, also used for the supercell),
 # Sn 0.375 twice (one near the first 64-atom cell's Si0.39Ge0.14Sn0.47) and Sn 0.625 (near the
@@ -128,8 +135,18 @@ def control_cells() -> None:
     import sys
 
     subprocess.run([sys.executable, "-m", "rhox.engine.cli", "generate", "SiGeSn", "--compositions",
-                    CONTROL_COMPOSITIONS, "--repeat", "1", "--samples", "2", "--temperature", "600",
+                    CONTROL_COMPOSITIONS, "--repeat", "1", "--samples", str(CONTROL_SAMPLES), "--temperature", "600",
                     "--thermal", "md", "--seed", str(CONTROL_SEED), "--out", str(CONTROL_DB)], check=True)
+
+
+def large_calibration_cells() -> None:
+    """Generate (resumably) the 64-atom calibration cells of LARGE_CALIB_DB."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "rhox.engine.cli", "generate", "SiGeSn", "--compositions",
+                    LARGE_CALIB_COMPOSITIONS, "--repeat", "2", "--samples", "1", "--temperature", "600",
+                    "--thermal", "md", "--seed", str(LARGE_CALIB_SEED), "--out", str(LARGE_CALIB_DB)], check=True)
 
 
 def summarise() -> dict:
@@ -186,6 +203,7 @@ WHERE_SETS = {  # name: dataset of cells the default model is tested on here (no
     "test (8 atoms)": ROOT / "assets" / "sigesn_test.db",
     "control (8 atoms, large cells' compositions)": CONTROL_DB,
     "large (64 atoms)": HERE / "data" / "sigesn_ood_large.db",
+    "large calibration (64 atoms, not a test set)": LARGE_CALIB_DB,
     "supercell of test row 5 (64 atoms, Γ)": OUT_DB,
 }
 
@@ -229,11 +247,15 @@ def where(n_samples: int = 20) -> dict:
     nov = model_novelty(model)
     out = {"model": "assets/model (default; calibrated σ, frame blending and novelty inflation on, S = %d)" % n_samples,
            "sets": {}}
+    if WHERE_JSON.exists():  # resumable: a set whose cells are all done is kept
+        out["sets"] = json.loads(WHERE_JSON.read_text()).get("sets", {})
     for name, path in WHERE_SETS.items():
         if not Path(path).exists():
             continue
         ds = open_readonly(path)
         rows = [r for r in ds.rows() if path != OUT_DB or r.get("kmesh") == "super_gamma"]
+        if name in out["sets"] and len(out["sets"][name]["cells"]) == len(rows):
+            continue
         cells, atoms_rows = [], []
         err_sum = rho_sum = 0.0
         for row in rows:
@@ -292,6 +314,9 @@ def where(n_samples: int = 20) -> dict:
         out["sets"][name] = {"dataset": str(Path(path).relative_to(ROOT)), "cells": cells,
                              "pooled L1%": round(100 * err_sum / rho_sum, 3), "per_atom": by,
                              "spearman": rank}
+        tmp = WHERE_JSON.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out, indent=1))
+        os.replace(tmp, WHERE_JSON)
     tmp = WHERE_JSON.with_suffix(".tmp")
     tmp.write_text(json.dumps(out, indent=1))
     os.replace(tmp, WHERE_JSON)
@@ -305,6 +330,8 @@ def main(argv=None) -> None:
     p.add_argument("--control", action="store_true", help="also make the 8-atom control cells (CONTROL_DB)")
     p.add_argument("--where", action="store_true",
                    help="only locate the default model's error on the test, control and large cells")
+    p.add_argument("--large-calibration", action="store_true",
+                   help="also make the 64-atom calibration cells (LARGE_CALIB_DB)")
     p.add_argument("--summary-only", action="store_true", help="only summarise what is stored")
     a = p.parse_args(argv)
     if a.where:
@@ -320,6 +347,8 @@ def main(argv=None) -> None:
     if not a.summary_only:
         if a.control:
             control_cells()
+        if a.large_calibration:
+            large_calibration_cells()
         compute(meshes, not a.no_supercell)
     res = summarise()
     for c in res["cells"]:
