@@ -323,6 +323,145 @@ def where(n_samples: int = 20) -> dict:
     return out
 
 
+SIZE_JSON = HERE / "results" / "kpoint_size_term.json"
+TRAINING_DB = ROOT / "assets" / "sigesn_train_defects.db"  # the default model's training set
+N_SHELL = 16  # first (4) and second (12) neighbour shells of diamond
+
+
+def translation_classes(atoms, tol: float = 1e-4) -> np.ndarray:
+    """Per atom: the lowest index of the atoms it is a pure-translation image of (fractional
+    tolerance ``tol``), so that a structure repeated from a smaller cell has as many classes as
+    the smaller cell has atoms, and a structure with no inner translation one class per atom."""
+    from scipy.spatial import cKDTree
+
+    frac = np.mod(atoms.get_scaled_positions(wrap=True), 1.0)
+    tree = cKDTree(frac, boxsize=1.0 + 1e-12)
+    num = atoms.numbers
+    cls = np.arange(len(atoms))
+    for j in np.flatnonzero(num == num[0])[1:]:
+        t = frac[j] - frac[0]
+        d, k = tree.query(np.mod(frac + t, 1.0) * (1 - 1e-12))
+        if np.all(d < tol) and np.array_equal(num[k], num):
+            cls = np.minimum(cls, np.minimum(cls[k], cls[np.argsort(k)]))
+    # Propagate to a fixed point (classes are the orbits of the translation group).
+    while True:
+        new = cls[cls]
+        if np.array_equal(new, cls):
+            return cls
+        cls = new
+
+
+def shell_diversity(atoms, n: int = N_SHELL, cutoff: float = 5.2) -> np.ndarray:
+    """Per atom: how many *distinct* atoms fill its ``n`` nearest-neighbour slots, periodic images
+    of one atom, and atoms that are pure-translation images of each other
+    (:func:`translation_classes`), counting once. In an 8-atom cubic diamond cell the 12 second
+    neighbours are images of 3 atoms, so it is 7 (first shell 4 + 3); a 2x2x2 repeat of that
+    cell still gives 7; a 64-atom cell with its own disorder gives 16."""
+    from ase.neighborlist import neighbor_list
+
+    cls = translation_classes(atoms)
+    i, j, d = neighbor_list("ijd", atoms, cutoff)
+    out = np.zeros(len(atoms), dtype=int)
+    for a in range(len(atoms)):
+        sel = np.flatnonzero(i == a)
+        sel = sel[np.argsort(d[sel])][:n]
+        out[a] = len(set(cls[j[sel]].tolist()))
+    return out
+
+
+def size_term(n_samples: int = 20) -> dict:
+    """Measure a σ term for atoms whose neighbour shells hold more distinct atoms than any training
+    atom's (:func:`shell_diversity` above the training maximum): σ_epi'² = σ_epi² + (c·ρ̂)² on the grid
+    points nearest such atoms (σ_total likewise), ``c`` the smallest value giving 68.27 % 1σ coverage
+    over those points of the **64-atom calibration cells** (LARGE_CALIB_DB, no test set). Then the
+    same term on every set. Written to SIZE_JSON."""
+    import rhox
+    from rhox.engine.grid import grid_points
+    from rhox.engine.metrics import coverage, l1_sums
+    from rhox.engine.predict import predict
+    from rhox.engine.store import open_readonly
+
+    model = rhox.load_model()
+    train_div = np.concatenate([shell_diversity(s.atoms) for s in open_readonly(TRAINING_DB).samples()])
+    bound = int(train_div.max())
+    sets = dict(WHERE_SETS)
+    arrays = {}
+    for name, path in sets.items():
+        if not Path(path).exists():
+            continue
+        cells = []
+        for row in open_readonly(path).rows():
+            if path == OUT_DB and row.get("kmesh") != "super_gamma":
+                continue
+            from rhox.engine.store import row_to_sample
+
+            smp = row_to_sample(row)
+            rho = smp.total_density
+            f = predict(model, smp.atoms, shape=rho.shape, n_samples=n_samples, seed=0)
+            owner = nearest_atom(smp.atoms, grid_points(smp.atoms.cell.array, rho.shape))
+            flag = (shell_diversity(smp.atoms) > bound)[owner]
+            cells.append({"row": int(row.id), "rho": rho.ravel(), "mean": np.asarray(f.mean, np.float64).ravel(),
+                          "st": np.asarray(f.sigma_total, np.float64).ravel(),
+                          "se": np.asarray(f.sigma_epistemic, np.float64).ravel(), "flag": flag})
+            print(f"  {name} row {row.id}: {100 * flag.mean():.0f} % of points near atoms beyond the "
+                  f"training shell diversity {bound}", flush=True)
+        if cells:
+            arrays[name] = cells
+    calib = arrays.get("large calibration (64 atoms, not a test set)")
+    c = 0.0
+    if calib:
+        rho = np.concatenate([x["rho"] for x in calib])
+        mean = np.concatenate([x["mean"] for x in calib])
+        st = np.concatenate([x["st"] for x in calib])
+        fl = np.concatenate([x["flag"] for x in calib])
+        err = np.abs(mean - rho)[fl]
+
+        def cov1(cc):
+            return np.mean(err <= np.sqrt(st[fl] ** 2 + (cc * np.abs(mean[fl])) ** 2))
+
+        if cov1(0.0) < 0.6827:
+            lo, hi = 0.0, 1.0
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if cov1(mid) < 0.6827 else (lo, mid)
+            c = hi
+    out = {"model": "assets/model (as shipped: calibrated σ, blending, atom-novelty inflation; S = %d)" % n_samples,
+           "training_shell_diversity_max": bound, "n_shell": N_SHELL, "coefficient": c,
+           "fitted_on": str(LARGE_CALIB_DB.relative_to(ROOT)), "sets": {}}
+    for name, cells in arrays.items():
+        res = {}
+        for tag, cc in (("as shipped", 0.0), ("with size term", c)):
+            e = r = 0.0
+            allm, allr, allst, allse = [], [], [], []
+            for x in cells:
+                extra = cc * np.abs(x["mean"]) * x["flag"]
+                allm.append(x["mean"]); allr.append(x["rho"])
+                allst.append(np.sqrt(x["st"] ** 2 + extra ** 2)); allse.append(np.sqrt(x["se"] ** 2 + extra ** 2))
+                ee, rr = l1_sums(x["mean"], x["rho"])
+                e += ee
+                r += rr
+            m_, r_, st_, se_ = map(np.concatenate, (allm, allr, allst, allse))
+            cov = coverage(m_, r_, st_)
+            res[tag] = {"L1%": round(100 * e / r, 3), "coverage_1_2_3": [round(v, 1) for v in cov.values()],
+                        "mean_sigma_epistemic": float(se_.mean()), "mean_sigma_total": float(st_.mean())}
+        res["fraction_flagged"] = float(np.mean(np.concatenate([x["flag"] for x in cells])))
+        res["cells"] = len(cells)
+        out["sets"][name] = res
+    test = out["sets"].get("test (8 atoms)")
+    if test:
+        for name, res in out["sets"].items():
+            for tag in ("as shipped", "with size term"):
+                t = test[tag]
+                res[tag]["vs test: sigma_epi, sigma_total, L1%"] = [
+                    round(res[tag]["mean_sigma_epistemic"] / t["mean_sigma_epistemic"], 2),
+                    round(res[tag]["mean_sigma_total"] / t["mean_sigma_total"], 2),
+                    round(res[tag]["L1%"] / t["L1%"], 2)]
+    tmp = SIZE_JSON.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, SIZE_JSON)
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--meshes", default=",".join(MESHES), help="comma-separated subset of " + ",".join(MESHES))
@@ -332,13 +471,15 @@ def main(argv=None) -> None:
                    help="only locate the default model's error on the test, control and large cells")
     p.add_argument("--large-calibration", action="store_true",
                    help="also make the 64-atom calibration cells (LARGE_CALIB_DB)")
+    p.add_argument("--size-term", action="store_true",
+                   help="only measure the σ term for atoms beyond the training cells' shell diversity")
     p.add_argument("--summary-only", action="store_true", help="only summarise what is stored")
     a = p.parse_args(argv)
-    if a.where:
+    if a.where or a.size_term:
         import torch
 
         torch.set_num_threads(1)
-        where()
+        where() if a.where else size_term()
         return
     meshes = [m for m in a.meshes.split(",") if m]
     unknown = [m for m in meshes if m not in MESHES]
