@@ -20,7 +20,7 @@ depends on the cell and cut-off only, so every mesh of one cell shares it). Resu
 ``<source task>:<mesh>``) and ``benchmarks/results/kpoint_reference.json``. Resumable: what is
 stored is skipped. Runs serially with one BLAS thread; run it at ``nice -n 19``.
 
-    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/kpoint_reference.py [--meshes gamma2,mp2,...]
+    OMP_NUM_THREADS=1 PYTHONPATH=. nice -n 19 python benchmarks/kpoint_reference.py [--meshes gamma2,mp2,...]
 """
 from __future__ import annotations
 
@@ -325,53 +325,12 @@ def where(n_samples: int = 20) -> dict:
 
 SIZE_JSON = HERE / "results" / "kpoint_size_term.json"
 TRAINING_DB = ROOT / "assets" / "sigesn_train_defects.db"  # the default model's training set
-N_SHELL = 16  # first (4) and second (12) neighbour shells of diamond
-
-
-def translation_classes(atoms, tol: float = 1e-4) -> np.ndarray:
-    """Per atom: the lowest index of the atoms it is a pure-translation image of (fractional
-    tolerance ``tol``), so that a structure repeated from a smaller cell has as many classes as
-    the smaller cell has atoms, and a structure with no inner translation one class per atom."""
-    from scipy.spatial import cKDTree
-
-    frac = np.mod(atoms.get_scaled_positions(wrap=True), 1.0)
-    tree = cKDTree(frac, boxsize=1.0 + 1e-12)
-    num = atoms.numbers
-    cls = np.arange(len(atoms))
-    for j in np.flatnonzero(num == num[0])[1:]:
-        t = frac[j] - frac[0]
-        d, k = tree.query(np.mod(frac + t, 1.0) * (1 - 1e-12))
-        if np.all(d < tol) and np.array_equal(num[k], num):
-            cls = np.minimum(cls, np.minimum(cls[k], cls[np.argsort(k)]))
-    # Propagate to a fixed point (classes are the orbits of the translation group).
-    while True:
-        new = cls[cls]
-        if np.array_equal(new, cls):
-            return cls
-        cls = new
-
-
-def shell_diversity(atoms, n: int = N_SHELL, cutoff: float = 5.2) -> np.ndarray:
-    """Per atom: how many *distinct* atoms fill its ``n`` nearest-neighbour slots, periodic images
-    of one atom, and atoms that are pure-translation images of each other
-    (:func:`translation_classes`), counting once. In an 8-atom cubic diamond cell the 12 second
-    neighbours are images of 3 atoms, so it is 7 (first shell 4 + 3); a 2x2x2 repeat of that
-    cell still gives 7; a 64-atom cell with its own disorder gives 16."""
-    from ase.neighborlist import neighbor_list
-
-    cls = translation_classes(atoms)
-    i, j, d = neighbor_list("ijd", atoms, cutoff)
-    out = np.zeros(len(atoms), dtype=int)
-    for a in range(len(atoms)):
-        sel = np.flatnonzero(i == a)
-        sel = sel[np.argsort(d[sel])][:n]
-        out[a] = len(set(cls[j[sel]].tolist()))
-    return out
 
 
 def size_term(n_samples: int = 20) -> dict:
     """Measure a σ term for atoms whose neighbour shells hold more distinct atoms than any training
-    atom's (:func:`shell_diversity` above the training maximum): σ_epi'² = σ_epi² + (c·ρ̂)² on the grid
+    atom's (``rhox.engine.trust.shell_diversity`` above the training maximum, the trust report's
+    "environment range"): σ_epi'² = σ_epi² + (c·ρ̂)² on the grid
     points nearest such atoms (σ_total likewise), ``c`` the smallest value giving 68.27 % 1σ coverage
     over those points of the **64-atom calibration cells** (LARGE_CALIB_DB, no test set). Then the
     same term on every set. Written to SIZE_JSON."""
@@ -381,9 +340,10 @@ def size_term(n_samples: int = 20) -> dict:
     from rhox.engine.predict import predict
     from rhox.engine.store import open_readonly
 
+    from rhox.engine.trust import SHELL_NEIGHBOURS, shell_diversity, training_shell_bound
+
     model = rhox.load_model()
-    train_div = np.concatenate([shell_diversity(s.atoms) for s in open_readonly(TRAINING_DB).samples()])
-    bound = int(train_div.max())
+    bound = training_shell_bound(model)  # from the model's training set, TRAINING_DB
     sets = dict(WHERE_SETS)
     arrays = {}
     for name, path in sets.items():
@@ -426,7 +386,7 @@ def size_term(n_samples: int = 20) -> dict:
                 lo, hi = (mid, hi) if cov1(mid) < 0.6827 else (lo, mid)
             c = hi
     out = {"model": "assets/model (as shipped: calibrated σ, blending, atom-novelty inflation; S = %d)" % n_samples,
-           "training_shell_diversity_max": bound, "n_shell": N_SHELL, "coefficient": c,
+           "training_shell_diversity_max": bound, "n_shell": SHELL_NEIGHBOURS, "coefficient": c,
            "fitted_on": str(LARGE_CALIB_DB.relative_to(ROOT)), "sets": {}}
     for name, cells in arrays.items():
         res = {}

@@ -366,8 +366,8 @@ def shell_check(model, atoms: Atoms) -> DomainCheck:
     return DomainCheck(SHELL_CHECK, None, (
         f"not verified: {100 * frac:.0f} % of the atoms see up to {values['max']} distinct atoms among their "
         f"{SHELL_NEIGHBOURS} nearest neighbours, more than any training atom ({bound}): the training cells "
-        f"were too small to hold such neighbour shells, and σ was not calibrated on them (larger cells "
-        f"measured up to 1.5x the error of training-size cells, with σ rising less; check a few with DFT)"),
+        f"were too small to hold such neighbour shells; σ was not calibrated on them and may be too small "
+        f"there (check a few such structures with DFT)"),
         values)
 
 
