@@ -138,3 +138,30 @@ def test_cost_estimate_known_answers():
     # 8x the atoms at Γ only: more memory (bands x plane waves grow as N²), GPAW's default bands.
     big = estimate_cost(64, 256, [10.86] * 3, st)
     assert big.memory_bytes > c.memory_bytes and big.bands == 154
+
+
+@pytest.mark.dft
+def test_gamma_centred_mesh_equals_its_supercell_at_gamma(si2, tiny_settings):
+    """The k-point centring reaches GPAW: a Γ-centred 2x2x2 mesh samples exactly what the cell's
+    2x2x2 supercell samples at Γ alone (the 8-atom training cells against the 64-atom Γ-point
+    test cells, benchmarks/README.md section 6b), so their densities agree on the same grid; a
+    2x2x2 mesh shifted off Γ (Monkhorst-Pack) samples other k-points and gives another density."""
+    from dataclasses import replace
+
+    from rhox.engine.metrics import l1_percent
+
+    tiny = replace(tiny_settings, ecut=250.0)  # its grid, 15³, doubles exactly in the supercell (30³)
+    centred = run_dft(si2, replace(tiny, kpts=(2, 2, 2), gamma_centered=True))
+    shifted = run_dft(si2, replace(tiny, kpts=(2, 2, 2), gamma_centered=False))
+    big = run_dft(si2.repeat((2, 2, 2)), replace(tiny, kpts=(1, 1, 1), gamma_centered=True))
+    assert centred.provenance["settings"]["gamma_centered"] is True
+    assert shifted.provenance["settings"]["gamma_centered"] is False
+    assert big.grid_shape == tuple(2 * n for n in centred.grid_shape)
+    tiled = np.tile(centred.density, (2, 2, 2))
+    same = l1_percent(big.density, tiled)
+    other = l1_percent(shifted.density, centred.density)
+    assert same < 0.01, same  # equal up to the SCF convergence
+    assert other > 20 * same and other > 0.05, (other, same)
+    # Energies per atom agree too (same sampling), the shifted mesh's do not.
+    assert big.energy / len(big.atoms) == pytest.approx(centred.energy / 2, abs=2e-4)
+    assert abs(shifted.energy - centred.energy) / 2 > 1e-3

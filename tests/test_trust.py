@@ -180,3 +180,50 @@ def test_training_records_novelty_and_a_model_without_it_says_not_available(tiny
     atoms = _sige()
     check = trust.novelty_check(old, atoms, predict(old, atoms, n_samples=2))
     assert check.inside is None and check.detail == trust.NOVELTY_UNAVAILABLE
+
+
+def _rattled(atoms, seed, amount=0.04):
+    out = atoms.copy()
+    out.rattle(amount, seed=seed)
+    return out
+
+
+def test_shell_diversity_known_answers():
+    """Distinct atoms among the 16 nearest neighbours, by hand: a perfect diamond lattice has two
+    translation classes (so 2); a disordered 8-atom cubic cell 4 + 3 (its 12 second neighbours are
+    images of 3 atoms); a 2x2x2 repeat of that cell the same 7; the repeat disordered on its own 16."""
+    perfect = bulk("Si", "diamond", a=A, cubic=True)
+    assert len(set(trust.translation_classes(perfect))) == 2
+    assert set(trust.shell_diversity(perfect)) == {2}
+    cell8 = _rattled(perfect, 1)
+    cell8.numbers[[0, 5]] = 32
+    assert set(trust.shell_diversity(cell8)) == {7}
+    repeat = cell8.repeat((2, 2, 2))
+    cls = trust.translation_classes(repeat)
+    assert len(set(cls)) == 8 and np.array_equal(cls, np.tile(np.arange(8), 8))
+    assert set(trust.shell_diversity(repeat)) == {7}
+    own = _rattled(repeat, 2, 0.02)
+    assert len(set(trust.translation_classes(own))) == 64
+    assert set(trust.shell_diversity(own)) == {16}
+    with pytest.raises(InputError, match="no neighbour shells"):
+        trust.shell_diversity(perfect[[]])
+
+
+def test_environment_range_beyond_training_cells_is_not_verified(tiny_model):
+    """The tiny model trained on 2-atom cells: a 2-atom cell and a 2x2x2 repeat of it are inside
+    its environment range; a 3x3x3 repeat disordered on its own (16 distinct neighbours) is not
+    verified, and says by how much, without changing the recommendation by itself."""
+    _, model = tiny_model
+    assert trust.training_shell_bound(model) == 2
+    like = _sige()
+    checks = {c.name: c for c in trust.trust_report(model, like, predict(model, like, n_samples=3)).domain}
+    assert checks[trust.SHELL_CHECK].inside is True, checks[trust.SHELL_CHECK].detail
+    repeat = like.repeat((2, 2, 2))
+    assert trust.shell_check(model, repeat).inside is True
+    own = _rattled(like.repeat((3, 3, 3)), 3, 0.02)  # 54 atoms: no atom meets an image of itself in 16
+    rep = trust.trust_report(model, own, predict(model, own, n_samples=3), "own")
+    check = {c.name: c for c in rep.domain}[trust.SHELL_CHECK]
+    assert check.inside is None and check.values["fraction_beyond"] == 1.0 and check.values["max"] == 16
+    assert check.detail.startswith("not verified: 100 % of the atoms") and "(2)" in check.detail
+    assert any(line.startswith(f"{trust.SHELL_CHECK}: n/a: not verified") for line in rep.lines())
+    assert not any(trust.SHELL_CHECK in r for r in rep.reasons)
