@@ -67,6 +67,11 @@ ENERGY_FORMAT = 1
 ENERGY_KIND = "rhox-energy-bayes-linear"
 FEATURE_KINDS = ("descriptor", "composition")
 MIN_CONFIGURATIONS = 3
+#: Grid points pooled for the descriptor features, at most: beyond it (a cell of thousands of atoms)
+#: a seeded random sample of whole blocks stands for the grid. The pooled mean and σ are intensive,
+#: so a sample of ~10⁶ points estimates them far below the energy model's σ, and a million-atom
+#: prediction does not spend hours on its energy line after the density.
+MAX_POOLED_POINTS = 2 ** 20
 
 
 @dataclass
@@ -152,7 +157,8 @@ def raw_features(atoms: Atoms, kind: str, species: Sequence[str], descriptor=Non
 
     ``descriptor`` (:class:`~rhox.engine.descriptors.DescriptorSettings`) and ``spacing`` (Å) are
     needed for kind "descriptor": the descriptor is computed on the cell's grid at that spacing
-    and its components pooled (mean and standard deviation over the grid points).
+    and its components pooled (mean and standard deviation over the grid points; over a seeded
+    random sample of the grid's blocks when it has more than :data:`MAX_POOLED_POINTS` points).
     """
     x = composition_fractions(atoms, species)
     if kind == "composition":
@@ -171,11 +177,18 @@ def raw_features(atoms: Atoms, kind: str, species: Sequence[str], descriptor=Non
     shape = grid_shape_for_spacing(cell, spacing)
     # Block by block (memory bounded for any cell size), sums shifted by the first block's mean
     # so that the variance keeps its digits for components with a large mean (Z, valence).
+    blocks = list(iter_blocks(shape))
+    if math.prod(shape) > MAX_POOLED_POINTS:  # blocks in a seeded random order, while they fit the bound
+        sizes = [math.prod(s.stop - s.start for s in b) for b in blocks]
+        order = np.random.default_rng(0).permutation(len(blocks))
+        total = np.cumsum([sizes[i] for i in order])
+        keep = max(1, int(np.searchsorted(total, MAX_POOLED_POINTS, side="right")))
+        blocks = [blocks[i] for i in np.sort(order[:keep])]
     calc = BlockedDescriptorCalculator(atoms, descriptor, dtype=torch.float64)
     shift = s1 = s2 = None
     n = 0
     with torch.no_grad():
-        for block in iter_blocks(shape):
+        for block in blocks:
             d = calc(grid_points(cell, shape, block)).numpy()
             if shift is None:
                 shift = d.mean(0)

@@ -327,3 +327,38 @@ def test_quaternary_slice_compositions():
     assert np.allclose(np.delete(full, 1, axis=1) / 0.8, tern)
     full3, tern3 = slice_compositions(3, 0.5)
     assert np.array_equal(full3, tern3) and len(full3) == 6
+
+
+def test_pooled_features_of_a_big_grid_come_from_a_bounded_sample_of_blocks(explorer_model, monkeypatch):
+    """Above MAX_POOLED_POINTS the features pool a seeded sample of blocks: close to the whole grid's,
+    reproducible, and computed on no more points than the bound (plus one block)."""
+    import rhox.engine.descriptors as descriptors
+    from rhox.engine import energy
+    from rhox.engine.grid import grid_shape_for_spacing
+    from rhox.engine.model import load_model
+    from rhox.engine.structures import random_alloy
+
+    model = load_model(explorer_model)
+    atoms = random_alloy("SiGeSn", "Si0.5Ge0.25Sn0.25", repeat=(3, 3, 2), seed=3)
+    atoms.rattle(0.05, seed=4)
+    args = ("descriptor", model.species, model.descriptor, model.grid_spacing)
+    whole = energy.raw_features(atoms, *args)
+    counted = []
+    original = descriptors.BlockedDescriptorCalculator.__call__
+
+    def counting(self, points):
+        counted.append(len(points))
+        return original(self, points)
+
+    monkeypatch.setattr(descriptors.BlockedDescriptorCalculator, "__call__", counting)
+    monkeypatch.setattr(energy, "MAX_POOLED_POINTS", 100_000)
+    sampled = energy.raw_features(atoms, *args)
+    n_grid = int(np.prod(grid_shape_for_spacing(atoms.cell.array, model.grid_spacing)))
+    assert n_grid > 2 * 100_000  # the bound bites
+    assert 0 < sum(counted) <= 100_000
+    assert not np.array_equal(sampled, whole)  # a sample, not the grid
+    # what matters: the energy from the sample is the whole grid's, far inside its σ
+    e_whole, sigma = model.energy.predict_raw(whole[None])
+    e_sampled, _ = model.energy.predict_raw(sampled[None])
+    assert abs(e_sampled[0] - e_whole[0]) < 0.05 * sigma[0], (e_sampled, e_whole, sigma)
+    np.testing.assert_array_equal(energy.raw_features(atoms, *args), sampled)  # seeded: the same sample
