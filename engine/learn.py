@@ -853,9 +853,7 @@ def fit_from_scratch(train: Sequence, val: Sequence, descriptor, cfg, steps: int
 
     import torch
 
-    from .bnn import NetConfig, make_net
-    from .model import RhoxModel
-    from .training import _train_net, calibration_scale, grid_spacing
+    from .training import _train_net, calibration_scale, grid_spacing, new_model
 
     if not train or not val:
         raise InputError(f"training from scratch needs training and validation configurations, "
@@ -867,18 +865,10 @@ def fit_from_scratch(train: Sequence, val: Sequence, descriptor, cfg, steps: int
     epochs = max(1, math.ceil(steps / per_epoch))
     cfg = replace(cfg, max_epochs=epochs, patience=epochs, baseline=False)
     torch.manual_seed(cfg.seed)
-    device = train[0].x.device
-    xt = torch.cat([c.x for c in train])
-    yt = torch.cat([c.y for c in train])
-    x_std = xt.std(0).cpu().numpy()
-    net = make_net(NetConfig(descriptor.length, tuple(cfg.hidden), True, cfg.prior_sigma, cfg.init_sigma,
-                             cfg.members)).to(device)
-    model = RhoxModel(net=net, descriptor=descriptor, x_mean=xt.mean(0).cpu().numpy(),
-                      x_std=np.where(x_std > 1e-6, x_std, 1.0).astype(np.float32), y_mean=float(yt.mean()),
-                      y_std=float(yt.std()), system=system,
-                      species=tuple(sorted({s for c in train for s in c.sample.atoms.get_chemical_symbols()})),
-                      grid_spacing=grid_spacing([c.sample for c in train]))
-    del xt, yt
+    species = sorted({s for c in train for s in c.sample.atoms.get_chemical_symbols()})
+    model = new_model(train, descriptor, cfg, species, grid_spacing([c.sample for c in train]), train[0].x.device)
+    model.system = system
+    net = model.net
     history = _train_net(net, model, list(train), list(val), cfg, epochs, None, "bnn", False, {}, None, None)
     net.eval()
     model.meta = {"sigma_scale": calibration_scale(model, list(val), seed=cfg.seed), "history": history}

@@ -331,6 +331,19 @@ def check_output_dir(out_dir: Path, overwrite: bool = False, resume: bool = Fals
                          f"or allow overwriting it")
 
 
+
+def new_model(train, descriptor, cfg: TrainConfig, species, spacing: float, device) -> RhoxModel:
+    """A freshly initialised BNN wrapped as a model, its input and output normalisation taken from
+    the featurized training configurations ``train`` (descriptor units; density in electrons/Å³)."""
+    xt = torch.cat([c.x for c in train])
+    yt = torch.cat([c.y for c in train])
+    x_std = xt.std(0).cpu().numpy()
+    net = make_net(NetConfig(descriptor.length, tuple(cfg.hidden), True, cfg.prior_sigma, cfg.init_sigma,
+                             cfg.members)).to(device)
+    return RhoxModel(net=net, descriptor=descriptor, x_mean=xt.mean(0).cpu().numpy(),
+                     x_std=np.where(x_std > 1e-6, x_std, 1.0).astype(np.float32), y_mean=float(yt.mean()),
+                     y_std=float(yt.std()), species=tuple(species), grid_spacing=spacing)
+
 def fit(
     dataset: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -440,15 +453,8 @@ def _fit(dataset, out_dir, cfg: TrainConfig, parent, resume, overwrite, on_epoch
             for p in layer.parameters():
                 p.requires_grad_(False)
     else:
-        xt = torch.cat([c.x for c in train])
-        yt = torch.cat([c.y for c in train])
-        x_std = xt.std(0).cpu().numpy()
-        net = make_net(NetConfig(descriptor.length, tuple(cfg.hidden), True, cfg.prior_sigma, cfg.init_sigma,
-                                 cfg.members)).to(device)
-        model = RhoxModel(net=net, descriptor=descriptor, x_mean=xt.mean(0).cpu().numpy(),
-                          x_std=np.where(x_std > 1e-6, x_std, 1.0).astype(np.float32), y_mean=float(yt.mean()),
-                          y_std=float(yt.std()), species=species, grid_spacing=grid_spacing(samples))
-        del xt, yt
+        model = new_model(train, descriptor, cfg, species, grid_spacing(samples), device)
+        net = model.net
     model.system = model.system or str(samples[0].atoms.info.get("system", ""))
     status(f"training BNN on {len(train)} configurations ({sum(len(c.y) for c in train)} grid points), "
            f"validating on {len(val)}")
