@@ -16,8 +16,9 @@ blocks done (as ranges of block numbers in :func:`engine.grid.iter_blocks` order
 running sums behind the summary (as fractions, so the summary does not depend on the order in which
 blocks finish).
 
-With ``workers`` (a Dask LocalCluster of that many single-threaded processes) or ``scheduler`` (the
-address of a running Dask scheduler) the blocks are computed by Dask workers: each task computes a run
+With ``workers`` (that many single-threaded worker processes of this machine: plain processes by
+default, or a Dask LocalCluster) or ``scheduler`` (the address of a running Dask scheduler) the blocks
+are computed by worker processes: each task computes a run
 of consecutive blocks (descriptors and network, the same S weight sets from the same seed, so the
 numbers are those of a serial run) and writes its own chunks into the store; the structure is read
 from the store itself. Only block numbers and two sums per block come back to the client, which keeps
@@ -250,6 +251,12 @@ def compute_blocks(store: str, run: dict, start: int, stop: int, model, threads:
     return out
 
 
+LOCAL_WORKERS = "processes"
+"""How ``workers`` local workers run by default: plain processes (:func:`_run_on_processes`). Measured on the
+2-core box (S = 20, blended, novelty on), they compute a block in less CPU time than Dask LocalCluster
+workers, whose worker threads share the interpreter with Dask's monitors (a stack-sampling profiler every
+10 ms, a memory monitor, heartbeats); see benchmarks/README.md §5b. Dask stays for ``scheduler``."""
+
 def check_workers(workers: int | None, scheduler: str | None) -> None:
     """Refuse (:class:`InputError`) a bad request for Dask workers, before anything is written."""
     if workers is not None and scheduler is not None:
@@ -281,6 +288,7 @@ def predict_to_zarr(
     task_blocks: int | None = None,
     device=None,
     blend: bool = True,
+    local: str = LOCAL_WORKERS,
 ) -> StreamSummary:
     """Predict the fields of ``atoms`` into the zarr store ``path``, block by block.
 
@@ -289,9 +297,9 @@ def predict_to_zarr(
     existing ``path`` is refused unless ``resume``; with ``resume`` a store of the same model,
     structure and settings continues from the blocks recorded done (another prediction is refused,
     naming what differs), and a missing store starts afresh. ``progress(done, total)`` after each
-    block (with Dask: after each task).
+    block (with workers: after each task).
 
-    ``workers``: compute on a Dask LocalCluster of that many single-threaded worker processes;
+    ``workers``: compute on that many single-threaded worker processes of this machine (see ``local``);
     ``scheduler``: on the workers of the running Dask scheduler at that address (``tcp://HOST:PORT``),
     which must reach ``path`` under the same name. ``task_blocks``: consecutive blocks per Dask task
     (default: up to 16, fewer when there are few blocks per worker). The fields equal a serial run's.
@@ -299,7 +307,12 @@ def predict_to_zarr(
     of that name says why). ``device``: as :func:`engine.predict.predict` (serial runs). ``blend``: as
     :func:`engine.predict.predict_blocks` (False: no frame blending; faster, not continuous at
     neighbour-distance ties); recorded in the store, so a resumed run blends as the first did.
+    ``local``: how ``workers`` are started: ``"processes"`` (default: plain single-threaded worker
+    processes of this machine, :data:`LOCAL_WORKERS`) or ``"dask"`` (a Dask LocalCluster); the same
+    tasks and the same numbers either way.
     """
+    if local not in ("processes", "dask"):
+        raise InputError(f"local workers are 'processes' or 'dask', got {local!r}")
     store = Path(path)
     check_workers(workers, scheduler)
     check_species(model, atoms, allow_foreign)
@@ -359,8 +372,11 @@ def predict_to_zarr(
             return _missing_runs(done, n_blocks, task_blocks or max(1, min(16, todo // (4 * n_workers))))
 
         if len(done) < n_blocks:
-            _run_on_dask(where, run, model, runs_for, workers, scheduler, finished, save,
-                         lambda: progress(len(done), n_blocks) if progress else None)
+            report = lambda: progress(len(done), n_blocks) if progress else None  # noqa: E731
+            if scheduler is None and local == "processes":
+                _run_on_processes(where, run, model, runs_for, int(workers), finished, save, report)
+            else:
+                _run_on_dask(where, run, model, runs_for, workers, scheduler, finished, save, report)
     n_points = int(np.prod(shape))
     import zarr
 
@@ -368,6 +384,45 @@ def predict_to_zarr(
     return StreamSummary(path=store, shape=tuple(shape), n_blocks=n_blocks, blocks_resumed=done0,
                          integral=float(sums[0] * Fraction(atoms.get_volume()) / n_points),
                          mean_sigma=float(sums[1] / n_points))
+
+
+_WORKER_MODEL = None  # per worker process: the model, sent once when the process starts
+
+
+def _start_worker(model) -> None:
+    global _WORKER_MODEL
+    torch.set_num_threads(1)  # one process per core: each runs torch with one thread
+    _WORKER_MODEL = model
+
+
+def _worker_blocks(store: str, run: dict, start: int, stop: int) -> list[tuple[int, float, float]]:
+    return compute_blocks(store, run, start, stop, _WORKER_MODEL, threads=1)
+
+
+def _run_on_processes(store: str, run: dict, model, runs_for: Callable[[int], list[tuple[int, int]]],
+                      workers: int, finished, save, report) -> None:
+    """Runs of blocks on ``workers`` single-threaded worker processes of this machine (started fresh,
+    not forked: torch's thread pools do not survive a fork), each writing its own chunks; only block
+    numbers and sums come back. Same tasks, and so the same numbers, as on Dask workers."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker, initargs=(model,))
+    pending = set()
+    try:
+        pending = {pool.submit(_worker_blocks, store, run, a, b) for a, b in runs_for(workers)}
+        while pending:
+            ended, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in ended:
+                for i, s_mean, s_sigma in fut.result():  # a worker's error is raised here, as it was raised there
+                    finished(i, s_mean, s_sigma)
+            save()
+            report()
+    finally:
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_on_dask(store: str, run: dict, model, runs_for: Callable[[int], list[tuple[int, int]]],
@@ -388,7 +443,9 @@ def _run_on_dask(store: str, run: dict, model, runs_for: Callable[[int], list[tu
         # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which made the blocks 25-40 % slower
         # here (memory handed back to the OS and faulted in again every block): left unset. Quiet: the
         # nanny's notes on stopping its workers are not the user's business.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        # Dask's stack-sampling profiler (every 10 ms) takes the GIL from the computing thread: off.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                              "distributed.worker.profile.enabled": False}):
             cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
                                    dashboard_address=None, host="127.0.0.1", silence_logs=logging.ERROR)
         client = Client(cluster)

@@ -56,12 +56,13 @@ def _assert_same_fields(a_path, b_path):
         assert np.array_equal(a[name], b[name]), name
 
 
-def test_two_local_workers_equal_serial(tiny_model, sige, tmp_path, one_thread):
+@pytest.mark.parametrize("local", ["processes", "dask"])
+def test_two_local_workers_equal_serial(tiny_model, sige, tmp_path, one_thread, local):
     _, model = tiny_model
     serial = predict_to_zarr(model, sige, tmp_path / "serial.zarr", shape=SHAPE, n_samples=4, seed=3)
     seen = []
     dask = predict_to_zarr(model, sige, tmp_path / "dask.zarr", shape=SHAPE, n_samples=4, seed=3, workers=2,
-                           progress=lambda d, t: seen.append((d, t)))
+                           progress=lambda d, t: seen.append((d, t)), local=local)
     _assert_same_fields(tmp_path / "serial.zarr", tmp_path / "dask.zarr")
     # The summary is summed exactly, so the order in which workers finish does not change it.
     assert (dask.integral, dask.mean_sigma, dask.n_blocks) == (serial.integral, serial.mean_sigma, N_BLOCKS)
@@ -133,7 +134,8 @@ def test_bad_dask_requests_are_refused_before_anything_is_written(tiny_model, si
     for kwargs, words in [({"workers": 0}, "workers must be a whole number >= 1, got 0"),
                           ({"workers": 2, "scheduler": "tcp://127.0.0.1:1"}, "not both"),
                           ({"scheduler": "tcp://127.0.0.1:1"}, "not reachable"),
-                          ({"scheduler": "nonsense"}, "tcp://HOST:PORT")]:
+                          ({"scheduler": "nonsense"}, "tcp://HOST:PORT"),
+                          ({"workers": 2, "local": "threads"}, "'processes' or 'dask', got 'threads'")]:
         with pytest.raises(InputError, match=words):
             predict_to_zarr(model, sige, tmp_path / "r.zarr", shape=SHAPE, n_samples=2, **kwargs)
         assert list(tmp_path.iterdir()) == []
