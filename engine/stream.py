@@ -253,9 +253,10 @@ def compute_blocks(store: str, run: dict, start: int, stop: int, model, threads:
 
 LOCAL_WORKERS = "processes"
 """How ``workers`` local workers run by default: plain processes (:func:`_run_on_processes`). Measured on the
-2-core box (S = 20, blended, novelty on), they compute a block in less CPU time than Dask LocalCluster
-workers, whose worker threads share the interpreter with Dask's monitors (a stack-sampling profiler every
-10 ms, a memory monitor, heartbeats); see benchmarks/README.md §5b. Dask stays for ``scheduler``."""
+2-core box (S = 20, blended, novelty on; benchmarks/README.md §5b): two plain worker processes cost about
+as much CPU per block as one serial process, two Dask LocalCluster workers about 25 % more (turning off
+Dask's worker profiler did not change that). Dask stays for ``scheduler`` and on request."""
+
 
 def check_workers(workers: int | None, scheduler: str | None) -> None:
     """Refuse (:class:`InputError`) a bad request for Dask workers, before anything is written."""
@@ -443,9 +444,7 @@ def _run_on_dask(store: str, run: dict, model, runs_for: Callable[[int], list[tu
         # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which made the blocks 25-40 % slower
         # here (memory handed back to the OS and faulted in again every block): left unset. Quiet: the
         # nanny's notes on stopping its workers are not the user's business.
-        # Dask's stack-sampling profiler (every 10 ms) takes the GIL from the computing thread: off.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-                              "distributed.worker.profile.enabled": False}):
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
             cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
                                    dashboard_address=None, host="127.0.0.1", silence_logs=logging.ERROR)
         client = Client(cluster)
