@@ -114,6 +114,27 @@ def test_interrupted_dask_run_resumes_to_the_uninterrupted_result(tiny_model, si
     assert (resumed.integral, resumed.mean_sigma) == (whole.integral, whole.mean_sigma)
 
 
+def test_interrupted_run_on_local_processes_resumes_to_the_uninterrupted_result(tiny_model, sige, tmp_path,
+                                                                                 one_thread):
+    _, model = tiny_model
+    whole = predict_to_zarr(model, sige, tmp_path / "whole.zarr", shape=SHAPE, n_samples=4, seed=2)
+
+    def killer(done, total):
+        if done >= 2:
+            raise Stop  # the parent dies after two tasks came back; the rest are cancelled
+
+    with pytest.raises(Stop):
+        predict_to_zarr(model, sige, tmp_path / "cut.zarr", shape=SHAPE, n_samples=4, seed=2, task_blocks=1,
+                        workers=2, progress=killer)
+    record = json.loads((tmp_path / "cut.zarr" / keys.STREAM_PROGRESS).read_text())
+    assert 2 <= record["blocks_done"] < N_BLOCKS
+    resumed = predict_to_zarr(model, sige, tmp_path / "cut.zarr", shape=SHAPE, n_samples=4, seed=2, resume=True,
+                              workers=2, task_blocks=1)
+    assert resumed.blocks_resumed == record["blocks_done"]
+    _assert_same_fields(tmp_path / "whole.zarr", tmp_path / "cut.zarr")
+    assert (resumed.integral, resumed.mean_sigma) == (whole.integral, whole.mean_sigma)
+
+
 def test_compute_blocks_returns_sums_not_fields(tiny_model, sige, tmp_path, one_thread):
     """The unit of work sends back block numbers and two sums per block, never field values."""
     _, model = tiny_model
