@@ -231,28 +231,41 @@ def neighbour_check(atoms: Atoms, domain: dict) -> DomainCheck:
 def training_shell_bound(model) -> int | None:
     """The largest :func:`shell_diversity` of any atom of the model's training cells (``domain``
     ``shell_diversity_max``, recorded at training, merged with the parent's at fine-tuning; for a
-    model trained before it was recorded, from its training dataset, read-only, once per model);
-    None when neither is available."""
+    model trained before it was recorded, :func:`lineage_shell_bound`, once per model, in memory
+    only); None when neither is available."""
     domain = model.meta.get("domain") if isinstance(model.meta.get("domain"), dict) else {}
     if domain.get("shell_diversity_max") is not None:
         return int(domain["shell_diversity_max"])
     if "_shell_bound" not in model.__dict__:
-        from .lineage import training_dataset_path
-        from .store import Dataset
+        model.__dict__["_shell_bound"] = lineage_shell_bound(model.meta, getattr(model, "directory", None))
+    return model.__dict__["_shell_bound"]
 
-        bound = None
-        training = model.meta.get("training") or {}
-        for p in training_dataset_path(training.get("dataset"), getattr(model, "directory", None)):
+
+def lineage_shell_bound(config: dict, directory=None) -> int | None:
+    """The largest :func:`shell_diversity` over the training datasets of a model config and of its
+    ancestors (its lineage; each found as :func:`rhox.engine.lineage.training_dataset_path` finds
+    it, opened read-only), as training would have recorded it; None when none of them is found."""
+    from .lineage import lineage_of, training_dataset_path, _walk_datasets
+    from .store import Dataset
+
+    names = [(config.get("training") or {}).get("dataset")]
+    names += [d.get("path") for d in _walk_datasets(lineage_of(config, directory))]
+    bounds, seen = [], set()
+    for name in names:
+        for p in training_dataset_path(name, directory):
             if not p.is_file():
                 continue
+            if p.resolve() in seen:
+                break
             try:
-                bound = dom.shell_diversity_max(s.atoms for s in Dataset(p, readonly=True).samples())
+                b = dom.shell_diversity_max(s.atoms for s in Dataset(p, readonly=True).samples())
             except Exception:  # unreadable candidate: try the next
                 continue
-            if bound is not None:
-                break
-        model.__dict__["_shell_bound"] = bound  # in memory only, never written
-    return model.__dict__["_shell_bound"]
+            seen.add(p.resolve())
+            if b is not None:
+                bounds.append(b)
+            break
+    return max(bounds) if bounds else None
 
 
 def _size_term_effect(nov, size, atoms: Atoms, fields) -> dict | None:
