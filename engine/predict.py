@@ -306,7 +306,7 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
             out["sigma_epistemic"] = torch.sqrt(p["var_epistemic"]) * ys * scale
         out["sigma_aleatoric"] = torch.sqrt(p["var_aleatoric"]) * ys * scale
         vals = {k: v.reshape(sub).cpu().numpy() for k, v in out.items()}
-        if nov is not None:
+        if spreader is not None or size is not None:  # else σ stays as computed, bit for bit
             var_e = vals["sigma_epistemic"].astype(np.float64) ** 2
             if spreader is not None:
                 g = spreader(np.asarray(pts, dtype=np.float64).reshape(-1, 3)).reshape(sub)
