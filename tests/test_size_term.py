@@ -296,3 +296,41 @@ def test_bundled_sigesn_model_carries_bound_and_coefficient():
     assert 0.005 < nov.size_coefficient < 0.05 and inflating_novelty(model) is nov
     assert model.meta["novelty"]["size_term"]["coefficient"] == nov.size_coefficient
     assert nov.size_calibration["dataset"].endswith("sigesn_kpoint_calib_large.db")
+
+
+def test_training_with_a_calibration_set_of_larger_cells_fits_the_size_term(tiny_dataset, tmp_path):
+    """``rhox train --calibration``: the calibration set holds 4-atom cells with their own disorder
+    (up to 4 distinct atoms among 16 neighbours, beyond the 2-atom training cells' 2): the size term
+    is fitted on all their points, reaches nominal 1σ coverage there (or was at it already: c = 0),
+    and is saved with the model."""
+    from ase.build import bulk as build
+
+    from rhox.engine.dft import DFTSettings
+    from rhox.engine.generate import plan_structures, run_task
+    from rhox.engine.novelty import model_novelty
+    from rhox.engine.store import Dataset
+
+    calib = tmp_path / "calib.db"
+    cells = []
+    for k, a in enumerate((5.50, 5.58)):
+        at = build("Si", "diamond", a=a).repeat((2, 1, 1))
+        at.set_chemical_symbols(["Si", "Ge", "Ge", "Si"])
+        at.rattle(0.05, seed=10 + k)
+        cells.append((f"SiGe4_{k}", at))
+    for task in plan_structures(cells, DFTSettings(ecut=200.0, xc="LDA", kpts=(2, 2, 2), smearing=0.1),
+                                system_name="SiGe"):
+        assert run_task(task, str(calib))["status"] == "done"
+    assert all(domain.shell_diversity(s.atoms).min() > 2 for s in Dataset(calib, readonly=True).samples())
+    cfg = TrainConfig(hidden=(32, 32), max_epochs=6, batch_size=512, learning_rate=3e-3, seed=0,
+                      val_fraction=0.34, patience=20, device="cpu", baseline=False)
+    model = fit(tiny_dataset, tmp_path / "m", cfg, calibration=calib)
+    nov = model_novelty(model)
+    rec = nov.size_calibration
+    assert rec["training_shell_bound"] == 2 and rec["points_beyond"] == rec["points"] > 0
+    before, after = rec["coverage_percent_before"], rec["coverage_percent_after"]
+    if nov.size_coefficient > 0:
+        assert before[0] < 100 * an.NOMINAL_1SIGMA <= after[0] < 100 * an.NOMINAL_1SIGMA + 1.0
+    else:
+        assert before == after and before[0] >= 100 * an.NOMINAL_1SIGMA
+    saved = model_novelty(load_model(tmp_path / "m"))
+    assert saved.size_coefficient == nov.size_coefficient and saved.size_calibration == rec
