@@ -278,20 +278,21 @@ def _size_term_effect(nov, size, atoms: Atoms, fields) -> dict | None:
     from .grid import grid_points, iter_blocks
 
     rho = np.asarray(fields.mean)
-    se = np.asarray(fields.sigma_epistemic, dtype=np.float64)
-    st = np.asarray(fields.sigma_total, dtype=np.float64)
-    extra = np.empty(rho.shape)
+    se, st = np.asarray(fields.sigma_epistemic), np.asarray(fields.sigma_total)
+    sums = np.zeros(4)  # Σσ_epi, Σσ_epi without, Σσ_total, Σσ_total without
     touched = 0
-    for tile in iter_blocks(rho.shape, (48, 48, 48)):  # memory of a block, not of the grid's points
+    for tile in iter_blocks(rho.shape, (48, 48, 48)):  # memory of a block, not of the grid
+        sub = rho[tile].shape
         beyond = size.beyond(grid_points(atoms.cell.array, rho.shape, tile))
-        beyond = np.broadcast_to(np.asarray(beyond).reshape(-1), (rho[tile].size,)).reshape(rho[tile].shape)
-        extra[tile] = nov.add_size_term(np.zeros(rho[tile].shape), rho[tile], beyond)
+        beyond = np.broadcast_to(np.asarray(beyond).reshape(-1), (rho[tile].size,)).reshape(sub)
+        extra = nov.add_size_term(np.zeros(sub), rho[tile], beyond)
+        e, t = se[tile].astype(np.float64), st[tile].astype(np.float64)
+        sums += [e.sum(), np.sqrt(np.maximum(e ** 2 - extra, 0.0)).sum(),
+                 t.sum(), np.sqrt(np.maximum(t ** 2 - extra, 0.0)).sum()]
         touched += int(np.count_nonzero(beyond))
-    raw_e = np.sqrt(np.maximum(se ** 2 - extra, 0.0))
-    raw_t = np.sqrt(np.maximum(st ** 2 - extra, 0.0))
     return {"grid_fraction": touched / rho.size,
-            "sigma_epistemic_ratio": float(se.mean() / raw_e.mean()) if raw_e.mean() > 0 else math.inf,
-            "sigma_total_ratio": float(st.mean() / raw_t.mean()) if raw_t.mean() > 0 else math.inf}
+            "sigma_epistemic_ratio": float(sums[0] / sums[1]) if sums[1] > 0 else math.inf,
+            "sigma_total_ratio": float(sums[2] / sums[3]) if sums[3] > 0 else math.inf}
 
 
 def shell_check(model, atoms: Atoms, fields=None) -> DomainCheck:
