@@ -311,7 +311,7 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
             if spreader is not None:
                 g = spreader(np.asarray(pts, dtype=np.float64).reshape(-1, 3)).reshape(sub)
                 var_e = nov.inflate(var_e, vals["mean"], g)
-            if size is not None:  # every atom beyond (a big cell of its own disorder): no search
+            if size is not None:  # every atom beyond (a big cell of its own disorder): True, no search
                 beyond = True if size.everywhere else size.beyond(np.asarray(pts, dtype=np.float64)).reshape(sub)
                 var_e = nov.add_size_term(var_e, vals["mean"], beyond)
             vals["sigma_epistemic"] = np.sqrt(var_e).astype(np.float32)
