@@ -328,7 +328,7 @@ TRAINING_DB = ROOT / "assets" / "sigesn_train_defects.db"  # the default model's
 
 
 def size_term(n_samples: int = 20) -> dict:
-    """Measure a σ term for atoms whose neighbour shells hold more distinct atoms than any training
+    """Measure (post hoc, on the shipped model's σ without it) a σ term for atoms whose neighbour shells hold more distinct atoms than any training
     atom's (``rhox.engine.trust.shell_diversity`` above the training maximum, the trust report's
     "environment range"): σ_epi'² = σ_epi² + (c·ρ̂)² on the grid
     points nearest such atoms (σ_total likewise), ``c`` the smallest value giving 68.27 % 1σ coverage
@@ -340,7 +340,8 @@ def size_term(n_samples: int = 20) -> dict:
     from rhox.engine.predict import predict
     from rhox.engine.store import open_readonly
 
-    from rhox.engine.trust import SHELL_NEIGHBOURS, shell_diversity, training_shell_bound
+    from rhox.engine.atom_novelty import SizeTerm, fit_size_coefficient
+    from rhox.engine.trust import SHELL_NEIGHBOURS, training_shell_bound
 
     model = rhox.load_model()
     bound = training_shell_bound(model)  # from the model's training set, TRAINING_DB
@@ -358,8 +359,11 @@ def size_term(n_samples: int = 20) -> dict:
             smp = row_to_sample(row)
             rho = smp.total_density
             f = predict(model, smp.atoms, shape=rho.shape, n_samples=n_samples, seed=0)
-            owner = nearest_atom(smp.atoms, grid_points(smp.atoms.cell.array, rho.shape))
-            flag = (shell_diversity(smp.atoms) > bound)[owner]
+            # The engine's definition (rhox.engine.atom_novelty.SizeTerm, what rhox predict applies): the
+            # points whose nearest atom (periodic) is beyond the bound; first measured here as
+            # (shell_diversity(atoms) > bound)[nearest_atom(atoms, points)], the same points.
+            beyond = SizeTerm(smp.atoms, bound).beyond(grid_points(smp.atoms.cell.array, rho.shape).reshape(-1, 3))
+            flag = np.broadcast_to(beyond, (rho.size,)).copy()
             cells.append({"row": int(row.id), "rho": rho.ravel(), "mean": np.asarray(f.mean, np.float64).ravel(),
                           "st": np.asarray(f.sigma_total, np.float64).ravel(),
                           "se": np.asarray(f.sigma_epistemic, np.float64).ravel(), "flag": flag})
@@ -374,17 +378,7 @@ def size_term(n_samples: int = 20) -> dict:
         mean = np.concatenate([x["mean"] for x in calib])
         st = np.concatenate([x["st"] for x in calib])
         fl = np.concatenate([x["flag"] for x in calib])
-        err = np.abs(mean - rho)[fl]
-
-        def cov1(cc):
-            return np.mean(err <= np.sqrt(st[fl] ** 2 + (cc * np.abs(mean[fl])) ** 2))
-
-        if cov1(0.0) < 0.6827:
-            lo, hi = 0.0, 1.0
-            for _ in range(60):
-                mid = 0.5 * (lo + hi)
-                lo, hi = (mid, hi) if cov1(mid) < 0.6827 else (lo, mid)
-            c = hi
+        c = fit_size_coefficient(fl, mean, np.abs(mean - rho), st)  # the engine's fit (rhox train --calibration)
     out = {"model": "assets/model (as shipped: calibrated σ, blending, atom-novelty inflation; S = %d)" % n_samples,
            "training_shell_diversity_max": bound, "n_shell": SHELL_NEIGHBOURS, "coefficient": c,
            "fitted_on": str(LARGE_CALIB_DB.relative_to(ROOT)), "sets": {}}
@@ -422,6 +416,96 @@ def size_term(n_samples: int = 20) -> dict:
     return out
 
 
+APPLIED_JSON = HERE / "results" / "kpoint_size_term_applied.json"
+APPLIED_SETS = {**WHERE_SETS,
+                "strain (8 atoms, +6/-6/-10 %)": HERE / "data" / "sigesn_ood_strain.db",
+                "vacancy (8 atoms, one vacancy)": HERE / "data" / "sigesn_ood_vacancy.db"}
+
+
+def size_term_applied(n_samples: int = 20) -> dict:
+    """What ``rhox predict`` now gives: the default model as loaded (its stored size coefficient, see
+    benchmarks/bundle_size_term.py), predictions through ``rhox.engine.predict.predict`` with the size
+    term applied by the engine, against the same model with the term off (coefficient 0 in memory),
+    on every set; and the coefficient fitted again by the engine's calibration
+    (``rhox.engine.atom_novelty.calibrate(..., novelty=False)`` on LARGE_CALIB_DB) to check it is the
+    stored one. Written to APPLIED_JSON (atomically)."""
+    import rhox
+    from rhox.engine import atom_novelty
+    from rhox.engine.metrics import coverage, l1_sums
+    from rhox.engine.novelty import model_novelty
+    from rhox.engine.predict import predict, size_term
+    from rhox.engine.store import open_readonly, row_to_sample
+    from rhox.engine.trust import training_shell_bound
+
+    model = rhox.load_model()
+    nov = model_novelty(model)
+    stored = (nov.size_coefficient, dict(nov.size_calibration))
+    t0 = time.time()
+    atom_novelty.calibrate(model, LARGE_CALIB_DB, n_samples=n_samples, seed=0, novelty=False)
+    refit = {"coefficient": nov.size_coefficient, "calibration": nov.size_calibration,
+             "seconds": round(time.time() - t0, 1)}
+    nov.size_coefficient, nov.size_calibration = stored
+    print(f"  stored size coefficient {stored[0]!r}, fitted again by the engine {refit['coefficient']!r}", flush=True)
+    out = {"model": "assets/model as rhox predict runs it (calibrated σ, blending, atom-novelty inflation and size "
+                    "term; S = %d, seed 0)" % n_samples,
+           "training_shell_diversity_max": training_shell_bound(model), "size_coefficient": stored[0],
+           "refit_by_engine": refit, "measured": time.strftime("%Y-%m-%d"), "sets": {}}
+    test = None
+    for name, path in APPLIED_SETS.items():
+        if not Path(path).exists():
+            continue
+        acc = {"with": [], "without": []}
+        fractions, seconds = [], 0.0
+        for row in open_readonly(path).rows():
+            if path == OUT_DB and row.get("kmesh") != "super_gamma":
+                continue
+            smp = row_to_sample(row)
+            rho = smp.total_density
+            t1 = time.time()
+            f = predict(model, smp.atoms, shape=rho.shape, n_samples=n_samples, seed=0)
+            seconds += time.time() - t1
+            frac = size_term(model, nov, smp.atoms).fraction
+            fractions.append(frac)
+            if frac > 0:
+                nov.size_coefficient = 0.0
+                try:
+                    g = predict(model, smp.atoms, shape=rho.shape, n_samples=n_samples, seed=0)
+                finally:
+                    nov.size_coefficient = stored[0]
+            else:
+                g = f  # no atom beyond the bound: the term adds nothing (tests/test_size_term.py: bit for bit)
+            for tag, ff in (("with", f), ("without", g)):
+                acc[tag].append((np.asarray(ff.mean, np.float64).ravel(), rho.ravel(),
+                                 np.asarray(ff.sigma_total, np.float64).ravel(),
+                                 np.asarray(ff.sigma_epistemic, np.float64).ravel()))
+        if not fractions:
+            continue
+        res = {"cells": len(fractions), "fraction_of_atoms_beyond": fractions,
+               "predict_seconds_with_term": round(seconds, 1)}
+        for tag, rows in acc.items():
+            m_, r_, st_, se_ = (np.concatenate(z) for z in zip(*rows))
+            e, r = l1_sums(m_, r_)
+            res[tag] = {"L1%": round(100 * e / r, 3),
+                        "coverage_1_2_3": [round(v, 1) for v in coverage(m_, r_, st_).values()],
+                        "mean_sigma_epistemic": float(se_.mean()), "mean_sigma_total": float(st_.mean())}
+        out["sets"][name] = res
+        if name.startswith("test"):
+            test = res
+        print(f"  {name}: coverage {res['without']['coverage_1_2_3']} -> {res['with']['coverage_1_2_3']}", flush=True)
+    if test:
+        for res in out["sets"].values():
+            for tag in ("with", "without"):
+                t = test[tag]
+                res[tag]["vs test: sigma_epi, sigma_total, L1%"] = [
+                    round(res[tag]["mean_sigma_epistemic"] / t["mean_sigma_epistemic"], 2),
+                    round(res[tag]["mean_sigma_total"] / t["mean_sigma_total"], 2),
+                    round(res[tag]["L1%"] / t["L1%"], 2)]
+    tmp = APPLIED_JSON.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, APPLIED_JSON)
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--meshes", default=",".join(MESHES), help="comma-separated subset of " + ",".join(MESHES))
@@ -433,13 +517,15 @@ def main(argv=None) -> None:
                    help="also make the 64-atom calibration cells (LARGE_CALIB_DB)")
     p.add_argument("--size-term", action="store_true",
                    help="only measure the σ term for atoms beyond the training cells' shell diversity")
+    p.add_argument("--size-term-applied", action="store_true",
+                   help="only measure the σ that rhox predict gives with the size term applied by the engine")
     p.add_argument("--summary-only", action="store_true", help="only summarise what is stored")
     a = p.parse_args(argv)
-    if a.where or a.size_term:
+    if a.where or a.size_term or a.size_term_applied:
         import torch
 
         torch.set_num_threads(1)
-        where() if a.where else size_term()
+        where() if a.where else size_term() if a.size_term else size_term_applied()
         return
     meshes = [m for m in a.meshes.split(",") if m]
     unknown = [m for m in meshes if m not in MESHES]

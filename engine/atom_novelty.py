@@ -26,6 +26,17 @@ second-shell distance), a compressed atom has all its neighbours closer. So this
   on a **calibration set** (cells the model never trained on, and no test set): the smallest c
   with 1σ coverage of 68.3 % over the calibration points whose g exceeds 1.
 
+A second σ term, the **size term**, covers what the fingerprint cannot see: atoms whose
+:data:`~rhox.engine.domain.SHELL_NEIGHBOURS` nearest neighbours hold more distinct atoms than any
+training atom's (:func:`rhox.engine.domain.shell_diversity` above the model's training bound
+``domain.shell_diversity_max``). Small periodic training cells repeat their atoms within the second
+shell; a 64-atom cell with its own disorder does not, and the model's error there was measured
+1.33x the training-size cells' with a flat σ (benchmarks/README.md section 6b, "Large cells"). On
+the grid points whose nearest atom is beyond the bound, σ_epi'² = σ_epi² + (c_size·ρ̂)² on top of
+the novelty term (σ total likewise), c_size fitted like c (1σ coverage 68.27 % over those points of
+a calibration set of large cells, :func:`fit_size_coefficient`) and stored beside it.
+:class:`SizeTerm` prepares the flags once per structure.
+
 Everything is plain numpy/scipy/ASE; the fitted state is one array and a few numbers, saved as
 ``novelty.safetensors`` (metadata ``kind: atom``) beside the model's weights, read back without
 executing code by :func:`rhox.engine.novelty.load_novelty`.
@@ -52,6 +63,7 @@ REACH = 3.0               # in decay lengths: beyond it an atom contributes noth
 K_NEAREST = 4
 MIN_BOUND = 2.0           # the out-of-domain bound is at least this novelty (see fit_atom_novelty)
 NOMINAL_1SIGMA = 0.6827
+NEAREST_REACH = 5.5       # Å: a grid point's nearest atom is searched this far (farther: vacuum)
 
 
 def fingerprints(atoms: Atoms, n_neighbours: int = N_NEIGHBOURS, cutoff: float = CUTOFF,
@@ -161,6 +173,8 @@ class AtomNovelty:
     decay_length: float = DECAY_LENGTH
     coefficient: float = 0.0
     calibration: dict = field(default_factory=dict)
+    size_coefficient: float = 0.0
+    size_calibration: dict = field(default_factory=dict)
     _tree: object = field(default=None, repr=False, compare=False)
 
     kind = "atom"
@@ -192,6 +206,14 @@ class AtomNovelty:
         """Epistemic variance with the novelty term added: σ_epi² + (c·ln g·|ρ̂|)² (e²/Å⁶)."""
         extra = self.coefficient * np.log(np.maximum(1.0, g)) * np.abs(mean)
         return var_epistemic + extra ** 2
+
+    def add_size_term(self, var_epistemic: np.ndarray, mean: np.ndarray, beyond) -> np.ndarray:
+        """Epistemic variance with the size term added where ``beyond`` (bool per point, or one bool
+        for all of them): σ_epi² + (c_size·|ρ̂|)² there (e²/Å⁶)."""
+        if beyond is False or self.size_coefficient <= 0:
+            return var_epistemic
+        extra = (self.size_coefficient * np.abs(np.asarray(mean, dtype=np.float64))) ** 2
+        return var_epistemic + (extra if beyond is True else np.where(beyond, extra, 0.0))
 
 
 class Spreader:
@@ -247,6 +269,51 @@ def spread(atoms: Atoms, points: np.ndarray, atom_values: np.ndarray, length: fl
     return Spreader(atoms, atom_values, length)(np.asarray(points, dtype=np.float64))
 
 
+class SizeTerm:
+    """Where the size term applies on one structure: the grid points whose nearest atom (periodic)
+    sees more distinct atoms among its :data:`~rhox.engine.domain.SHELL_NEIGHBOURS` nearest
+    neighbours than ``bound`` (the model's training maximum), prepared once per structure.
+
+    ``fraction``: the fraction of the atoms beyond the bound. ``everywhere`` / ``nowhere``: every
+    atom (or none) is beyond it; then ``beyond(points)`` answers True (False) for every point
+    without any search. Above :data:`~rhox.engine.domain.MAX_SHELL_ATOMS` atoms the diversity is
+    measured on the seeded sample the trust report uses; a sample all beyond (or none) stands for the
+    structure (a million-atom cell of its own disorder: every atom is), a mixed one is measured on
+    every atom. Only a mixed structure searches the points' nearest atoms: one k-d tree of the atoms
+    and their images within :data:`NEAREST_REACH` Å of the cell (a point with no atom that near lies
+    in vacuum, where ρ̂ ≈ 0: not beyond).
+    """
+
+    def __init__(self, atoms: Atoms, bound: int, diversity: np.ndarray | None = None):
+        from .domain import shell_diversity
+
+        self.bound = int(bound)
+        div = shell_diversity(atoms) if diversity is None else np.asarray(diversity)  # given: as shell_diversity(atoms)
+        if 0 < np.count_nonzero(div > self.bound) < len(div) and len(div) < len(atoms):
+            div = shell_diversity(atoms, sample=None)  # a mixed sample: every atom decides its points
+        flags = div > self.bound
+        self.fraction = float(flags.mean())
+        self.everywhere = bool(flags.all())
+        self.nowhere = not flags.any()
+        self.tree = None
+        if not (self.everywhere or self.nowhere):
+            from scipy.spatial import cKDTree
+
+            from .domain import periodic_images
+
+            pos, src = periodic_images(atoms, NEAREST_REACH)
+            self.tree, self.flags = cKDTree(pos), flags[src]
+
+    def beyond(self, points: np.ndarray):
+        """True, False, or a bool per point of ``points`` (P, 3) Å: whether its nearest atom is beyond."""
+        if self.everywhere or self.nowhere:
+            return self.everywhere
+        d, idx = self.tree.query(np.asarray(points, dtype=np.float64).reshape(-1, 3),
+                                 distance_upper_bound=NEAREST_REACH)
+        found = np.isfinite(d)
+        return found & self.flags[np.where(found, idx, 0)]
+
+
 def fit_atom_novelty(structures, groups, k: int = K_NEAREST, decay_length: float = DECAY_LENGTH) -> AtomNovelty:
     """Fit the novelty on training ``structures`` (ASE Atoms); ``groups``: the configuration of
     each (structures of one group are left out together when scaling). At least 2 groups."""
@@ -283,12 +350,27 @@ def fit_coefficient(g: np.ndarray, mean: np.ndarray, error: np.ndarray, sigma_ep
     sel = np.asarray(g) > 1.0
     if sel.sum() < 10:
         return 0.0
-    lg = np.log(g[sel]) * np.abs(mean[sel])
-    base = sigma_epistemic[sel] ** 2 + sigma_aleatoric[sel] ** 2
-    err = error[sel]
+    return _smallest_coefficient(np.log(g[sel]) * np.abs(mean[sel]),
+                                 sigma_epistemic[sel] ** 2 + sigma_aleatoric[sel] ** 2, error[sel], target)
 
+
+def fit_size_coefficient(beyond: np.ndarray, mean: np.ndarray, error: np.ndarray, sigma_total: np.ndarray,
+                         target: float = NOMINAL_1SIGMA) -> float:
+    """Smallest c_size ≥ 0 with 1σ coverage ``target`` over the points ``beyond`` the training shell
+    bound (bool), where σ² = σ_total² + (c_size·|ρ̂|)² (flat arrays, e/Å³; ``sigma_total`` with the
+    novelty term already in; ``error`` = |ρ̂ − ρ_DFT|). 0 when they are covered already, or for
+    fewer than 10 such points."""
+    sel = np.asarray(beyond, dtype=bool)
+    if sel.sum() < 10:
+        return 0.0
+    return _smallest_coefficient(np.abs(mean[sel]), sigma_total[sel] ** 2, error[sel], target)
+
+
+def _smallest_coefficient(shape: np.ndarray, base: np.ndarray, err: np.ndarray, target: float) -> float:
+    """Smallest c ≥ 0 with mean(err ≤ sqrt(base + (c·shape)²)) ≥ ``target``: bisection on the
+    coverage, monotone in c; 0 when it is reached at c = 0."""
     def coverage(c):
-        return float(np.mean(err <= np.sqrt(base + (c * lg) ** 2)))
+        return float(np.mean(err <= np.sqrt(base + (c * shape) ** 2)))
 
     if coverage(0.0) >= target:
         return 0.0
@@ -314,7 +396,9 @@ def save_atom_novelty(nov: AtomNovelty, directory: str | os.PathLike) -> Path:
     save_file({"reference": np.ascontiguousarray(nov.reference)}, str(tmp),
               metadata={"kind": "atom", "scale": repr(nov.scale), "q99": repr(nov.q99), "k": str(nov.k),
                         "decay_length": repr(nov.decay_length), "coefficient": repr(nov.coefficient),
-                        "calibration": json.dumps(nov.calibration)})
+                        "calibration": json.dumps(nov.calibration),
+                        "size_coefficient": repr(nov.size_coefficient),
+                        "size_calibration": json.dumps(nov.size_calibration)})
     os.replace(tmp, path)
     return path
 
@@ -335,15 +419,19 @@ def load_atom_novelty(directory: str | os.PathLike) -> AtomNovelty | None:
                 raise KeyError("kind")
             ref = f.get_tensor("reference")
         nums = {k: float(meta[k]) for k in ("scale", "q99", "decay_length", "coefficient")}
+        nums["size_coefficient"] = float(meta.get("size_coefficient", "0"))  # files before the size term: off
         k = int(meta["k"])
         calib = json.loads(meta.get("calibration", "{}"))
+        size_calib = json.loads(meta.get("size_calibration", "{}"))
     except (SafetensorError, OSError, KeyError, ValueError) as err:
         raise ModelError(f"{path} is not a readable atom-novelty file: {err}") from err
     if (ref.ndim != 2 or len(ref) < k or k < 1 or not np.all(np.isfinite(ref))
             or not all(math.isfinite(v) for v in nums.values())
-            or nums["scale"] <= 0 or nums["q99"] <= 0 or nums["decay_length"] <= 0 or nums["coefficient"] < 0):
+            or nums["scale"] <= 0 or nums["q99"] <= 0 or nums["decay_length"] <= 0 or nums["coefficient"] < 0
+            or nums["size_coefficient"] < 0):
         raise ModelError(f"{path}: inconsistent or non-finite atom-novelty arrays or numbers")
-    return AtomNovelty(reference=ref, k=k, calibration=calib if isinstance(calib, dict) else {}, **nums)
+    return AtomNovelty(reference=ref, k=k, calibration=calib if isinstance(calib, dict) else {},
+                       size_calibration=size_calib if isinstance(size_calib, dict) else {}, **nums)
 
 
 def summary(nov: AtomNovelty) -> dict:
@@ -351,24 +439,33 @@ def summary(nov: AtomNovelty) -> dict:
     return {"file": ATOM_NOVELTY_FILE, "kind": "atom environment", "n_reference_atoms": int(len(nov.reference)),
             "n_neighbours": int(nov.reference.shape[1]), "k": nov.k, "scale": nov.scale, "q99_training": nov.q99,
             "decay_length_angstrom": nov.decay_length, "inflation": "σ_epi² + (c·ln g·ρ̂)²",
-            "coefficient": nov.coefficient, "calibration": nov.calibration}
+            "coefficient": nov.coefficient, "calibration": nov.calibration,
+            "size_term": {"inflation": "σ_epi² + (c·ρ̂)² nearest atoms beyond the training shell diversity",
+                          "coefficient": nov.size_coefficient, "calibration": nov.size_calibration}}
 
 
 def calibration_arrays(model, samples, n_samples: int = 20, seed: int = 0):
-    """Flat arrays ``(g, mean, |error|, σ_epi, σ_ale)`` over every grid point of the DFT ``samples``
-    (e/Å³; calibrated σ, without any novelty inflation) and the model's novelty g there."""
+    """Flat arrays ``(g, mean, |error|, σ_epi, σ_ale, beyond)`` over every grid point of the DFT
+    ``samples`` (e/Å³; calibrated σ, without any novelty or size term), the model's novelty g there,
+    and whether the point's nearest atom is beyond the training shell bound (:class:`SizeTerm`; all
+    False where the model records no bound)."""
     from .grid import grid_points
     from .predict import predict
+    from .trust import training_shell_bound
 
     nov = model_novelty_or_none(model)
+    bound = training_shell_bound(model)
     out = []
     for s in samples:
         f = predict(model, s.atoms, shape=s.grid_shape, n_samples=n_samples, seed=seed, calibrated=True,
                     novelty_inflation=False)
-        g = nov.grid_novelty(s.atoms, grid_points(s.atoms.cell.array, s.grid_shape))
+        pts = grid_points(s.atoms.cell.array, s.grid_shape).reshape(-1, 3)
+        g = nov.grid_novelty(s.atoms, pts)
+        beyond = SizeTerm(s.atoms, bound).beyond(pts) if bound is not None else False
         out.append((g, f.mean.ravel(), np.abs(f.mean.ravel() - s.total_density.ravel()),
-                    f.sigma_epistemic.ravel(), f.sigma_aleatoric.ravel()))
-    return tuple(np.concatenate(z).astype(np.float64) for z in zip(*out))
+                    f.sigma_epistemic.ravel(), f.sigma_aleatoric.ravel(), np.broadcast_to(beyond, g.shape)))
+    z = list(zip(*out))
+    return (*(np.concatenate(a).astype(np.float64) for a in z[:5]), np.concatenate(z[5]).astype(bool))
 
 
 def model_novelty_or_none(model) -> AtomNovelty:
@@ -380,22 +477,41 @@ def model_novelty_or_none(model) -> AtomNovelty:
     return nov
 
 
-def calibrate(model, dataset: str | os.PathLike, n_samples: int = 20, seed: int = 0) -> AtomNovelty:
+def calibrate(model, dataset: str | os.PathLike, n_samples: int = 20, seed: int = 0,
+              novelty: bool = True) -> AtomNovelty:
     """Fit the σ-inflation coefficient of ``model``'s atom novelty on the DFT cells of ``dataset``
-    (a calibration set: cells the model did not train on, and no test set); returns the novelty with
-    ``coefficient`` and ``calibration`` (what it was fitted on, and the coverage before and after) set.
-    Nothing is written (see :func:`save_atom_novelty`)."""
+    (a calibration set: cells the model did not train on, and no test set), then the size term's on
+    those of its points nearest atoms beyond the training shell bound (with the novelty term in; 0
+    when none is); returns the novelty with ``coefficient``, ``size_coefficient`` and their
+    ``calibration`` records (what each was fitted on, the coverage before and after) set.
+    ``novelty=False`` keeps the novelty coefficient as it is and fits the size term only (a set of
+    large cells added to a model calibrated already). Nothing is written (see :func:`save_atom_novelty`)."""
     from .training import load_samples
+    from .trust import training_shell_bound
 
     nov = model_novelty_or_none(model)
     samples = load_samples(dataset)
-    g, mean, err, se, sa = calibration_arrays(model, samples, n_samples, seed)
-    nov.coefficient = fit_coefficient(g, mean, err, se, sa)
-    before = np.sqrt(se ** 2 + sa ** 2)
-    after = np.sqrt(nov.inflate(se ** 2, mean, g) + sa ** 2)
-    nov.calibration = {
-        "dataset": str(dataset), "n_configurations": len(samples), "points": int(len(g)),
-        "points_above_1": int(np.sum(g > 1)), "target_coverage_1sigma": NOMINAL_1SIGMA,
-        "coverage_percent_before": [float(100 * np.mean(err <= k * before)) for k in (1, 2, 3)],
-        "coverage_percent_after": [float(100 * np.mean(err <= k * after)) for k in (1, 2, 3)]}
+    g, mean, err, se, sa, beyond = calibration_arrays(model, samples, n_samples, seed)
+    where = {"dataset": str(dataset), "n_configurations": len(samples), "points": int(len(g)),
+             "target_coverage_1sigma": NOMINAL_1SIGMA}
+    if novelty:
+        nov.coefficient = fit_coefficient(g, mean, err, se, sa)
+        before = np.sqrt(se ** 2 + sa ** 2)
+        after = np.sqrt(nov.inflate(se ** 2, mean, g) + sa ** 2)
+        nov.calibration = {**where, "points_above_1": int(np.sum(g > 1)),
+                           "coverage_percent_before": _coverages(err, before),
+                           "coverage_percent_after": _coverages(err, after)}
+    st = np.sqrt(nov.inflate(se ** 2, mean, g) + sa ** 2)  # what the size term comes on top of
+    nov.size_coefficient = fit_size_coefficient(beyond, mean, err, st)
+    after = np.sqrt(nov.add_size_term(st ** 2, mean, beyond))
+    sel = beyond if beyond.any() else slice(0, 0)
+    nov.size_calibration = {**where, "training_shell_bound": training_shell_bound(model),
+                            "points_beyond": int(beyond.sum()),
+                            "coverage_percent_before": _coverages(err[sel], st[sel]),
+                            "coverage_percent_after": _coverages(err[sel], after[sel])}
     return nov
+
+
+def _coverages(err: np.ndarray, sigma: np.ndarray) -> list[float | None]:
+    """1/2/3σ coverage (%) of |error| by σ; None for no points."""
+    return [float(100 * np.mean(err <= k * sigma)) if len(err) else None for k in (1, 2, 3)]

@@ -260,7 +260,9 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
     other neighbours' listing softened); points away from ties get the plain numbers, bit for bit.
     ``novelty_inflation`` (default): where the model carries a calibrated atom-environment novelty
     (:mod:`~engine.atom_novelty`), the calibrated epistemic σ gets its term for unfamiliar atom
-    environments, σ_epi² + (c·ln g·ρ̂)², and σ total with it (BNN, calibrated, sampled only).
+    environments, σ_epi² + (c·ln g·ρ̂)², and, on the points nearest atoms whose neighbour shells
+    hold more distinct atoms than any training atom's, the size term (c_size·ρ̂)², σ total with them
+    (BNN, calibrated, sampled only; False: the raw BNN σ, neither term).
     """
     net = model.net if network == "bnn" else model.baseline
     if net is None:
@@ -284,7 +286,10 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
         return p
 
     nov = inflating_novelty(model) if (novelty_inflation and calibrated and not mean_only and network == "bnn") else None
-    spreader = novelty_spreader(nov, atoms, digest) if nov is not None else None
+    spreader = novelty_spreader(nov, atoms, digest) if nov is not None and nov.coefficient > 0 else None
+    size = size_term(model, nov, atoms, digest) if nov is not None and nov.size_coefficient > 0 else None
+    if size is not None and size.nowhere:
+        size = None  # no atom beyond the training cells' shells: nothing to add, no search per block
 
     tiles = [t for i, t in enumerate(iter_blocks(shape, block)) if i >= skip]
     for tile, pts, d in _descriptor_stream(describe, atoms.cell.array, shape, tiles, model.device):
@@ -301,9 +306,14 @@ def predict_blocks(model: RhoxModel, atoms: Atoms, shape: tuple[int, int, int], 
             out["sigma_epistemic"] = torch.sqrt(p["var_epistemic"]) * ys * scale
         out["sigma_aleatoric"] = torch.sqrt(p["var_aleatoric"]) * ys * scale
         vals = {k: v.reshape(sub).cpu().numpy() for k, v in out.items()}
-        if nov is not None:
-            g = spreader(np.asarray(pts, dtype=np.float64).reshape(-1, 3)).reshape(sub)
-            var_e = nov.inflate(vals["sigma_epistemic"].astype(np.float64) ** 2, vals["mean"], g)
+        if spreader is not None or size is not None:  # else σ stays as computed, bit for bit
+            var_e = vals["sigma_epistemic"].astype(np.float64) ** 2
+            if spreader is not None:
+                g = spreader(np.asarray(pts, dtype=np.float64).reshape(-1, 3)).reshape(sub)
+                var_e = nov.inflate(var_e, vals["mean"], g)
+            if size is not None:  # every atom beyond (a big cell of its own disorder): True, no search
+                beyond = True if size.everywhere else size.beyond(np.asarray(pts, dtype=np.float64)).reshape(sub)
+                var_e = nov.add_size_term(var_e, vals["mean"], beyond)
             vals["sigma_epistemic"] = np.sqrt(var_e).astype(np.float32)
             vals["sigma_total"] = np.sqrt(var_e + vals["sigma_aleatoric"].astype(np.float64) ** 2).astype(np.float32)
         yield tile, vals
@@ -348,11 +358,27 @@ def novelty_spreader(nov, atoms: Atoms, digest: str | None = None):
 
 
 def inflating_novelty(model: RhoxModel):
-    """The model's atom-environment novelty when it inflates σ (calibrated, coefficient > 0), else None."""
+    """The model's atom-environment novelty when it inflates σ (calibrated: its novelty coefficient or
+    its size term's > 0), else None."""
     from .novelty import model_novelty
 
     nov = model_novelty(model)
-    return nov if getattr(nov, "kind", None) == "atom" and nov.coefficient > 0 else None
+    if getattr(nov, "kind", None) != "atom":
+        return None
+    return nov if nov.coefficient > 0 or nov.size_coefficient > 0 else None
+
+
+def size_term(model: RhoxModel, nov, atoms: Atoms, digest: str | None = None):
+    """Where the size term of ``nov`` applies on ``atoms``
+    (:class:`~engine.atom_novelty.SizeTerm`, against the model's training shell bound), kept per
+    process like the spreader; None when the model records no bound."""
+    from .atom_novelty import SizeTerm
+    from .trust import training_shell_bound
+
+    bound = training_shell_bound(model)
+    if bound is None:
+        return None
+    return _kept("size", (digest or _structure_digest(atoms), bound), lambda: SizeTerm(atoms, bound))
 
 
 def predict(

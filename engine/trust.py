@@ -17,8 +17,9 @@ summary for the CLI (``rhox predict STRUCTURE --report``) and the explorer:
   (:func:`novelty_check`; models trained before it was recorded say "not available"); the
   environment range (:func:`shell_check`): whether the atoms' neighbour shells hold more distinct
   atoms than any training atom's could (small periodic training cells repeat their atoms within
-  the second shell). Beyond it the check says "not verified" (``inside=None``): the model's σ was
-  never calibrated on such environments (benchmarks/README.md section 6b, "Large cells").
+  the second shell). Beyond it the check says "not verified" (``inside=None``) and whether σ
+  includes the size term calibrated for such environments, and by how much it raised σ here
+  (benchmarks/README.md section 6b, "Large cells").
 - **Recommendation**: ``trust`` when every domain check passes and the uncertain fraction is at
   most :data:`MAX_UNCERTAIN_FRACTION`; otherwise ``check with DFT``, with the reasons.
 
@@ -38,6 +39,7 @@ import numpy as np
 from ase import Atoms
 
 from . import domain as dom
+from .domain import SHELL_NEIGHBOURS, shell_diversity, translation_classes  # noqa: F401 (the trust report's terms)
 from .errors import InputError
 
 DENSITY_FLOOR = 0.01          # fraction of max ρ̂: below it a point counts as empty space
@@ -47,11 +49,6 @@ MAX_NOVEL_FRACTION = 0.05     # more points beyond the validation points' 99th n
 NEIGHBOUR_TOLERANCE = 0.02    # fractional margin around the training nearest-neighbour range
 TEMPERATURE_MARGIN = 50.0     # K around the training temperatures
 N_NEAREST_ATOMS = 3
-SHELL_NEIGHBOURS = 16         # first (4) and second (12) neighbour shells of diamond; 12 of FCC
-SHELL_CUTOFF = 5.5            # Å: neighbour search radius for them (Sn-rich second shell ~4.7 Å)
-TRANSLATION_TOLERANCE = 1e-3  # Å: two atoms closer than this after a translation are the same site
-MAX_TRANSLATIONS = 16         # shortest inner translations checked in full (they generate the rest)
-MAX_SHELL_ATOMS = 20000       # above this many atoms the environment range is measured on a sample
 SHELL_CHECK = "environment range"
 
 TRUST = "trust"
@@ -231,127 +228,96 @@ def neighbour_check(atoms: Atoms, domain: dict) -> DomainCheck:
         f"{p} {lo:.3f}-{hi:.3f} Å (training {train[p][0]:.3f}-{train[p][1]:.3f})" for p, (lo, hi) in here.items()), values)
 
 
-def translation_classes(atoms: Atoms, tol: float = TRANSLATION_TOLERANCE) -> np.ndarray:
-    """Per atom, the lowest index among the atoms it is a pure-translation image of (same species,
-    same position within ``tol`` Å after a translation that maps the whole structure onto itself).
-
-    A structure repeated from a smaller cell has as many classes as that cell has atoms; one with
-    no inner translation (a thermal snapshot, a random alloy of its own) has one class per atom.
-    Candidate translations (atom 0 onto each atom of its species) are rejected on a few atoms
-    first, so the cost stays about linear in the number of atoms.
-    """
-    from scipy.spatial import cKDTree
-
-    n = len(atoms)
-    cls = np.arange(n)
-    if n < 2:
-        return cls
-    frac = np.mod(atoms.get_scaled_positions(wrap=True), 1.0)
-    ftol = tol / float(np.max(atoms.cell.lengths()))  # fractional tolerance, at most tol Å along any axis
-    tree = cKDTree(frac, boxsize=1.0 + 1e-9)
-    num = atoms.numbers
-    cand = np.flatnonzero(num == num[0])[1:]
-    shifts = frac[cand] - frac[0]
-    probe = np.random.default_rng(0).choice(n, size=min(n, 8), replace=False)
-    for a in probe:  # cheap rejection: the translation must map a few atoms onto same-species atoms
-        if not len(shifts):
-            return cls
-        d, k = tree.query(np.mod(frac[a] + shifts, 1.0) * (1 - 1e-12))
-        ok = (d < ftol) & (num[k] == num[a])
-        shifts = shifts[ok]
-    # Full check of the shortest survivors only: they generate the others (a perfect crystal of one
-    # element would otherwise make every atom a candidate, each checked over every atom).
-    shifts = shifts - np.round(shifts)
-    shifts = shifts[np.argsort(np.linalg.norm(shifts @ atoms.cell.array, axis=1))][:MAX_TRANSLATIONS]
-    maps = []
-    for t in shifts:
-        d, k = tree.query(np.mod(frac + t, 1.0) * (1 - 1e-12))
-        if np.all(d < ftol) and np.array_equal(num[k], num):
-            maps.append(k)
-    while maps:  # orbits of the group the translations generate: propagate minima to a fixed point
-        before = cls
-        for k in maps:
-            cls = np.minimum(cls, cls[k])
-            cls = np.minimum(cls, cls[np.argsort(k)])
-        cls = cls[cls]
-        if np.array_equal(cls, before):
-            break
-    return cls
-
-
-def shell_diversity(atoms: Atoms, n: int = SHELL_NEIGHBOURS, cutoff: float = SHELL_CUTOFF) -> np.ndarray:
-    """Per atom: how many distinct atoms fill its ``n`` nearest-neighbour slots, periodic images and
-    pure-translation images (:func:`translation_classes`) of one atom counting once.
-
-    In an 8-atom cubic diamond cell the 12 second neighbours of an atom are images of 3 atoms
-    (4 + 3 = 7 with the first shell); a 2x2x2 repeat of it still gives 7; a 64-atom cell with its
-    own disorder gives 16. Fewer than ``n`` neighbours within ``cutoff`` Å: those there count.
-    Above :data:`MAX_SHELL_ATOMS` atoms in an orthorhombic cell, the values of a random sample of
-    that many atoms are returned (their fraction beyond a bound estimates the structure's).
-    """
-    from ase.neighborlist import neighbor_list
-
-    if len(atoms) == 0:
-        raise InputError("a structure without atoms has no neighbour shells")
-    cls = translation_classes(atoms)
-    lengths = atoms.cell.lengths()
-    if len(atoms) > MAX_SHELL_ATOMS and np.allclose(atoms.cell.array, np.diag(lengths)) and np.all(lengths > 2 * cutoff):
-        # Large orthorhombic cell: a periodic k-d tree gives the n nearest of a sample of atoms
-        # without the full neighbour list (memory); the sample's values stand for the structure.
-        from scipy.spatial import cKDTree
-
-        pos = np.mod(atoms.positions, lengths) * (1 - 1e-12)
-        sample = np.random.default_rng(0).choice(len(atoms), size=MAX_SHELL_ATOMS, replace=False)
-        d, k = cKDTree(pos, boxsize=lengths).query(pos[sample], k=n + 1, distance_upper_bound=cutoff)
-        out = np.empty(len(sample), dtype=int)
-        for r in range(len(sample)):
-            kk = k[r, 1:][np.isfinite(d[r, 1:])]
-            out[r] = len(set(cls[kk].tolist()))
-        return out
-    i, j, d = neighbor_list("ijd", atoms, cutoff)
-    order = np.lexsort((d, i))
-    i, j = i[order], cls[j[order]]
-    starts = np.searchsorted(i, np.arange(len(atoms) + 1))
-    return np.array([len(set(j[starts[a]:starts[a + 1]][:n].tolist())) for a in range(len(atoms))], dtype=int)
-
-
 def training_shell_bound(model) -> int | None:
     """The largest :func:`shell_diversity` of any atom of the model's training cells (``domain``
-    ``shell_diversity_max`` when recorded, else from its training dataset, read-only, once per
-    model); None when neither is available."""
+    ``shell_diversity_max``, recorded at training, merged with the parent's at fine-tuning; for a
+    model trained before it was recorded, :func:`lineage_shell_bound`, once per model, in memory
+    only); None when neither is available."""
     domain = model.meta.get("domain") if isinstance(model.meta.get("domain"), dict) else {}
     if domain.get("shell_diversity_max") is not None:
         return int(domain["shell_diversity_max"])
     if "_shell_bound" not in model.__dict__:
-        from .lineage import training_dataset_path
-        from .store import Dataset
-
-        bound = None
-        training = model.meta.get("training") or {}
-        for p in training_dataset_path(training.get("dataset"), getattr(model, "directory", None)):
-            if not p.is_file():
-                continue
-            try:
-                values = [int(shell_diversity(s.atoms).max()) for s in Dataset(p, readonly=True).samples()]
-            except Exception:  # unreadable candidate: try the next
-                continue
-            if values:
-                bound = max(values)
-                break
-        model.__dict__["_shell_bound"] = bound  # in memory only, never written
+        model.__dict__["_shell_bound"] = lineage_shell_bound(model.meta, getattr(model, "directory", None))
     return model.__dict__["_shell_bound"]
 
 
-def shell_check(model, atoms: Atoms) -> DomainCheck:
+def lineage_shell_bound(config: dict, directory=None) -> int | None:
+    """The largest :func:`shell_diversity` over the training datasets of a model config and of its
+    ancestors (its lineage; each found as :func:`rhox.engine.lineage.training_dataset_path` finds
+    it, opened read-only), as training would have recorded it; None when none of them is found."""
+    from .lineage import lineage_of, training_dataset_path, _walk_datasets
+    from .store import Dataset
+
+    names = [(config.get("training") or {}).get("dataset")]
+    names += [d.get("path") for d in _walk_datasets(lineage_of(config, directory))]
+    bounds, seen = [], set()
+    for name in names:
+        for p in training_dataset_path(name, directory):
+            if not p.is_file():
+                continue
+            if p.resolve() in seen:
+                break
+            try:
+                b = dom.shell_diversity_max(s.atoms for s in Dataset(p, readonly=True).samples())
+            except Exception:  # unreadable candidate: try the next
+                continue
+            seen.add(p.resolve())
+            if b is not None:
+                bounds.append(b)
+            break
+    return max(bounds) if bounds else None
+
+
+def _size_term_effect(nov, size, atoms: Atoms, fields) -> dict | None:
+    """How much the size term raised σ on this prediction: the mean σ epistemic and σ total with it
+    (as ``fields`` hold them) over the same without it (the term taken out again, (c_size·ρ̂)² on the
+    points nearest atoms beyond the bound), and the fraction of grid points it touches. None for a
+    prediction that carries no epistemic σ or no calibration (the term was not applied)."""
+    if fields is None or getattr(fields, "sigma_epistemic", None) is None or not getattr(fields, "calibrated", False):
+        return None
+    from .grid import grid_points, iter_blocks
+
+    rho = np.asarray(fields.mean)
+    se, st = np.asarray(fields.sigma_epistemic), np.asarray(fields.sigma_total)
+    sums = np.zeros(4)  # Σσ_epi, Σσ_epi without, Σσ_total, Σσ_total without
+    touched = 0
+    for tile in iter_blocks(rho.shape, (48, 48, 48)):  # memory of a block, not of the grid
+        sub = rho[tile].shape
+        beyond = size.beyond(grid_points(atoms.cell.array, rho.shape, tile))
+        beyond = np.broadcast_to(np.asarray(beyond).reshape(-1), (rho[tile].size,)).reshape(sub)
+        extra = nov.add_size_term(np.zeros(sub), rho[tile], beyond)
+        e, t = se[tile].astype(np.float64), st[tile].astype(np.float64)
+        sums += [e.sum(), np.sqrt(np.maximum(e ** 2 - extra, 0.0)).sum(),
+                 t.sum(), np.sqrt(np.maximum(t ** 2 - extra, 0.0)).sum()]
+        touched += int(np.count_nonzero(beyond))
+    return {"grid_fraction": touched / rho.size,
+            "sigma_epistemic_ratio": float(sums[0] / sums[1]) if sums[1] > 0 else math.inf,
+            "sigma_total_ratio": float(sums[2] / sums[3]) if sums[3] > 0 else math.inf}
+
+
+def shell_check(model, atoms: Atoms, fields=None) -> DomainCheck:
     """Whether the structure's atoms see more distinct atoms among their :data:`SHELL_NEIGHBOURS`
-    nearest neighbours than any training atom did (:func:`shell_diversity`).
+    nearest neighbours than any training atom did (:func:`shell_diversity`), and what σ does there.
 
     Small periodic training cells repeat their atoms within the second shell, so a larger cell
     with its own disorder shows neighbour-shell combinations the network never met (a repeat of a
-    training-size cell does not). The error there was measured higher than in training-size cells
-    (benchmarks/README.md section 6b) while the network's σ does not rise with it, so beyond the
-    bound the check says ``inside=None`` (not verified) with the fraction of such atoms; within it,
-    ``True``."""
+    training-size cell does not). The error there was measured 1.33x that of training-size cells
+    while the network's own σ hardly rose (benchmarks/README.md section 6b). Within the bound:
+    ``inside=True``. Beyond it, ``inside=None`` (not verified: informs, never flags by itself):
+
+    - where the model carries a calibrated size term (:mod:`rhox.engine.atom_novelty`), the σ of
+      ``fields`` includes it, and the detail says so and by how much it raised the mean σ here.
+      Why not ``inside=False``: the term was calibrated on large cells (held-out 64-atom cells
+      then reach coverage within 2.2 points of nominal), so σ now says how far to trust such a
+      prediction, and the σ-based part of the report (the uncertain fraction) turns the
+      recommendation when that σ is large. Flagging would send every large structure, the very
+      case the term exists for (a million-atom cell cannot be checked with DFT), to "check with
+      DFT" whatever its σ. Why not ``True``: two calibration cells of one kind (64-atom SiGeSn)
+      fix the term; larger or differently ordered environments are not measured;
+    - without a size term, σ was not calibrated on such environments and may be too small: said so.
+    """
+    from .novelty import model_novelty
+
     bound = training_shell_bound(model)
     div = shell_diversity(atoms)
     values = {"n_neighbours": SHELL_NEIGHBOURS, "max": int(div.max()), "training_max": bound}
@@ -363,12 +329,26 @@ def shell_check(model, atoms: Atoms) -> DomainCheck:
     if not beyond.any():
         return DomainCheck(SHELL_CHECK, True, f"at most {values['max']} distinct atoms among each atom's "
                            f"{SHELL_NEIGHBOURS} nearest neighbours (training cells: up to {bound})", values)
-    return DomainCheck(SHELL_CHECK, None, (
-        f"not verified: {100 * frac:.0f} % of the atoms see up to {values['max']} distinct atoms among their "
-        f"{SHELL_NEIGHBOURS} nearest neighbours, more than any training atom ({bound}): the training cells "
-        f"were too small to hold such neighbour shells; σ was not calibrated on them and may be too small "
-        f"there (check a few such structures with DFT)"),
-        values)
+    head = (f"not verified: {100 * frac:.0f} % of the atoms see up to {values['max']} distinct atoms among their "
+            f"{SHELL_NEIGHBOURS} nearest neighbours, more than any training atom ({bound}): the training cells "
+            f"were too small to hold such neighbour shells; ")
+    nov = model_novelty(model)
+    c = float(getattr(nov, "size_coefficient", 0.0) or 0.0) if getattr(nov, "kind", None) == "atom" else 0.0
+    if c <= 0:
+        return DomainCheck(SHELL_CHECK, None, head + "σ was not calibrated on them and may be too small there "
+                           "(check a few such structures with DFT)", values)
+    from .atom_novelty import SizeTerm
+
+    values["size_coefficient"] = c
+    effect = _size_term_effect(nov, SizeTerm(atoms, bound, div), atoms, fields)
+    if effect is None:
+        return DomainCheck(SHELL_CHECK, None, head + f"a calibrated prediction with epistemic σ adds the size term "
+                           f"(c = {c:.3g}) there; this one does not include it", values)
+    values.update({"size_term_" + k: v for k, v in effect.items()})
+    return DomainCheck(SHELL_CHECK, None, head + (
+        f"σ includes the size term for them (σ_epi² + ({c:.3g}·ρ)², calibrated on large cells), here on "
+        f"{100 * effect['grid_fraction']:.0f} % of the grid: mean σ epistemic x{effect['sigma_epistemic_ratio']:.2f}, "
+        f"σ total x{effect['sigma_total_ratio']:.2f}"), values)
 
 
 NOVELTY_CHECK = "environment novelty"
@@ -454,7 +434,8 @@ def trust_report(model, atoms: Atoms, fields, name: str = "structure", novelty: 
                  f"{100 * DENSITY_FLOOR:g} % of its maximum")
     domain = model_domain(model)
     checks = [species_check(model, atoms), composition_check(model, atoms), temperature_check(atoms, domain),
-              neighbour_check(atoms, domain), novelty_check(model, atoms, fields, novelty), shell_check(model, atoms)]
+              neighbour_check(atoms, domain), novelty_check(model, atoms, fields, novelty),
+              shell_check(model, atoms, fields)]
     reasons = [f"{c.name} outside the training domain: {c.detail}" for c in checks if c.inside is False]
     if uncertain > MAX_UNCERTAIN_FRACTION:
         reasons.append(f"{100 * uncertain:.1f} % of the cell is uncertain ({threshold}), more than "
