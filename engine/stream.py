@@ -261,7 +261,7 @@ Dask's worker profiler did not change that). Dask stays for ``scheduler`` and on
 def check_workers(workers: int | None, scheduler: str | None) -> None:
     """Refuse (:class:`InputError`) a bad request for workers, before anything is written."""
     if workers is not None and scheduler is not None:
-        raise InputError("give either a number of local Dask workers or a scheduler address, not both")
+        raise InputError("give either a number of local workers or a scheduler address, not both")
     if workers is not None and (isinstance(workers, bool) or int(workers) != workers or workers < 1):
         raise InputError(f"the number of workers must be a whole number >= 1, got {workers}")
     if scheduler is not None:

@@ -176,10 +176,16 @@ def test_cli_workers_and_refusals(tiny_model, sige, tmp_path):
     assert_refused(base + ["--out", "r.zarr", "--scheduler", "tcp://127.0.0.1:1"], tmp_path,
                    "tcp://127.0.0.1:1", "not reachable")
     assert_refused(base + ["--out", "folder", "--workers", "2"], tmp_path, "--workers", ".zarr")
+    assert_refused(base + ["--out", "r.zarr", "--workers", "2", "--pool", "threads"], tmp_path,
+                   "worker pool", "'threads'")
     proc = subprocess.run(rhox_cmd() + base + ["--out", "r.zarr", "--workers", "2"], cwd=tmp_path,
                           env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "on 2 Dask workers" in proc.stdout and "wrote r.zarr" in proc.stdout
+    assert "on 2 worker processes" in proc.stdout and "wrote r.zarr" in proc.stdout
+    dask = subprocess.run(rhox_cmd() + base + ["--out", "d.zarr", "--workers", "2", "--pool", "dask"], cwd=tmp_path,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert dask.returncode == 0, dask.stderr
+    assert "on 2 Dask workers" in dask.stdout
     assert "predicting:" in proc.stderr and "ETA" in proc.stderr  # plain progress lines outside a terminal
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # as the command's workers
@@ -188,3 +194,4 @@ def test_cli_workers_and_refusals(tiny_model, sige, tmp_path):
     finally:
         torch.set_num_threads(before)
     _assert_same_fields(tmp_path / "ref.zarr", tmp_path / "r.zarr")
+    _assert_same_fields(tmp_path / "ref.zarr", tmp_path / "d.zarr")
