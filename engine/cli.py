@@ -327,7 +327,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model directory (its reports too)."),
     calibration: Optional[Path] = typer.Option(None, help="DFT cells unlike the training ones (strained, with vacancies; "
-                                               "not a test set) to fit the σ inflation for unfamiliar atom environments."),
+                                               "larger cells; not a test set) to fit the σ inflation for unfamiliar "
+                                               "atom environments, and the size term for atoms whose neighbour shells "
+                                               "are more varied than any training cell's."),
 ):
     """Train the Bayesian density model (and its deterministic baseline) on a dataset."""
     from rich.live import Live
