@@ -80,6 +80,10 @@ assets: install
 	$(PY) benchmarks/calib_data.py
 	$(VENV)/bin/rhox train assets/sigesn_train_defects.db --parent build/sigesn_base --out assets/model --overwrite \
 	  --seed 0 --epochs 4 --lr 5e-4 --no-baseline --calibration benchmarks/data/sigesn_calib.db
+	# The σ size term (atoms whose neighbour shells are more varied than any training atom's): c fitted
+	# on the committed 64-atom calibration cells for this model, then stored with its novelty.
+	OMP_NUM_THREADS=1 $(PY) benchmarks/kpoint_reference.py --size-term
+	$(PY) benchmarks/bundle_size_term.py
 	$(VENV)/bin/rhox evaluate assets/sigesn_test.db --model assets/model --json assets/model/evaluation.json
 	# The Al and SiGe models (assets/models/<system>/): the transfer study's best strategy on that
 	# system's train and fine-tune sets in benchmarks/data/, evaluated on its held-out test sets.
