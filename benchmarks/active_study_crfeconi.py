@@ -180,6 +180,154 @@ def dft_tessellation(level: int = TESS_LEVEL) -> None:
             f"wall {r.get('wall_time', 0.0) or 0.0:.0f} s" + (f" ({r['reason']})" if r.get("reason") else "")))
 
 
+# --- prefix retraining: the pick orders compared fairly (README 8b) ------------------------------------
+#
+# As the SiGeSn study found (active_study.py, "prefix retraining"), a run's own curve mixes which compositions
+# were picked with how the model was fine-tuned round after round (and fine-tuning per round did not converge).
+# Here every model is trained FROM SCRATCH on the cells of the first n compositions of a pick order, with one
+# budget for every order, count and seed, and evaluated on the test set: the differences left are the picks'.
+# The fitting is the SiGeSn study's (active_study.prefix_fit / prefix_points), shared.
+
+PREFIX_JSON = RESULTS / "active_crfeconi_prefix.json"
+PREFIX_PNG = RESULTS / "active_crfeconi_prefix.png"
+PREFIX_BEGIN, PREFIX_END = "<!-- crfeconi-prefix:begin -->", "<!-- crfeconi-prefix:end -->"
+PREFIX_STEPS = 3000       # optimiser steps of 512 points per training (see README 8b for the check)
+PREFIX_SEEDS = (0, 1, 2)  # training seeds of the tessellation and active orders
+RANDOM_SEEDS = (0, 1, 2)  # random orders; random-sK is trained with training seed K
+# Counts in the order they are run, so that an interrupted study has the columns that decide a factor first:
+# 11 = the halves level + centroid (the target while the quarters level is out of reach), 5 = round 0.
+PREFIX_COUNTS = (11, 5, 9, 13, 17, 10, 35)
+TESS_ONLY_COUNTS = (10, 35)  # tessellation levels (halves; quarters) beyond the other orders' counts
+ROUND0 = 5                # vertices + centroid: the same cells for the active and random orders ("round0")
+# Validation (picks the kept epoch; never the test set): the grid points of the training cells that the
+# training does not use, a fixed 1/32 of each cell drawn per (seed, cell). No CrFeCoNi cells outside the
+# pick orders exist to validate on (the SiGeSn study used held-out cells); DFT time went to the baseline.
+PREFIX_VAL_FRACTION = 1 / 32
+
+
+def _kx(x) -> tuple:
+    return tuple(round(float(v), 4) for v in x)
+
+
+def pick_orders() -> dict[str, list[tuple]]:
+    """Each strategy's pick order (barycentric Cr Fe Co Ni, as 4-decimal tuples).
+
+    ``tessellation``: :func:`tessellation_order`; ``active``: the active run's picks, round by round;
+    ``random-sK``: round 0 (vertices + centroid, as the loop's random strategy) then a seeded shuffle
+    (seed K) of a fixed pool: the compositions of the active run and of the tessellation up to the
+    halves + centroid (23): random among the cells the cache holds, not over the whole grid of eighths
+    (whose DFT this machine cannot afford); half the pool is active picks, which favours random."""
+    from rhox.engine.learn import read_records
+
+    tess = [_kx(x) for _, x in tessellation_order()]
+    active = [_kx(p["x"]) for r in read_records(RUNS / RUN_NAME) for p in r["picked"]]
+    out = {"tessellation": tess, "active": active}
+    round0 = active[:ROUND0]
+    pool = [x for x in dict.fromkeys(active + tess[:11]) if x not in round0]
+    for k in RANDOM_SEEDS:
+        rng = np.random.default_rng(k)
+        out[f"random-s{k}"] = round0 + [pool[i] for i in rng.permutation(len(pool))]
+    return out
+
+
+def prefix_jobs(orders: dict) -> list[tuple[str, int, int]]:
+    """``(order, n, seed)`` of every training, in the order run; the first 5 of the active and random orders
+    (round 0) are trained once per seed (order ``round0``)."""
+    jobs = []
+    for n in PREFIX_COUNTS:
+        for seed in PREFIX_SEEDS:
+            for name, order in orders.items():
+                if len(order) < n or (name.startswith("random") and seed != int(name.split("-s")[1])):
+                    continue
+                if n in TESS_ONLY_COUNTS and name != "tessellation":
+                    continue
+                if n <= ROUND0 and name != "tessellation":
+                    if ("round0", n, seed) not in jobs:
+                        jobs.append(("round0", n, seed))
+                    continue
+                jobs.append((name, n, seed))
+    return jobs
+
+
+def _prefix_design() -> dict:
+    from active_study import PREFIX_EVAL_SAMPLES, PREFIX_TRAIN
+
+    return {"steps": PREFIX_STEPS, "train": PREFIX_TRAIN, "eval_samples": PREFIX_EVAL_SAMPLES,
+            "validation": f"{PREFIX_VAL_FRACTION:.5f} of each training cell's grid points not trained on",
+            "test": str(TEST_DB.relative_to(ROOT)), "cache": str(CACHE_DB.relative_to(ROOT)), "counts": PREFIX_COUNTS}
+
+
+def run_prefix(until: str | None = None) -> dict:
+    """Train and evaluate every prefix model not yet in :data:`PREFIX_JSON` whose cells the cache holds
+    (resumable: one record per finished training; a rerun skips it and picks up cells cached since);
+    start no new training after ``until`` (``HH:MM``, UTC)."""
+    import torch
+    from active_study import _save_prefix, prefix_fit, prefix_points
+
+    from rhox.engine.composition import parse_composition
+    from rhox.engine.descriptors import DescriptorSettings
+    from rhox.engine.training import featurize, load_samples
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    res = json.loads(PREFIX_JSON.read_text()) if PREFIX_JSON.is_file() else {}
+    if res and res.get("design") != json.loads(json.dumps(_prefix_design())):
+        raise SystemExit(f"{PREFIX_JSON} was made with another design; move it aside to start afresh")
+    res.setdefault("design", _prefix_design())
+    res.setdefault("trainings", {})
+    cpu = torch.device("cpu")
+    descriptor = DescriptorSettings.from_dict({"kind": "frame"})
+    cache = load_samples(CACHE_DB)
+    rows = {}
+    for i, smp in enumerate(cache):
+        k = _kx(parse_composition(smp.atoms.info["composition"], ELEMENTS, normalize=True).values())
+        if k in rows:
+            raise SystemExit(f"two cells of composition {k} in {CACHE_DB}")
+        rows[k] = i
+    test_samples = load_samples(TEST_DB)
+    if len(test_samples) < N_TEST:
+        raise SystemExit(f"{TEST_DB.name} holds {len(test_samples)} of its {N_TEST} cells: finish the test set first")
+    test = featurize(test_samples, descriptor, cpu)
+    orders = pick_orders()
+    orders_all = dict(orders, round0=orders["active"][:ROUND0])
+    res["orders"] = {k: [list(x) for x in v] for k, v in orders.items()}
+    feats: dict[int, tuple] = {}
+
+    def cells(seed: int) -> tuple[list, list]:
+        if seed not in feats:
+            keep = prefix_points(cache, seed)
+            vkeep = []
+            for i, (smp, kp) in enumerate(zip(cache, keep)):
+                rest = np.setdiff1d(np.arange(int(np.prod(smp.grid_shape))), kp)
+                m = max(1, round(np.prod(smp.grid_shape) * PREFIX_VAL_FRACTION))
+                vkeep.append(np.sort(np.random.default_rng([seed, i, 1]).choice(rest, m, replace=False)))
+            feats[seed] = (featurize(cache, descriptor, cpu, keep=keep), featurize(cache, descriptor, cpu, keep=vkeep))
+        return feats[seed]
+
+    jobs = prefix_jobs(orders)
+    for name, n, seed in jobs:
+        key = f"{name}/n{n}/s{seed}"
+        if key in res["trainings"]:
+            continue
+        if until and time.strftime("%H:%M", time.gmtime()) >= until:
+            say(f"prefix: it is past {until} UTC; rerun to continue")
+            break
+        comps = orders_all[name][:n]
+        if any(x not in rows for x in comps):
+            say(f"prefix {key}: {sum(x not in rows for x in comps)} of its cells not in the cache yet; skipped")
+            continue
+        chosen = sorted(rows[x] for x in comps)
+        tr, va = cells(seed)
+        row = prefix_fit([tr[i] for i in chosen], [va[i] for i in chosen], test, descriptor, seed, PREFIX_STEPS, SYSTEM)
+        res["trainings"][key] = {"strategy": name, "n": n, "seed": seed,
+                                 "compositions": [cache[i].atoms.info["composition"] for i in chosen],
+                                 "n_test": len(test), **row}
+        _save_prefix(res, PREFIX_JSON)
+        say(f"prefix {key}: test L1% mean {row['test_L1%_mean']:.2f} worst {row['test_L1%_worst']:.2f} "
+            f"(val best {row['best_val_l1']:.2f} at epoch {row['best_epoch']}/{row['epochs']}; "
+            f"{row['cpu_s']:.0f} CPU-s, {row['wall_s']:.0f} s) [{len(res['trainings'])}/{len(jobs)}]")
+    return res
+
+
 def species_moments(atoms, spin_density: np.ndarray) -> dict[str, float]:
     """Mean local moment per species (μB) from the stored spin-resolved pseudo-density (2, nx, ny, nz).
 
@@ -320,7 +468,8 @@ Rebuild: `python benchmarks/active_study_crfeconi.py bundle --rebuild` (in `make
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("run", "summary", "compositions", "bundle", "dft-baseline"))
+    p.add_argument("what", choices=("run", "summary", "compositions", "bundle", "dft-baseline", "prefix"))
+    p.add_argument("--until", help="prefix: start no new training after this time (HH:MM, UTC)")
     p.add_argument("--rounds", type=int, default=ROUNDS)
     p.add_argument("--round", type=int, default=BUNDLE_ROUND, help="bundle: the round whose model is bundled")
     p.add_argument("--rebuild", action="store_true", help="bundle: first rerun the run up to that round")
@@ -329,6 +478,8 @@ def main(argv=None) -> None:
         print("\n".join(test_compositions()))
     elif a.what == "summary":
         summary()
+    elif a.what == "prefix":
+        run_prefix(a.until)
     elif a.what == "dft-baseline":  # the test cells first, then the tessellation level by level
         make_test_set()
         dft_tessellation()
