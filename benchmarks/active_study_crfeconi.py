@@ -328,6 +328,180 @@ def run_prefix(until: str | None = None) -> dict:
     return res
 
 
+# The tessellation's complete levels in these cells (count: what it is), finest last.
+TESS_LEVELS = {4: "vertices", 10: "halves grid", 11: "halves grid + centroid", 35: "quarters grid"}
+STRATEGY_OF = {"tessellation": "tessellation", "active": "active", "round0": None}  # random-sK -> random
+
+
+def prefix_summary(res: dict) -> dict:
+    """Curves (strategy x n: mean, sd, min, max over seeds of the test mean L1%, the mean of the worst),
+    the target (the tessellation at its finest complete level trained) and the reduction factors.
+
+    ``round0`` trainings count for the active and random curves (their first 5 picks). The random curve pools
+    its 3 orders (random-sK trained with seed K): its spread is over orders and training seeds together.
+    Factor per seed s: n_t (the target's count) / the count at which the strategy's curve of seed s reaches
+    the tessellation's test mean L1% at n_t, seed s (:func:`active_study._crossing`, log-log between counts);
+    if the strategy's first count (5, round 0) already reaches it, the factor is at least n_t / 5."""
+    from active_study import _crossing
+
+    per: dict[str, dict[int, dict[int, tuple]]] = {"tessellation": {}, "active": {}, "random": {}}
+    for t in res.get("trainings", {}).values():
+        name = t["strategy"]
+        groups = ["active", "random"] if name == "round0" else ["random" if name.startswith("random") else name]
+        for g in groups:
+            per[g].setdefault(t["n"], {})[t["seed"]] = (t["test_L1%_mean"], t["test_L1%_worst"])
+    curves = {}
+    for g, byn in per.items():
+        curves[g] = {}
+        for n in sorted(byn):
+            m = np.array([v[0] for v in byn[n].values()])
+            w = np.array([v[1] for v in byn[n].values()])
+            curves[g][n] = {"seeds": sorted(byn[n]), "mean": float(m.mean()),
+                            "sd": float(m.std(ddof=1)) if len(m) > 1 else None, "min": float(m.min()),
+                            "max": float(m.max()), "values": [float(v) for v in m], "worst_mean": float(w.mean()),
+                            "worst_max": float(w.max())}
+    out = {"curves": curves, "factors": {}}
+    levels = [n for n in TESS_LEVELS if n in curves["tessellation"] and n > 5]
+    if levels:
+        tn = max(levels)
+        out["target"] = {"n": tn, "level": TESS_LEVELS[tn], **curves["tessellation"][tn]}
+    for tn in levels:
+        tess = per["tessellation"][tn]
+        fac = {}
+        for g in ("active", "random"):
+            vals = []
+            for seed in sorted(tess):
+                ns = sorted(n for n in per[g] if seed in per[g][n])
+                if not ns:
+                    continue
+                ys = [per[g][n][seed][0] for n in ns]
+                cross = _crossing(ns, ys, tess[seed][0])
+                vals.append({"seed": seed, "target_L1%": tess[seed][0], "n_to_target": cross,
+                             "at_least": bool(cross is not None and cross == ns[0]),
+                             "factor": tn / cross if cross else None, "max_n_tried": ns[-1],
+                             "best_L1%": min(ys)})
+            f = [v["factor"] for v in vals if v["factor"]]
+            fac[g] = {"per_seed": vals, "mean": float(np.mean(f)) if f else None, "min": min(f) if f else None,
+                      "max": max(f) if f else None, "n_reached": len(f), "n_seeds": len(vals)}
+        out["factors"][tn] = fac
+    return out
+
+
+def _prefix_plot(summ: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"tessellation": "black", "active": "tab:red", "random": "tab:blue"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+    for ax, k, what in ((axes[0], "values", "test mean L1% (dots: each seed; line: mean)"),
+                        (axes[1], "worst_mean", "worst test cell's L1%, mean over seeds")):
+        for i, (g, rows) in enumerate(summ["curves"].items()):
+            ns = sorted(rows)
+            if not ns:
+                continue
+            shift = 1 + 0.012 * (i - 1)
+            ax.plot(np.array(ns) * shift, [rows[n]["mean" if k == "values" else k] for n in ns], color=colors[g],
+                    marker="o", ms=3, lw=1.2, label=g)
+            if k == "values":
+                for n in ns:
+                    ax.scatter([n * shift] * len(rows[n]["values"]), rows[n]["values"], s=10, alpha=0.6, color=colors[g])
+        tgt = summ.get("target")
+        if tgt and k == "values":
+            ax.axhspan(tgt["min"], tgt["max"], color="gray", alpha=0.2, lw=0)
+            ax.axhline(tgt["mean"], color="gray", ls=":", lw=1)
+        ax.set_xlabel("DFT compositions (the first n of each pick order)")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    t = summ.get("target")
+    fig.suptitle(f"{SYSTEM} 8-atom cells: from scratch, {PREFIX_STEPS} steps, on the first n picks"
+                 + (f"; grey: tessellation at n = {t['n']} ({t['level']}), the target" if t else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(PREFIX_PNG, dpi=110)
+    plt.close(fig)
+
+
+def _prefix_table(res: dict, summ: dict) -> str:
+    tr = res.get("trainings", {})
+    if not tr:
+        return "No prefix training yet."
+    planned = prefix_jobs(pick_orders())
+    cpu = [t["cpu_s"] for t in tr.values()]
+    lines = [f"Trainings: {len(tr)} of {len(planned)} planned"
+             + ("" if len(tr) >= len(planned) else " (**incomplete**: empty cells below were not run)")
+             + f"; {PREFIX_STEPS} steps each; CPU per training median {np.median(cpu):.0f} s (range "
+             f"{min(cpu):.0f}-{max(cpu):.0f}); test set: {max(t['n_test'] for t in tr.values())} cells.", ""]
+    counts = sorted({n for rows in summ["curves"].values() for n in rows})
+    head = "| strategy | " + " | ".join(f"n = {n}" for n in counts) + " |"
+    sep = "|---|" + "---:|" * len(counts)
+    lines += ["Test mean L1% (%) of models trained from scratch on each order's first n compositions: mean ± sd "
+              "[min-max] (number of seeds); random pools its 3 orders:", "", head, sep]
+    for g, rows in summ["curves"].items():
+        cells = []
+        for n in counts:
+            r = rows.get(n)
+            cells.append("" if not r else f"{r['mean']:.2f}" + (f" ± {r['sd']:.2f} [{r['min']:.2f}-{r['max']:.2f}]"
+                                                                if r["sd"] is not None else "") + f" ({len(r['seeds'])})")
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    lines += ["", "Worst test cell's L1% (%), mean over seeds (max):", "", head, sep]
+    for g, rows in summ["curves"].items():
+        lines.append(f"| {g} | " + " | ".join(f"{rows[n]['worst_mean']:.2f} ({rows[n]['worst_max']:.2f})"
+                                              if n in rows else "" for n in counts) + " |")
+    tgt = summ.get("target")
+    if tgt:
+        lines += ["", f"Target (the finest tessellation level trained: n = {tgt['n']}, {tgt['level']}): test mean "
+                      f"L1% **{tgt['mean']:.2f}** (range {tgt['min']:.2f}-{tgt['max']:.2f} over {len(tgt['seeds'])} "
+                      "training seeds)."]
+    if summ["factors"]:
+        lines += ["", "Reduction factor at equal accuracy = n_t / (the count at which the strategy's curve reaches the "
+                      "tessellation's test mean L1% at n_t, same seed; log-log between counts): mean [min-max] "
+                      "(seeds reaching it / seeds); '≥' where round 0 (n = 5) already reaches it:", "",
+                  "| tessellation level n_t (its L1%) | active | random |", "|---|---:|---:|"]
+        for tn, fac in summ["factors"].items():
+            cells = []
+            for g in ("active", "random"):
+                f = fac[g]
+                if not f["per_seed"]:
+                    cells.append("n/a")
+                elif f["mean"] is None:
+                    mx = max(v["max_n_tried"] for v in f["per_seed"])
+                    cells.append(f"not reached by n = {mx} (< {tn / mx:.2f}; best L1% "
+                                 f"{min(v['best_L1%'] for v in f['per_seed']):.2f})")
+                else:
+                    ge = "≥ " if any(v["at_least"] for v in f["per_seed"]) else ""
+                    cells.append(f"{ge}{f['mean']:.2f} [{f['min']:.2f}-{f['max']:.2f}] ({f['n_reached']}/{f['n_seeds']})")
+            tl = summ["curves"]["tessellation"][tn]
+            lines.append(f"| n_t = {tn}, {TESS_LEVELS[tn]} ({tl['mean']:.2f} %) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def prefix_report() -> dict | None:
+    """Summary into :data:`PREFIX_JSON`, the plot :data:`PREFIX_PNG`, the table between the markers of README 8b."""
+    from active_study import _save_prefix
+
+    if not PREFIX_JSON.is_file():
+        return None
+    res = json.loads(PREFIX_JSON.read_text())
+    summ = prefix_summary(res)
+    res["summary"] = json.loads(json.dumps(summ))  # int keys -> strings, as they will be read back
+    _save_prefix(res, PREFIX_JSON)
+    if res.get("trainings"):
+        _prefix_plot(summ)
+    table = _prefix_table(res, summ)
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    if PREFIX_BEGIN in text and PREFIX_END in text:
+        head, rest = text.split(PREFIX_BEGIN, 1)
+        _, tail = rest.split(PREFIX_END, 1)
+        tmp = readme.with_suffix(".tmp")
+        tmp.write_text(head + PREFIX_BEGIN + "\n" + table + "\n" + PREFIX_END + tail)
+        os.replace(tmp, readme)
+    print(table)
+    return res
+
+
 def species_moments(atoms, spin_density: np.ndarray) -> dict[str, float]:
     """Mean local moment per species (μB) from the stored spin-resolved pseudo-density (2, nx, ny, nz).
 
@@ -468,7 +642,7 @@ Rebuild: `python benchmarks/active_study_crfeconi.py bundle --rebuild` (in `make
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("run", "summary", "compositions", "bundle", "dft-baseline", "prefix"))
+    p.add_argument("what", choices=("run", "summary", "compositions", "bundle", "dft-baseline", "prefix", "prefix-report"))
     p.add_argument("--until", help="prefix: start no new training after this time (HH:MM, UTC)")
     p.add_argument("--rounds", type=int, default=ROUNDS)
     p.add_argument("--round", type=int, default=BUNDLE_ROUND, help="bundle: the round whose model is bundled")
@@ -480,6 +654,8 @@ def main(argv=None) -> None:
         summary()
     elif a.what == "prefix":
         run_prefix(a.until)
+    elif a.what == "prefix-report":
+        prefix_report()
     elif a.what == "dft-baseline":  # the test cells first, then the tessellation level by level
         make_test_set()
         dft_tessellation()
