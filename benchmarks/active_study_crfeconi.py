@@ -189,6 +189,7 @@ def dft_tessellation(level: int = TESS_LEVEL) -> None:
 # The fitting is the SiGeSn study's (active_study.prefix_fit / prefix_points), shared.
 
 PREFIX_JSON = RESULTS / "active_crfeconi_prefix.json"
+PREFIX_SUMMARY_JSON = RESULTS / "active_crfeconi_prefix_summary.json"
 PREFIX_PNG = RESULTS / "active_crfeconi_prefix.png"
 PREFIX_BEGIN, PREFIX_END = "<!-- crfeconi-prefix:begin -->", "<!-- crfeconi-prefix:end -->"
 PREFIX_STEPS = 6000       # optimiser steps of 512 points per training, as SiGeSn (12000 moved n = 17 from 1.21 to 1.18 %)
@@ -478,15 +479,15 @@ def _prefix_table(res: dict, summ: dict) -> str:
 
 
 def prefix_report() -> dict | None:
-    """Summary into :data:`PREFIX_JSON`, the plot :data:`PREFIX_PNG`, the table between the markers of README 8b."""
+    """Summary into :data:`PREFIX_SUMMARY_JSON`, the plot :data:`PREFIX_PNG`, the table between the markers of README 8b."""
     from active_study import _save_prefix
 
     if not PREFIX_JSON.is_file():
         return None
     res = json.loads(PREFIX_JSON.read_text())
     summ = prefix_summary(res)
-    res["summary"] = json.loads(json.dumps(summ))  # int keys -> strings, as they will be read back
-    _save_prefix(res, PREFIX_JSON)
+    # Its own file: the trainings' file may be in use by a running `prefix`, which would overwrite it.
+    _save_prefix(summ, PREFIX_SUMMARY_JSON)
     if res.get("trainings"):
         _prefix_plot(summ)
     table = _prefix_table(res, summ)
