@@ -259,10 +259,11 @@ def _prefix_design() -> dict:
             "test": str(TEST_DB.relative_to(ROOT)), "cache": str(CACHE_DB.relative_to(ROOT))}
 
 
-def run_prefix(until: str | None = None) -> dict:
+def run_prefix(until: str | None = None, max_fits: int | None = None) -> dict:
     """Train and evaluate every prefix model not yet in :data:`PREFIX_JSON` whose cells the cache holds
     (resumable: one record per finished training; a rerun skips it and picks up cells cached since);
-    start no new training after ``until`` (``HH:MM``, UTC)."""
+    start no new training after ``until`` (``HH:MM``, UTC) or after ``max_fits`` trainings (a caller that
+    reruns it then sees the cells cached meanwhile, and the first jobs of :func:`prefix_jobs` go first)."""
     import torch
     from active_study import _save_prefix, prefix_fit, prefix_points
 
@@ -285,6 +286,17 @@ def run_prefix(until: str | None = None) -> dict:
         if k in rows:
             raise SystemExit(f"two cells of composition {k} in {CACHE_DB}")
         rows[k] = i
+    # Compositions whose DFT failed (with the runs' settings) and none finished: as the loop does, such a
+    # calculation counts in n (it was paid for) but gives no cell to train on.
+    from ase.db import connect
+
+    from rhox.engine import keys
+
+    failed = set()
+    for r in connect(str(CACHE_DB)).select(**{keys.STATUS: keys.STATUS_FAILED}):
+        k = _kx(parse_composition(r.get(keys.COMPOSITION), ELEMENTS, normalize=True).values())
+        if k not in rows:
+            failed.add(k)
     test_samples = load_samples(TEST_DB)
     if len(test_samples) < N_TEST:
         raise SystemExit(f"{TEST_DB.name} holds {len(test_samples)} of its {N_TEST} cells: finish the test set first")
@@ -306,6 +318,7 @@ def run_prefix(until: str | None = None) -> dict:
         return feats[seed]
 
     jobs = prefix_jobs(orders)
+    fits = 0
     for name, n, seed in jobs:
         key = f"{name}/n{n}/s{seed}"
         if key in res["trainings"]:
@@ -313,17 +326,21 @@ def run_prefix(until: str | None = None) -> dict:
         if until and time.strftime("%H:%M", time.gmtime()) >= until:
             say(f"prefix: it is past {until} UTC; rerun to continue")
             break
+        if max_fits is not None and fits >= max_fits:
+            break
         comps = orders_all[name][:n]
-        if any(x not in rows for x in comps):
-            say(f"prefix {key}: {sum(x not in rows for x in comps)} of its cells not in the cache yet; skipped")
+        if any(x not in rows and x not in failed for x in comps):
+            say(f"prefix {key}: {sum(x not in rows and x not in failed for x in comps)} of its cells not in the cache "
+                "yet; skipped")
             continue
-        chosen = sorted(rows[x] for x in comps)
+        chosen = sorted(rows[x] for x in comps if x in rows)
         tr, va = cells(seed)
         row = prefix_fit([tr[i] for i in chosen], [va[i] for i in chosen], test, descriptor, seed, PREFIX_STEPS, SYSTEM)
         res["trainings"][key] = {"strategy": name, "n": n, "seed": seed,
                                  "compositions": [cache[i].atoms.info["composition"] for i in chosen],
-                                 "n_test": len(test), **row}
+                                 "failed_dft": [list(x) for x in comps if x not in rows], "n_test": len(test), **row}
         _save_prefix(res, PREFIX_JSON)
+        fits += 1
         say(f"prefix {key}: test L1% mean {row['test_L1%_mean']:.2f} worst {row['test_L1%_worst']:.2f} "
             f"(val best {row['best_val_l1']:.2f} at epoch {row['best_epoch']}/{row['epochs']}; "
             f"{row['cpu_s']:.0f} CPU-s, {row['wall_s']:.0f} s) [{len(res['trainings'])}/{len(jobs)}]")
@@ -646,6 +663,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=("run", "summary", "compositions", "bundle", "dft-baseline", "prefix", "prefix-report"))
     p.add_argument("--until", help="prefix: start no new training after this time (HH:MM, UTC)")
+    p.add_argument("--max-fits", type=int, help="prefix: stop after this many trainings (rerun to continue)")
     p.add_argument("--rounds", type=int, default=ROUNDS)
     p.add_argument("--round", type=int, default=BUNDLE_ROUND, help="bundle: the round whose model is bundled")
     p.add_argument("--rebuild", action="store_true", help="bundle: first rerun the run up to that round")
@@ -655,7 +673,7 @@ def main(argv=None) -> None:
     elif a.what == "summary":
         summary()
     elif a.what == "prefix":
-        run_prefix(a.until)
+        run_prefix(a.until, a.max_fits)
     elif a.what == "prefix-report":
         prefix_report()
     elif a.what == "dft-baseline":  # the test cells first, then the tessellation level by level
