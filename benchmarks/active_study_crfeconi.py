@@ -4,6 +4,11 @@
     python benchmarks/active_study_crfeconi.py summary   # per-cell DFT times and moments, the run's records
     make study-active-crfeconi                           # run (OMP_NUM_THREADS=1, nice 5)
 
+    python benchmarks/active_study_crfeconi.py dft-baseline    # test set, then the tessellation's DFT into the cache
+    python benchmarks/active_study_crfeconi.py prefix          # from-scratch trainings on each pick order's first n
+    python benchmarks/active_study_crfeconi.py prefix-report   # curves, target, reduction factors (README 8b.1)
+    make study-active-crfeconi-prefix                          # the three
+
 Design (kept close to the SiGeSn study, ``benchmarks/active_study.py``, README section 8):
 
 - **Cells**: 8-atom 2x1x1 FCC supercells (one atom = 1/8 of the composition), one CHGNet MD
