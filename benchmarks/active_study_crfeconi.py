@@ -173,7 +173,12 @@ def dft_tessellation(level: int = TESS_LEVEL) -> None:
     (``dft_seed`` 0), so a tessellation run or a prefix fit finds them in the cache."""
     from rhox.engine.generate import execute
     from rhox.engine.learn import round_tasks
+    from rhox.engine.store import Dataset
 
+    if CACHE_DB.is_file():  # reservations of a killed earlier process would be skipped as taken
+        n = Dataset(CACHE_DB).clear_stale()
+        if n:
+            say(f"cleared {n} stale reservation(s) in {CACHE_DB.name}")
     s = baseline_settings("tessellation")
     order = tessellation_order(level)
     tasks = round_tasks(s, [{"x": x.tolist()} for _, x in order])
