@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 5006
 
-.PHONY: app test install install-test system-deps assets bench bench-scale serve clean-venv data-transfer study-transfer study-active study-active-prefix study-active-crfeconi
+.PHONY: app test install install-test system-deps assets bench bench-scale serve clean-venv data-transfer study-transfer study-active study-active-prefix study-active-crfeconi study-active-crfeconi-prefix
 
 # Debian packages: libxc + OpenBLAS let GPAW build with its fast paths; chromium drives the
 # browser tests. Installed when run as root; otherwise we say what is missing and go on
@@ -120,6 +120,13 @@ study-active-prefix: install
 
 study-active-crfeconi: install
 	OMP_NUM_THREADS=1 nice -n 5 $(PY) benchmarks/active_study_crfeconi.py run
+
+# The CrFeCoNi reduction factor (README section 8b): the tessellation's DFT (test cells, halves, quarters)
+# into the shared cache, then every pick order retrained from scratch on its first n cached compositions.
+study-active-crfeconi-prefix: install
+	OMP_NUM_THREADS=1 nice -n 15 $(PY) benchmarks/active_study_crfeconi.py dft-baseline
+	OMP_NUM_THREADS=1 nice -n 15 $(PY) benchmarks/active_study_crfeconi.py prefix
+	$(PY) benchmarks/active_study_crfeconi.py prefix-report
 
 bench: install-test
 	$(PY) benchmarks/run_all.py

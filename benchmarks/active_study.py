@@ -342,8 +342,6 @@ def run_prefix(budget_minutes: float | None = None, steps: int = PREFIX_STEPS, j
     from rhox.engine.bundled import asset_path
     from rhox.engine.composition import parse_composition
     from rhox.engine.descriptors import DescriptorSettings
-    from rhox.engine.learn import configuration_l1, fit_from_scratch
-    from rhox.engine.train_config import TrainConfig
     from rhox.engine.training import featurize, load_samples
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -372,12 +370,8 @@ def run_prefix(budget_minutes: float | None = None, steps: int = PREFIX_STEPS, j
     feats: dict[int, list] = {}
 
     def cells(seed: int) -> list:
-        # An eighth of each cell's grid points, drawn per (seed, cell): the same points in every prefix.
         if seed not in feats:
-            keep = [np.sort(np.random.default_rng([seed, i]).choice(
-                int(np.prod(s.grid_shape)), max(1, round(np.prod(s.grid_shape) * PREFIX_TRAIN["point_fraction"])),
-                replace=False)) for i, s in enumerate(cache)]
-            feats[seed] = featurize(cache, descriptor, cpu, keep=keep)
+            feats[seed] = featurize(cache, descriptor, cpu, keep=prefix_points(cache, seed))
         return feats[seed]
 
     t_start = time.perf_counter()
@@ -390,24 +384,44 @@ def run_prefix(budget_minutes: float | None = None, steps: int = PREFIX_STEPS, j
             say(f"prefix: budget of {budget_minutes} min spent; rerun to continue")
             break
         chosen = sorted((tess if strat == "all" else orders[strat])[:n])  # sorted: the set, not the order
-        cfg = TrainConfig(hidden=tuple(PREFIX_TRAIN["hidden"]), batch_size=PREFIX_TRAIN["batch_size"],
-                          learning_rate=PREFIX_TRAIN["learning_rate"], seed=seed, baseline=False)
-        cpu0 = time.process_time()
-        model, summ = fit_from_scratch([cells(seed)[i] for i in chosen], val, descriptor, cfg, steps,
-                                       system=SYSTEM)
-        l1 = configuration_l1(model, test, n_samples=PREFIX_EVAL_SAMPLES, seed=seed)
-        res["trainings"][key] = {
-            "strategy": strat, "n": n, "seed": seed,
-            "compositions": [cache[i].atoms.info["composition"] for i in chosen],
-            "test_L1%_mean": float(l1.mean()), "test_L1%_worst": float(l1.max()),
+        row = prefix_fit([cells(seed)[i] for i in chosen], val, test, descriptor, seed, steps, SYSTEM)
+        res["trainings"][key] = {"strategy": strat, "n": n, "seed": seed,
+                                 "compositions": [cache[i].atoms.info["composition"] for i in chosen], **row}
+        _save_prefix(res, out)
+        say(f"prefix {key}: test L1% mean {row['test_L1%_mean']:.2f} worst {row['test_L1%_worst']:.2f} (val best "
+            f"{row['best_val_l1']:.2f} at epoch {row['best_epoch']}/{row['epochs']}; {row['cpu_s']:.0f} CPU-s) "
+            f"[{len(res['trainings'])}/{len(jobs)}]")
+    return res
+
+
+def prefix_points(samples, seed: int, fraction: float = PREFIX_TRAIN["point_fraction"]) -> list[np.ndarray]:
+    """The grid points each cell trains on: ``fraction`` of them, drawn per (seed, index of the cell in
+    ``samples``), so a cell is the same points in every prefix of one seed (neighbouring points are
+    strongly correlated: a fraction teaches nearly what all of them do)."""
+    return [np.sort(np.random.default_rng([seed, i]).choice(int(np.prod(s.grid_shape)),
+                                                            max(1, round(np.prod(s.grid_shape) * fraction)),
+                                                            replace=False)) for i, s in enumerate(samples)]
+
+
+def prefix_fit(train: list, val: list, test: list, descriptor, seed: int, steps: int = PREFIX_STEPS,
+               system: str = SYSTEM, train_settings: dict = PREFIX_TRAIN,
+               eval_samples: int = PREFIX_EVAL_SAMPLES) -> dict:
+    """One prefix model: a BNN trained from scratch on ``train`` (featurised cells, :func:`featurize`) for
+    ``steps`` optimiser steps with ``train_settings`` and training seed ``seed``, the epoch best on ``val``
+    kept, then its test L1% (%) on every cell of ``test``; returns the record a study stores (test L1%
+    mean, worst, per cell; the training summary; wall and CPU seconds; the load average)."""
+    from rhox.engine.learn import configuration_l1, fit_from_scratch
+    from rhox.engine.train_config import TrainConfig
+
+    cfg = TrainConfig(hidden=tuple(train_settings["hidden"]), batch_size=train_settings["batch_size"],
+                      learning_rate=train_settings["learning_rate"], seed=seed, baseline=False)
+    cpu0 = time.process_time()
+    model, summ = fit_from_scratch(train, val, descriptor, cfg, steps, system=system)
+    l1 = configuration_l1(model, test, n_samples=eval_samples, seed=seed)
+    return {"test_L1%_mean": float(l1.mean()), "test_L1%_worst": float(l1.max()),
             "test_L1%": [round(float(v), 4) for v in l1], **{k: v for k, v in summ.items() if k != "seconds"},
             "wall_s": round(summ["seconds"], 1), "cpu_s": round(time.process_time() - cpu0, 1),
             "load_average": round(os.getloadavg()[0], 2)}
-        _save_prefix(res, out)
-        say(f"prefix {key}: test L1% mean {l1.mean():.2f} worst {l1.max():.2f} (val best {summ['best_val_l1']:.2f} "
-            f"at epoch {summ['best_epoch']}/{summ['epochs']}; {res['trainings'][key]['cpu_s']:.0f} CPU-s) "
-            f"[{len(res['trainings'])}/{len(jobs)}]")
-    return res
 
 
 # --- CrFeCoNi DFT settings (issue 9 item 4) ------------------------------------------------------

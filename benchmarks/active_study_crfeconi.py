@@ -4,6 +4,11 @@
     python benchmarks/active_study_crfeconi.py summary   # per-cell DFT times and moments, the run's records
     make study-active-crfeconi                           # run (OMP_NUM_THREADS=1, nice 5)
 
+    python benchmarks/active_study_crfeconi.py dft-baseline    # test set, then the tessellation's DFT into the cache
+    python benchmarks/active_study_crfeconi.py prefix          # from-scratch trainings on each pick order's first n
+    python benchmarks/active_study_crfeconi.py prefix-report   # curves, target, reduction factors (README 8b.1)
+    make study-active-crfeconi-prefix                          # the three
+
 Design (kept close to the SiGeSn study, ``benchmarks/active_study.py``, README section 8):
 
 - **Cells**: 8-atom 2x1x1 FCC supercells (one atom = 1/8 of the composition), one CHGNet MD
@@ -51,7 +56,7 @@ ELEMENTS = ("Cr", "Fe", "Co", "Ni")
 REPEAT = (2, 1, 1)        # 8 FCC sites: compositions in eighths
 TEST_DB = DATA / "active_crfeconi_test.db"
 CACHE_DB = DATA / "active_crfeconi_cache.db"
-N_TEST = 4             # 6 planned; 4 this session: at load ~15 a cell takes ~8 min of wall time
+N_TEST = 6             # the first 4 (session 5) are kept: farthest-point selection is greedy, the same draw
 TEST_SEED = 9002          # structure seed of the test cells (the run uses DFT seed 0)
 COMPOSITION_SEED = 2027   # the test compositions' draw (the SiGeSn study uses 2026)
 BATCH = 4
@@ -136,6 +141,394 @@ def run_active(rounds: int = ROUNDS) -> None:
             + (f" ({r['reason']})" if r.get("reason") else ""))
 
     run_learning(run, s, on_status=lambda m: say(f"{RUN_NAME}: {m}"), on_result=on_result)
+
+
+TESS_LEVEL = 3            # the quarters grid (35 compositions); level 4 (eighths, 165) is out of reach here
+
+
+def tessellation_order(level: int = TESS_LEVEL) -> list[tuple[int, np.ndarray]]:
+    """``(level, x)`` of the tessellation baseline in the order its strategy picks them
+    (:func:`rhox.engine.learn.pick`): level by level, only the compositions 8 atoms realise exactly
+    (the thirds of level 2 are skipped): 4 vertices, 10 with the halves, 11 with the centroid,
+    35 with the quarters."""
+    from rhox.engine.composition import tessellation_levels
+    from rhox.engine.learn import _buildable, _exact
+
+    s = baseline_settings("tessellation")
+    return [(lvl, x) for lvl, pts in enumerate(tessellation_levels(len(ELEMENTS), level))
+            for x in pts if _buildable(s, x) and _exact(s, x)]
+
+
+def baseline_settings(strategy: str, seed: int = 0):
+    """The run settings of a strategy (checked; nothing written): the active run's, another strategy."""
+    from rhox.engine.learn import prepare_run
+
+    return prepare_run(RUNS / f"_unused-{strategy}", dict(BASE, strategy=strategy, seed=seed, rounds=ROUNDS,
+                                                         test=str(TEST_DB), cache=str(CACHE_DB)))
+
+
+def dft_tessellation(level: int = TESS_LEVEL) -> None:
+    """DFT of the tessellation baseline's compositions into the shared cache, level by level (one
+    process, serial; resumable: finished cells are skipped). The structures are those of the runs
+    (``dft_seed`` 0), so a tessellation run or a prefix fit finds them in the cache."""
+    from rhox.engine.generate import execute
+    from rhox.engine.learn import round_tasks
+    from rhox.engine.store import Dataset
+
+    if CACHE_DB.is_file():  # reservations of a killed earlier process would be skipped as taken
+        n = Dataset(CACHE_DB).clear_stale()
+        if n:
+            say(f"cleared {n} stale reservation(s) in {CACHE_DB.name}")
+    s = baseline_settings("tessellation")
+    order = tessellation_order(level)
+    tasks = round_tasks(s, [{"x": x.tolist()} for _, x in order])
+    for lvl in sorted({lv for lv, _ in order}):
+        todo = [t for (lv, _), t in zip(order, tasks) if lv == lvl]
+        say(f"tessellation level {lvl}: {len(todo)} composition(s)")
+        execute(todo, str(CACHE_DB), on_result=lambda r: say(
+            f"  {r.get('composition')} {r.get('status')} dft {r.get('dft_time', 0.0) or 0.0:.0f} s, "
+            f"wall {r.get('wall_time', 0.0) or 0.0:.0f} s" + (f" ({r['reason']})" if r.get("reason") else "")))
+
+
+# --- prefix retraining: the pick orders compared fairly (README 8b) ------------------------------------
+#
+# As the SiGeSn study found (active_study.py, "prefix retraining"), a run's own curve mixes which compositions
+# were picked with how the model was fine-tuned round after round (and fine-tuning per round did not converge).
+# Here every model is trained FROM SCRATCH on the cells of the first n compositions of a pick order, with one
+# budget for every order, count and seed, and evaluated on the test set: the differences left are the picks'.
+# The fitting is the SiGeSn study's (active_study.prefix_fit / prefix_points), shared.
+
+PREFIX_JSON = RESULTS / "active_crfeconi_prefix.json"
+PREFIX_SUMMARY_JSON = RESULTS / "active_crfeconi_prefix_summary.json"
+PREFIX_PNG = RESULTS / "active_crfeconi_prefix.png"
+PREFIX_BEGIN, PREFIX_END = "<!-- crfeconi-prefix:begin -->", "<!-- crfeconi-prefix:end -->"
+PREFIX_STEPS = 6000       # optimiser steps of 512 points per training, as SiGeSn (12000 moved n = 17 from 1.21 to 1.18 %)
+PREFIX_SEEDS = (0, 1, 2)  # training seeds of the tessellation and active orders
+RANDOM_SEEDS = (0, 1, 2)  # random orders; random-sK is trained with training seed K
+# Counts in the order they are run, so that an interrupted study has the columns that decide a factor first:
+# 11 = the halves level + centroid and 10 = the halves (the targets while the quarters level is out of reach),
+# then the counts of the other orders; 5 = round 0, already far above the superposition.
+PREFIX_COUNTS = (11, 10, 9, 13, 17, 5, 35)
+TESS_ONLY_COUNTS = (10, 35)  # tessellation levels (halves; quarters) beyond the other orders' counts
+ROUND0 = 5                # vertices + centroid: the same cells for the active and random orders ("round0")
+# Validation (picks the kept epoch; never the test set): the grid points of the training cells that the
+# training does not use, a fixed 1/32 of each cell drawn per (seed, cell). No CrFeCoNi cells outside the
+# pick orders exist to validate on (the SiGeSn study used held-out cells); DFT time went to the baseline.
+PREFIX_VAL_FRACTION = 1 / 32
+
+
+def _kx(x) -> tuple:
+    return tuple(round(float(v), 4) for v in x)
+
+
+def pick_orders() -> dict[str, list[tuple]]:
+    """Each strategy's pick order (barycentric Cr Fe Co Ni, as 4-decimal tuples).
+
+    ``tessellation``: :func:`tessellation_order`; ``active``: the active run's picks, round by round;
+    ``random-sK``: round 0 (vertices + centroid, as the loop's random strategy) then a seeded shuffle
+    (seed K) of a fixed pool: the compositions of the active run and of the tessellation up to the
+    halves + centroid (23): random among the cells the cache holds, not over the whole grid of eighths
+    (whose DFT this machine cannot afford); half the pool is active picks, which favours random."""
+    from rhox.engine.learn import read_records
+
+    tess = [_kx(x) for _, x in tessellation_order()]
+    active = [_kx(p["x"]) for r in read_records(RUNS / RUN_NAME) for p in r["picked"]]
+    out = {"tessellation": tess, "active": active}
+    round0 = active[:ROUND0]
+    pool = [x for x in dict.fromkeys(active + tess[:11]) if x not in round0]
+    for k in RANDOM_SEEDS:
+        rng = np.random.default_rng(k)
+        out[f"random-s{k}"] = round0 + [pool[i] for i in rng.permutation(len(pool))]
+    return out
+
+
+def prefix_jobs(orders: dict) -> list[tuple[str, int, int]]:
+    """``(order, n, seed)`` of every training, in the order run; the first 5 of the active and random orders
+    (round 0) are trained once per seed (order ``round0``)."""
+    jobs = []
+    for n in PREFIX_COUNTS:
+        for name, order in orders.items():  # the tessellation first: it sets the target
+            for seed in PREFIX_SEEDS:
+                if len(order) < n or (name.startswith("random") and seed != int(name.split("-s")[1])):
+                    continue
+                if n in TESS_ONLY_COUNTS and name != "tessellation":
+                    continue
+                if n <= ROUND0 and name != "tessellation":
+                    if ("round0", n, seed) not in jobs:
+                        jobs.append(("round0", n, seed))
+                    continue
+                jobs.append((name, n, seed))
+    return jobs
+
+
+def _prefix_design() -> dict:
+    from active_study import PREFIX_EVAL_SAMPLES, PREFIX_TRAIN
+
+    return {"steps": PREFIX_STEPS, "train": PREFIX_TRAIN, "eval_samples": PREFIX_EVAL_SAMPLES,
+            "validation": f"{PREFIX_VAL_FRACTION:.5f} of each training cell's grid points not trained on",
+            "test": str(TEST_DB.relative_to(ROOT)), "cache": str(CACHE_DB.relative_to(ROOT))}
+
+
+def run_prefix(until: str | None = None, max_fits: int | None = None) -> dict:
+    """Train and evaluate every prefix model not yet in :data:`PREFIX_JSON` whose cells the cache holds
+    (resumable: one record per finished training; a rerun skips it and picks up cells cached since);
+    start no new training after ``until`` (``HH:MM``, UTC) or after ``max_fits`` trainings (a caller that
+    reruns it then sees the cells cached meanwhile, and the first jobs of :func:`prefix_jobs` go first)."""
+    import torch
+    from active_study import _save_prefix, prefix_fit, prefix_points
+
+    from rhox.engine.composition import parse_composition
+    from rhox.engine.descriptors import DescriptorSettings
+    from rhox.engine.training import featurize, load_samples
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    res = json.loads(PREFIX_JSON.read_text()) if PREFIX_JSON.is_file() else {}
+    if res and res.get("design") != json.loads(json.dumps(_prefix_design())):
+        raise SystemExit(f"{PREFIX_JSON} was made with another design; move it aside to start afresh")
+    res.setdefault("design", _prefix_design())
+    res.setdefault("trainings", {})
+    cpu = torch.device("cpu")
+    descriptor = DescriptorSettings.from_dict({"kind": "frame"})
+    cache = load_samples(CACHE_DB)
+    rows = {}
+    for i, smp in enumerate(cache):
+        k = _kx(parse_composition(smp.atoms.info["composition"], ELEMENTS, normalize=True).values())
+        if k in rows:
+            raise SystemExit(f"two cells of composition {k} in {CACHE_DB}")
+        rows[k] = i
+    # Compositions whose DFT failed (with the runs' settings) and none finished: as the loop does, such a
+    # calculation counts in n (it was paid for) but gives no cell to train on.
+    from ase.db import connect
+
+    from rhox.engine import keys
+
+    failed = set()
+    for r in connect(str(CACHE_DB)).select(**{keys.STATUS: keys.STATUS_FAILED}):
+        k = _kx(parse_composition(r.get(keys.COMPOSITION), ELEMENTS, normalize=True).values())
+        if k not in rows:
+            failed.add(k)
+    test_samples = load_samples(TEST_DB)
+    if len(test_samples) < N_TEST:
+        raise SystemExit(f"{TEST_DB.name} holds {len(test_samples)} of its {N_TEST} cells: finish the test set first")
+    test = featurize(test_samples, descriptor, cpu)
+    orders = pick_orders()
+    orders_all = dict(orders, round0=orders["active"][:ROUND0])
+    res["orders"] = {k: [list(x) for x in v] for k, v in orders.items()}
+    feats: dict[int, tuple] = {}
+
+    def cells(seed: int) -> tuple[list, list]:
+        if seed not in feats:
+            keep = prefix_points(cache, seed)
+            vkeep = []
+            for i, (smp, kp) in enumerate(zip(cache, keep)):
+                rest = np.setdiff1d(np.arange(int(np.prod(smp.grid_shape))), kp)
+                m = max(1, round(np.prod(smp.grid_shape) * PREFIX_VAL_FRACTION))
+                vkeep.append(np.sort(np.random.default_rng([seed, i, 1]).choice(rest, m, replace=False)))
+            feats[seed] = (featurize(cache, descriptor, cpu, keep=keep), featurize(cache, descriptor, cpu, keep=vkeep))
+        return feats[seed]
+
+    jobs = prefix_jobs(orders)
+    fits = 0
+    for name, n, seed in jobs:
+        key = f"{name}/n{n}/s{seed}"
+        if key in res["trainings"]:
+            continue
+        if until and time.strftime("%H:%M", time.gmtime()) >= until:
+            say(f"prefix: it is past {until} UTC; rerun to continue")
+            break
+        if max_fits is not None and fits >= max_fits:
+            break
+        comps = orders_all[name][:n]
+        if any(x not in rows and x not in failed for x in comps):
+            say(f"prefix {key}: {sum(x not in rows and x not in failed for x in comps)} of its cells not in the cache "
+                "yet; skipped")
+            continue
+        chosen = sorted(rows[x] for x in comps if x in rows)
+        tr, va = cells(seed)
+        row = prefix_fit([tr[i] for i in chosen], [va[i] for i in chosen], test, descriptor, seed, PREFIX_STEPS, SYSTEM)
+        res["trainings"][key] = {"strategy": name, "n": n, "seed": seed,
+                                 "compositions": [cache[i].atoms.info["composition"] for i in chosen],
+                                 "failed_dft": [list(x) for x in comps if x not in rows], "n_test": len(test), **row}
+        _save_prefix(res, PREFIX_JSON)
+        fits += 1
+        say(f"prefix {key}: test L1% mean {row['test_L1%_mean']:.2f} worst {row['test_L1%_worst']:.2f} "
+            f"(val best {row['best_val_l1']:.2f} at epoch {row['best_epoch']}/{row['epochs']}; "
+            f"{row['cpu_s']:.0f} CPU-s, {row['wall_s']:.0f} s) [{len(res['trainings'])}/{len(jobs)}]")
+    return res
+
+
+# The tessellation's complete levels in these cells (count: what it is), finest last.
+TESS_LEVELS = {4: "vertices", 10: "halves grid", 11: "halves grid + centroid", 35: "quarters grid"}
+STRATEGY_OF = {"tessellation": "tessellation", "active": "active", "round0": None}  # random-sK -> random
+
+
+def prefix_summary(res: dict) -> dict:
+    """Curves (strategy x n: mean, sd, min, max over seeds of the test mean L1%, the mean of the worst),
+    the target (the tessellation at its finest complete level trained) and the reduction factors.
+
+    ``round0`` trainings count for the active and random curves (their first 5 picks). The random curve pools
+    its 3 orders (random-sK trained with seed K): its spread is over orders and training seeds together.
+    Factor per seed s: n_t (the target's count) / the count at which the strategy's curve of seed s reaches
+    the tessellation's test mean L1% at n_t, seed s (:func:`active_study._crossing`, log-log between counts);
+    if the strategy's first count (5, round 0) already reaches it, the factor is at least n_t / 5."""
+    from active_study import _crossing
+
+    per: dict[str, dict[int, dict[int, tuple]]] = {"tessellation": {}, "active": {}, "random": {}}
+    for t in res.get("trainings", {}).values():
+        name = t["strategy"]
+        groups = ["active", "random"] if name == "round0" else ["random" if name.startswith("random") else name]
+        for g in groups:
+            per[g].setdefault(t["n"], {})[t["seed"]] = (t["test_L1%_mean"], t["test_L1%_worst"])
+    curves = {}
+    for g, byn in per.items():
+        curves[g] = {}
+        for n in sorted(byn):
+            m = np.array([v[0] for v in byn[n].values()])
+            w = np.array([v[1] for v in byn[n].values()])
+            curves[g][n] = {"seeds": sorted(byn[n]), "mean": float(m.mean()),
+                            "sd": float(m.std(ddof=1)) if len(m) > 1 else None, "min": float(m.min()),
+                            "max": float(m.max()), "values": [float(v) for v in m], "worst_mean": float(w.mean()),
+                            "worst_max": float(w.max())}
+    out = {"curves": curves, "factors": {}}
+    levels = [n for n in TESS_LEVELS if n in curves["tessellation"] and n > 5]
+    if levels:
+        tn = max(levels)
+        out["target"] = {"n": tn, "level": TESS_LEVELS[tn], **curves["tessellation"][tn]}
+    for tn in levels:
+        tess = per["tessellation"][tn]
+        fac = {}
+        for g in ("active", "random"):
+            vals = []
+            for seed in sorted(tess):
+                ns = sorted(n for n in per[g] if seed in per[g][n])
+                if not ns:
+                    continue
+                ys = [per[g][n][seed][0] for n in ns]
+                cross = _crossing(ns, ys, tess[seed][0])
+                vals.append({"seed": seed, "target_L1%": tess[seed][0], "n_to_target": cross,
+                             "at_least": bool(cross is not None and cross == ns[0]),
+                             "factor": tn / cross if cross else None, "max_n_tried": ns[-1],
+                             "best_L1%": min(ys)})
+            f = [v["factor"] for v in vals if v["factor"]]
+            fac[g] = {"per_seed": vals, "mean": float(np.mean(f)) if f else None, "min": min(f) if f else None,
+                      "max": max(f) if f else None, "n_reached": len(f), "n_seeds": len(vals)}
+        out["factors"][tn] = fac
+    return out
+
+
+def _prefix_plot(summ: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"tessellation": "black", "active": "tab:red", "random": "tab:blue"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+    for ax, k, what in ((axes[0], "values", "test mean L1% (dots: each seed; line: mean)"),
+                        (axes[1], "worst_mean", "worst test cell's L1%, mean over seeds")):
+        for i, (g, rows) in enumerate(summ["curves"].items()):
+            ns = sorted(rows)
+            if not ns:
+                continue
+            shift = 1 + 0.012 * (i - 1)
+            ax.plot(np.array(ns) * shift, [rows[n]["mean" if k == "values" else k] for n in ns], color=colors[g],
+                    marker="o", ms=3, lw=1.2, label=g)
+            if k == "values":
+                for n in ns:
+                    ax.scatter([n * shift] * len(rows[n]["values"]), rows[n]["values"], s=10, alpha=0.6, color=colors[g])
+        tgt = summ.get("target")
+        if tgt and k == "values":
+            ax.axhspan(tgt["min"], tgt["max"], color="gray", alpha=0.2, lw=0)
+            ax.axhline(tgt["mean"], color="gray", ls=":", lw=1)
+        ax.set_xlabel("DFT compositions (the first n of each pick order)")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    t = summ.get("target")
+    fig.suptitle(f"{SYSTEM} 8-atom cells: from scratch, {PREFIX_STEPS} steps, on the first n picks"
+                 + (f"; grey: tessellation at n = {t['n']} ({t['level']}), the target" if t else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(PREFIX_PNG, dpi=110)
+    plt.close(fig)
+
+
+def _prefix_table(res: dict, summ: dict) -> str:
+    tr = res.get("trainings", {})
+    if not tr:
+        return "No prefix training yet."
+    planned = prefix_jobs(pick_orders())
+    cpu = [t["cpu_s"] for t in tr.values()]
+    lines = [f"Trainings: {len(tr)} of {len(planned)} planned"
+             + ("" if len(tr) >= len(planned) else " (**incomplete**: empty cells below were not run)")
+             + f"; {PREFIX_STEPS} steps each; CPU per training median {np.median(cpu):.0f} s (range "
+             f"{min(cpu):.0f}-{max(cpu):.0f}); test set: {max(t['n_test'] for t in tr.values())} cells.", ""]
+    counts = sorted({n for rows in summ["curves"].values() for n in rows})
+    head = "| strategy | " + " | ".join(f"n = {n}" for n in counts) + " |"
+    sep = "|---|" + "---:|" * len(counts)
+    lines += ["Test mean L1% (%) of models trained from scratch on each order's first n compositions: mean ± sd "
+              "[min-max] (number of seeds); random pools its 3 orders:", "", head, sep]
+    for g, rows in summ["curves"].items():
+        cells = []
+        for n in counts:
+            r = rows.get(n)
+            cells.append("" if not r else f"{r['mean']:.2f}" + (f" ± {r['sd']:.2f} [{r['min']:.2f}-{r['max']:.2f}]"
+                                                                if r["sd"] is not None else "") + f" ({len(r['seeds'])})")
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    lines += ["", "Worst test cell's L1% (%), mean over seeds (max):", "", head, sep]
+    for g, rows in summ["curves"].items():
+        lines.append(f"| {g} | " + " | ".join(f"{rows[n]['worst_mean']:.2f} ({rows[n]['worst_max']:.2f})"
+                                              if n in rows else "" for n in counts) + " |")
+    tgt = summ.get("target")
+    if tgt:
+        lines += ["", f"Target (the finest tessellation level trained: n = {tgt['n']}, {tgt['level']}): test mean "
+                      f"L1% **{tgt['mean']:.2f}** (range {tgt['min']:.2f}-{tgt['max']:.2f} over {len(tgt['seeds'])} "
+                      "training seeds)."]
+    if summ["factors"]:
+        lines += ["", "Reduction factor at equal accuracy = n_t / (the count at which the strategy's curve reaches the "
+                      "tessellation's test mean L1% at n_t, same seed; log-log between counts): mean [min-max] "
+                      "(seeds reaching it / seeds); '≥' where round 0 (n = 5) already reaches it:", "",
+                  "| tessellation level n_t (its L1%) | active | random |", "|---|---:|---:|"]
+        for tn, fac in summ["factors"].items():
+            cells = []
+            for g in ("active", "random"):
+                f = fac[g]
+                if not f["per_seed"]:
+                    cells.append("n/a")
+                elif f["mean"] is None:
+                    mx = max(v["max_n_tried"] for v in f["per_seed"])
+                    cells.append(f"not reached by n = {mx} (< {tn / mx:.2f}; best L1% "
+                                 f"{min(v['best_L1%'] for v in f['per_seed']):.2f})")
+                else:
+                    ge = "≥ " if any(v["at_least"] for v in f["per_seed"]) else ""
+                    cells.append(f"{ge}{f['mean']:.2f} [{f['min']:.2f}-{f['max']:.2f}] ({f['n_reached']}/{f['n_seeds']})")
+            tl = summ["curves"]["tessellation"][tn]
+            lines.append(f"| n_t = {tn}, {TESS_LEVELS[tn]} ({tl['mean']:.2f} %) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def prefix_report() -> dict | None:
+    """Summary into :data:`PREFIX_SUMMARY_JSON`, the plot :data:`PREFIX_PNG`, the table between the markers of README 8b."""
+    from active_study import _save_prefix
+
+    if not PREFIX_JSON.is_file():
+        return None
+    res = json.loads(PREFIX_JSON.read_text())
+    summ = prefix_summary(res)
+    # Its own file: the trainings' file may be in use by a running `prefix`, which would overwrite it.
+    _save_prefix(summ, PREFIX_SUMMARY_JSON)
+    if res.get("trainings"):
+        _prefix_plot(summ)
+    table = _prefix_table(res, summ)
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    if PREFIX_BEGIN in text and PREFIX_END in text:
+        head, rest = text.split(PREFIX_BEGIN, 1)
+        _, tail = rest.split(PREFIX_END, 1)
+        tmp = readme.with_suffix(".tmp")
+        tmp.write_text(head + PREFIX_BEGIN + "\n" + table + "\n" + PREFIX_END + tail)
+        os.replace(tmp, readme)
+    print(table)
+    return res
 
 
 def species_moments(atoms, spin_density: np.ndarray) -> dict[str, float]:
@@ -278,7 +671,9 @@ Rebuild: `python benchmarks/active_study_crfeconi.py bundle --rebuild` (in `make
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("run", "summary", "compositions", "bundle"))
+    p.add_argument("what", choices=("run", "summary", "compositions", "bundle", "dft-baseline", "prefix", "prefix-report"))
+    p.add_argument("--until", help="prefix: start no new training after this time (HH:MM, UTC)")
+    p.add_argument("--max-fits", type=int, help="prefix: stop after this many trainings (rerun to continue)")
     p.add_argument("--rounds", type=int, default=ROUNDS)
     p.add_argument("--round", type=int, default=BUNDLE_ROUND, help="bundle: the round whose model is bundled")
     p.add_argument("--rebuild", action="store_true", help="bundle: first rerun the run up to that round")
@@ -287,6 +682,13 @@ def main(argv=None) -> None:
         print("\n".join(test_compositions()))
     elif a.what == "summary":
         summary()
+    elif a.what == "prefix":
+        run_prefix(a.until, a.max_fits)
+    elif a.what == "prefix-report":
+        prefix_report()
+    elif a.what == "dft-baseline":  # the test cells first, then the tessellation level by level
+        make_test_set()
+        dft_tessellation()
     elif a.what == "bundle":
         bundle(a.round, a.rebuild)
     else:
