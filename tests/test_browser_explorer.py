@@ -131,10 +131,10 @@ class Page:
         self.pg.wait_for_selector(".rhox-scene canvas", timeout=30_000)
 
     # --- reading --------------------------------------------------------------------
-    def text(self, selector: str | None = None, timeout: float = 30) -> str:
+    def text(self, selector: str | None = None) -> str:
         if selector is None:
             return self.pg.evaluate(JS_DEEP_TEXT, None)
-        return self.pg.locator(selector).first.evaluate(JS_DEEP_TEXT, timeout=timeout * 1000)
+        return self.pg.locator(selector).first.evaluate(JS_DEEP_TEXT)
 
     def wait_text(self, selector: str, words: str, timeout: float = 30):
         t0 = time.time()
@@ -262,10 +262,7 @@ def test_train_job_shows_progress_and_cancels_while_the_page_answers(page):
     while float(bar.get_attribute("value") or 0) <= 0:  # the bar moves (descriptors, then epochs)
         assert time.time() - t0 < 120, page.text(".rhox-job-status")
         time.sleep(0.1)
-    # As the job starts, its descriptor and torch threads take both cores of a 2-core CI machine and
-    # the headless renderer can be starved for tens of seconds: read the status with a longer timeout.
-    # Whether the page answers the user is checked below, on a click.
-    status = page.text(".rhox-job-status", timeout=90)
+    status = page.text(".rhox-job-status")
     assert any(w in status for w in ("descriptors", "training", "epoch ")), status
     # the page still answers clicks while the job runs
     before = page.text(".rhox-message")
