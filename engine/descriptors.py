@@ -917,16 +917,19 @@ class FrameBlender:
             return calc._table[calc._element[torch.as_tensor(np.ascontiguousarray(i), device=calc.device)]]
 
         rows, rest = _listing_ties(dist, vec, k, self.listing_width, self._usable(dist, vec))
-        out = torch.empty((len(dist), s.length), dtype=torch.float64, device=calc.device)
+        # Rows are written in the calculator's dtype: a plain row's float64 features round exactly as
+        # the calculator's do; the softening (weights and their product) runs in that dtype too, a
+        # third of a block's descriptor time in float64.
+        out = torch.empty((len(dist), s.length), dtype=calc.dtype, device=calc.device)
         plain = np.ones(len(dist), bool)
         plain[rows] = False
         if plain.any():
             p = torch.as_tensor(np.flatnonzero(plain), device=calc.device)
-            out[p] = _frame_features(t64(vec[plain, :k]), t64(dist[plain, :k]), attr(idx[plain, :k]), s.radial)
+            out[p] = _frame_features(t64(vec[plain, :k]), t64(dist[plain, :k]), attr(idx[plain, :k]), s.radial).to(calc.dtype)
         if rows.size:
             r = torch.as_tensor(rows, device=calc.device)
             full = _frame_features(t64(vec[rows]), t64(dist[rows]), attr(idx[rows]), s.radial)
-            full = full.reshape(len(rows), dist.shape[1], -1)
+            full = full.reshape(len(rows), dist.shape[1], -1).to(calc.dtype)
             d = dist[rows]
             h = d[:, :k, None] - d[:, None, :]
             # The bump is exactly 0 from one width on: evaluate it only where it is not (and on
@@ -935,10 +938,10 @@ class FrameBlender:
             pm = np.zeros(h.shape)
             pm[near] = _bump(h[near], self.listing_width)
             pm /= np.maximum(pm.sum(2, keepdims=True), 1e-300)
-            soft = torch.bmm(t64(pm), full)
+            soft = torch.bmm(torch.as_tensor(pm, dtype=calc.dtype, device=calc.device), full)
             keep = torch.as_tensor(rest[rows, :k], device=calc.device)  # frame slots stay as they are
             out[r] = torch.where(keep[..., None], soft, full[:, :k]).reshape(len(rows), -1)
-        return out.to(calc.dtype)
+        return out
 
     def _usable(self, dist: np.ndarray, vec: np.ndarray) -> np.ndarray:
         """:func:`_usable_wrt_first` of these arrays, kept for the last arrays asked about (the
