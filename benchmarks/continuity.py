@@ -141,7 +141,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     ap.add_argument("--lines", type=int, default=30)
-    ap.add_argument("--widths", type=float, nargs="*", default=[0.05, BLEND_WIDTH])
+    ap.add_argument("--widths", type=float, nargs="*", default=[BLEND_WIDTH, 0.1])
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load_model(args.model)

@@ -784,9 +784,11 @@ def descriptors_for_grid(
 # Frame blending: a continuous prediction across near-ties of the frame's defining atoms
 # --------------------------------------------------------------------------------------------
 
-BLEND_WIDTH = 0.1
+BLEND_WIDTH = 0.05
 """Å. Default width δ of the frame atoms' tie zone of :class:`FrameBlender` (see
-benchmarks/README.md, "Continuity across neighbour-distance ties", for the measurements behind it)."""
+benchmarks/README.md, "Continuity across neighbour-distance ties", for the measurements behind it:
+δ = 0.05 Å leaves the same largest jumps as 0.1 Å, 0.027 / 0.056 % at bond midpoints, with half the
+extra network evaluations, 0.18 instead of 0.37 per grid point on a 300 K SiGeSn cell)."""
 
 LISTING_WIDTH = 0.02
 """Å. Default width of the listing ties that :class:`FrameBlender` softens (same section)."""
