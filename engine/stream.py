@@ -394,6 +394,23 @@ def _start_worker(model) -> None:
     global _WORKER_MODEL
     torch.set_num_threads(1)  # one process per core: each runs torch with one thread
     _WORKER_MODEL = model
+    import threading
+
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True,
+                     name="rhox-exit-with-parent").start()
+
+
+def _exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """End this worker process as soon as its parent (the ``rhox predict`` that started it) is gone.
+
+    A killed parent cannot shut its pool down, and its workers would otherwise go on with the
+    runs of blocks they hold, for minutes, on cores the user believes free. Nothing is lost: the
+    store records only blocks the parent saw finish, and ``--resume`` redoes the rest."""
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 def _worker_blocks(store: str, run: dict, start: int, stop: int) -> list[tuple[int, float, float]]:

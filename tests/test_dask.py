@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -195,3 +196,45 @@ def test_cli_workers_and_refusals(tiny_model, sige, tmp_path):
         torch.set_num_threads(before)
     _assert_same_fields(tmp_path / "ref.zarr", tmp_path / "r.zarr")
     _assert_same_fields(tmp_path / "ref.zarr", tmp_path / "d.zarr")
+
+
+def test_local_worker_processes_end_when_the_command_is_killed(tiny_model, tmp_path):
+    """A `rhox predict --workers 2` killed with SIGKILL (no clean-up possible) leaves no worker
+    process behind computing blocks nobody will record."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+    from ase.io import write
+
+    from conftest import rhox_cmd, subprocess_env
+
+    model_dir, _ = tiny_model
+    big = bulk("Si", "diamond", a=5.5).repeat((2, 2, 2))  # many blocks: the run outlives the kill below
+    big.set_chemical_symbols(["Si", "Ge"] * (len(big) // 2))
+    write(tmp_path / "big.xyz", big)
+    proc = subprocess.Popen(rhox_cmd() + ["predict", "big.xyz", "--model", str(model_dir), "--samples", "3",
+                                          "--spacing", "0.08", "--out", "r.zarr", "--workers", "2"],
+                            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.time() + 300
+        workers = []
+        while time.time() < deadline and proc.poll() is None:  # the pool's workers: spawned python children
+            workers = [c for c in parent.children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
+            if len(workers) == 2 and (tmp_path / "r.zarr").exists():
+                break
+            time.sleep(0.2)
+        assert len(workers) == 2 and proc.poll() is None, "the run ended or never started its 2 workers"
+        time.sleep(1.0)  # the workers are into their runs of blocks
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        gone, alive = psutil.wait_procs(workers, timeout=20)
+        assert not alive, f"worker processes still running after their parent was killed: {[p.pid for p in alive]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for c in psutil.Process().children(recursive=True):
+            if "spawn_main" in " ".join(c.cmdline()):
+                c.kill()
