@@ -78,8 +78,12 @@ assets: install
 	  --repeat 1 --samples 1 --vacancies 1 --temperature 300 --temperature 900 --thermal md --seed 3 \
 	  --workers 2 --out assets/sigesn_train_defects.db
 	$(PY) benchmarks/calib_data.py
-	$(VENV)/bin/rhox train assets/sigesn_train_defects.db --parent build/sigesn_base --out assets/model --overwrite \
+	$(VENV)/bin/rhox train assets/sigesn_train_defects.db --parent build/sigesn_base --out build/sigesn_ft4 --overwrite \
 	  --seed 0 --epochs 4 --lr 5e-4 --no-baseline --calibration benchmarks/data/sigesn_calib.db
+	# Then the same cells at a lower learning rate, the best of 8 epochs on the validation cells (the same
+	# split, seed 0): lower test L1% and NRMSE% (benchmarks/README.md section 2, session 7).
+	$(VENV)/bin/rhox train assets/sigesn_train_defects.db --parent build/sigesn_ft4 --out assets/model --overwrite \
+	  --seed 0 --epochs 8 --lr 1e-4 --no-baseline --calibration benchmarks/data/sigesn_calib.db
 	# The σ size term (atoms whose neighbour shells are more varied than any training atom's): c fitted
 	# on the committed 64-atom calibration cells for this model, then stored with its novelty.
 	OMP_NUM_THREADS=1 $(PY) benchmarks/kpoint_reference.py --size-term
