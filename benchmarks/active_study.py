@@ -1291,10 +1291,12 @@ def pool_summary(runs: dict, prefix: dict, cache_wall: dict[str, float]) -> dict
     per["tessellation"] = tess
     # At n = 46 every strategy has the same cells (the whole pool): the model is v3's all/n46 of that seed (what a
     # finished run reuses), so a run cut short still has its curve's end (marked in the table).
+    # Likewise n = 4 (round 0, the same cells for every strategy) for a run that has not trained it itself.
     for strat in [s for s in per if s != "tessellation"]:
-        for seed, v in tess.get(PREFIX_ALL, {}).items():
-            if any(seed in per[strat][n] for n in per[strat]):
-                per[strat].setdefault(PREFIX_ALL, {}).setdefault(seed, v)
+        for n in (4, PREFIX_ALL):
+            for seed, v in tess.get(n, {}).items():
+                if any(seed in per[strat][m] for m in per[strat]):
+                    per[strat].setdefault(n, {}).setdefault(seed, v)
     curves = {}
     for strat, byn in per.items():
         curves[strat] = {}
@@ -1325,7 +1327,10 @@ def pool_summary(runs: dict, prefix: dict, cache_wall: dict[str, float]) -> dict
                     if tgt is None:
                         continue
                     cross = _crossing(ns, vals, tgt)
+                    hi = next((n for n in ns if n >= cross), None) if cross else None
+                    lo = max([n for n in ns if n < cross], default=hi) if cross else None
                     row[what] = {"target": tgt, "n_to_target": cross, "factor": nt / cross if cross else None,
+                                 "between": [lo, hi],
                                  "dft_s_to_target": float(np.interp(cross, ns, dft)) if cross else None,
                                  "factor_dft_s": (tess_dft / float(np.interp(cross, ns, dft))) if cross else None}
                 rows.append(row)
@@ -1437,7 +1442,9 @@ def _pool_table(runs: dict, summ: dict) -> str:
         lines += ["", "Reduction factor = n_t / (the count at which the strategy's curve reaches the tessellation's "
                       "test mean L1% at n_t), interpolated log-log between counts, per acquisition seed (seed 0, 1, 2); "
                       "mean [min-max]. *Paired*: the target is the tessellation's model of the same training seed; "
-                      "*vs mean*: the mean of its 3 seeds. DFT: the same in recorded DFT seconds.", "",
+                      "*vs mean*: the mean of its 3 seeds. DFT: the same in recorded DFT seconds. In brackets: the "
+                      "measured counts between which the curve crosses the target (n = 46, the whole pool, is the "
+                      "same model for every strategy: v3's all/n46 of the seed).", "",
                   "| target: tessellation at n_t | strategy | paired, per seed | paired | vs mean, per seed | vs mean "
                   "| DFT seconds, vs mean |", "|---|---|---|---:|---|---:|---:|"]
 
@@ -1448,8 +1455,9 @@ def _pool_table(runs: dict, summ: dict) -> str:
             out = []
             for r in rows:
                 f = r.get(what, {})
-                out.append(f"s{r['seed']} " + ("–" if what not in r else f"{f['factor']:.2f}" if f["factor"] else
-                                               f"not by {r['max_n']}"))
+                out.append(f"s{r['seed']} " + ("–" if what not in r else
+                                               f"{f['factor']:.2f} ({f['between'][0]}-{f['between'][1]})"
+                                               if f["factor"] else f"not by {r['max_n']}"))
             return ", ".join(out)
 
         for nt, fac in summ["factors"].items():
