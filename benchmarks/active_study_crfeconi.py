@@ -9,6 +9,9 @@
     python benchmarks/active_study_crfeconi.py prefix-report   # curves, target, reduction factors (README 8b.1)
     make study-active-crfeconi-prefix                          # the three
 
+    python benchmarks/active_study_crfeconi.py bundle          # assets/models/CrFeCoNi from scratch on the cache (make assets)
+    python benchmarks/active_study_crfeconi.py retrain-check   # the loop's --retrain modes on active-s0's picks (README 8b.2)
+
 Design (kept close to the SiGeSn study, ``benchmarks/active_study.py``, README section 8):
 
 - **Cells**: 8-atom 2x1x1 FCC supercells (one atom = 1/8 of the composition), one CHGNet MD
@@ -686,6 +689,13 @@ def bundle(force: bool = False) -> None:
     baseline = ("not computed" if not sup else
                 f"the superposition of free-atom densities (GPAW) has L1% {sup['L1%']:.2f} on the same cells")
     train_cells = sorted(set(names.values()) - set(val_cells))
+    seen = [c for c in ev["configurations"] if c["seen_composition"]]
+    seen_text = ("Every test composition is unseen (no training or validation cell has it)." if not seen else
+                 f"{len(seen)} test composition(s), {', '.join(c['composition'] for c in seen)}, also appear among the "
+                 f"cache's cells (an active-learning pick), in another structure (another MD snapshot, the Vegard "
+                 f"lattice of the drawn composition): the evaluation flags them as seen; over the "
+                 f"{a['n_unseen_compositions']} unseen compositions alone the mean L1% is "
+                 f"{a.get('L1%_unseen_compositions', float('nan')):.2f}.")
     test_cells = ", ".join(c["composition"] for c in ev["configurations"])
     (tmp / "README.md").write_text(f"""# Bundled CrFeCoNi model (issue 9 item 4)
 
@@ -714,9 +724,7 @@ the settings above:
 - baseline: {baseline}
 - energy per atom: {energy}
 
-One test composition, Cr0.25Fe0.125Co0.5Ni0.125 (Cr2FeCo4Ni), is also a training composition (an active
-pick), in another structure (other MD snapshot, Vegard lattice): its error is not that of an unseen
-composition.
+{seen_text}
 
 Rebuild: `python benchmarks/active_study_crfeconi.py bundle` (in `make assets`; skipped when the
 model is up to date with the cache; `--rebuild` forces it).
