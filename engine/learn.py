@@ -130,7 +130,7 @@ class LearnSettings:
     - an integer N: about N steps per round (the epochs whose mini-batches reach N, at least 1, at
       most ``max_epochs``); round 0, which trains from scratch (the same for every strategy), gets
       :data:`FIRST_ROUND_STEPS` x N;
-    - ``"converge"``: every round from 1 fine-tunes to convergence: early stopping once the
+    - ``"converge"``: every fine-tuning round trains to convergence: early stopping once the
       validation L1% of the run's validation cells has not improved for ``patience_steps`` steps,
       capped at ``max_steps`` steps; the best validation epoch is kept. A round's model then
       reflects its data rather than how many rounds it had. Round 0 trains from scratch for the
@@ -339,7 +339,7 @@ def check_settings_of_run(s: LearnSettings) -> LearnSettings:
 
 
 def _default_train() -> dict:
-    # Fine-tuning rounds retrain on all data so far from the parent's weights: a modest budget.
+    # Each round retrains on all data so far (from scratch or from the parent's weights, ``retrain``): a modest budget.
     return {"hidden": (64, 64, 32), "max_epochs": 40, "patience": 6, "baseline": False, "val_fraction": 0.2}
 
 
@@ -862,8 +862,8 @@ def cost_to_reach(records: Sequence[dict], target: float, metric: str = "mean",
 
 
 # --- prefix retraining: a model of the data alone ---------------------------------------------------
-# The loop fine-tunes round after round, so a round's model mixes the value of the data with the path
-# of the training. To compare which compositions strategies picked, the study retrains FROM SCRATCH on
+# A loop that fine-tunes round after round (``retrain`` "finetune") gives models that mix the value of the
+# data with the path of the training. To compare which compositions strategies picked, the study retrains FROM SCRATCH on
 # each prefix of a recorded pick order, with one fixed budget of optimiser steps for every strategy and
 # count, keeping the epoch best on one validation set shared by all (benchmarks/README.md §8).
 
