@@ -781,12 +781,50 @@ def retrain_check(rounds: int = ROUNDS) -> dict:
         tmp = RETRAIN_JSON.with_suffix(".tmp")
         tmp.write_text(json.dumps(out, indent=1))
         os.replace(tmp, RETRAIN_JSON)
+        retrain_report(out)
     return out
+
+
+def retrain_table(res: dict) -> str:
+    """The Markdown table of :func:`retrain_check`'s results (README 8b.2)."""
+    counts = sorted({r["n_compositions"] for v in res["variants"].values() for r in v})
+    lines = ["Test mean L1% (%) (worst cell's in brackets) of each round's model, by retraining mode and `--train-steps` N; "
+             "steps = optimiser steps of the round's training (512 points each); one training seed:", "",
+             "| variant | " + " | ".join(f"n = {n}" for n in counts) + " | steps per round | training wall s per round (loaded machine) |",
+             "|---|" + "---:|" * (len(counts) + 2)]
+    for (mode, steps) in RETRAIN_VARIANTS:
+        v = res["variants"].get(f"{mode}-{steps}")
+        if not v:
+            lines.append(f"| {mode}, N = {steps} | " + " | ".join("" for _ in counts) + " | not run | |")
+            continue
+        by = {r["n_compositions"]: r for r in v}
+        cells = [f"{by[n]['test_L1%_mean']:.2f} ({by[n]['test_L1%_worst']:.2f})" if n in by else "" for n in counts]
+        st = "/".join(str(r["steps"]) for r in v)
+        sec = "/".join(f"{r['train_seconds']:.0f}" for r in v)
+        lines.append(f"| {mode}, N = {steps} | " + " | ".join(cells) + f" | {st} | {sec} |")
+    missing = [f"{m}-{s}" for m, s in RETRAIN_VARIANTS if len(res["variants"].get(f"{m}-{s}", [])) < ROUNDS]
+    if missing:
+        lines += ["", f"Incomplete: {', '.join(missing)} (`retrain-check` resumes them)."]
+    return "\n".join(lines)
+
+
+def retrain_report(res: dict | None = None) -> None:
+    """Write :func:`retrain_table` between the README's retrain-check markers."""
+    res = res or json.loads(RETRAIN_JSON.read_text())
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    head, sep, rest = text.partition("<!-- retrain-check:begin -->\n")
+    _, sep2, tail = rest.partition("<!-- retrain-check:end -->")
+    if not (sep and sep2):
+        raise SystemExit("README.md has no retrain-check markers")
+    tmp = readme.with_suffix(".md.tmp")
+    tmp.write_text(head + sep + retrain_table(res) + "\n" + sep2 + tail)
+    os.replace(tmp, readme)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("run", "summary", "compositions", "bundle", "retrain-check", "dft-baseline", "prefix", "prefix-report"))
+    p.add_argument("what", choices=("run", "summary", "compositions", "bundle", "retrain-check", "retrain-report", "dft-baseline", "prefix", "prefix-report"))
     p.add_argument("--until", help="prefix: start no new training after this time (HH:MM, UTC)")
     p.add_argument("--max-fits", type=int, help="prefix: stop after this many trainings (rerun to continue)")
     p.add_argument("--rounds", type=int, default=ROUNDS)
@@ -805,6 +843,8 @@ def main(argv=None) -> None:
         dft_tessellation()
     elif a.what == "retrain-check":
         retrain_check(a.rounds)
+    elif a.what == "retrain-report":
+        retrain_report()
     elif a.what == "bundle":
         bundle(a.rebuild)
     else:
