@@ -740,22 +740,43 @@ model is up to date with the cache; `--rebuild` forces it).
 # before it starts, so no acquisition runs and every DFT cell comes from the cache) through
 # rhox.engine.learn.run_learning with one retraining mode and step budget, and is evaluated on the 6
 # test cells. Only the training differs between variants.
-RETRAIN_VARIANTS = (("finetune", 150), ("scratch", 150), ("finetune", 750), ("scratch", 750))
+RETRAIN_VARIANTS = (("finetune", 150), ("scratch", 750), ("scratch", 150), ("finetune", 750))
 RETRAIN_RUNS = ROOT / "build" / "active_crfeconi_retrain"
 RETRAIN_JSON = RESULTS / "active_crfeconi_retrain.json"
 
 
-def retrain_check(rounds: int = ROUNDS) -> dict:
-    """Replay active-s0's picks with every :data:`RETRAIN_VARIANTS` (resumable: finished rounds are kept)
-    and write the test L1% per round and variant to :data:`RETRAIN_JSON`."""
-    import shutil
+def _retrain_results() -> dict:
+    """The finished rounds of every variant's run folder (a variant whose folder is gone keeps what
+    :data:`RETRAIN_JSON` holds), as written to :data:`RETRAIN_JSON`."""
+    from rhox.engine.learn import read_records
 
-    from rhox.engine.learn import PICKED_FILE, prepare_run, read_records, round_dir, run_learning
-
-    src = RUNS / RUN_NAME
+    old = json.loads(RETRAIN_JSON.read_text())["variants"] if RETRAIN_JSON.is_file() else {}
     out = {"design": "active-s0's picks replayed (DFT from the cache), only the training differs; test: "
                      f"{TEST_DB.relative_to(ROOT)}; train_steps N: fine-tuning rounds N steps, round 0 and "
                      "every scratch round 8N steps (512 points each)", "variants": {}}
+    for mode, steps in RETRAIN_VARIANTS:
+        name = f"{mode}-{steps}"
+        run = RETRAIN_RUNS / name
+        if not run.is_dir():
+            if name in old:
+                out["variants"][name] = old[name]
+            continue
+        out["variants"][name] = [
+            {"round": x["round"], "n_compositions": x["n_compositions"], "test_L1%_mean": x["test"]["L1%_mean"],
+             "test_L1%_worst": x["test"]["L1%_worst"], "cal1": x["test"].get("cal1"),
+             "validation_L1%": x["validation_L1%"], "steps": x["training"]["steps"],
+             "train_seconds": x["train_seconds"], "parent": bool(x.get("parent"))} for x in read_records(run)]
+    return out
+
+
+def retrain_check(rounds: int = ROUNDS) -> dict:
+    """Replay active-s0's picks with every :data:`RETRAIN_VARIANTS` (resumable: finished rounds are kept)
+    and write the test L1% per round and variant to :data:`RETRAIN_JSON` and the README's table."""
+    import shutil
+
+    from rhox.engine.learn import PICKED_FILE, prepare_run, round_dir, run_learning
+
+    src = RUNS / RUN_NAME
     for mode, steps in RETRAIN_VARIANTS:
         name = f"{mode}-{steps}"
         run = RETRAIN_RUNS / name
@@ -770,19 +791,9 @@ def retrain_check(rounds: int = ROUNDS) -> dict:
                 shutil.copy2(round_dir(src, r) / PICKED_FILE, d / PICKED_FILE)
         t0 = time.process_time()
         run_learning(run, s, on_status=lambda m, n=name: say(f"{n}: {m}"))
-        recs = read_records(run)
-        out["variants"][name] = [
-            {"round": x["round"], "n_compositions": x["n_compositions"], "test_L1%_mean": x["test"]["L1%_mean"],
-             "test_L1%_worst": x["test"]["L1%_worst"], "cal1": x["test"].get("cal1"),
-             "validation_L1%": x["validation_L1%"], "steps": x["training"]["steps"],
-             "train_seconds": x["train_seconds"], "parent": bool(x.get("parent"))} for x in recs]
-        say(f"{name}: " + ", ".join(f"n={x['n_compositions']} {x['test_L1%_mean']:.2f}" for x in out["variants"][name])
-            + f" ({time.process_time() - t0:.0f} CPU-s this call)")
-        tmp = RETRAIN_JSON.with_suffix(".tmp")
-        tmp.write_text(json.dumps(out, indent=1))
-        os.replace(tmp, RETRAIN_JSON)
-        retrain_report(out)
-    return out
+        say(f"{name}: done ({time.process_time() - t0:.0f} CPU-s this call)")
+        retrain_report()
+    return _retrain_results()
 
 
 def retrain_table(res: dict) -> str:
@@ -808,9 +819,13 @@ def retrain_table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def retrain_report(res: dict | None = None) -> None:
-    """Write :func:`retrain_table` between the README's retrain-check markers."""
-    res = res or json.loads(RETRAIN_JSON.read_text())
+def retrain_report() -> None:
+    """Write the results so far (:func:`_retrain_results`) to :data:`RETRAIN_JSON` and their
+    :func:`retrain_table` between the README's retrain-check markers."""
+    res = _retrain_results()
+    tmp = RETRAIN_JSON.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    os.replace(tmp, RETRAIN_JSON)
     readme = HERE / "README.md"
     text = readme.read_text()
     head, sep, rest = text.partition("<!-- retrain-check:begin -->\n")
