@@ -674,8 +674,8 @@ def learn(
                                                          "stopping). "
                                                          "Default: --epochs with the training's patience."),
     retrain: Optional[str] = typer.Option(None, help="How each round trains: scratch (a new model on all data so far, "
-                                                     "with round 0's budget) or finetune (the previous round's model "
-                                                     "fine-tuned, --parent). Default scratch: on the CrFeCoNi study's "
+                                                     "with round 0's budget, which must reach convergence: see --train-steps) or finetune (the "
+                                                     "previous round's model fine-tuned, as rhox train --parent). Default scratch: on the CrFeCoNi study's "
                                                      "cells fine-tuned rounds stayed at test L1% ~8 % where the same "
                                                      "cells trained from scratch reach ~1.4 % (benchmarks/README.md 8b). "
                                                      "Fixed for a run; runs made before this option resume as finetune."),
