@@ -69,7 +69,8 @@ TRAIN = {"hidden": [64, 64, 32], "max_epochs": 200, "patience": 200, "point_frac
          "val_fraction": 0.2, "baseline": False}
 BASE = {"system": SYSTEM, "strategy": "active", "batch": BATCH, "step": 0.125, "repeat": list(REPEAT), "samples": 1,
         "temperatures": [300.0], "thermal": "md", "dft_seed": 0, "eval_samples": 10, "train": TRAIN,
-        "train_steps": TRAIN_STEPS}
+        "train_steps": TRAIN_STEPS,
+        "retrain": "finetune"}  # how active-s0 ran (rhox learn's default is now scratch: README 8b.2)
 RUN_NAME = "active-s0"
 ASSET = ROOT / "assets" / "models" / SYSTEM
 
