@@ -673,6 +673,12 @@ def learn(
                                                          "capped at --max-steps; round 0, from scratch, trains 8x the cap without early "
                                                          "stopping). "
                                                          "Default: --epochs with the training's patience."),
+    retrain: Optional[str] = typer.Option(None, help="How each round trains: scratch (a new model on all data so far, "
+                                                     "with round 0's budget, which must reach convergence: see --train-steps) or finetune (the "
+                                                     "previous round's model fine-tuned, as rhox train --parent). Default scratch: on the CrFeCoNi study's "
+                                                     "cells fine-tuned rounds stayed at test L1% ~8 % where the same "
+                                                     "cells trained from scratch reach ~1.4 % (benchmarks/README.md 8b). "
+                                                     "Fixed for a run; runs made before this option resume as finetune."),
     patience_steps: Optional[int] = typer.Option(None, help="With --train-steps converge: steps without validation "
                                                             "improvement before a round stops (default 400)."),
     max_steps: Optional[int] = typer.Option(None, help="With --train-steps converge: cap on a round's steps (default 4000)."),
@@ -687,8 +693,9 @@ def learn(
 ):
     """Active learning over the composition simplex (or the tessellation / random baseline).
 
-    Each round runs DFT at the picked compositions into OUT/data.db, fine-tunes the previous
-    round's model, evaluates it on --test and appends a record to OUT/log.jsonl.
+    Each round runs DFT at the picked compositions into OUT/data.db, trains a model on all the
+    data so far (from scratch, or fine-tuning the previous round's with --retrain finetune),
+    evaluates it on --test and appends a record to OUT/log.jsonl.
 
     Example: rhox learn SiGeSn --out runs/al --strategy active --rounds 6 --batch 2 --repeat 1 --test data/test.db
     """
@@ -719,7 +726,7 @@ def learn(
                  test=str(test) if test else None, target_l1=target_l1, target_metric=target_on, seed=seed,
                  cache=str(cache) if cache else None, dft=dft or None, train=train or None,
                  acquisition=acquisition or None, dft_seed=dft_seed, train_steps=check_train_steps(train_steps),
-                 patience_steps=patience_steps, max_steps=max_steps)
+                 patience_steps=patience_steps, max_steps=max_steps, retrain=retrain)
     settings = prepare_run(out_dir, given, resume=resume)
     if add:
         from .composition import parse_composition

@@ -290,6 +290,7 @@ def _foreign_system_db(path: Path) -> None:
     (["--aggregate", "quantile:1.5"], ["quantile", "1.5"]),
     (["--weighting", "area"], ["weighting", "area"]),
     (["--dft-seed", "-1"], ["seed of the DFT structures", "-1"]),
+    (["--retrain", "warm"], ["retraining mode", "warm", "scratch", "finetune"]),
 ])
 def test_bad_options_refused_with_nothing_written(tmp_path, args, words):
     _foreign_system_db(tmp_path / "other.db")
@@ -322,6 +323,27 @@ def test_resume_refuses_a_changed_fixed_option(tmp_path):
                    "started with")
     # given as stored, they are accepted
     assert learn.prepare_run(run, {"acquisition": {"aggregate": "quantile", "quantile": 0.9}}, resume=True).batch == 1
+
+
+def test_retrain_mode_is_stored_kept_on_resume_and_old_runs_resume_as_finetune(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    s = learn.prepare_run(run, _given())
+    assert s.retrain == learn.DEFAULT_RETRAIN == "scratch"  # a new run's default
+    assert learn.prepare_run(tmp_path / "other", _given(retrain="finetune")).retrain == "finetune"
+    (run / learn.SETTINGS_FILE).write_text(json.dumps(s.to_dict()))  # as run_learning stores it
+    assert json.loads((run / learn.SETTINGS_FILE).read_text())["retrain"] == "scratch"
+    assert learn.prepare_run(run, {}, resume=True).retrain == "scratch"
+    assert learn.prepare_run(run, {"retrain": "scratch"}, resume=True).retrain == "scratch"
+    assert_refused(["learn", "--out", "run", "--resume", "--retrain", "finetune"], tmp_path, "retrain",
+                   "finetune", "started with")
+    # a run stored before the setting existed fine-tuned its rounds: it resumes as it ran
+    old = {k: v for k, v in s.to_dict().items() if k != "retrain"}
+    (run / learn.SETTINGS_FILE).write_text(json.dumps(old))
+    assert learn.prepare_run(run, {"rounds": 3}, resume=True).retrain == "finetune"
+    # the CLI's option reaches the stored settings of a new run
+    with pytest.raises(InputError, match="retraining mode 'Scratch'"):
+        learn.prepare_run(tmp_path / "third", _given(retrain="Scratch"))
 
 
 # --- a real run: tiny DFT, two rounds ------------------------------------------------------------------
@@ -391,17 +413,46 @@ def test_two_round_run_end_to_end(reference_run):
     # the log holds one line per finished round, the same as the done markers
     lines = (run / "log.jsonl").read_text().splitlines()
     assert [json.loads(x) for x in lines] == records == learn.read_records(run)
-    # round 1 was fine-tuned from round 0's model, on all four configurations
+    # round 1 (retrain scratch, the default) is a new network on all four configurations: no parent
+    # model's weights were loaded, and its lineage has no parent
     from rhox.engine.model import load_model
 
     meta = load_model(run / "round-001" / "model").meta
-    assert meta["training"]["parent"] == str(run / "round-000" / "model")
+    assert [r["retrain"] for r in records] == ["scratch", "scratch"] and r1["parent"] is None
+    assert meta["training"]["parent"] is None and meta["lineage"]["parent"] is None
     assert meta["training"]["n_configurations"] == 4
+    assert meta["fine_tune_compositions"] is None
     # everything lives in the run folder (the DFT cache is the one shared file outside it)
     assert {p.name for p in run.iterdir()} >= {"settings.json", "data.db", "log.jsonl", "round-000", "round-001"}
     from rhox.engine.store import Dataset
 
     assert Dataset(root / "cache.db", readonly=True).count() == 4
+
+
+@pytest.mark.dft
+def test_finetune_run_trains_round_1_from_round_0s_model(reference_run, tmp_path, monkeypatch):
+    """The same run with retrain finetune (DFT from the shared cache): round 1 starts from round 0's
+    weights, and the from-scratch budget is round 0's alone."""
+    import rhox.engine.training as training
+
+    root, ref, given, ref_records = reference_run
+    parents = []
+    real_fit = training.fit
+
+    def spy(dataset, out_dir, cfg, *a, parent=None, **k):
+        parents.append(parent)
+        return real_fit(dataset, out_dir, cfg, *a, parent=parent, **k)
+
+    monkeypatch.setattr(training, "fit", spy)
+    run = tmp_path / "ft"
+    records = learn.run_learning(run, learn.prepare_run(run, dict(given, retrain="finetune")))
+    assert parents == [None, run / "round-000" / "model"]
+    assert [r["retrain"] for r in records] == ["finetune", "finetune"]
+    assert records[1]["parent"] == str(run / "round-000" / "model")
+    assert all(r["n_cache_hits"] == r["n_dft"] for r in records)  # no DFT: the reference run's cache
+    # round 0 is the same training in both modes (from scratch, same seed): the same model
+    assert records[0]["test"] == ref_records[0]["test"]
+    assert records[1]["picked"] == ref_records[1]["picked"]
 
 
 @pytest.mark.dft
