@@ -955,13 +955,7 @@ def prefix_report() -> dict | None:
     if res.get("trainings"):
         _prefix_plot(summ)
     table = _prefix_table(res, summ)
-    text = README.read_text()
-    if PREFIX_BEGIN in text and PREFIX_END in text:
-        head, rest = text.split(PREFIX_BEGIN, 1)
-        _, tail = rest.split(PREFIX_END, 1)
-        tmp = README.with_suffix(".tmp")
-        tmp.write_text(head + PREFIX_BEGIN + "\n" + table + "\n" + PREFIX_END + tail)
-        os.replace(tmp, README)
+    replace_marked_section(README, PREFIX_BEGIN, PREFIX_END, table)
     print(table)
     return res
 
@@ -1036,6 +1030,18 @@ def _wall(sample) -> float:
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def replace_marked_section(readme: Path, begin: str, end: str, table: str) -> None:
+    """Put ``table`` between the ``begin`` and ``end`` markers of ``readme`` (atomically); nothing
+    happens when a marker is missing."""
+    text = readme.read_text()
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        tmp = readme.with_suffix(".tmp")
+        tmp.write_text(head + begin + "\n" + table + "\n" + end + tail)
+        os.replace(tmp, readme)
 
 
 def _write_json_atomic(path: Path, obj) -> None:
@@ -1496,13 +1502,7 @@ def pool_report(out_dir: Path = POOL_DIR, steps: int = PREFIX_STEPS) -> dict | N
     _write_json_atomic(POOL_JSON, res)
     _pool_plot(summ)
     table = _pool_table(runs, summ)
-    text = README.read_text()
-    if POOL_BEGIN in text and POOL_END in text:
-        head, rest = text.split(POOL_BEGIN, 1)
-        _, tail = rest.split(POOL_END, 1)
-        tmp = README.with_suffix(".tmp")
-        tmp.write_text(head + POOL_BEGIN + "\n" + table + "\n" + POOL_END + tail)
-        os.replace(tmp, README)
+    replace_marked_section(README, POOL_BEGIN, POOL_END, table)
     print(table)
     return res
 

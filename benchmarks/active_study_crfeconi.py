@@ -520,14 +520,9 @@ def prefix_report() -> dict | None:
     if res.get("trainings"):
         _prefix_plot(summ)
     table = _prefix_table(res, summ)
-    readme = HERE / "README.md"
-    text = readme.read_text()
-    if PREFIX_BEGIN in text and PREFIX_END in text:
-        head, rest = text.split(PREFIX_BEGIN, 1)
-        _, tail = rest.split(PREFIX_END, 1)
-        tmp = readme.with_suffix(".tmp")
-        tmp.write_text(head + PREFIX_BEGIN + "\n" + table + "\n" + PREFIX_END + tail)
-        os.replace(tmp, readme)
+    from active_study import replace_marked_section
+
+    replace_marked_section(HERE / "README.md", PREFIX_BEGIN, PREFIX_END, table)
     print(table)
     return res
 
