@@ -13,9 +13,9 @@ standardised target units). Over S weight samples
     aleatoric variance = Mean_s[var_s]        (noise in the data)
     total variance     = epistemic + aleatoric
 
-The loss is the Gaussian negative log-likelihood plus the KL divergence to the prior
-N(0, prior_sigma²), the KL divided by an effective sample count (the training points, or the
-training configurations: see :class:`~rhox.engine.train_config.TrainConfig`).
+The loss is the Gaussian negative log-likelihood (optionally β-NLL weighted: :func:`beta_nll`) plus
+the KL divergence to the prior N(0, prior_sigma²), the KL divided by an effective sample count (the
+training points, or the training configurations: see :class:`~rhox.engine.train_config.TrainConfig`).
 ``NetConfig(bayesian=False)`` gives the same shape with ordinary layers: the deterministic baseline.
 
 A mean-field posterior fitted to hundreds of thousands of correlated grid points stays narrow
@@ -255,19 +255,39 @@ def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor
     return 0.5 * torch.mean(log_var + (target - mean) ** 2 * torch.exp(-log_var))
 
 
+def beta_nll(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
+    """β-NLL (Seitzer et al., ICLR 2022): each point's Gaussian NLL weighted by σ^(2β), the weight
+    detached and divided by its batch mean; in the standardised target units.
+
+    With a learned variance the plain NLL (``beta`` 0, :func:`gaussian_nll` exactly) pulls the mean
+    with (μ − y)/σ², so the points the network is unsure of (here the steep core peaks of ñ) hardly
+    move it; β = ½ makes that (μ − y)/σ and β = 1 an ordinary squared error on the mean. The weight
+    carries no gradient, so each point's optimal σ² is unchanged, and its batch mean of 1 keeps the
+    NLL on the scale of the KL term it is added to.
+    """
+    if beta == 0:
+        return gaussian_nll(mean, log_var, target)
+    weight = torch.exp(beta * log_var.detach())
+    per_point = 0.5 * (log_var + (target - mean) ** 2 * torch.exp(-log_var))
+    return torch.mean(weight / weight.mean() * per_point)
+
+
 def loss_fn(net: "DensityNet | BNNEnsemble", x: torch.Tensor, y: torch.Tensor,
-            n_train: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, nll): NLL of the batch plus KL / n_train (n_train: the effective sample count).
+            n_train: float, beta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, nll): the batch's β-NLL (:func:`beta_nll`; ``beta`` 0: the Gaussian NLL) plus
+    KL / n_train (n_train: the effective sample count), and the batch's plain Gaussian NLL (the
+    record, comparable whatever ``beta``).
 
     For an ensemble, the sum of the members' own losses (each member is fitted as if alone;
     they share only the batches) and their mean NLL.
     """
     if isinstance(net, BNNEnsemble):
-        parts = [loss_fn(m, x, y, n_train) for m in net.members]
+        parts = [loss_fn(m, x, y, n_train, beta) for m in net.members]
         return sum(p[0] for p in parts), sum(p[1] for p in parts) / len(parts)
     mean, log_var = net(x, sample=True)
     nll = gaussian_nll(mean, log_var, y)
-    return nll + net.kl() / n_train, nll
+    fit_term = nll if beta == 0 else beta_nll(mean, log_var, y, beta)
+    return fit_term + net.kl() / n_train, nll
 
 
 NETWORK_ROWS = 10240

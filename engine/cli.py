@@ -324,6 +324,9 @@ def train(
     members: int = typer.Option(_TRAIN.members, help="BNNs in the ensemble (epistemic σ over all of them)."),
     init_sigma: float = typer.Option(_TRAIN.init_sigma, help="Initial posterior σ of the Bayesian weights."),
     kl_per: str = typer.Option(_TRAIN.kl_per, help="KL term scaled per grid point or per configuration: point | configuration."),
+    beta_nll: float = typer.Option(_TRAIN.beta_nll, "--beta-nll", help="β-NLL exponent in [0, 1]: each point's NLL "
+                                   "weighted by σ^(2β), so that uncertain points (the density peaks) pull the mean; "
+                                   "0: the plain Gaussian NLL."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model directory (its reports too)."),
     calibration: Optional[Path] = typer.Option(None, help="DFT cells unlike the training ones (strained, with vacancies; "
@@ -349,7 +352,7 @@ def train(
     cfg = TrainConfig(hidden=widths, max_epochs=epochs, batch_size=batch_size, learning_rate=lr, patience=patience,
                       val_fraction=val_fraction, seed=seed, device=device, descriptor=desc,
                       baseline=baseline, freeze_layers=freeze_layers, members=members, init_sigma=init_sigma,
-                      kl_per=kl_per)
+                      kl_per=kl_per, beta_nll=beta_nll)
     if not dataset.is_file():
         raise InputError(f"dataset {dataset} does not exist")
     if calibration is not None and not calibration.is_file():

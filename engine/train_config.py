@@ -54,7 +54,9 @@ class TrainConfig:
     train on that fraction of each training configuration's grid points, a random subset fixed by
     the seed, whose descriptors alone are computed; validation keeps every point. Neighbouring
     grid points are strongly correlated, so 1/8 loses little and trains ~8x faster: the active-
-    learning study's rounds).
+    learning study's rounds), beta_nll (in [0, 1]: each point's NLL weighted by its detached σ^(2β),
+    :func:`rhox.engine.bnn.beta_nll`; 0 is the plain Gaussian NLL, ½ lets the uncertain points, the
+    density peaks at the nuclei, pull the mean).
     """
 
     hidden: tuple[int, ...] = (96, 96, 48)
@@ -76,6 +78,7 @@ class TrainConfig:
     device: str = "auto"
     descriptor: dict = field(default_factory=lambda: {"kind": "frame"})
     point_fraction: float = 1.0     # of each training configuration's grid points (a fixed random subset)
+    beta_nll: float = 0.0           # β of the β-NLL (0: the Gaussian NLL)
 
     def __post_init__(self) -> None:
         try:
@@ -116,6 +119,10 @@ class TrainConfig:
                 or not 0 < self.point_fraction <= 1:
             raise InputError(f"the fraction of grid points trained on must lie in (0, 1], got {self.point_fraction!r}")
         self.point_fraction = float(self.point_fraction)
+        if isinstance(self.beta_nll, bool) or not isinstance(self.beta_nll, (int, float)) \
+                or not 0 <= self.beta_nll <= 1:
+            raise InputError(f"the β-NLL exponent must lie in [0, 1], got {self.beta_nll!r}")
+        self.beta_nll = float(self.beta_nll)
 
     @staticmethod
     def _checked_descriptor(d) -> dict:
@@ -147,5 +154,7 @@ class TrainConfig:
         return d
 
     def resume_key(self) -> dict:
-        """The settings a checkpoint must share with a run that resumes it."""
-        return {k: v for k, v in self.to_dict().items() if k not in RESUMABLE_CHANGES}
+        """The settings a checkpoint must share with a run that resumes it (β-NLL 0 left out, as
+        checkpoints made before the setting existed record it: they stay resumable)."""
+        return {k: v for k, v in self.to_dict().items()
+                if k not in RESUMABLE_CHANGES and not (k == "beta_nll" and v == 0)}

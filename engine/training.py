@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from . import atom_novelty, domain, keys, lineage, metrics
-from .bnn import DensityNet, NetConfig, gaussian_nll, leading_layers, loss_fn, make_net, predict_with_uncertainty
+from .bnn import DensityNet, NetConfig, beta_nll, gaussian_nll, leading_layers, loss_fn, make_net, predict_with_uncertainty
 from .descriptors import DescriptorCalculator, DescriptorSettings
 from .dft import DensitySample
 from .errors import DatasetError, InputError, ModelError
@@ -238,10 +238,11 @@ def _train_net(net: DensityNet, model: RhoxModel, train: list[ConfigData], val: 
         for b in range(0, n, cfg.batch_size):
             idx = perm[b:b + cfg.batch_size]
             if net.bayesian:
-                loss, nll = loss_fn(net, x[idx], y[idx], n_kl)
+                loss, nll = loss_fn(net, x[idx], y[idx], n_kl, cfg.beta_nll)
             else:
                 mean, log_var = net(x[idx])
-                nll = loss = gaussian_nll(mean, log_var, y[idx])
+                nll = gaussian_nll(mean, log_var, y[idx])
+                loss = nll if cfg.beta_nll == 0 else beta_nll(mean, log_var, y[idx], cfg.beta_nll)
             if not bool(torch.isfinite(loss)):
                 # Nothing of a diverged run is saved: not this epoch's checkpoint, not a model.
                 raise ModelError(f"training diverged: the {tag} loss became {float(loss.detach())} in epoch {epoch + 1} "

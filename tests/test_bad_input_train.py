@@ -50,6 +50,9 @@ def _train(cwd, *args, check=True):
     (["--members", "0"], ["ensemble members", "0"]),
     (["--kl-per", "grid"], ["per point or per configuration", "grid"]),
     (["--init-sigma", "0"], ["initial posterior", "0"]),
+    (["--beta-nll", "1.5"], ["β-NLL", "[0, 1]", "1.5"]),
+    (["--beta-nll", "-0.1"], ["β-NLL", "-0.1"]),
+    (["--beta-nll", "nan"], ["β-NLL", "nan"]),
 ])
 def test_bad_training_option_is_refused(work, args, words):
     assert_refused(["train", "data.db", "--out", "m", *args], work, *words)

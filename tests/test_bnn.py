@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rhox.engine.bnn import BayesLinear, DensityNet, NetConfig, gaussian_nll, predict_with_uncertainty
+from rhox.engine.bnn import BayesLinear, DensityNet, NetConfig, beta_nll, gaussian_nll, predict_with_uncertainty
 from rhox.engine.errors import InputError
 
 
@@ -74,6 +74,56 @@ def test_gaussian_nll_by_hand():
     # ½ mean(log σ² + (y − μ)²/σ²): points (μ=0, log σ²=0, y=1) -> 0.5 and (μ=1, log σ²=log 4, y=3) -> ½(log 4 + 1)
     nll = gaussian_nll(torch.tensor([0.0, 1.0]), torch.tensor([0.0, math.log(4.0)]), torch.tensor([1.0, 3.0]))
     assert float(nll) == pytest.approx(0.5 * (0.5 + 0.5 * (math.log(4.0) + 1.0)))
+
+
+def _nll_inputs():
+    # The two points of test_gaussian_nll_by_hand: σ² = 1 and 4, per-point NLL ½ and ½(log 4 + 1).
+    return (torch.tensor([0.0, 1.0], requires_grad=True), torch.tensor([0.0, math.log(4.0)], requires_grad=True),
+            torch.tensor([1.0, 3.0]))
+
+
+def test_beta_nll_by_hand():
+    mean, log_var, y = _nll_inputs()
+    assert torch.equal(beta_nll(mean, log_var, y, 0.0), gaussian_nll(mean, log_var, y))  # β = 0: today's loss
+    p1, p2 = 0.5, 0.5 * (math.log(4.0) + 1.0)
+    # β = 1: weights σ² = 1, 4 over their mean 2.5 -> 0.4, 1.6
+    assert beta_nll(mean, log_var, y, 1.0).item() == pytest.approx(0.5 * (0.4 * p1 + 1.6 * p2))
+    # β = ½: weights σ = 1, 2 over their mean 1.5 -> 2/3, 4/3
+    assert beta_nll(mean, log_var, y, 0.5).item() == pytest.approx(0.5 * (2 / 3 * p1 + 4 / 3 * p2))
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0])
+def test_beta_nll_weight_carries_no_gradient(beta):
+    mean, log_var, y = _nll_inputs()
+    beta_nll(mean, log_var, y, beta).backward()
+    w = torch.exp(beta * log_var.detach())
+    w = w / w.mean()
+    # Each point's own NLL gradients, times its (constant) weight / N: dσ² of the weight adds nothing.
+    m2, lv2 = mean.detach().requires_grad_(), log_var.detach().requires_grad_()
+    per_point = 0.5 * (lv2 + (y - m2) ** 2 * torch.exp(-lv2))
+    g_mean, g_lv = torch.autograd.grad(per_point.sum(), (m2, lv2))
+    assert torch.allclose(log_var.grad, w * g_lv / 2) and torch.allclose(mean.grad, w * g_mean / 2)
+    # By hand: d/dlog σ² of ½(log σ² + r²/σ²) = ½(1 − r²/σ²): point 1 r² = 1, σ² = 1 -> 0; point 2 r² = 4, σ² = 4 -> 0.
+    assert torch.allclose(g_lv, torch.zeros(2))
+    # The mean's pull is (μ − y)/σ² · σ^(2β): at β = ½, (μ − y)/σ up to the normalisation.
+    assert torch.allclose(mean.grad, w * torch.tensor([-1.0, -0.5]) / 2)
+
+
+def test_loss_fn_uses_beta_nll_and_records_the_plain_nll():
+    from rhox.engine.bnn import loss_fn, make_net
+
+    torch.manual_seed(0)
+    net = make_net(NetConfig(4, (8,), True, init_sigma=0.05))
+    x, y = torch.randn(64, 4), torch.randn(64)
+    torch.manual_seed(3)
+    loss0, nll0 = loss_fn(net, x, y, 100.0)
+    torch.manual_seed(3)
+    loss_b, nll_b = loss_fn(net, x, y, 100.0, beta=0.5)
+    torch.manual_seed(3)
+    mean, log_var = net(x, sample=True)
+    assert torch.equal(nll_b, nll0) and torch.equal(loss0, nll0 + net.kl() / 100.0)
+    assert torch.allclose(loss_b, beta_nll(mean, log_var, y, 0.5) + net.kl() / 100.0)
+    assert not torch.allclose(loss_b, loss0)
 
 
 def test_net_config_refuses_bad_widths_and_unknown_keys():

@@ -82,6 +82,19 @@ def test_same_seed_same_model(tiny_dataset, tmp_path):
         assert torch.equal(v1, v2), k
 
 
+def test_beta_nll_option_trains_and_is_recorded(tiny_dataset, tmp_path):
+    common = dict(hidden=(16,), max_epochs=2, batch_size=512, seed=5, baseline=False, device="cpu")
+    plain = fit(tiny_dataset, tmp_path / "plain", TrainConfig(**common))
+    beta = fit(tiny_dataset, tmp_path / "beta", TrainConfig(**common, beta_nll=0.5))
+    # Same seed, same batches: only the loss differs, and it moves the weights.
+    assert not torch.equal(plain.net.layers[0].weight_mu, beta.net.layers[0].weight_mu)
+    saved = json.loads((tmp_path / "beta" / "config.json").read_text())["training"]["config"]
+    assert saved["beta_nll"] == 0.5 and load_model(tmp_path / "plain").meta["training"]["config"]["beta_nll"] == 0.0
+    assert TrainConfig(**{**saved, "hidden": tuple(saved["hidden"])}).beta_nll == 0.5  # round trip
+    # A checkpoint of a run made before β-NLL existed (no such key) stays resumable with β = 0.
+    assert "beta_nll" not in TrainConfig().resume_key() and TrainConfig(beta_nll=1).resume_key()["beta_nll"] == 1.0
+
+
 def test_resume_continues_from_checkpoint(tiny_dataset, tmp_path):
     cfg = TrainConfig(hidden=(16,), max_epochs=2, batch_size=512, seed=1, baseline=False, device="cpu", patience=50)
     fit(tiny_dataset, tmp_path / "m", cfg)
