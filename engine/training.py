@@ -374,12 +374,25 @@ def fit(
     """
     cfg = config or TrainConfig()
     threads = torch.get_num_threads()
-    # Training uses every core; the caller's setting (an app predicting on one thread) comes back after.
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # The caller's setting (an app predicting on one thread) comes back after.
+    torch.set_num_threads(training_threads())
     try:
         return _fit(dataset, out_dir, cfg, parent, resume, overwrite, on_epoch, on_status, should_stop, calibration)
     finally:
         torch.set_num_threads(threads)
+
+
+def training_threads() -> int:
+    """Torch threads for a training: ``OMP_NUM_THREADS`` when it is set to a whole number >= 1 (the
+    user's or a batch job's limit), otherwise every core of this machine.
+
+    Honouring the variable matters on a shared machine: two threads that fight another busy process
+    for two cores were measured 40x slower per epoch than one thread (190 s against 5 s).
+    """
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    return max(1, os.cpu_count() or 1)
 
 
 def _fit_novelty(samples, train_idx, status):

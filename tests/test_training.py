@@ -1,5 +1,6 @@
 """Training, saving/loading, prediction and evaluation on a tiny real-DFT dataset."""
 import json
+import os
 import shutil
 
 import numpy as np
@@ -224,3 +225,20 @@ def test_ensemble_trains_saves_and_predicts_like_a_single_model(tiny_dataset, tm
     f2 = predict(back, atoms, shape=(8, 8, 8), n_samples=4, seed=1)
     np.testing.assert_array_equal(f1.sigma_epistemic, f2.sigma_epistemic)
     assert float(f1.sigma_epistemic.mean()) > 0 and np.isfinite(f1.mean).all()
+
+
+def test_training_threads_follow_omp_num_threads(tiny_dataset, tmp_path, monkeypatch):
+    from rhox.engine.training import training_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert training_threads() == 1
+    seen = []
+    fit(tiny_dataset, tmp_path / "one", TrainConfig(hidden=(16,), max_epochs=1, batch_size=512, seed=5,
+                                                   baseline=False, device="cpu"),
+        on_epoch=lambda rec: seen.append(torch.get_num_threads()))
+    assert seen == [1]
+    for unset_or_bad in ("", "0", "two"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset_or_bad)
+        assert training_threads() == max(1, os.cpu_count() or 1)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert training_threads() == max(1, os.cpu_count() or 1)
