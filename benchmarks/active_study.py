@@ -1128,7 +1128,7 @@ def _known_trainings(st: PoolStudy, out_dir: Path, steps: int) -> dict:
     if pre.get("design") and _as_json(st.training_design(steps)) == {k: v for k, v in pre["design"].items()
                                                                     if k != "runs"}:
         for key, t in pre.get("trainings", {}).items():
-            known[(tuple(sorted(t["compositions"])), t["seed"])] = (f"v3 prefix {key}", t)
+            known[(tuple(sorted(t["compositions"])), t["seed"])] = (f"{st.texts.get('prefix_label', 'v3 prefix')} {key}", t)
     for f in sorted(out_dir.glob("*-s*.json")):
         run = _read_json(f)
         if run.get("design", {}).get("steps") != steps:
