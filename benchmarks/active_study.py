@@ -1005,7 +1005,8 @@ class PoolStudy:
     featurised on its training points of that seed). ``design(steps)``: what a run file must match to be
     resumed. ``training_design(steps)``: what makes two trainings on the same cells and seed the same training;
     ``prefix_json``'s rows with it are reused. ``orders``: model-free pick orders besides random (strategy ->
-    function of the seed). ``texts``: the report's wording (keys of :func:`_pool_table` and :func:`_pool_plot`)."""
+    function of the seed). ``texts``: the report's wording (keys of :func:`_pool_table` and :func:`_pool_plot`).
+    ``variants``: active runs with another acquisition (name -> the keywords of ``DEFAULT_ACQUISITION`` changed)."""
     system: str
     elements: tuple
     step: float
@@ -1030,6 +1031,11 @@ class PoolStudy:
     failed_wall: dict = field(default_factory=dict)  # composition -> recorded DFT wall s of a failed cell
     texts: dict = field(default_factory=dict)
     show_sd: bool = False                 # the table gives the sd over seeds as well
+    variants: dict = field(default_factory=dict)  # other active strategies: name -> acquisition keywords changed
+
+    def strategies(self, present=()) -> tuple:
+        """The strategies a report shows, in order: tessellation, active, random, then the variants present."""
+        return ("tessellation", "active", "random") + tuple(v for v in self.variants if v in present)
 
     @property
     def n0(self) -> int:
@@ -1055,13 +1061,20 @@ def _pool_design(steps: int = PREFIX_STEPS) -> dict:
     return loop_design(_training_design(steps), BATCH, POOL_STEP)
 
 
+def _acquisition(st: PoolStudy, strategy: str) -> dict:
+    from rhox.engine.learn import DEFAULT_ACQUISITION
+
+    return {**DEFAULT_ACQUISITION, **st.variants.get(strategy, {})}
+
+
 def _pool_settings(st: PoolStudy, strategy: str, seed: int):
     """The loop's settings for ``pick`` (engine.learn): the study's system, lattice, batch and seed, and the
-    default acquisition of ``rhox learn --strategy active``."""
+    default acquisition of ``rhox learn --strategy active`` (a variant's: active with its acquisition)."""
     from rhox.engine.learn import LearnSettings, check_settings_of_run
 
-    return check_settings_of_run(LearnSettings(system=st.system, strategy=strategy, batch=st.batch, step=st.step,
-                                               repeat=tuple(st.repeat), seed=seed))
+    return check_settings_of_run(LearnSettings(system=st.system, strategy="active" if strategy in st.variants
+                                               else strategy, batch=st.batch, step=st.step, repeat=tuple(st.repeat),
+                                               seed=seed, acquisition=_acquisition(st, strategy)))
 
 
 def _xkey(x) -> tuple:
@@ -1162,11 +1175,14 @@ def _run_file(out_dir: Path, name: str) -> Path:
 
 
 def _load_run(st: PoolStudy, out_dir: Path, name: str, steps: int) -> dict:
-    run = _read_json(_run_file(out_dir, name))
-    if run and run.get("design") != _as_json(st.design(steps)):
-        raise SystemExit(f"{_run_file(out_dir, name)} was made with another design; move it aside to start afresh")
     strategy, seed = name.rsplit("-s", 1)
-    return run or {"design": st.design(steps), "run": name, "strategy": strategy, "seed": int(seed), "rounds": []}
+    design = st.design(steps)
+    if strategy in st.variants:
+        design = {**design, "acquisition": _acquisition(st, strategy)}
+    run = _read_json(_run_file(out_dir, name))
+    if run and run.get("design") != _as_json(design):
+        raise SystemExit(f"{_run_file(out_dir, name)} was made with another design; move it aside to start afresh")
+    return run or {"design": design, "run": name, "strategy": strategy, "seed": int(seed), "rounds": []}
 
 
 def _name(d: dict, pool: dict, x) -> str:
@@ -1191,24 +1207,25 @@ def _cells_and_failed(pool: dict, order: list) -> tuple[list[int], list[list[flo
     return [i for i in got if i is not None], [list(map(float, x)) for x, i in zip(order, got) if i is None]
 
 
-def pool_active_round(st: PoolStudy, d: dict, seed: int, r: int, steps: int, out_dir: Path) -> bool:
+def pool_active_round(st: PoolStudy, d: dict, seed: int, r: int, steps: int, out_dir: Path,
+                      strategy: str = "active") -> bool:
     """Round ``r`` of the active run of acquisition seed ``seed``, if not done: a model trained from scratch on
     the cells picked so far, its test L1%, then the rest of the pool scored with it and the next batch picked
     (engine.learn.pick, as round r + 1 of ``rhox learn --strategy active``). False once the run has no round
-    ``r`` (the pool was used up earlier)."""
+    ``r`` (the pool was used up earlier). ``strategy``: "active" or one of the study's variants."""
     from rhox.engine import metrics
     from rhox.engine.learn import initial_compositions, pick
     from rhox.engine.model import save_model
     import tempfile
 
-    name = f"active-s{seed}"
+    name = f"{strategy}-s{seed}"
     run = _load_run(st, out_dir, name, steps)
     rounds = run["rounds"]
     if len(rounds) > r:
         return True
     if rounds and not rounds[-1].get("next"):
         return False  # the pool was used up
-    s = _pool_settings(st, "active", seed)
+    s = _pool_settings(st, strategy, seed)
     pool = _pool_rows(st, d)
     if r == 0:
         new = [list(map(float, x)) for x in initial_compositions(len(st.elements))]
@@ -1344,14 +1361,14 @@ def run_pool(st: PoolStudy, phases, steps: int = PREFIX_STEPS, out_dir: Path | N
 
     n_pool = len(_pool_rows(st, d))
     for strategy, seeds, counts in phases:
-        if strategy == "active":
+        if strategy == "active" or strategy in st.variants:
             rounds = max_rounds or -(-(n_pool - st.n0) // st.batch) + 1
             for r in range(rounds):
                 live = False
                 for seed in seeds:
                     if spent():
                         return
-                    live |= pool_active_round(st, d, seed, r, steps, out_dir)
+                    live |= pool_active_round(st, d, seed, r, steps, out_dir, strategy)
                 if not live:
                     break
         else:
@@ -1428,7 +1445,7 @@ def pool_summary(st: PoolStudy, runs: dict, prefix: dict, cache_wall: dict[str, 
         factors[nt] = {}
         mean_target = float(np.mean([v["mean"] for v in tess[nt].values()]))
         tess_dft = float(np.mean([v["dft_s"] for v in tess[nt].values()]))
-        for strat in ("active", "random"):
+        for strat in st.strategies(per)[1:]:
             rows = []
             for seed in st.seeds:
                 ns = sorted(n for n in per.get(strat, {}) if seed in per[strat][n])
@@ -1550,7 +1567,7 @@ def _pool_table(st: PoolStudy, runs: dict, summ: dict) -> str:
         lines += ["", f"Test {what} L1% (%): mean{' ± sd' if st.show_sd and key == 'mean' else ''} over seeds "
                       f"[min-max] (seeds); tessellation = {st.texts['tess']}:", "",
                   "| strategy | " + " | ".join(str(n) for n in counts) + " |", "|---|" + "---:|" * len(counts)]
-        for strat in ("tessellation", "active", "random"):
+        for strat in st.strategies(curves):
             rows = curves.get(strat, {})
             lines.append(f"| {strat} | " + " | ".join("" if n not in rows else cell(rows[n], key, lo, hi)
                                                       for n in counts) + " |")
@@ -1576,7 +1593,7 @@ def _pool_table(st: PoolStudy, runs: dict, summ: dict) -> str:
             return ", ".join(out)
 
         for nt, fac in summ["factors"].items():
-            for strat in ("active", "random"):
+            for strat in st.strategies(fac)[1:]:
                 f = fac.get(strat)
                 if not f or not f["per_seed"]:
                     continue

@@ -579,6 +579,10 @@ POOL_SEEDS = (0, 1, 2)    # acquisition seed = training seed, as the SiGeSn stud
 POOL_TARGETS = (11, 35)   # the tessellation's halves + centroid (8b.1's target) and the whole quarters grid
 POOL_COUNTS = (5, 9, 13, 17, 21, 25, 29, 33, 35)  # the active rounds' counts: random and tessellation train the same
 TESS_HEAD = 11            # vertices, halves, centroid: the order of 8b.1 (tessellation_order), kept
+# The alternative acquisition measured beside the default (1 seed, after the main study): σ density-weighted, each
+# candidate's expected error reduction over the pool (engine.active.density_weighted, kernel 1.5 lattice steps):
+# a composition in the middle of a region of high σ is worth more than a corner whose neighbourhood lies outside.
+POOL_VARIANTS = {"active_density": {"weighting": "density"}}
 # Cr0.5Ni0.5's two failed calculations stored no wall time; a run pays the first (8b.1: 771 s before the
 # KohnShamConvergenceError after 150 SCF iterations).
 FAILED_WALL = {"Cr0.5Ni0.5": 771.0}
@@ -641,6 +645,7 @@ def pool_study():
         markers=(POOL_BEGIN, POOL_END), targets=POOL_TARGETS, training_data=pool_training_data, design=_pool_design,
         training_design=_prefix_design, prefix_json=PREFIX_JSON,
         orders={"tessellation": lambda seed: pool_tessellation_order()}, failed_wall=FAILED_WALL, show_sd=True,
+        variants=POOL_VARIANTS,
         texts={"prefix_label": "8b.1 prefix",
                "reused": "the same cells and seed: 8b.1's prefix rows (tessellation n = 5, 9, 10, 11; round 0), "
                          "round 0 shared by active and random, n = 35 (the whole pool) by every strategy",
@@ -652,10 +657,12 @@ def pool_study():
                "reference": "tessellation pool runs (this folder); 8b.1 prefix rows reused where identical"})
 
 
-def pool_phases(seeds=POOL_SEEDS) -> list:
+def pool_phases(seeds=POOL_SEEDS, alternative: bool = False) -> list:
     """The order of the work, so that a study cut short still gives a factor: the tessellation's targets (n = 35
     and 11, every seed) first, then seed by seed the active run and the random order to 35, then the
-    tessellation's other counts (its curve)."""
+    tessellation's other counts (its curve). ``alternative``: only the :data:`POOL_VARIANTS` runs of ``seeds``."""
+    if alternative:
+        return [(v, seeds, None) for v in POOL_VARIANTS]
     out = [("tessellation", seeds, (35, 11, 10, 9, 5))]
     for s in seeds:
         out += [("active", (s,), None), ("random", (s,), POOL_COUNTS)]
@@ -976,6 +983,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", default=",".join(map(str, POOL_SEEDS)), help="pool: acquisition seeds")
     p.add_argument("--steps", type=int, default=PREFIX_STEPS, help="pool: steps per training (a quick check only)")
     p.add_argument("--max-rounds", type=int, help="pool: active rounds at most (a quick check only)")
+    p.add_argument("--alternative", action="store_true",
+                   help="pool: the alternative acquisition's runs (POOL_VARIANTS) of --seeds instead of the study")
     p.add_argument("--out", type=Path, default=POOL_DIR, help="pool, pool-report: the folder of the run files")
     p.add_argument("--until", help="prefix: start no new training after this time (HH:MM, UTC)")
     p.add_argument("--max-fits", type=int, help="prefix: stop after this many trainings (rerun to continue)")
@@ -993,8 +1002,8 @@ def main(argv=None) -> None:
     elif a.what == "pool":
         from active_study import run_pool
 
-        run_pool(pool_study(), pool_phases(tuple(int(x) for x in a.seeds.split(","))), a.steps, a.out, a.max_rounds,
-                 a.budget_minutes)
+        run_pool(pool_study(), pool_phases(tuple(int(x) for x in a.seeds.split(",")), a.alternative), a.steps, a.out,
+                 a.max_rounds, a.budget_minutes)
     elif a.what == "pool-report":
         from active_study import pool_report
 
