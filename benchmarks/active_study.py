@@ -1032,6 +1032,7 @@ class PoolStudy:
     texts: dict = field(default_factory=dict)
     show_sd: bool = False                 # the table gives the sd over seeds as well
     variants: dict = field(default_factory=dict)  # other active strategies: name -> acquisition keywords changed
+    top_scores: bool = False              # the acquisition check also gives the batch of the highest scores' error
 
     def strategies(self, present=()) -> tuple:
         """The strategies a report shows, in order: tessellation, active, random, then the variants present."""
@@ -1484,6 +1485,10 @@ def pool_summary(st: PoolStudy, runs: dict, prefix: dict, cache_wall: dict[str, 
             sm = (r.get("scoring") or {}).get("summary")
             if sm and sm["n_candidates"] >= 8:
                 acq.append({"run": run["run"], "n": r["n"], **sm})
+                if st.top_scores:  # what the batch of the highest σ would have had, without the spread
+                    c = [x for x in r["scoring"]["candidates"] if x["score"] is not None and x.get("L1%") is not None]
+                    top = sorted(c, key=lambda x: -x["score"])[:len(r["next"])]
+                    acq[-1]["top_score_L1%_mean"] = float(np.mean([x["L1%"] for x in top]))
     return {"curves": curves, "factors": factors, "acquisition": acq}
 
 
@@ -1610,6 +1615,10 @@ def _pool_table(st: PoolStudy, runs: dict, summ: dict) -> str:
                       f"{np.median(rho):.2f} (range {min(rho):.2f} to {max(rho):.2f}); the picks' L1% / the candidates' "
                       f"mean L1% median {np.median(ratio):.2f} (range {min(ratio):.2f}-{max(ratio):.2f}; random picks: "
                       f"1 on average; the best {st.batch} possible: median {np.median(best):.2f})."]
+        if st.top_scores:
+            top = [a["top_score_L1%_mean"] / a["pool_L1%_mean"] for a in acq]
+            lines[-1] += (f" The {st.batch} highest σ scores of each round (no spread rule) would have had "
+                          f"{np.median(top):.2f} x the candidates' mean L1% (median; range {min(top):.2f}-{max(top):.2f}).")
     return "\n".join(lines)
 
 

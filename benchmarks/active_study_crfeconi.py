@@ -645,7 +645,7 @@ def pool_study():
         markers=(POOL_BEGIN, POOL_END), targets=POOL_TARGETS, training_data=pool_training_data, design=_pool_design,
         training_design=_prefix_design, prefix_json=PREFIX_JSON,
         orders={"tessellation": lambda seed: pool_tessellation_order()}, failed_wall=FAILED_WALL, show_sd=True,
-        variants=POOL_VARIANTS,
+        variants=POOL_VARIANTS, top_scores=True,
         texts={"prefix_label": "8b.1 prefix",
                "reused": "the same cells and seed: 8b.1's prefix rows (tessellation n = 5, 9, 10, 11; round 0), "
                          "round 0 shared by active and random, n = 35 (the whole pool) by every strategy",
