@@ -1006,7 +1006,9 @@ class PoolStudy:
     resumed. ``training_design(steps)``: what makes two trainings on the same cells and seed the same training;
     ``prefix_json``'s rows with it are reused. ``orders``: model-free pick orders besides random (strategy ->
     function of the seed). ``texts``: the report's wording (keys of :func:`_pool_table` and :func:`_pool_plot`).
-    ``variants``: active runs with another acquisition (name -> the keywords of ``DEFAULT_ACQUISITION`` changed)."""
+    ``variants``: active runs with another acquisition: name -> ``{"acquisition": the keywords of
+    DEFAULT_ACQUISITION changed}`` and/or ``{"batch_rule": "top"}`` (the batch is the highest scores, without the
+    loop's spread rule)."""
     system: str
     elements: tuple
     step: float
@@ -1031,7 +1033,7 @@ class PoolStudy:
     failed_wall: dict = field(default_factory=dict)  # composition -> recorded DFT wall s of a failed cell
     texts: dict = field(default_factory=dict)
     show_sd: bool = False                 # the table gives the sd over seeds as well
-    variants: dict = field(default_factory=dict)  # other active strategies: name -> acquisition keywords changed
+    variants: dict = field(default_factory=dict)  # other active strategies: name -> {acquisition, batch_rule}
     top_scores: bool = False              # the acquisition check also gives the batch of the highest scores' error
 
     def strategies(self, present=()) -> tuple:
@@ -1065,7 +1067,7 @@ def _pool_design(steps: int = PREFIX_STEPS) -> dict:
 def _acquisition(st: PoolStudy, strategy: str) -> dict:
     from rhox.engine.learn import DEFAULT_ACQUISITION
 
-    return {**DEFAULT_ACQUISITION, **st.variants.get(strategy, {})}
+    return {**DEFAULT_ACQUISITION, **st.variants.get(strategy, {}).get("acquisition", {})}
 
 
 def _pool_settings(st: PoolStudy, strategy: str, seed: int):
@@ -1179,7 +1181,9 @@ def _load_run(st: PoolStudy, out_dir: Path, name: str, steps: int) -> dict:
     strategy, seed = name.rsplit("-s", 1)
     design = st.design(steps)
     if strategy in st.variants:
-        design = {**design, "acquisition": _acquisition(st, strategy)}
+        design = {**design, "acquisition": _acquisition(st, strategy),
+                  **({"batch_rule": st.variants[strategy]["batch_rule"]} if "batch_rule" in st.variants[strategy]
+                     else {})}
     run = _read_json(_run_file(out_dir, name))
     if run and run.get("design") != _as_json(design):
         raise SystemExit(f"{_run_file(out_dir, name)} was made with another design; move it aside to start afresh")
@@ -1253,6 +1257,10 @@ def pool_active_round(st: PoolStudy, d: dict, seed: int, r: int, steps: int, out
             save_model(model, Path(tmp) / "model")
             picked = pick(s, r + 1, [np.asarray(x) for x in order], Path(tmp) / "model",
                           lambda m: say(f"{name}: {m}"), scored)
+        if st.variants.get(strategy, {}).get("batch_rule") == "top":  # the same scores, the batch without spread
+            top = sorted((c for c in scored if c["score"] is not None), key=lambda c: -c["score"])[:len(picked)]
+            picked = [{"x": c["x"], "score": c["score"], "by": picked[0]["by"] + ", top batch (no spread)"}
+                      for c in top]
         # What σ was meant to find, measured on the pool (never the test set; not used for the picks): this
         # model's L1% on every candidate's cached cell (its training points of this seed; none for a failed DFT).
         from rhox.engine.learn import configuration_l1
