@@ -1507,7 +1507,8 @@ def _pool_plot(st: PoolStudy, summ: dict) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    colors = {"tessellation": "black", "active": "tab:red", "random": "tab:blue"}
+    colors = {"tessellation": "black", "active": "tab:red", "random": "tab:blue",
+              **dict(zip(st.variants, ("tab:orange", "tab:green", "tab:purple", "tab:brown")))}
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     for k, (ax, what) in enumerate(zip(axes, ("mean", "worst", "mean"))):
         for strat, rows in summ["curves"].items():
