@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 5006
 
-.PHONY: app test install install-test system-deps assets bench bench-scale serve clean-venv data-transfer study-transfer study-active study-active-prefix study-active-pool study-active-crfeconi study-active-crfeconi-prefix
+.PHONY: app test install install-test system-deps assets bench bench-scale serve clean-venv data-transfer study-transfer study-active study-active-prefix study-active-pool study-active-crfeconi study-active-crfeconi-prefix study-active-crfeconi-pool
 
 # Debian packages: libxc + OpenBLAS let GPAW build with its fast paths; chromium drives the
 # browser tests. Installed when run as root; otherwise we say what is missing and go on
@@ -143,6 +143,12 @@ study-active-crfeconi-prefix: install
 	OMP_NUM_THREADS=1 nice -n 15 $(PY) benchmarks/active_study_crfeconi.py dft-baseline
 	OMP_NUM_THREADS=1 nice -n 15 $(PY) benchmarks/active_study_crfeconi.py prefix
 	$(PY) benchmarks/active_study_crfeconi.py prefix-report
+
+# The CrFeCoNi pool study (README section 8b.3): section 8's v4 on the quarters grid (35 cached cells): active,
+# random and tessellation, 3 seeds, every count's model from scratch (~40 CPU-s); no DFT; resumable, then its report.
+study-active-crfeconi-pool: install
+	OMP_NUM_THREADS=1 nice -n 15 $(PY) benchmarks/active_study_crfeconi.py pool
+	$(PY) benchmarks/active_study_crfeconi.py pool-report
 
 bench: install-test
 	$(PY) benchmarks/run_all.py

@@ -42,8 +42,10 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -290,18 +292,18 @@ def pick_order(name: str) -> list[list[float]]:
     return [p["x"] for r in _records(name) for p in r["picked"]]
 
 
-def _cache_rows(samples) -> dict[int, np.ndarray]:
+def _cache_rows(samples, elements=ELEMENTS) -> dict[int, np.ndarray]:
     """Barycentric composition (as asked, not as realised) of each cached cell, by index."""
     from rhox.engine.composition import parse_composition
 
-    return {i: np.array(list(parse_composition(s.atoms.info["composition"], ELEMENTS, normalize=True).values()))
+    return {i: np.array(list(parse_composition(s.atoms.info["composition"], elements, normalize=True).values()))
             for i, s in enumerate(samples)}
 
 
-def _row_of(x, rows: dict[int, np.ndarray]) -> int:
+def _row_of(x, rows: dict[int, np.ndarray], db: Path = CACHE_DB) -> int:
     hit = [i for i, c in rows.items() if np.max(np.abs(c - np.asarray(x))) < 1e-3]
     if len(hit) != 1:
-        raise SystemExit(f"composition {x}: {len(hit)} cells in {CACHE_DB} (expected exactly one)")
+        raise SystemExit(f"composition {x}: {len(hit)} cells in {db} (expected exactly one)")
     return hit[0]
 
 
@@ -735,7 +737,7 @@ def report() -> dict:
         os.replace(tmp, README)
     print(table)
     prefix_report()  # the fair comparison (prefix retraining), if its trainings have begun
-    pool_report()  # the pool-based loop with models trained from scratch (v4), if it has begun
+    pool_report(SIGESN_POOL)  # the pool-based loop with models trained from scratch (v4), if it has begun
     return res
 
 
@@ -972,6 +974,10 @@ def prefix_report() -> dict | None:
 # test cells, scores the compositions not yet picked with the acquisition `rhox learn --strategy active` uses
 # (engine.learn.pick: σ 0.9-quantile over 2 random configurations, local penalisation of score^1.8) and picks a
 # batch of 4, until the pool is used up. The round models are therefore the prefix models of their own pick order.
+#
+# The machinery is shared with the CrFeCoNi study (active_study_crfeconi.py, README 8b.3) through a PoolStudy:
+# the system, its pool (the candidate lattice of `rhox learn --step STEP --repeat REPEAT`), its training data and
+# the wording of its report.
 
 POOL_DIR = RESULTS / "active_sigesn_pool_runs"  # one JSON per run (STRATEGY-sSEED): its rounds, checkpointed
 POOL_JSON = RESULTS / "active_sigesn_pool.json"  # the report's summary (curves, factors)
@@ -986,39 +992,112 @@ POOL_RANDOM_ORDER = (16, 8, 28, 24, 32, 12, 20, 36, 40, 44, 4, 46)
 POOL_TARGETS = (8, 16, 28, 46)  # tessellation counts (v3 prefix rows) whose accuracy is a target; 16 and 46 complete levels
 
 
+@dataclass(frozen=True)
+class PoolStudy:
+    """One system's pool-based study: what the shared machinery below needs to simulate the loop on cached
+    cells, summarise it and report it (SiGeSn v4: :data:`SIGESN_POOL`; CrFeCoNi: ``active_study_crfeconi``).
+
+    ``training_data()`` returns what every training reads, featurised once per process (:func:`_training_data`):
+    ``cache`` (the cached cells), ``rows`` (barycentric composition of each, by cache index), ``failed``
+    (composition key -> name, for pool compositions whose DFT failed: a pick counts them, paid for, with no
+    cell to train on), ``val_rows`` (cache indices that validate and may not be in the pool), ``val_of(seed,
+    chosen)`` (a training's validation cells), ``test``, ``descriptor`` and ``cells(seed)`` (every cached cell
+    featurised on its training points of that seed). ``design(steps)``: what a run file must match to be
+    resumed. ``training_design(steps)``: what makes two trainings on the same cells and seed the same training;
+    ``prefix_json``'s rows with it are reused. ``orders``: model-free pick orders besides random (strategy ->
+    function of the seed). ``texts``: the report's wording (keys of :func:`_pool_table` and :func:`_pool_plot`).
+    ``variants``: active runs with another acquisition: name -> ``{"acquisition": the keywords of
+    DEFAULT_ACQUISITION changed}`` and/or ``{"batch_rule": "top"}`` (the batch is the highest scores, without the
+    loop's spread rule)."""
+    system: str
+    elements: tuple
+    step: float
+    repeat: tuple
+    batch: int
+    seeds: tuple
+    cache_db: Path
+    test_db: Path
+    n_test: int
+    out_dir: Path
+    summary_json: Path
+    png: Path
+    markers: tuple
+    targets: tuple
+    training_data: Callable
+    design: Callable
+    training_design: Callable
+    prefix_json: Path
+    orders: dict = field(default_factory=dict)
+    tess_from_prefix: bool = False        # the tessellation's rows are prefix rows (SiGeSn v3), not pool runs
+    round0_in_tessellation: bool = False  # round 0 (vertices + centroid) is also the tessellation's first count
+    failed_wall: dict = field(default_factory=dict)  # composition -> recorded DFT wall s of a failed cell
+    texts: dict = field(default_factory=dict)
+    show_sd: bool = False                 # the table gives the sd over seeds as well
+    variants: dict = field(default_factory=dict)  # other active strategies: name -> {acquisition, batch_rule}
+    top_scores: bool = False              # the acquisition check also gives the batch of the highest scores' error
+
+    def strategies(self, present=()) -> tuple:
+        """The strategies a report shows, in order: tessellation, active, random, then the variants present."""
+        return ("tessellation", "active", "random") + tuple(v for v in self.variants if v in present)
+
+    @property
+    def n0(self) -> int:
+        """Round 0's count: the vertices and the centroid."""
+        return len(self.elements) + 1
+
+
 def _training_design(steps: int = PREFIX_STEPS) -> dict:
     """What makes two from-scratch trainings on the same cells and seed the same training (v3 and v4 share it)."""
     return {k: v for k, v in _prefix_design(steps).items() if k != "runs"}
 
 
-def _pool_design(steps: int = PREFIX_STEPS) -> dict:
+def loop_design(training: dict, batch: int, step: float) -> dict:
+    """A pool run's design: its training's (``training``) and the loop's (batch, lattice step, round 0, the
+    default acquisition of ``rhox learn --strategy active`` and its spread)."""
     from rhox.engine.learn import DEFAULT_ACQUISITION, SPREAD_STEPS
 
-    return {**_training_design(steps), "batch": BATCH, "step": POOL_STEP, "initial": "vertices + centroid",
+    return {**training, "batch": batch, "step": step, "initial": "vertices + centroid",
             "acquisition": DEFAULT_ACQUISITION, "spread_steps": SPREAD_STEPS}
 
 
-def _pool_settings(strategy: str, seed: int):
+def _pool_design(steps: int = PREFIX_STEPS) -> dict:
+    return loop_design(_training_design(steps), BATCH, POOL_STEP)
+
+
+def _acquisition(st: PoolStudy, strategy: str) -> dict:
+    from rhox.engine.learn import DEFAULT_ACQUISITION
+
+    return {**DEFAULT_ACQUISITION, **st.variants.get(strategy, {}).get("acquisition", {})}
+
+
+def _pool_settings(st: PoolStudy, strategy: str, seed: int):
     """The loop's settings for ``pick`` (engine.learn): the study's system, lattice, batch and seed, and the
-    default acquisition of ``rhox learn --strategy active``."""
+    default acquisition of ``rhox learn --strategy active`` (a variant's: active with its acquisition)."""
     from rhox.engine.learn import LearnSettings, check_settings_of_run
 
-    return check_settings_of_run(LearnSettings(system=SYSTEM, strategy=strategy, batch=BATCH, step=POOL_STEP,
-                                               repeat=(1, 1, 1), seed=seed))
+    return check_settings_of_run(LearnSettings(system=st.system, strategy="active" if strategy in st.variants
+                                               else strategy, batch=st.batch, step=st.step, repeat=tuple(st.repeat),
+                                               seed=seed, acquisition=_acquisition(st, strategy)))
 
 
 def _xkey(x) -> tuple:
     return tuple(np.round(np.asarray(x, dtype=float), 6))
 
 
-def _pool_rows(d: dict, s) -> dict[tuple, int]:
-    """Cache index of every composition of the pool (the initial set and the candidate lattice), by composition."""
+def pool_compositions(st: PoolStudy) -> list[np.ndarray]:
+    """The pool: the initial set and the candidate lattice (each composition once)."""
     from rhox.engine.learn import candidates, initial_compositions
 
-    pts = list(initial_compositions(len(ELEMENTS))) + list(candidates(s))
+    s = _pool_settings(st, "active", 0)
+    return list({_xkey(x): x for x in list(initial_compositions(len(st.elements))) + list(candidates(s))}.values())
+
+
+def _pool_rows(st: PoolStudy, d: dict) -> dict[tuple, int | None]:
+    """Cache index of every composition of the pool, by composition; None for a composition whose DFT failed."""
     pool = {}
-    for x in pts:
-        pool.setdefault(_xkey(x), _row_of(x, d["rows"]))
+    for x in pool_compositions(st):
+        k = _xkey(x)
+        pool[k] = None if k in d["failed"] else _row_of(x, d["rows"], st.cache_db)
     if set(pool.values()) & set(d["val_rows"]):
         raise SystemExit("a validation cell is in the candidate pool")
     return pool
@@ -1051,16 +1130,21 @@ def _write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _known_trainings(out_dir: Path, steps: int) -> dict:
-    """Trainings already done with this design, by (sorted compositions, seed): v3's prefix rows and every pool
+def _as_json(obj):
+    return json.loads(json.dumps(obj))
+
+
+def _known_trainings(st: PoolStudy, out_dir: Path, steps: int) -> dict:
+    """Trainings already done with this design, by (sorted compositions, seed): the prefix rows and every pool
     run's rounds. A training is a function of its cells (as a set: they are trained in cache order), its seed
-    and the design, so a count shared by two pick orders (n = 4, round 0; n = 46, the whole pool; v2's random-s0
-    order, which is random seed 0's) is trained once."""
+    and the design, so a count shared by two pick orders (SiGeSn: n = 4, round 0; n = 46, the whole pool; v2's
+    random-s0 order, which is random seed 0's) is trained once."""
     known = {}
-    pre = _read_json(PREFIX_JSON)
-    if pre.get("design") and _training_design(steps) == {k: v for k, v in pre["design"].items() if k != "runs"}:
+    pre = _read_json(st.prefix_json)
+    if pre.get("design") and _as_json(st.training_design(steps)) == {k: v for k, v in pre["design"].items()
+                                                                    if k != "runs"}:
         for key, t in pre.get("trainings", {}).items():
-            known[(tuple(sorted(t["compositions"])), t["seed"])] = (f"v3 prefix {key}", t)
+            known[(tuple(sorted(t["compositions"])), t["seed"])] = (f"{st.texts.get('prefix_label', 'v3 prefix')} {key}", t)
     for f in sorted(out_dir.glob("*-s*.json")):
         run = _read_json(f)
         if run.get("design", {}).get("steps") != steps:
@@ -1075,17 +1159,17 @@ TRAIN_FIELDS = ("test_L1%_mean", "test_L1%_worst", "test_L1%", "epochs", "steps"
                 "final_val_l1", "wall_s", "cpu_s", "load_average")
 
 
-def _pool_train(d: dict, chosen: list[int], seed: int, steps: int, out_dir: Path, need_model: bool):
+def _pool_train(st: PoolStudy, d: dict, chosen: list[int], seed: int, steps: int, out_dir: Path, need_model: bool):
     """(training record, model or None) for the cells ``chosen`` (cache indices) and ``seed``: a known training
     is reused unless the model itself is needed (to score candidates)."""
     comps = [d["cache"][i].atoms.info["composition"] for i in sorted(chosen)]
     if not need_model:
-        hit = _known_trainings(out_dir, steps).get((tuple(sorted(comps)), seed))
+        hit = _known_trainings(st, out_dir, steps).get((tuple(sorted(comps)), seed))
         if hit:
             return {**{k: hit[1][k] for k in TRAIN_FIELDS if k in hit[1]}, "reused_from": hit[0],
                     "cell_compositions": comps}, None
-    row, model = prefix_fit([d["cells"](seed)[i] for i in sorted(chosen)], d["val"], d["test"], d["descriptor"], seed,
-                            steps, SYSTEM, return_model=True)
+    row, model = prefix_fit([d["cells"](seed)[i] for i in sorted(chosen)], d["val_of"](seed, sorted(chosen)),
+                            d["test"], d["descriptor"], seed, steps, st.system, return_model=True)
     return {**row, "reused_from": None, "cell_compositions": comps}, model
 
 
@@ -1093,39 +1177,63 @@ def _run_file(out_dir: Path, name: str) -> Path:
     return out_dir / f"{name}.json"
 
 
-def _load_run(out_dir: Path, name: str, steps: int) -> dict:
-    run = _read_json(_run_file(out_dir, name))
-    if run and run.get("design") != _pool_design(steps):
-        raise SystemExit(f"{_run_file(out_dir, name)} was made with another design; move it aside to start afresh")
+def _load_run(st: PoolStudy, out_dir: Path, name: str, steps: int) -> dict:
     strategy, seed = name.rsplit("-s", 1)
-    return run or {"design": _pool_design(steps), "run": name, "strategy": strategy, "seed": int(seed), "rounds": []}
+    design = st.design(steps)
+    if strategy in st.variants:
+        design = {**design, "acquisition": _acquisition(st, strategy),
+                  **({"batch_rule": st.variants[strategy]["batch_rule"]} if "batch_rule" in st.variants[strategy]
+                     else {})}
+    run = _read_json(_run_file(out_dir, name))
+    if run and run.get("design") != _as_json(design):
+        raise SystemExit(f"{_run_file(out_dir, name)} was made with another design; move it aside to start afresh")
+    return run or {"design": design, "run": name, "strategy": strategy, "seed": int(seed), "rounds": []}
 
 
-def _describe(d: dict, idx: list[int], xs: list) -> list[dict]:
-    return [{"composition": d["cache"][i].atoms.info["composition"], "x": [float(v) for v in x]} for i, x in zip(idx, xs)]
+def _name(d: dict, pool: dict, x) -> str:
+    """The composition's name as the cache stores it (that of the failed row for a failed composition)."""
+    i = pool[_xkey(x)]
+    return d["failed"][_xkey(x)] if i is None else d["cache"][i].atoms.info["composition"]
 
 
-def pool_active_round(d: dict, seed: int, r: int, steps: int, out_dir: Path) -> bool:
+def _describe(d: dict, pool: dict, xs: list) -> list[dict]:
+    return [{"composition": _name(d, pool, x), "x": [float(v) for v in x]} for x in xs]
+
+
+def _dft_seconds(st: PoolStudy, d: dict, pool: dict, order: list) -> float:
+    """Recorded DFT wall seconds of the compositions ``order``: their cells', and a failed one's own."""
+    return round(sum(st.failed_wall.get(_name(d, pool, x), 0.0) if pool[_xkey(x)] is None
+                     else _wall(d["cache"][pool[_xkey(x)]]) for x in order), 1)
+
+
+def _cells_and_failed(pool: dict, order: list) -> tuple[list[int], list[list[float]]]:
+    """Cache indices of the compositions of ``order`` that have a cell, and those that failed."""
+    got = [pool[_xkey(x)] for x in order]
+    return [i for i in got if i is not None], [list(map(float, x)) for x, i in zip(order, got) if i is None]
+
+
+def pool_active_round(st: PoolStudy, d: dict, seed: int, r: int, steps: int, out_dir: Path,
+                      strategy: str = "active") -> bool:
     """Round ``r`` of the active run of acquisition seed ``seed``, if not done: a model trained from scratch on
     the cells picked so far, its test L1%, then the rest of the pool scored with it and the next batch picked
     (engine.learn.pick, as round r + 1 of ``rhox learn --strategy active``). False once the run has no round
-    ``r`` (the pool was used up earlier)."""
+    ``r`` (the pool was used up earlier). ``strategy``: "active" or one of the study's variants."""
     from rhox.engine import metrics
     from rhox.engine.learn import initial_compositions, pick
     from rhox.engine.model import save_model
     import tempfile
 
-    name = f"active-s{seed}"
-    run = _load_run(out_dir, name, steps)
+    name = f"{strategy}-s{seed}"
+    run = _load_run(st, out_dir, name, steps)
     rounds = run["rounds"]
     if len(rounds) > r:
         return True
     if rounds and not rounds[-1].get("next"):
         return False  # the pool was used up
-    s = _pool_settings("active", seed)
-    pool = _pool_rows(d, s)
+    s = _pool_settings(st, strategy, seed)
+    pool = _pool_rows(st, d)
     if r == 0:
-        new = [list(map(float, x)) for x in initial_compositions(len(ELEMENTS))]
+        new = [list(map(float, x)) for x in initial_compositions(len(st.elements))]
         new_by = ["initial (vertices and centroid)"] * len(new)
         new_scores = [None] * len(new)
     else:
@@ -1134,14 +1242,13 @@ def pool_active_round(d: dict, seed: int, r: int, steps: int, out_dir: Path) -> 
         new_by = [p["by"] for p in nxt]
         new_scores = [p["score"] for p in nxt]
     order = [p["x"] for rr in rounds for p in rr["new"]] + new
-    chosen = [pool[_xkey(x)] for x in order]
+    chosen, failed = _cells_and_failed(pool, order)
     left = set(pool) - {_xkey(o) for o in order}
     t0 = time.perf_counter()
-    train, model = _pool_train(d, chosen, seed, steps, out_dir, need_model=bool(left))
-    row = {"round": r, "n": len(order), "seed": seed, **train,
-           "new": [{**c, "score": sc, "by": by} for c, sc, by in zip(_describe(d, [pool[_xkey(x)] for x in new], new),
-                                                                    new_scores, new_by)],
-           "dft_seconds": round(sum(_wall(d["cache"][i]) for i in chosen), 1), "next": None}
+    train, model = _pool_train(st, d, chosen, seed, steps, out_dir, need_model=bool(left))
+    row = {"round": r, "n": len(order), "seed": seed, **train, **({"failed_dft": failed} if failed else {}),
+           "new": [{**c, "score": sc, "by": by} for c, sc, by in zip(_describe(d, pool, new), new_scores, new_by)],
+           "dft_seconds": _dft_seconds(st, d, pool, order), "next": None}
     if left:
         # Score the rest of the pool with this round's model, as `rhox learn` does at the start of round r + 1.
         t1 = time.perf_counter()
@@ -1150,24 +1257,34 @@ def pool_active_round(d: dict, seed: int, r: int, steps: int, out_dir: Path) -> 
             save_model(model, Path(tmp) / "model")
             picked = pick(s, r + 1, [np.asarray(x) for x in order], Path(tmp) / "model",
                           lambda m: say(f"{name}: {m}"), scored)
+        if st.variants.get(strategy, {}).get("batch_rule") == "top":  # the same scores, the batch without spread
+            top = sorted((c for c in scored if c["score"] is not None), key=lambda c: -c["score"])[:len(picked)]
+            picked = [{"x": c["x"], "score": c["score"], "by": picked[0]["by"] + ", top batch (no spread)"}
+                      for c in top]
         # What σ was meant to find, measured on the pool (never the test set; not used for the picks): this
-        # model's L1% on every candidate's cached cell (its training points of this seed).
+        # model's L1% on every candidate's cached cell (its training points of this seed; none for a failed DFT).
         from rhox.engine.learn import configuration_l1
 
         cand_rows = [pool[_xkey(c["x"])] for c in scored]
-        l1 = configuration_l1(model, [d["cells"](seed)[i] for i in cand_rows], n_samples=PREFIX_EVAL_SAMPLES, seed=seed)
+        has = [i for i in cand_rows if i is not None]
+        got = iter(configuration_l1(model, [d["cells"](seed)[i] for i in has], n_samples=PREFIX_EVAL_SAMPLES,
+                                    seed=seed))
+        l1 = np.array([np.nan if i is None else next(got) for i in cand_rows], dtype=float)
         for c, v in zip(scored, l1):
-            c["L1%"] = round(float(v), 4)
+            c["L1%"] = None if np.isnan(v) else round(float(v), 4)
         sc = np.array([np.nan if c["score"] is None else c["score"] for c in scored], dtype=float)
         pk = {_xkey(p["x"]) for p in picked}
-        in_pick = np.array([_xkey(c["x"]) in pk for c in scored])
-        summary = {"n_candidates": len(scored), "pool_L1%_mean": float(l1.mean()),
-                   "picks_L1%_mean": float(l1[in_pick].mean()),
-                   "best_possible_L1%_mean": float(np.sort(l1)[::-1][:len(picked)].mean()),
-                   "spearman_score_L1": (float(metrics.rank_correlation(sc, l1)) if len(scored) >= 3 else None),
+        ok = ~np.isnan(l1)
+        in_pick = np.array([_xkey(c["x"]) in pk for c in scored]) & ok
+        summary = {"n_candidates": len(scored), "pool_L1%_mean": float(l1[ok].mean()),
+                   "picks_L1%_mean": float(l1[in_pick].mean()) if in_pick.any() else None,
+                   "best_possible_L1%_mean": float(np.sort(l1[ok])[::-1][:len(picked)].mean()),
+                   "spearman_score_L1": (float(metrics.rank_correlation(sc[ok], l1[ok])) if ok.sum() >= 3 else None),
                    "score_seconds": round(time.perf_counter() - t1, 1)}
-        row["next"] = [{"composition": d["cache"][pool[_xkey(p["x"])]].atoms.info["composition"], "x": p["x"],
-                        "score": p["score"], "by": p["by"]} for p in picked]
+        if not ok.all():
+            summary["n_without_cell"] = int((~ok).sum())
+        row["next"] = [{"composition": _name(d, pool, p["x"]), "x": p["x"], "score": p["score"], "by": p["by"]}
+                       for p in picked]
         row["scoring"] = {"summary": summary, "candidates": scored}
     row["round_seconds"] = round(time.perf_counter() - t0, 1)
     rounds.append(row)
@@ -1178,19 +1295,19 @@ def pool_active_round(d: dict, seed: int, r: int, steps: int, out_dir: Path) -> 
     if row.get("scoring"):
         sm = row["scoring"]["summary"]
         msg += (f"; next {', '.join(c['composition'] for c in row['next'])}: "
-                f"their L1% {sm['picks_L1%_mean']:.2f} vs pool {sm['pool_L1%_mean']:.2f}, Spearman(σ, L1%) "
+                f"their L1% {_fmt(sm['picks_L1%_mean'])} vs pool {sm['pool_L1%_mean']:.2f}, Spearman(σ, L1%) "
                 f"{_fmt(sm['spearman_score_L1'])}, scoring {sm['score_seconds']:.0f} s")
     say(msg)
     return True
 
 
-def random_order(seed: int) -> list[list[float]]:
+def random_order(st: PoolStudy, seed: int) -> list[list[float]]:
     """Random seed ``seed``'s pick order over the pool: round 0 (vertices + centroid), then batches drawn by
     ``engine.learn.pick`` with the random strategy (as ``rhox learn --strategy random --seed SEED``)."""
     from rhox.engine.learn import initial_compositions, pick
 
-    s = _pool_settings("random", seed)
-    order = [list(map(float, x)) for x in initial_compositions(len(ELEMENTS))]
+    s = _pool_settings(st, "random", seed)
+    order = [list(map(float, x)) for x in initial_compositions(len(st.elements))]
     r = 1
     while True:
         got = pick(s, r, [np.asarray(x) for x in order], None)
@@ -1200,25 +1317,32 @@ def random_order(seed: int) -> list[list[float]]:
         r += 1
 
 
-def pool_random_count(d: dict, seed: int, n: int, steps: int, out_dir: Path) -> None:
-    """The random run of seed ``seed`` at ``n`` compositions (its first n picks), if not done."""
-    name = f"random-s{seed}"
-    run = _load_run(out_dir, name, steps)
+def fixed_order(st: PoolStudy, strategy: str, seed: int) -> list[list[float]]:
+    """A model-free pick order: random (:func:`random_order`) or one of the study's ``orders``."""
+    return random_order(st, seed) if strategy == "random" else [list(map(float, x)) for x in st.orders[strategy](seed)]
+
+
+def pool_fixed_count(st: PoolStudy, d: dict, strategy: str, seed: int, n: int, steps: int, out_dir: Path) -> None:
+    """The run of a model-free order (random, tessellation) of seed ``seed`` at ``n`` compositions (its first n
+    picks), if not done."""
+    name = f"{strategy}-s{seed}"
+    run = _load_run(st, out_dir, name, steps)
     if any(r["n"] == n for r in run["rounds"]):
         return
-    s = _pool_settings("random", seed)
-    pool = _pool_rows(d, s)
-    order = random_order(seed)
+    pool = _pool_rows(st, d)
+    order = fixed_order(st, strategy, seed)
     if n > len(order):
         return
-    chosen = [pool[_xkey(x)] for x in order[:n]]
-    train, _ = _pool_train(d, chosen, seed, steps, out_dir, need_model=False)
-    prev = max([m for m in (4, *range(8, len(order), BATCH)) if m < n] or [0])
+    chosen, failed = _cells_and_failed(pool, order[:n])
+    train, _ = _pool_train(st, d, chosen, seed, steps, out_dir, need_model=False)
+    n0 = st.n0
+    prev = max([m for m in (n0, *range(n0 + st.batch, len(order), st.batch)) if m < n] or [0])
     new = order[prev:n]
-    row = {"round": (0 if n <= 4 else (n - 4 + BATCH - 1) // BATCH), "n": n, "seed": seed, **train,
-           "new": [{**c, "score": None, "by": "random"} for c in _describe(d, [pool[_xkey(x)] for x in new], new)],
-           "dft_seconds": round(sum(_wall(d["cache"][i]) for i in chosen), 1), "next": None}
-    run = _load_run(out_dir, name, steps)  # again: another process may have written since
+    row = {"round": (0 if n <= n0 else (n - n0 + st.batch - 1) // st.batch), "n": n, "seed": seed, **train,
+           **({"failed_dft": failed} if failed else {}),
+           "new": [{**c, "score": None, "by": strategy} for c in _describe(d, pool, new)],
+           "dft_seconds": _dft_seconds(st, d, pool, order[:n]), "next": None}
+    run = _load_run(st, out_dir, name, steps)  # again: another process may have written since
     run["rounds"] = sorted(run["rounds"] + [row], key=lambda r: r["n"])
     _write_json_atomic(_run_file(out_dir, name), run)
     say(f"{name} n = {n}: test L1% mean {row['test_L1%_mean']:.2f} worst {row['test_L1%_worst']:.2f}, val "
@@ -1226,14 +1350,16 @@ def pool_random_count(d: dict, seed: int, n: int, steps: int, out_dir: Path) -> 
                                        f" ({row['cpu_s']:.0f} CPU-s)"))
 
 
-def run_pool(strategies=("active", "random"), seeds=POOL_SEEDS, steps: int = PREFIX_STEPS, out_dir: Path = POOL_DIR,
-             max_rounds: int | None = None, counts=None, budget_minutes: float | None = None) -> None:
+def run_pool(st: PoolStudy, phases, steps: int = PREFIX_STEPS, out_dir: Path | None = None,
+             max_rounds: int | None = None, budget_minutes: float | None = None) -> None:
     """The pool-based study (resumable: every round is saved as it ends, and a rerun goes on at the next round
-    not done). Active: the seeds in lock-step, one round of each in turn, so that a study cut short has its seeds
-    at equal counts. Random: the counts of ``counts`` (default :data:`POOL_RANDOM_ORDER`), every seed per count.
+    not done), phase by phase: ``phases`` is a list of ``(strategy, seeds, counts)``. Active (counts None): the
+    seeds in lock-step, one round of each in turn, so that a study cut short has its seeds at equal counts.
+    A model-free order (random, tessellation): the counts in the order given, every seed per count.
     ``max_rounds`` (active) and ``steps`` are for a quick check on a tiny budget."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    d = _training_data()
+    out_dir = out_dir or st.out_dir
+    d = st.training_data()
     t0 = time.perf_counter()
 
     def spent() -> bool:
@@ -1242,23 +1368,24 @@ def run_pool(strategies=("active", "random"), seeds=POOL_SEEDS, steps: int = PRE
             return True
         return False
 
-    n_pool = len(_pool_rows(d, _pool_settings("active", 0)))
-    if "active" in strategies:
-        rounds = max_rounds or -(-(n_pool - len(ELEMENTS) - 1) // BATCH) + 1
-        for r in range(rounds):
-            live = False
-            for seed in seeds:
-                if spent():
-                    return
-                live |= pool_active_round(d, seed, r, steps, out_dir)
-            if not live:
-                break
-    if "random" in strategies:
-        for n in (counts or POOL_RANDOM_ORDER):
-            for seed in seeds:
-                if spent():
-                    return
-                pool_random_count(d, seed, n, steps, out_dir)
+    n_pool = len(_pool_rows(st, d))
+    for strategy, seeds, counts in phases:
+        if strategy == "active" or strategy in st.variants:
+            rounds = max_rounds or -(-(n_pool - st.n0) // st.batch) + 1
+            for r in range(rounds):
+                live = False
+                for seed in seeds:
+                    if spent():
+                        return
+                    live |= pool_active_round(st, d, seed, r, steps, out_dir, strategy)
+                if not live:
+                    break
+        else:
+            for n in counts:
+                for seed in seeds:
+                    if spent():
+                        return
+                    pool_fixed_count(st, d, strategy, seed, n, steps, out_dir)
     say("pool: done")
 
 
@@ -1267,12 +1394,13 @@ def _pool_runs(out_dir: Path = POOL_DIR, steps: int = PREFIX_STEPS) -> dict:
             if (r := _read_json(f)).get("design", {}).get("steps") == steps}
 
 
-def pool_summary(runs: dict, prefix: dict, cache_wall: dict[str, float]) -> dict:
+def pool_summary(st: PoolStudy, runs: dict, prefix: dict, cache_wall: dict[str, float]) -> dict:
     """Curves, reduction factors and the acquisition check of the pool study.
 
-    ``runs``: the pool runs (:func:`_pool_runs`); ``prefix``: v3's prefix results (the tessellation's rows
-    with the same training: its counts 8, 16, 28, 46; n = 4 is round 0, the same cells for every strategy, taken
-    from the pool runs); ``cache_wall``: recorded DFT wall seconds of each cached cell, by composition.
+    ``runs``: the pool runs (:func:`_pool_runs`); ``prefix``: the prefix results (SiGeSn, ``tess_from_prefix``:
+    v3's tessellation rows with the same training: its counts 8, 16, 28, 46; n = 4 is round 0, the same cells
+    for every strategy, taken from the pool runs); ``cache_wall``: recorded DFT wall seconds of each cached
+    cell, by composition. Otherwise the tessellation is a pool run of its own like random.
     Curves: strategy -> n -> seed -> test mean and worst L1%, validation L1%, DFT seconds. Factors, for each
     target count n_t of the tessellation: per acquisition seed s, the tessellation's test mean L1% at n_t with
     training seed s is the accuracy to reach ("paired"), and the count at which run s's curve reaches it is
@@ -1285,21 +1413,25 @@ def pool_summary(runs: dict, prefix: dict, cache_wall: dict[str, float]) -> dict
             per.setdefault(run["strategy"], {}).setdefault(r["n"], {})[run["seed"]] = {
                 "mean": r["test_L1%_mean"], "worst": r["test_L1%_worst"], "val": r["best_val_l1"],
                 "dft_s": r["dft_seconds"]}
-    tess: dict = {}
-    for key, t in prefix.get("trainings", {}).items():
-        if t["strategy"] in ("tessellation", "all") and t["seed"] in POOL_SEEDS:
-            tess.setdefault(t["n"], {})[t["seed"]] = {"mean": t["test_L1%_mean"], "worst": t["test_L1%_worst"],
-                                                      "val": t["best_val_l1"],
-                                                      "dft_s": round(sum(cache_wall[c] for c in t["compositions"]), 1)}
-    for strat in per:  # round 0 is the tessellation's level 0-1 too (vertices + centroid)
-        for seed, v in per[strat].get(4, {}).items():
-            tess.setdefault(4, {}).setdefault(seed, v)
+    tess: dict = per.get("tessellation", {})
+    n_pool = len(pool_compositions(st))
+    if st.tess_from_prefix:
+        for key, t in prefix.get("trainings", {}).items():
+            if t["strategy"] in ("tessellation", "all") and t["seed"] in st.seeds:
+                tess.setdefault(t["n"], {})[t["seed"]] = {"mean": t["test_L1%_mean"], "worst": t["test_L1%_worst"],
+                                                          "val": t["best_val_l1"],
+                                                          "dft_s": round(sum(cache_wall[c] for c in t["compositions"]),
+                                                                         1)}
+    if st.round0_in_tessellation:
+        for strat in per:  # round 0 is the tessellation's level 0-1 too (vertices + centroid)
+            for seed, v in per[strat].get(st.n0, {}).items():
+                tess.setdefault(st.n0, {}).setdefault(seed, v)
     per["tessellation"] = tess
-    # At n = 46 every strategy has the same cells (the whole pool): the model is v3's all/n46 of that seed (what a
-    # finished run reuses), so a run cut short still has its curve's end (marked in the table).
-    # Likewise n = 4 (round 0, the same cells for every strategy) for a run that has not trained it itself.
+    # At n_pool every strategy has the same cells (the whole pool): the model is the tessellation's of that seed
+    # (what a finished run reuses), so a run cut short still has its curve's end (marked in the table).
+    # Likewise round 0 (the same cells for every strategy) for a run that has not trained it itself.
     for strat in [s for s in per if s != "tessellation"]:
-        for n in (4, PREFIX_ALL):
+        for n in ((st.n0, n_pool) if st.round0_in_tessellation else (n_pool,)):
             for seed, v in tess.get(n, {}).items():
                 if any(seed in per[strat][m] for m in per[strat]):
                     per[strat].setdefault(n, {}).setdefault(seed, v)
@@ -1313,16 +1445,18 @@ def pool_summary(runs: dict, prefix: dict, cache_wall: dict[str, float]) -> dict
                                 "max": float(m.max()), "median": float(np.median(m)), "worst_mean": float(w.mean()),
                                 "worst_min": float(w.min()), "worst_max": float(w.max()),
                                 "per_seed": {str(s): v for s, v in sorted(byn[n].items())}}
+            if st.show_sd:
+                curves[strat][n]["sd"] = float(m.std(ddof=1)) if len(m) > 1 else None
     factors: dict = {}
-    for nt in POOL_TARGETS:
+    for nt in st.targets:
         if nt not in tess:
             continue
         factors[nt] = {}
         mean_target = float(np.mean([v["mean"] for v in tess[nt].values()]))
         tess_dft = float(np.mean([v["dft_s"] for v in tess[nt].values()]))
-        for strat in ("active", "random"):
+        for strat in st.strategies(per)[1:]:
             rows = []
-            for seed in POOL_SEEDS:
+            for seed in st.seeds:
                 ns = sorted(n for n in per.get(strat, {}) if seed in per[strat][n])
                 if not ns:
                     continue
@@ -1350,7 +1484,7 @@ def pool_summary(runs: dict, prefix: dict, cache_wall: dict[str, float]) -> dict
         factors[nt]["target_mean"] = mean_target
         factors[nt]["tessellation_dft_s"] = tess_dft
     # The acquisition, checked on the pool: each active round's model against the true error of every candidate
-    # it scored (its L1% on their cached cells), the picks' L1% against the pool's and the best 4 possible.
+    # it scored (its L1% on their cached cells), the picks' L1% against the pool's and the best batch possible.
     acq = []
     for run in runs.values():
         if run["strategy"] != "active":
@@ -1359,17 +1493,22 @@ def pool_summary(runs: dict, prefix: dict, cache_wall: dict[str, float]) -> dict
             sm = (r.get("scoring") or {}).get("summary")
             if sm and sm["n_candidates"] >= 8:
                 acq.append({"run": run["run"], "n": r["n"], **sm})
+                if st.top_scores:  # what the batch of the highest σ would have had, without the spread
+                    c = [x for x in r["scoring"]["candidates"] if x["score"] is not None and x.get("L1%") is not None]
+                    top = sorted(c, key=lambda x: -x["score"])[:len(r["next"])]
+                    acq[-1]["top_score_L1%_mean"] = float(np.mean([x["L1%"] for x in top]))
     return {"curves": curves, "factors": factors, "acquisition": acq}
 
 
-def _pool_plot(summ: dict) -> None:
+def _pool_plot(st: PoolStudy, summ: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    colors = {"tessellation": "black", "active": "tab:red", "random": "tab:blue"}
+    colors = {"tessellation": "black", "active": "tab:red", "random": "tab:blue",
+              **dict(zip(st.variants, ("tab:orange", "tab:green", "tab:purple", "tab:brown")))}
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     for k, (ax, what) in enumerate(zip(axes, ("mean", "worst", "mean"))):
         for strat, rows in summ["curves"].items():
@@ -1382,7 +1521,7 @@ def _pool_plot(summ: dict) -> None:
                        for n in ns if s in rows[n]["per_seed"]]
                 if strat == "tessellation":
                     ax.scatter(*zip(*pts), s=14, color=col, marker="s", alpha=0.7,
-                               label="tessellation (v3 prefix), each seed" if s == seeds[0] else None)
+                               label=st.texts["tess_label"] if s == seeds[0] else None)
                 else:
                     ax.plot(*zip(*pts), color=col, lw=0.8, alpha=0.7, marker="o", ms=2.5,
                             label=f"{strat}, each acquisition seed" if s == seeds[0] else None)
@@ -1395,34 +1534,33 @@ def _pool_plot(summ: dict) -> None:
                 xs = ([np.mean([v["dft_s"] for v in rows[n]["per_seed"].values()]) / 3600 for n in ns] if xkey else ns)
                 ax.plot(xs, [rows[n]["median" if what == "mean" else "worst_mean"] for n in ns], color=col, lw=1.2,
                         ls="--", label="tessellation, " + ("median" if what == "mean" else "mean") + " over seeds")
-        f46 = summ["factors"].get(PREFIX_ALL)
-        if f46 and what == "mean":
-            ax.axhline(f46["target_mean"], color="gray", ls=":", lw=1)
+        f_all = summ["factors"].get(len(pool_compositions(st)))
+        if f_all and what == "mean":
+            ax.axhline(f_all["target_mean"], color="gray", ls=":", lw=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
         if k < 2:
-            ax.set_xticks([4, 8, 12, 16, 20, 28, 46])
-            ax.set_xticklabels(["4", "8", "12", "16", "20", "28", "46"])
+            ax.set_xticks(st.texts["xticks"])
+            ax.set_xticklabels([str(t) for t in st.texts["xticks"]])
             ax.set_xlabel("DFT compositions")
         else:
             ax.set_xlabel("recorded DFT wall time of the cells (h, serial GPAW runs)")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.set_ylabel(f"test {what} L1% (12 cells)")
+        ax.set_ylabel(f"test {what} L1% ({st.n_test} cells)")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{SYSTEM} 8-atom cells, pool-based loop: every round's model from scratch ({PREFIX_STEPS} steps); "
-                 f"bands: min-max over 3 seeds; dotted: the target (all 46 cells, mean of 3 seeds)", fontsize=9)
+    fig.suptitle(st.texts["title"], fontsize=9)
     fig.tight_layout()
-    fig.savefig(POOL_PNG, dpi=110)
+    fig.savefig(st.png, dpi=110)
     plt.close(fig)
 
 
-def _pool_table(runs: dict, summ: dict) -> str:
+def _pool_table(st: PoolStudy, runs: dict, summ: dict) -> str:
     lines = []
     status = []
-    n_pool = 46
+    n_pool = len(pool_compositions(st))
     for name, run in sorted(runs.items()):
         ns = [r["n"] for r in run["rounds"]]
         status.append(f"{name}: {len(ns)} counts ({min(ns)}-{max(ns)})" + ("" if max(ns) >= n_pool else ", **incomplete**"))
@@ -1431,26 +1569,28 @@ def _pool_table(runs: dict, summ: dict) -> str:
     if trained:
         lines.append(f"Trainings: {len(trained)} new ({PREFIX_STEPS} steps each; CPU per training median "
                      f"{np.median([r['cpu_s'] for r in trained]):.0f} s, range {min(r['cpu_s'] for r in trained):.0f}-"
-                     f"{max(r['cpu_s'] for r in trained):.0f}), the rest reused (the same cells and seed: n = 46 and "
-                     f"v2's random-s0 order from v3, n = 4 shared by active and random).")
+                     f"{max(r['cpu_s'] for r in trained):.0f}), the rest reused ({st.texts['reused']}).")
     curves = summ["curves"]
     counts = sorted({n for rows in curves.values() for n in rows})
+
+    def cell(r, key, lo, hi):
+        sd = f" ± {r['sd']:.2f}" if key == "mean" and r.get("sd") is not None else ""
+        return f"{r[key]:.2f}{sd} [{r[lo]:.2f}-{r[hi]:.2f}] ({len(r['seeds'])})"
+
     for what, key, lo, hi in (("mean", "mean", "min", "max"), ("worst cell's", "worst_mean", "worst_min", "worst_max")):
-        lines += ["", f"Test {what} L1% (%): mean over seeds [min-max] (seeds); tessellation = v3's prefix models "
-                      f"(the same training):", "",
+        lines += ["", f"Test {what} L1% (%): mean{' ± sd' if st.show_sd and key == 'mean' else ''} over seeds "
+                      f"[min-max] (seeds); tessellation = {st.texts['tess']}:", "",
                   "| strategy | " + " | ".join(str(n) for n in counts) + " |", "|---|" + "---:|" * len(counts)]
-        for strat in ("tessellation", "active", "random"):
+        for strat in st.strategies(curves):
             rows = curves.get(strat, {})
-            lines.append(f"| {strat} | " + " | ".join(
-                "" if n not in rows else f"{rows[n][key]:.2f} [{rows[n][lo]:.2f}-{rows[n][hi]:.2f}] ({len(rows[n]['seeds'])})"
-                for n in counts) + " |")
+            lines.append(f"| {strat} | " + " | ".join("" if n not in rows else cell(rows[n], key, lo, hi)
+                                                      for n in counts) + " |")
     if summ["factors"]:
         lines += ["", "Reduction factor = n_t / (the count at which the strategy's curve reaches the tessellation's "
                       "test mean L1% at n_t), interpolated log-log between counts, per acquisition seed (seed 0, 1, 2); "
                       "mean [min-max]. *Paired*: the target is the tessellation's model of the same training seed; "
                       "*vs mean*: the mean of its 3 seeds. DFT: the same in recorded DFT seconds. In brackets: the "
-                      "measured counts between which the curve crosses the target (n = 46, the whole pool, is the "
-                      "same model for every strategy: v3's all/n46 of the seed).", "",
+                      f"measured counts between which the curve crosses the target ({st.texts['factor_note']}).", "",
                   "| target: tessellation at n_t | strategy | paired, per seed | paired | vs mean, per seed | vs mean "
                   "| DFT seconds, vs mean |", "|---|---|---|---:|---|---:|---:|"]
 
@@ -1467,7 +1607,7 @@ def _pool_table(runs: dict, summ: dict) -> str:
             return ", ".join(out)
 
         for nt, fac in summ["factors"].items():
-            for strat in ("active", "random"):
+            for strat in st.strategies(fac)[1:]:
                 f = fac.get(strat)
                 if not f or not f["per_seed"]:
                     continue
@@ -1477,34 +1617,59 @@ def _pool_table(runs: dict, summ: dict) -> str:
     acq = summ.get("acquisition")
     if acq:
         rho = [a["spearman_score_L1"] for a in acq if a["spearman_score_L1"] is not None and np.isfinite(a["spearman_score_L1"])]
-        ratio = [a["picks_L1%_mean"] / a["pool_L1%_mean"] for a in acq]
+        ratio = [a["picks_L1%_mean"] / a["pool_L1%_mean"] for a in acq if a["picks_L1%_mean"] is not None]
         best = [a["best_possible_L1%_mean"] / a["pool_L1%_mean"] for a in acq]
         lines += ["", f"Acquisition checked on the pool ({len(acq)} active rounds with ≥ 8 candidates left, all seeds): "
                       f"Spearman of the σ score with the round model's true L1% on every candidate's cached cell median "
                       f"{np.median(rho):.2f} (range {min(rho):.2f} to {max(rho):.2f}); the picks' L1% / the candidates' "
                       f"mean L1% median {np.median(ratio):.2f} (range {min(ratio):.2f}-{max(ratio):.2f}; random picks: "
-                      f"1 on average; the best 4 possible: median {np.median(best):.2f})."]
+                      f"1 on average; the best {st.batch} possible: median {np.median(best):.2f})."]
+        if st.top_scores:
+            top = [a["top_score_L1%_mean"] / a["pool_L1%_mean"] for a in acq]
+            lines[-1] += (f" The {st.batch} highest σ scores of each round (no spread rule) would have had "
+                          f"{np.median(top):.2f} x the candidates' mean L1% (median; range {min(top):.2f}-{max(top):.2f}).")
     return "\n".join(lines)
 
 
-def pool_report(out_dir: Path = POOL_DIR, steps: int = PREFIX_STEPS) -> dict | None:
-    """The pool study's summary (:data:`POOL_JSON`), plot (:data:`POOL_PNG`) and table in README §8 (between
-    :data:`POOL_BEGIN` and :data:`POOL_END`)."""
+def pool_report(st: PoolStudy, out_dir: Path | None = None, steps: int = PREFIX_STEPS) -> dict | None:
+    """The pool study's summary (``st.summary_json``), plot (``st.png``) and table in the README (between the
+    study's markers)."""
     from rhox.engine.training import load_samples
 
-    runs = _pool_runs(out_dir, steps)
+    runs = _pool_runs(out_dir or st.out_dir, steps)
     if not runs:
         return None
-    wall = {s.atoms.info["composition"]: _wall(s) for s in load_samples(CACHE_DB)}
-    summ = pool_summary(runs, _read_json(PREFIX_JSON), wall)
-    res = {"design": _pool_design(), "test_set": str(TEST_DB.relative_to(ROOT)), "reference": "v3 prefix rows of "
-           f"{PREFIX_JSON.relative_to(ROOT)} (tessellation, all)", "summary": json.loads(json.dumps(summ))}
-    _write_json_atomic(POOL_JSON, res)
-    _pool_plot(summ)
-    table = _pool_table(runs, summ)
-    replace_marked_section(README, POOL_BEGIN, POOL_END, table)
+    wall = {**st.failed_wall, **{s.atoms.info["composition"]: _wall(s) for s in load_samples(st.cache_db)}}
+    summ = pool_summary(st, runs, _read_json(st.prefix_json), wall)
+    res = {"design": st.design(PREFIX_STEPS), "test_set": str(st.test_db.relative_to(ROOT)),
+           "reference": st.texts["reference"], "summary": json.loads(json.dumps(summ))}
+    _write_json_atomic(st.summary_json, res)
+    _pool_plot(st, summ)
+    table = _pool_table(st, runs, summ)
+    replace_marked_section(README, *st.markers, table)
     print(table)
     return res
+
+
+def _sigesn_data() -> dict:
+    d = _training_data()
+    return {**d, "failed": {}, "val_of": lambda seed, chosen: d["val"]}
+
+
+SIGESN_POOL = PoolStudy(
+    system=SYSTEM, elements=ELEMENTS, step=POOL_STEP, repeat=(1, 1, 1), batch=BATCH, seeds=POOL_SEEDS,
+    cache_db=CACHE_DB, test_db=TEST_DB, n_test=N_TEST, out_dir=POOL_DIR, summary_json=POOL_JSON, png=POOL_PNG,
+    markers=(POOL_BEGIN, POOL_END), targets=POOL_TARGETS, training_data=_sigesn_data, design=_pool_design,
+    training_design=_training_design, prefix_json=PREFIX_JSON, tess_from_prefix=True, round0_in_tessellation=True,
+    texts={"reused": "the same cells and seed: n = 46 and v2's random-s0 order from v3, n = 4 shared by active and "
+                     "random",
+           "tess": "v3's prefix models (the same training)",
+           "factor_note": "n = 46, the whole pool, is the same model for every strategy: v3's all/n46 of the seed",
+           "tess_label": "tessellation (v3 prefix), each seed", "xticks": [4, 8, 12, 16, 20, 28, 46],
+           "title": f"{SYSTEM} 8-atom cells, pool-based loop: every round's model from scratch ({PREFIX_STEPS} steps); "
+                    "bands: min-max over 3 seeds; dotted: the target (all 46 cells, mean of 3 seeds)",
+           "reference": f"v3 prefix rows of {PREFIX_JSON.relative_to(ROOT)} (tessellation, all)"})
+
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -1523,10 +1688,12 @@ def main(argv=None) -> None:
         strategies = tuple(x.strip() for x in a.strategies.split(",") if x.strip())
         if set(strategies) - {"active", "random"}:
             ap.error(f"unknown pool strategy in {a.strategies!r}; use active, random")
-        run_pool(strategies, tuple(int(x) for x in a.seeds.split(",")), a.steps, a.out, a.max_rounds,
-                 tuple(int(x) for x in a.counts.split(",")) if a.counts else None, a.budget_minutes)
+        seeds = tuple(int(x) for x in a.seeds.split(","))
+        counts = tuple(int(x) for x in a.counts.split(",")) if a.counts else POOL_RANDOM_ORDER
+        phases = [(s, seeds, None if s == "active" else counts) for s in ("active", "random") if s in strategies]
+        run_pool(SIGESN_POOL, phases, a.steps, a.out, a.max_rounds, a.budget_minutes)
     elif a.what == "pool-report":
-        pool_report(a.out, a.steps)
+        pool_report(SIGESN_POOL, a.out, a.steps)
     elif a.what == "run":
         run_all()
     elif a.what == "prefix":

@@ -9,6 +9,10 @@
     python benchmarks/active_study_crfeconi.py prefix-report   # curves, target, reduction factors (README 8b.1)
     make study-active-crfeconi-prefix                          # the three
 
+    python benchmarks/active_study_crfeconi.py pool [--budget-minutes M]  # v4's pool-based loop on the quarters grid (resumable)
+    python benchmarks/active_study_crfeconi.py pool-report     # curves, factors at n_t = 35 and 11, the acquisition check (README 8b.3)
+    make study-active-crfeconi-pool                            # the two
+
     python benchmarks/active_study_crfeconi.py bundle          # assets/models/CrFeCoNi from scratch on the cache (make assets)
     python benchmarks/active_study_crfeconi.py retrain-check   # the loop's --retrain modes on active-s0's picks (README 8b.2)
 
@@ -243,6 +247,58 @@ def pick_orders() -> dict[str, list[tuple]]:
     return out
 
 
+
+def failed_compositions(done: dict) -> dict[tuple, str]:
+    """Compositions (4-decimal keys, :func:`_kx`) whose DFT failed in the cache with the runs' settings and that
+    have no finished cell (``done``: the finished cells' keys), with their names as stored: as the loop does,
+    such a calculation counts in n (it was paid for) but gives no cell to train on."""
+    from ase.db import connect
+
+    from rhox.engine import keys
+    from rhox.engine.composition import parse_composition
+
+    out = {}
+    for r in connect(str(CACHE_DB)).select(**{keys.STATUS: keys.STATUS_FAILED}):
+        k = _kx(parse_composition(r.get(keys.COMPOSITION), ELEMENTS, normalize=True).values())
+        if k not in done:
+            out[k] = r.get(keys.COMPOSITION)
+    return out
+
+
+def _test_features(descriptor, cpu) -> list:
+    """The test cells featurised on every grid point (refused while the test set is incomplete)."""
+    from rhox.engine.training import featurize, load_samples
+
+    test_samples = load_samples(TEST_DB)
+    if len(test_samples) < N_TEST:
+        raise SystemExit(f"{TEST_DB.name} holds {len(test_samples)} of its {N_TEST} cells: finish the test set first")
+    return featurize(test_samples, descriptor, cpu)
+
+
+def featurized_cells(cache: list, descriptor, cpu):
+    """``cells(seed) -> (train, val)``: every cached cell featurised on its training points of that seed
+    (:func:`active_study.prefix_points`, by its index in ``cache``) and on its validation points (a fixed
+    :data:`PREFIX_VAL_FRACTION` of the points it does not train on, drawn per (seed, cell)); once per seed."""
+    from active_study import prefix_points
+
+    from rhox.engine.training import featurize
+
+    feats: dict[int, tuple] = {}
+
+    def cells(seed: int) -> tuple[list, list]:
+        if seed not in feats:
+            keep = prefix_points(cache, seed)
+            vkeep = []
+            for i, (smp, kp) in enumerate(zip(cache, keep)):
+                rest = np.setdiff1d(np.arange(int(np.prod(smp.grid_shape))), kp)
+                m = max(1, round(np.prod(smp.grid_shape) * PREFIX_VAL_FRACTION))
+                vkeep.append(np.sort(np.random.default_rng([seed, i, 1]).choice(rest, m, replace=False)))
+            feats[seed] = (featurize(cache, descriptor, cpu, keep=keep), featurize(cache, descriptor, cpu, keep=vkeep))
+        return feats[seed]
+
+    return cells
+
+
 def prefix_jobs(orders: dict) -> list[tuple[str, int, int]]:
     """``(order, n, seed)`` of every training, in the order run; the first 5 of the active and random orders
     (round 0) are trained once per seed (order ``round0``)."""
@@ -262,10 +318,10 @@ def prefix_jobs(orders: dict) -> list[tuple[str, int, int]]:
     return jobs
 
 
-def _prefix_design() -> dict:
+def _prefix_design(steps: int = PREFIX_STEPS) -> dict:
     from active_study import PREFIX_EVAL_SAMPLES, PREFIX_TRAIN
 
-    return {"steps": PREFIX_STEPS, "train": PREFIX_TRAIN, "eval_samples": PREFIX_EVAL_SAMPLES,
+    return {"steps": steps, "train": PREFIX_TRAIN, "eval_samples": PREFIX_EVAL_SAMPLES,
             "validation": f"{PREFIX_VAL_FRACTION:.5f} of each training cell's grid points not trained on",
             "test": str(TEST_DB.relative_to(ROOT)), "cache": str(CACHE_DB.relative_to(ROOT))}
 
@@ -276,11 +332,11 @@ def run_prefix(until: str | None = None, max_fits: int | None = None) -> dict:
     start no new training after ``until`` (``HH:MM``, UTC) or after ``max_fits`` trainings (a caller that
     reruns it then sees the cells cached meanwhile, and the first jobs of :func:`prefix_jobs` go first)."""
     import torch
-    from active_study import _save_prefix, prefix_fit, prefix_points
+    from active_study import _save_prefix, prefix_fit
 
     from rhox.engine.composition import parse_composition
     from rhox.engine.descriptors import DescriptorSettings
-    from rhox.engine.training import featurize, load_samples
+    from rhox.engine.training import load_samples
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     res = json.loads(PREFIX_JSON.read_text()) if PREFIX_JSON.is_file() else {}
@@ -297,36 +353,12 @@ def run_prefix(until: str | None = None, max_fits: int | None = None) -> dict:
         if k in rows:
             raise SystemExit(f"two cells of composition {k} in {CACHE_DB}")
         rows[k] = i
-    # Compositions whose DFT failed (with the runs' settings) and none finished: as the loop does, such a
-    # calculation counts in n (it was paid for) but gives no cell to train on.
-    from ase.db import connect
-
-    from rhox.engine import keys
-
-    failed = set()
-    for r in connect(str(CACHE_DB)).select(**{keys.STATUS: keys.STATUS_FAILED}):
-        k = _kx(parse_composition(r.get(keys.COMPOSITION), ELEMENTS, normalize=True).values())
-        if k not in rows:
-            failed.add(k)
-    test_samples = load_samples(TEST_DB)
-    if len(test_samples) < N_TEST:
-        raise SystemExit(f"{TEST_DB.name} holds {len(test_samples)} of its {N_TEST} cells: finish the test set first")
-    test = featurize(test_samples, descriptor, cpu)
+    failed = set(failed_compositions(rows))
+    test = _test_features(descriptor, cpu)
     orders = pick_orders()
     orders_all = dict(orders, round0=orders["active"][:ROUND0])
     res["orders"] = {k: [list(x) for x in v] for k, v in orders.items()}
-    feats: dict[int, tuple] = {}
-
-    def cells(seed: int) -> tuple[list, list]:
-        if seed not in feats:
-            keep = prefix_points(cache, seed)
-            vkeep = []
-            for i, (smp, kp) in enumerate(zip(cache, keep)):
-                rest = np.setdiff1d(np.arange(int(np.prod(smp.grid_shape))), kp)
-                m = max(1, round(np.prod(smp.grid_shape) * PREFIX_VAL_FRACTION))
-                vkeep.append(np.sort(np.random.default_rng([seed, i, 1]).choice(rest, m, replace=False)))
-            feats[seed] = (featurize(cache, descriptor, cpu, keep=keep), featurize(cache, descriptor, cpu, keep=vkeep))
-        return feats[seed]
+    cells = featurized_cells(cache, descriptor, cpu)
 
     jobs = prefix_jobs(orders)
     fits = 0
@@ -525,6 +557,119 @@ def prefix_report() -> dict | None:
     replace_marked_section(HERE / "README.md", PREFIX_BEGIN, PREFIX_END, table)
     print(table)
     return res
+
+
+# --- pool-based active learning on the quarters grid, every round's model from scratch (README 8b.3) ---------
+#
+# The SiGeSn study's v4 (active_study.py, PoolStudy) on CrFeCoNi: the pool is the candidate lattice of
+# `rhox learn CrFeCoNi --repeat 2x1x1 --step 0.25`, the quarters grid (35 compositions, the vertices and the
+# centroid among them), every one in the DFT cache but Cr0.5Ni0.5, whose DFT fails (a pick of it counts, paid
+# for, with no cell). Active: round 0 = vertices + centroid, then batches of 4 by engine.learn.pick with the
+# loop's default acquisition over the pool's unpicked compositions (its spread: 1.5 lattice steps of 0.25);
+# random: pick's random strategy over the same pool; tessellation: vertices, halves, centroid, then the 24 other
+# quarters points in a space-filling order (:func:`pool_tessellation_order`). Every count's model is trained from
+# scratch with section 8b.1's design (the trainings of 8b.1 on the same cells and seed are reused).
+
+POOL_DIR = RESULTS / "active_crfeconi_pool_runs"   # one JSON per run (STRATEGY-sSEED), checkpointed each round
+POOL_JSON = RESULTS / "active_crfeconi_pool.json"  # the report's summary (curves, factors, acquisition check)
+POOL_PNG = RESULTS / "active_crfeconi_pool.png"
+POOL_BEGIN, POOL_END = "<!-- crfeconi-pool:begin -->", "<!-- crfeconi-pool:end -->"
+POOL_STEP = 0.25          # the quarters grid: the finest tessellation level whose DFT this machine affords
+POOL_SEEDS = (0, 1, 2)    # acquisition seed = training seed, as the SiGeSn study
+POOL_TARGETS = (11, 35)   # the tessellation's halves + centroid (8b.1's target) and the whole quarters grid
+POOL_COUNTS = (5, 9, 13, 17, 21, 25, 29, 33, 35)  # the active rounds' counts: random and tessellation train the same
+TESS_HEAD = 11            # vertices, halves, centroid: the order of 8b.1 (tessellation_order), kept
+# Alternative acquisitions measured beside the default (1 seed, after the main study), on the same scores:
+# - active_top: the batch is the 4 highest σ scores, without the loop's spread rule (picks 1.5 lattice steps
+#   apart, local penalisation): on the quarters grid 1.5 steps is 0.375, a large part of the tetrahedron, and the
+#   acquisition check found the spread picks no worse than average while the top-σ candidates were;
+# - active_density: σ density-weighted, each candidate's expected error reduction over the pool
+#   (engine.active.density_weighted, kernel 1.5 lattice steps): more spread, not less.
+POOL_VARIANTS = {"active_top": {"batch_rule": "top"}, "active_density": {"acquisition": {"weighting": "density"}}}
+# Cr0.5Ni0.5's two failed calculations stored no wall time; a run pays the first (8b.1: 771 s before the
+# KohnShamConvergenceError after 150 SCF iterations).
+FAILED_WALL = {"Cr0.5Ni0.5": 771.0}
+
+
+def pool_tessellation_order() -> list[np.ndarray]:
+    """The tessellation's pick order over the quarters grid: :func:`tessellation_order`'s first 11 (vertices,
+    halves, centroid), then the 24 other quarters points by greedy farthest-point selection: each next point is
+    the one farthest (barycentric Euclidean distance) from every point chosen so far. On this lattice every
+    quarters point starts at the same distance from the first 11 (√2/4), so ties are the rule: they go to the
+    largest sum of distances to the points chosen so far (away from the last picks, not only from the nearest),
+    then to the first in ``tessellation_levels``' order (distances compared to 1e-9). A prefix of it covers the
+    tetrahedron as evenly as a greedy rule can, as a tessellation cut short should."""
+    base = [x for _, x in tessellation_order()]
+    out, rest = base[:TESS_HEAD], base[TESS_HEAD:]
+    while rest:
+        dist = [[np.linalg.norm(x - c) for c in out] for x in rest]
+        key = [(round(min(d), 9), round(sum(d), 9), -i) for i, d in enumerate(dist)]
+        out.append(rest.pop(max(range(len(rest)), key=lambda i: key[i])))
+    return out
+
+
+def pool_training_data() -> dict:
+    """What every training of the pool study reads (:class:`active_study.PoolStudy`): the cached cells, their
+    compositions, the failed compositions, each training's validation (a fixed 1/32 of its own cells' unused
+    points, as 8b.1), the test cells and the featurised training points per seed."""
+    import torch
+    from active_study import _cache_rows, _xkey
+
+    from rhox.engine.descriptors import DescriptorSettings
+    from rhox.engine.training import load_samples
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    cpu = torch.device("cpu")
+    descriptor = DescriptorSettings.from_dict({"kind": "frame"})
+    cache = load_samples(CACHE_DB)
+    rows = _cache_rows(cache, ELEMENTS)
+    failed = failed_compositions({_kx(v) for v in rows.values()})
+    cells = featurized_cells(cache, descriptor, cpu)
+    return {"cache": cache, "rows": rows, "failed": {_xkey(k): v for k, v in failed.items()}, "val_rows": [],
+            "val_of": lambda seed, chosen: [cells(seed)[1][i] for i in chosen], "test": _test_features(descriptor, cpu),
+            "descriptor": descriptor, "cells": lambda seed: cells(seed)[0]}
+
+
+def _pool_design(steps: int = PREFIX_STEPS) -> dict:
+    from active_study import loop_design
+
+    return {**loop_design(_prefix_design(steps), BATCH, POOL_STEP), "repeat": list(REPEAT),
+            "pool": "quarters grid (35 compositions)",
+            "tessellation_order": f"tessellation_order()[:{TESS_HEAD}], then greedy farthest-point"}
+
+
+def pool_study():
+    """The CrFeCoNi :class:`active_study.PoolStudy`."""
+    from active_study import PREFIX_STEPS as STEPS, PoolStudy
+
+    return PoolStudy(
+        system=SYSTEM, elements=ELEMENTS, step=POOL_STEP, repeat=REPEAT, batch=BATCH, seeds=POOL_SEEDS,
+        cache_db=CACHE_DB, test_db=TEST_DB, n_test=N_TEST, out_dir=POOL_DIR, summary_json=POOL_JSON, png=POOL_PNG,
+        markers=(POOL_BEGIN, POOL_END), targets=POOL_TARGETS, training_data=pool_training_data, design=_pool_design,
+        training_design=_prefix_design, prefix_json=PREFIX_JSON,
+        orders={"tessellation": lambda seed: pool_tessellation_order()}, failed_wall=FAILED_WALL, show_sd=True,
+        variants=POOL_VARIANTS, top_scores=True,
+        texts={"prefix_label": "8b.1 prefix",
+               "reused": "the same cells and seed: 8b.1's prefix rows (tessellation n = 5, 9, 10, 11; round 0), "
+                         "round 0 shared by active and random, n = 35 (the whole pool) by every strategy",
+               "tess": "vertices, halves, centroid, then the quarters in space-filling order, trained the same way",
+               "factor_note": "n = 35, the whole pool, is the same cells for every strategy",
+               "tess_label": "tessellation, each seed", "xticks": [5, 9, 11, 13, 17, 21, 25, 35],
+               "title": f"{SYSTEM} 8-atom cells, pool = the quarters grid (35): every count's model from scratch "
+                        f"({STEPS} steps); bands: min-max over seeds; dotted: the target (all 35, mean of 3 seeds)",
+               "reference": "tessellation pool runs (this folder); 8b.1 prefix rows reused where identical"})
+
+
+def pool_phases(seeds=POOL_SEEDS, alternative: bool = False) -> list:
+    """The order of the work, so that a study cut short still gives a factor: the tessellation's targets (n = 35
+    and 11, every seed) first, then seed by seed the active run and the random order to 35, then the
+    tessellation's other counts (its curve). ``alternative``: only the :data:`POOL_VARIANTS` runs of ``seeds``."""
+    if alternative:
+        return [(v, seeds, None) for v in POOL_VARIANTS]
+    out = [("tessellation", seeds, (35, 11, 10, 9, 5))]
+    for s in seeds:
+        out += [("active", (s,), None), ("random", (s,), POOL_COUNTS)]
+    return out + [("tessellation", seeds, tuple(n for n in POOL_COUNTS if n not in (5, 9, 35)))]
 
 
 def species_moments(atoms, spin_density: np.ndarray) -> dict[str, float]:
@@ -835,7 +980,15 @@ def retrain_report() -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("run", "summary", "compositions", "bundle", "retrain-check", "retrain-report", "dft-baseline", "prefix", "prefix-report"))
+    p.add_argument("what", choices=("run", "summary", "compositions", "bundle", "retrain-check", "retrain-report",
+                                    "dft-baseline", "prefix", "prefix-report", "pool", "pool-report"))
+    p.add_argument("--budget-minutes", type=float, help="pool: start no new training after this many minutes")
+    p.add_argument("--seeds", default=",".join(map(str, POOL_SEEDS)), help="pool: acquisition seeds")
+    p.add_argument("--steps", type=int, default=PREFIX_STEPS, help="pool: steps per training (a quick check only)")
+    p.add_argument("--max-rounds", type=int, help="pool: active rounds at most (a quick check only)")
+    p.add_argument("--alternative", action="store_true",
+                   help="pool: the alternative acquisition's runs (POOL_VARIANTS) of --seeds instead of the study")
+    p.add_argument("--out", type=Path, default=POOL_DIR, help="pool, pool-report: the folder of the run files")
     p.add_argument("--until", help="prefix: start no new training after this time (HH:MM, UTC)")
     p.add_argument("--max-fits", type=int, help="prefix: stop after this many trainings (rerun to continue)")
     p.add_argument("--rounds", type=int, default=ROUNDS)
@@ -849,6 +1002,15 @@ def main(argv=None) -> None:
         run_prefix(a.until, a.max_fits)
     elif a.what == "prefix-report":
         prefix_report()
+    elif a.what == "pool":
+        from active_study import run_pool
+
+        run_pool(pool_study(), pool_phases(tuple(int(x) for x in a.seeds.split(",")), a.alternative), a.steps, a.out,
+                 a.max_rounds, a.budget_minutes)
+    elif a.what == "pool-report":
+        from active_study import pool_report
+
+        pool_report(pool_study(), a.out, a.steps)
     elif a.what == "dft-baseline":  # the test cells first, then the tessellation level by level
         make_test_set()
         dft_tessellation()
